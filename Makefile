@@ -1,0 +1,22 @@
+# One entry point for the checks: CI (.ci/run) runs `make lint` and `make test`.
+.PHONY: up down test lint bench bootstrap
+
+bootstrap:
+	scripts/bootstrap.sh
+
+up:
+	scripts/up.sh
+
+down:
+	scripts/down.sh
+
+test: bootstrap
+	.venv/bin/pytest
+
+lint: bootstrap
+	.venv/bin/ruff check .
+	.venv/bin/mypy --strict ccci_tasks
+
+bench: bootstrap
+	scripts/services.sh
+	.venv/bin/python -m bench

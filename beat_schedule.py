@@ -1,0 +1,34 @@
+"""The whole beat schedule, and nothing else.
+
+Entries name tasks by their registered names, so this module imports no task code.
+Crontabs are evaluated in ``CCCI_TIMEZONE`` (default UTC, which has no DST gaps).
+The schedule file (``CCCI_BEAT_SCHEDULE_FILE``) must be on persistent storage: it keeps
+each entry's last run, which is how beat catches up a run missed while it was down.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from celery.schedules import crontab
+
+if TYPE_CHECKING:
+    from ccci_tasks.config import Settings
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    hour, minute = (int(part) for part in settings.nightly_at.split(":"))
+    del hour, minute  # the nightly sweep entry arrives with its task
+    return {
+        "relay_pending_alerts": {
+            "task": "ccci.alerts.relay_pending_alerts",
+            "schedule": 60.0,
+        },
+        "janitor": {
+            "task": "ccci.infra.janitor",
+            "schedule": float(settings.janitor_interval_s),
+        },
+    }
+
+
+__all__ = ["beat_schedule", "crontab"]

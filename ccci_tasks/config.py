@@ -1,0 +1,133 @@
+"""One typed settings object, read from ``CCCI_*`` environment variables.
+
+Validated once at start-up (``get_settings()`` caches it). Secrets are ``SecretStr``:
+they never show in a repr, a log line or Flower. ``celery_app`` copies what Celery needs
+from here in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ccci_tasks.errors import ConfigError
+
+DEFAULT_MIGRATION_PATTERNS = (
+    r"manual migration",
+    r"migration required",
+    r"\battention\b",
+    r"\bbreaking\b",
+)
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class Settings(BaseSettings):
+    """Every knob of ccci-tasks. Environment prefix ``CCCI_``."""
+
+    model_config = SettingsConfigDict(env_prefix="CCCI_", extra="ignore", frozen=True)
+
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    state_dir: Path = Path("/var/lib/ci-warm")
+    tests_dir: Path = Path("./tests-recipes")
+    platform: Literal["swarm", "abra"] = "swarm"
+    recipes_dir: Path = Path("./recipes")
+    base_domain: str = "ci.localhost"
+    max_tests: int = Field(default=1, ge=1, le=64)
+
+    prune_threshold_pct: int = Field(default=80, ge=1, le=100)
+    prune_path: Path = Path("/")
+
+    keycloak_url: str | None = None
+    keycloak_admin_user: str | None = None
+    keycloak_admin_password: SecretStr | None = None
+
+    # Apprise URLs often carry tokens, so the whole list is a secret.
+    alert_urls: SecretStr = SecretStr("")
+    alert_retry_max_s: int = Field(default=300, ge=1)
+    migration_patterns: tuple[str, ...] = DEFAULT_MIGRATION_PATTERNS
+
+    timezone: str = "UTC"
+    nightly_at: str = "03:00"
+    beat_schedule_file: Path | None = None  # default: <state_dir>/beat/celerybeat-schedule
+
+    # Run slots (MAX_TESTS) and the janitor.
+    lease_ttl_s: int = Field(default=300, ge=5)
+    janitor_interval_s: int = Field(default=60, ge=1)
+
+    # Per-step time limits. The Redis visibility timeout must exceed the hard limit,
+    # or a long step is redelivered while it still runs (see docs/decisions.md).
+    step_soft_time_limit_s: int = Field(default=3300, ge=10)
+    step_hard_time_limit_s: int = Field(default=3600, ge=10)
+    visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
+
+    docker_host: str = "unix:///var/run/docker.sock"
+    abra_bin: str = "abra"
+    abra_server: str = "default"
+    abra_dir: Path | None = None  # default: <state_dir>/abra
+
+    flower_user: str = "ccci"
+    flower_password: SecretStr | None = None
+
+    @field_validator("base_domain")
+    @classmethod
+    def _base_domain_ok(cls, value: str) -> str:
+        from ccci_tasks.naming import validate_domain
+
+        return validate_domain(value)
+
+    @field_validator("nightly_at")
+    @classmethod
+    def _nightly_at_ok(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f"nightly_at {value!r} must be HH:MM in 24 h time, e.g. 03:00")
+        return value
+
+    @field_validator("migration_patterns")
+    @classmethod
+    def _patterns_compile(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"migration pattern {pattern!r} is not a regex: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> Settings:
+        if self.step_soft_time_limit_s >= self.step_hard_time_limit_s:
+            raise ValueError(
+                f"step_soft_time_limit_s ({self.step_soft_time_limit_s}) must be below "
+                f"step_hard_time_limit_s ({self.step_hard_time_limit_s})"
+            )
+        if self.visibility_timeout_s <= self.step_hard_time_limit_s:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed "
+                f"step_hard_time_limit_s ({self.step_hard_time_limit_s}), or long steps run twice"
+            )
+        return self
+
+    @property
+    def beat_schedule_path(self) -> Path:
+        return self.beat_schedule_file or self.state_dir / "beat" / "celerybeat-schedule"
+
+    @property
+    def abra_root(self) -> Path:
+        return self.abra_dir or self.state_dir / "abra"
+
+    def alert_url_list(self) -> list[str]:
+        return self.alert_urls.get_secret_value().split()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated once. A bad value is a ``ConfigError``."""
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise ConfigError(f"invalid CCCI_* settings: {exc}") from exc

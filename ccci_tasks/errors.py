@@ -1,0 +1,123 @@
+"""The one error tree of ccci-tasks.
+
+Foreign errors (docker, redis, httpx, subprocess) are translated into these at the edge
+that talks to them, chained with ``from exc``. Messages say what was expected, what was
+seen, and what to do.
+
+    CcciError
+    ├── InvalidInput          an outside string (recipe, ref, version, realm, domain) is bad;
+    │                         nothing was deployed, written or deleted       → CLI exit 2
+    ├── ConfigError           bad settings or a bad recipe_meta.py           → CLI exit 2
+    ├── RunFailed             the app under test failed an assertion (a red verdict)
+    ├── InfraError            something we depend on failed                  → CLI exit 3
+    │   ├── PlatformError     Docker / abra / git failed
+    │   │   ├── CommandFailed an external command exited non-zero
+    │   │   ├── DeployFailed  a deploy cannot converge (missing image, crash loop)
+    │   │   └── AppNotFound   no such app, volume or recipe on the platform
+    │   ├── WaitTimeout       a long wait ran out; names what it waited for and what it saw
+    │   ├── BrokerError       Redis unreachable or misbehaving
+    │   ├── KeycloakError     the Keycloak admin API failed
+    │   └── AlertRelayError   a push target did not take an alert
+    └── StateError            the state root holds something unusable
+        ├── RegistryError     canonical.json unreadable or inconsistent
+        └── SnapshotError     a snapshot cannot be taken or restored
+            ├── SnapshotRefused   the app is deployed (snapshots are taken undeployed)
+            ├── IntegrityError    a tar's sha256 does not match its manifest
+            └── UnsafeArchive     a tar member would escape its volume
+"""
+
+from __future__ import annotations
+
+
+class CcciError(Exception):
+    """Base of every error raised on purpose by ccci-tasks."""
+
+
+class InvalidInput(CcciError, ValueError):
+    """An outside string failed validation. Raised before anything is touched."""
+
+
+class ConfigError(CcciError):
+    """Settings or a recipe_meta.py file are wrong; the message names the file/key."""
+
+
+class RunFailed(CcciError):
+    """The app under test failed a check. The run's verdict is ``fail``, not ``error``."""
+
+
+class InfraError(CcciError):
+    """An outside system failed: the run's verdict is ``error``."""
+
+
+class PlatformError(InfraError):
+    """Docker, abra or git did not do what was asked."""
+
+
+class CommandFailed(PlatformError):
+    """An external command exited non-zero. Carries argv (never the environment) and stderr."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str) -> None:
+        self.argv = argv
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.strip().splitlines()[-5:]
+        super().__init__(
+            f"{argv[0]} exited {returncode}: {' '.join(argv)}"
+            + (f"; stderr: {' | '.join(tail)}" if tail else "")
+        )
+
+
+class DeployFailed(PlatformError):
+    """A deploy will not converge: a task was rejected (e.g. missing image) or crash-loops."""
+
+
+class AppNotFound(PlatformError):
+    """The app, volume, recipe or version does not exist."""
+
+
+class WaitTimeout(InfraError):
+    """A wait ran out of time. ``waited_for`` and ``last_seen`` are in the message."""
+
+    def __init__(self, waited_for: str, timeout_s: float, last_seen: str) -> None:
+        self.waited_for = waited_for
+        self.timeout_s = timeout_s
+        self.last_seen = last_seen
+        super().__init__(
+            f"timed out after {timeout_s:g} s waiting for {waited_for}; last seen: {last_seen}"
+        )
+
+
+class BrokerError(InfraError):
+    """Redis (broker, results or run slots) failed."""
+
+
+class KeycloakError(InfraError):
+    """The Keycloak admin API failed or refused."""
+
+
+class AlertRelayError(InfraError):
+    """A push target did not accept an alert; the alert stays pending."""
+
+
+class StateError(CcciError):
+    """The state root holds something unusable."""
+
+
+class RegistryError(StateError):
+    """A canonical registry file is missing fields, unreadable or inconsistent."""
+
+
+class SnapshotError(StateError):
+    """A snapshot could not be taken, verified or restored."""
+
+
+class SnapshotRefused(SnapshotError):
+    """Snapshots are taken only while the app is undeployed."""
+
+
+class IntegrityError(SnapshotError):
+    """A snapshot tar does not match the sha256 in its manifest."""
+
+
+class UnsafeArchive(SnapshotError):
+    """A tar member would land outside its volume (absolute, ``..`` or an escaping link)."""

@@ -1,0 +1,115 @@
+"""The ``Platform`` protocol: the only seam through which lanes touch Docker or abra.
+
+Two implementations: ``swarm.SwarmPlatform`` (docker SDK + ``docker stack deploy``; the
+default for development and the test suite) and ``abra.AbraPlatform`` (production).
+Observed state comes back as plain frozen dataclasses, so decisions about it are pure code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Kind = Literal["cold", "warm", "infra"]
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One swarm service of a deployed app, as observed."""
+
+    name: str
+    desired: int
+    running: int
+    image: str
+    update_state: str | None = None  # UpdateStatus.State, None when never updated
+    last_error: str | None = None  # error of the newest failed/rejected task, if any
+    failed_tasks: int = 0  # tasks failed or rejected since the current deploy
+
+    @property
+    def settled(self) -> bool:
+        return self.update_state in (None, "", "completed", "rollback_completed")
+
+
+@dataclass(frozen=True)
+class DeployedState:
+    """What is deployed for one app; ``services`` is empty when undeployed."""
+
+    domain: str
+    stack: str
+    version: str | None = None  # coop-cloud.<stack>.version label
+    chaos_version: str | None = None  # coop-cloud.<stack>.chaos-version label
+    services: tuple[ServiceState, ...] = ()
+
+    @property
+    def is_deployed(self) -> bool:
+        return bool(self.services)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    mountpoint: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """An app known to the platform by its ``ccci.*`` labels or its env file."""
+
+    domain: str
+    stack: str
+    recipe: str
+    kind: Kind
+    run: str | None  # 6-hex run id for cold apps
+    deployed: bool = False
+
+
+class Platform(Protocol):
+    """Operations on apps. ``domain`` is always validated by the caller (naming.py)."""
+
+    def new_app(
+        self, recipe: str, domain: str, version: str | None = None, *, kind: Kind, run: str | None
+    ) -> AppInfo:
+        """Create the app's env file (allocating its loopback port). Idempotent."""
+        ...
+
+    def deploy(
+        self, domain: str, version: str | None = None, chaos_ref: str | None = None
+    ) -> DeployedState:
+        """Deploy ``version`` (None: latest tag) or, with ``chaos_ref``, that commit as it is.
+
+        Returns once the deploy was submitted; use ``wait_converged`` to wait for it.
+        """
+        ...
+
+    def undeploy(self, domain: str) -> None:
+        """Remove the app's services and wait until they are gone. Keeps volumes."""
+        ...
+
+    def remove(self, domain: str) -> None:
+        """Undeploy, then delete the app's volumes, secrets and env file."""
+        ...
+
+    def volumes(self, domain: str) -> list[VolumeInfo]:
+        """The app's named volumes (they survive undeploy)."""
+        ...
+
+    def deployed(self, domain: str) -> DeployedState:
+        """Observe what is deployed now."""
+        ...
+
+    def live_apps(self) -> list[AppInfo]:
+        """Every app carrying ccci labels (services or volumes) or having an env file."""
+        ...
+
+    def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
+        """Wait until every service runs its desired replicas and its update settled.
+
+        Raises ``DeployFailed`` early when a task is rejected for a missing image or a
+        service keeps failing, and ``WaitTimeout`` (naming the last state seen) otherwise.
+        """
+        ...
+
+    def base_url(self, domain: str) -> str:
+        """Where HTTP probes go for this app (loopback on the swarm platform)."""
+        ...

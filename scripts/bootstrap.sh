@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what ccci-tasks needs on a fresh Debian machine: system packages (as root, only
+# the missing ones) and a virtualenv with the package and its dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v dockerd >/dev/null || need_pkgs+=(docker.io)
+command -v git >/dev/null || need_pkgs+=(git)
+command -v tar >/dev/null || need_pkgs+=(tar)
+if ! command -v busybox >/dev/null || ! file -L "$(command -v busybox)" 2>/dev/null | grep -q static; then
+  [ -x /bin/busybox ] && file /bin/busybox 2>/dev/null | grep -q static || need_pkgs+=(busybox-static)
+fi
+command -v file >/dev/null || need_pkgs+=(file)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "bootstrap: missing system packages: ${need_pkgs[*]}; install them as root (apt-get install -y ${need_pkgs[*]})" >&2
+    exit 2
+  fi
+  echo "bootstrap: installing ${need_pkgs[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.ccci-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[dev]'
+  touch "$stamp"
+fi

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# `make down`: stop exactly the processes `make up` started (by their pid files in RUN_DIR).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RUN_DIR=${RUN_DIR:-$PWD/run}
+[ -d "$RUN_DIR" ] || { echo "down: nothing to stop ($RUN_DIR does not exist)"; exit 0; }
+
+stop() {  # stop NAME: TERM the process group, wait, then KILL
+  local name=$1 pidfile="$RUN_DIR/$1.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "down: $name (pid $pid) ignored SIGTERM for 30 s; killing it"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+    fi
+    echo "down: stopped $name (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+for name in flower beat worker-runs worker-infra worker-alerts; do stop "$name"; done
+# Services that `make up` had to start itself (never ones that were already running).
+if [ -f "$RUN_DIR/redis.pid" ]; then stop redis; fi
+if [ -f "$RUN_DIR/dockerd.pid" ]; then stop dockerd; fi

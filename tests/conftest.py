@@ -1,0 +1,318 @@
+"""Session-scoped real services for the test suite.
+
+- one redis-server on a free loopback port, its ``ccci:``/celery keys flushed for each test;
+- the Docker engine in swarm mode (started here when absent and we are root);
+- the example recipe repositories and their busybox images (``examples/make_recipes.py``);
+- real worker processes, one per queue, pointed at the test Redis and a temp state root.
+
+A missing Docker or Redis skips the tests that need it, with the reason; under ``CI=true``
+it fails them instead, so CI can never go green by skipping.
+
+The ``CCCI_*`` environment is fixed when this module is imported (a free port, a temp
+state root), before any test imports ``ccci_tasks.celery_app``, so the in-process Celery app
+and the worker processes always talk to the same Redis.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="ccci-test-"))
+REDIS_PORT = _free_port()
+PUSH_PORT = _free_port()  # the local push target (tests/push_receiver.py) listens here
+TEST_ENV: dict[str, str] = {
+    "CCCI_BROKER_URL": f"redis://127.0.0.1:{REDIS_PORT}/0",
+    "CCCI_STATE_DIR": str(SESSION_DIR / "state"),
+    "CCCI_RECIPES_DIR": str(SESSION_DIR / "recipes"),
+    "CCCI_TESTS_DIR": str(SESSION_DIR / "tests-recipes"),
+    "CCCI_BASE_DOMAIN": "ci.localhost",
+    "CCCI_MAX_TESTS": "1",
+    "CCCI_LEASE_TTL_S": "20",
+    "CCCI_JANITOR_INTERVAL_S": "5",
+    "CCCI_ALERT_RETRY_MAX_S": "4",
+    "CCCI_BEAT_SCHEDULE_FILE": str(SESSION_DIR / "beat" / "schedule"),
+    "CCCI_ALERT_URLS": f"json://127.0.0.1:{PUSH_PORT}/alerts",
+}
+os.environ.update(TEST_ENV)
+for _key in ("CCCI_PLATFORM", "CCCI_KEYCLOAK_URL"):
+    os.environ.pop(_key, None)
+(SESSION_DIR / "state").mkdir()
+shutil.copytree(REPO / "examples" / "tests-recipes", SESSION_DIR / "tests-recipes")
+
+
+def need(reason: str) -> None:
+    """Skip locally, fail under CI=true: a missing service must never turn CI green."""
+    if IN_CI:
+        pytest.fail(f"required service missing under CI=true: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A private redis-server on a free loopback port for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        need("redis-server is not installed (apt-get install redis-server)")
+        raise AssertionError  # unreachable
+    log = SESSION_DIR / "redis.log"
+    proc = subprocess.Popen(
+        [binary, "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(SESSION_DIR), "--logfile", str(log)],
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        need(f"redis-server did not listen on 127.0.0.1:{REDIS_PORT} within 10 s; see {log}")
+    yield TEST_ENV["CCCI_BROKER_URL"]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def flush_redis(url: str) -> None:
+    """Drop ccci keys, results and queued messages; keep kombu's queue bindings."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for pattern in ("ccci:*", "celery-task-meta-*", "runs", "infra", "alerts", "unacked*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session Redis, flushed of ccci state for this test."""
+    flush_redis(redis_server)
+    return redis_server
+
+
+# --------------------------------------------------------------------------- Docker
+
+
+def _docker_ready() -> bool:
+    try:
+        out = subprocess.run(
+            ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+def _start_dockerd() -> None:
+    if shutil.which("dockerd") is None or os.geteuid() != 0:
+        return
+    with open(SESSION_DIR / "dockerd.log", "ab") as log:
+        subprocess.Popen(["dockerd"], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not _docker_ready():
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def swarm() -> Iterator[Any]:
+    """A docker SDK client for an engine in swarm mode."""
+    if shutil.which("docker") is None:
+        need("the docker CLI is not installed (apt-get install docker.io)")
+    if not _docker_ready():
+        _start_dockerd()
+    if not _docker_ready():
+        need("no Docker engine answers on /var/run/docker.sock (start dockerd)")
+    state = subprocess.run(
+        ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
+        capture_output=True, text=True, timeout=20, check=True,
+    ).stdout.strip()
+    if state != "active":
+        subprocess.run(
+            ["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+    import docker
+
+    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="auto")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def example_recipes(swarm: Any) -> Path:
+    """The example recipe repositories (git tags per version) and their images."""
+    dest = Path(TEST_ENV["CCCI_RECIPES_DIR"])
+    subprocess.run(
+        [sys.executable, str(REPO / "examples" / "make_recipes.py"), "--recipes-dir", str(dest)],
+        check=True, timeout=300, cwd=REPO,
+    )
+    return dest
+
+
+def remove_ccci_objects(client: Any) -> None:
+    """Remove every service and volume labelled by ccci (test isolation)."""
+    for service in client.services.list(filters={"label": "ccci.kind"}):
+        service.remove()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not client.containers.list(all=True, filters={"label": "ccci.kind"}):
+            break
+        time.sleep(0.3)
+    for container in client.containers.list(all=True, filters={"label": "ccci.kind"}):
+        container.remove(force=True)
+    for volume in client.volumes.list(filters={"label": "ccci.kind"}):
+        volume.remove(force=True)
+
+
+@pytest.fixture
+def clean_swarm(swarm: Any, example_recipes: Path) -> Iterator[Any]:
+    """The swarm with no ccci services or volumes before and after the test."""
+    remove_ccci_objects(swarm)
+    yield swarm
+    remove_ccci_objects(swarm)
+
+
+# --------------------------------------------------------------------------- state root
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """The session state root, emptied for this test."""
+    root = Path(TEST_ENV["CCCI_STATE_DIR"])
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    yield root
+
+
+@pytest.fixture
+def settings(state_dir: Path) -> Any:
+    """Fresh ``Settings`` from the test environment."""
+    from ccci_tasks.config import get_settings
+
+    get_settings.cache_clear()
+    return get_settings()
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class Workers:
+    """Real worker processes, one per queue, started with ``python -m workers.<role>``."""
+
+    def __init__(self, name: str, env: dict[str, str]) -> None:
+        self.name = name
+        self.env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logdir = SESSION_DIR / f"workers-{name}"
+        self.logdir.mkdir(exist_ok=True)
+
+    def start(self, role: str) -> None:
+        with open(self.logdir / f"{role}.log", "ab") as log:
+            self.procs[role] = subprocess.Popen(
+                [sys.executable, "-m", f"workers.{role}", f"--hostname={role}-{self.name}@%h"],
+                cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True,
+            )
+
+    def hostname(self, role: str) -> str:
+        return f"{role}-{self.name}@{socket.gethostname()}"
+
+    def wait_ready(self, roles: tuple[str, ...], timeout_s: float = 60) -> None:
+        from ccci_tasks.celery_app import app
+
+        wanted = {self.hostname(role) for role in roles}
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for role, proc in self.procs.items():
+                if proc.poll() is not None:
+                    log = (self.logdir / f"{role}.log").read_text(errors="replace")[-3000:]
+                    raise AssertionError(f"worker {role} exited {proc.returncode}:\n{log}")
+            replies = app.control.ping(timeout=1.0) or []
+            seen = {name for reply in replies for name in reply}
+            if wanted <= seen:
+                return
+        raise AssertionError(f"workers {sorted(wanted - seen)} not ready after {timeout_s} s")
+
+    def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[role]
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def start_workers(name: str, roles: tuple[str, ...] = ("runs", "infra", "alerts"),
+                  **overrides: str) -> Workers:
+    """Start worker processes with ``TEST_ENV`` plus ``overrides`` (e.g. CCCI_MAX_TESTS)."""
+    env = {**os.environ, **TEST_ENV, **overrides, "PYTHONPATH": str(REPO)}
+    workers = Workers(name, env)
+    for role in roles:
+        workers.start(role)
+    try:
+        workers.wait_ready(roles)
+    except BaseException:
+        workers.stop()
+        raise
+    return workers
+
+
+@pytest.fixture(scope="session")
+def workers(redis_server: str) -> Iterator[Workers]:
+    """The three session workers (runs with MAX_TESTS=1, infra, alerts)."""
+    started = start_workers("s")
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def celery_app(redis_url: str) -> Any:
+    """The Celery app as the Drone bridge would import it, pointed at the test Redis."""
+    from ccci_tasks.celery_app import app
+
+    return app

@@ -1,0 +1,56 @@
+"""The deployment files agree with the code: dev compose, systemd units, beat schedule."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+
+from ccci_tasks import constants as c
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_dev_compose_worker_commands_match_workers() -> None:
+    """docker-compose.dev.yml starts each worker role with `python -m workers.<role>`."""
+    compose = yaml.safe_load((REPO / "docker-compose.dev.yml").read_text())
+    services = compose["services"]
+    for queue in c.QUEUES:
+        service = services[f"worker-{queue}"]
+        assert service["command"] == ["python", "-m", f"workers.{queue}"]
+        module = importlib.import_module(f"workers.{queue}")
+        assert module.role().queue == queue
+    assert services["beat"]["command"][:4] == ["celery", "-A", "ccci_tasks.celery_app", "beat"]
+    assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+
+
+def test_systemd_units_match_workers() -> None:
+    """Each worker role, beat and flower has a systemd unit that starts it."""
+    units = REPO / "workers" / "systemd"
+    for queue in c.QUEUES:
+        text = (units / f"ccci-worker-{queue}.service").read_text()
+        assert f"-m workers.{queue}" in text
+    assert " beat " in (units / "ccci-beat.service").read_text()
+    assert "flower.env" in (units / "ccci-flower.service").read_text()
+
+
+def test_worker_roles() -> None:
+    """runs: concurrency MAX_TESTS without prefetch; infra and alerts: one process."""
+    from workers import alerts, infra, runs
+
+    assert runs.role().concurrency == 1
+    assert "--disable-prefetch" in runs.role().argv()
+    assert infra.role().concurrency == alerts.role().concurrency == 1
+    assert "--queues=infra" in infra.role().argv()
+
+
+def test_beat_schedule_loads_with_the_app() -> None:
+    """The beat schedule loads with the app and every entry names a registered task."""
+    from ccci_tasks.celery_app import app
+
+    app.loader.import_default_modules()
+    schedule = app.conf.beat_schedule
+    assert schedule
+    for name, entry in schedule.items():
+        assert entry["task"] in app.tasks, f"beat entry {name} names unknown task {entry['task']}"

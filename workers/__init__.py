@@ -1,0 +1,1 @@
+"""One module per worker role: ``python -m workers.runs|infra|alerts``."""
