@@ -1,0 +1,220 @@
+"""Read-only access to one recipe's git repository: versions, release notes, commits, trees.
+
+``git`` runs with argument lists only (never a shell), with a timeout, in a C locale and with
+terminal prompts off. Every ref, version and path is validated before any process starts, so
+an option-like or shell-like string (``--upload-pack=x``, ``$(id)``) never reaches git.
+
+Refs: a version tag (``1.7.1+1.27.2``, see ``naming.validate_version``) is read as
+``refs/tags/<version>``; anything else must pass ``naming.validate_ref`` (a sha or a safe
+ref name such as ``main``).
+
+Nothing here mutates the repository or its working tree: files are read from git objects,
+and ``checkout`` exports a tree with ``git archive`` into a separate directory. Several runs
+may therefore share one recipe repository.
+
+Errors: a missing repository, ref or version is ``AppNotFound``; git exiting non-zero is
+``CommandFailed``; git missing or running out of time is ``PlatformError``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
+from ccci_tasks.naming import validate_recipe, validate_ref, validate_version
+from ccci_tasks.versions import is_version, parse_version
+from ccci_tasks.versions import latest as latest_version
+
+__all__ = ["DEFAULT_GIT_TIMEOUT_S", "NOTES_LOCATIONS", "SHORT_SHA_LEN", "RecipeRepo"]
+
+DEFAULT_GIT_TIMEOUT_S: Final = 60.0
+SHORT_SHA_LEN: Final = 8  # abra labels chaos deploys with formatter.SmallSHA: 8 hex digits
+NEXT: Final = "next"
+# Where release notes of version ``v`` live, first match wins.
+NOTES_LOCATIONS: Final = ("release/{v}", "release/{v}.md", "releaseNotes/{v}.md")
+
+_SHA_OUT_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_PATH_PART_RE: Final = re.compile(r"[A-Za-z0-9._+@=,][A-Za-z0-9._+@=,-]*")
+_REGULAR_FILE_MODES: Final = ("100644", "100755")
+_MAX_PATH_LENGTH: Final = 4096
+
+
+def _validate_path(path: str) -> str:
+    """A repository-relative file path: ``/``-separated, no ``.``/``..``, no option-like start."""
+    ok = isinstance(path, str) and 0 < len(path) <= _MAX_PATH_LENGTH
+    if ok:
+        parts = path.split("/")
+        ok = all(_PATH_PART_RE.fullmatch(p) and p not in (".", "..") for p in parts)
+    if not ok:
+        raise InvalidInput(
+            f"repository path {path!r} is invalid: it must be a relative '/'-separated path "
+            "of letters, digits and '._+@=,-', without '.' or '..' components or a leading "
+            "'-' or '/'; give a path such as 'release/1.0.0+1.2' or 'compose.yml'"
+        )
+    return path
+
+
+class RecipeRepo:
+    """One recipe git repository at ``path`` (e.g. ``<CCCI_RECIPES_DIR>/<recipe>``)."""
+
+    def __init__(
+        self, path: Path, recipe: str, *, timeout_s: float = DEFAULT_GIT_TIMEOUT_S
+    ) -> None:
+        self.recipe = validate_recipe(recipe)
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+
+    def __repr__(self) -> str:
+        return f"RecipeRepo({str(self.path)!r}, {self.recipe!r})"
+
+    # --- running git ------------------------------------------------------------------
+
+    def _missing(self) -> AppNotFound:
+        return AppNotFound(
+            f"recipe {self.recipe!r}: no git repository at {str(self.path)!r}; clone the "
+            "recipe there or check CCCI_RECIPES_DIR"
+        )
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        """Run ``git -C <path> <args>``; returns whatever exit code git gave."""
+        if not self.path.is_dir():
+            raise self._missing()
+        argv = ["git", "-C", str(self.path), *args]
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"}
+        try:
+            proc = subprocess.run(
+                argv, capture_output=True, timeout=self.timeout_s, check=False, env=env
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise PlatformError(
+                f"{' '.join(argv)} did not finish within {self.timeout_s:g} s; "
+                "check the repository and the disk"
+            ) from exc
+        except OSError as exc:
+            raise PlatformError(f"cannot run git ({exc}); install git on the worker") from exc
+        if proc.returncode != 0 and b"not a git repository" in proc.stderr:
+            raise self._missing()
+        return proc
+
+    def _git(self, *args: str) -> bytes:
+        """Run git and return its stdout; a non-zero exit is ``CommandFailed``."""
+        proc = self._run(*args)
+        if proc.returncode != 0:
+            argv = [str(a) for a in proc.args]
+            raise CommandFailed(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
+        return proc.stdout
+
+    @staticmethod
+    def _rev(ref: str) -> str:
+        """The git revision for ``ref``: ``refs/tags/<v>`` for a version, else a checked ref."""
+        if isinstance(ref, str) and is_version(ref):
+            return f"refs/tags/{ref}"
+        return validate_ref(ref)
+
+    # --- versions ---------------------------------------------------------------------
+
+    def versions(self) -> list[str]:
+        """The version tags, oldest first; tags that are no version are left out."""
+        out = self._git("tag", "--list").decode("utf-8", "replace")
+        return sorted((t for t in out.split() if is_version(t)), key=parse_version)
+
+    def latest(self) -> str | None:
+        """The newest version tag, or ``None`` when the recipe has none."""
+        return latest_version(self.versions())
+
+    # --- commits ----------------------------------------------------------------------
+
+    def commit(self, ref: str) -> str:
+        """The full sha of the commit ``ref`` (a version, sha or ref name) points at."""
+        rev = self._rev(ref)
+        proc = self._run("rev-parse", "--verify", "--quiet", "--end-of-options", rev + "^{commit}")
+        sha = proc.stdout.decode("ascii", "replace").strip()
+        if proc.returncode != 0 or not _SHA_OUT_RE.fullmatch(sha):
+            raise AppNotFound(
+                f"ref {ref!r} names no commit in recipe {self.recipe!r} at {str(self.path)!r}; "
+                "fetch the recipe or check the ref/version"
+            )
+        return sha
+
+    def short_sha(self, ref: str) -> str:
+        """The 7-character short sha of ``ref``'s commit (what chaos-version labels carry)."""
+        return self.commit(ref)[:SHORT_SHA_LEN]
+
+    # --- files ------------------------------------------------------------------------
+
+    def _blob(self, commit: str, path: str) -> str | None:
+        """The text of regular file ``path`` in ``commit``, or ``None`` if there is none."""
+        listing = self._git("ls-tree", "-z", "--full-tree", commit, "--", path)
+        for entry in listing.split(b"\0"):
+            meta, _, name = entry.partition(b"\t")
+            fields = meta.decode("ascii", "replace").split()
+            if name.decode("utf-8", "replace") != path or len(fields) != 3:
+                continue
+            mode, kind, sha = fields
+            if kind != "blob" or mode not in _REGULAR_FILE_MODES:
+                return None
+            return self._git("cat-file", "blob", sha).decode("utf-8", "replace")
+        return None
+
+    def file_at(self, ref: str, path: str) -> str | None:
+        """The text of ``path`` as of ``ref``, or ``None`` if that commit has no such file."""
+        _validate_path(path)
+        return self._blob(self.commit(ref), path)
+
+    def release_notes(self, version: str) -> str | None:
+        """Release notes of ``version`` as of its tag, or of ``"next"`` as of HEAD.
+
+        Looks in ``release/<v>``, ``release/<v>.md`` and ``releaseNotes/<v>.md``, in that
+        order. ``None`` when there are none; an unknown version is ``AppNotFound``.
+        """
+        rev = "HEAD" if version == NEXT else validate_version(version)
+        commit = self.commit(rev)
+        for template in NOTES_LOCATIONS:
+            text = self._blob(commit, template.format(v=version))
+            if text is not None:
+                return text
+        return None
+
+    # --- trees ------------------------------------------------------------------------
+
+    def checkout(self, ref: str, dest: Path) -> Path:
+        """Export the tree of ``ref`` into ``dest`` (absent or empty) and return ``dest``.
+
+        Uses ``git archive`` and Python's tarfile with the ``data`` filter (no absolute paths,
+        no escaping links, no device files). The shared repository, its HEAD, index and
+        working tree are left alone. The tree lands in a temporary directory beside ``dest``
+        and is moved into place whole, so a failure leaves no partial tree. The archive is
+        held in memory: recipes are small. ``export-ignore`` attributes are honoured.
+        """
+        commit = self.commit(ref)
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise PlatformError(
+                f"cannot check out {ref!r} of {self.recipe!r} into {str(dest)!r}: it exists "
+                "and is not an empty directory; give a fresh directory"
+            )
+        archive = self._git("archive", "--format=tar", commit)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.chmod(0o755)
+            os.replace(tmp, dest)
+        except (tarfile.TarError, OSError) as exc:
+            raise PlatformError(
+                f"cannot export {ref!r} ({commit[:SHORT_SHA_LEN]}) of {self.recipe!r} "
+                f"into {str(dest)!r}: {exc}"
+            ) from exc
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return dest
