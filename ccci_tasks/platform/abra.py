@@ -1,0 +1,632 @@
+"""The production platform: Co-op Cloud's ``abra`` CLI, one ``ABRA_DIR`` per run.
+
+Plan, then act: the argument lists are built by small pure functions (``new_app_argv``,
+``deploy_argv``, ``undeploy_argv``, ``chaos_checkout_plan``) and run by ``run_command``, the
+one place that starts a process: argument lists only (never a shell), stdin closed, a timeout
+on every call, a minimal environment. Every outside string (recipe, domain, version, ref) is
+validated with ``naming`` before any process starts or any file is written.
+
+ABRA_DIR layout
+---------------
+::
+
+    <abra_root>/servers/              shared: one env file per app, <server>/<domain>.env
+    <abra_root>/catalogue/            shared
+    <abra_root>/runs/<run_id>/        ABRA_DIR of one run (``<abra_root>/shared`` without one)
+        servers   -> <abra_root>/servers
+        catalogue -> <abra_root>/catalogue
+        recipes/                      this run's own recipe checkouts (no two runs share one)
+
+Command lines (``<abra>`` is ``CCCI_ABRA_BIN``, ``<server>`` is ``CCCI_ABRA_SERVER``)
+------------------------------------------------------------------------------------
+* new app: ``<abra> app new <recipe> [<version>] --server <server> --domain <domain> --secrets
+  --no-input``, then ``CCCI_KIND=``, ``CCCI_RUN=`` and ``CCCI_RECIPE=`` lines are written to
+  ``$ABRA_DIR/servers/<server>/<domain>.env`` (abra cannot put ``ccci.*`` labels on objects).
+  Skipped when the env file exists (``new_app`` is idempotent).
+* deploy a tag (or the latest): ``<abra> app deploy <domain> [<version>] [--force] --no-input
+  --no-domain-checks --no-converge-checks``; ``--force`` only when the app is deployed now.
+* chaos deploy: first the ref is resolved to a full sha (``RecipeRepo.commit``, in the recipe
+  repository ``<CCCI_RECIPES_DIR>/<recipe>`` when there is one, else in the run's checkout)
+  and checked out in ``$ABRA_DIR/recipes/<recipe>``::
+
+      git clone --quiet --no-checkout -- <source> <checkout>     (only if the checkout is missing)
+      git -C <checkout> fetch --quiet --no-tags -- <source> <sha>  (only if the sha is missing)
+      git -C <checkout> switch --quiet --detach --end-of-options <sha>
+
+  then ``<abra> app deploy <domain> --chaos --no-input --no-domain-checks --no-converge-checks``.
+* undeploy: ``<abra> app undeploy <domain> --no-input`` (only when something is deployed), then
+  ``DockerState.wait_undeployed``.
+* remove: the undeploy above, then ``DockerState.remove_volumes`` and ``remove_secrets`` and the
+  env file is deleted. ``abra app remove`` is not used (its flags are unverified); this is the
+  documented safe fallback.
+
+Flags: ``app new --server/--domain/--secrets``, ``app deploy --chaos/--force/
+--no-domain-checks``, the global ``--no-input`` and the ``app deploy <domain> [version]`` /
+``app undeploy <domain>`` positionals come from the shared spec/coop-cloud.md notes.
+(unverified) ``--no-converge-checks`` (``-c``): chosen so ``deploy`` returns once submitted and
+``wait_converged`` waits with the recipe's ``DEPLOY_TIMEOUT`` instead of abra's own 300 s.
+(unverified) flags after positionals (abra's cobra CLI accepts them interspersed).
+(unverified) abra refusing to deploy an already deployed app without ``--force``.
+(unverified) ``--no-input`` being accepted by every subcommand used (it is a global flag of
+current abra). Check all of these against ``abra app <cmd> --help`` of the abra in use.
+
+Secrets and logs: the subprocess gets ``ABRA_DIR``, ``PATH``, ``HOME``, ``GIT_TERMINAL_PROMPT=0``
+and the caller's ``extra_env`` only, never the worker's environment. Log lines carry the argv
+and ABRA_DIR, never the environment. ``app new --secrets`` prints generated secrets on stdout:
+stdout is never logged and never put into an error; ``CommandFailed`` carries argv and stderr.
+
+Errors: a non-zero exit is ``CommandFailed(argv, rc, stderr)``; running out of time is
+``WaitTimeout``; a binary that cannot be started is ``PlatformError``; an app without an env
+file is ``AppNotFound``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, cast
+
+from ccci_tasks.config import Settings
+from ccci_tasks.constants import KINDS
+from ccci_tasks.errors import (
+    AppNotFound,
+    CommandFailed,
+    ConfigError,
+    InvalidInput,
+    PlatformError,
+    WaitTimeout,
+)
+from ccci_tasks.naming import (
+    stack_name,
+    validate_domain,
+    validate_recipe,
+    validate_ref,
+    validate_run_hex,
+    validate_version,
+)
+from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
+from ccci_tasks.platform.docker_state import DockerState, docker_client
+from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.versions import is_version
+
+__all__ = [
+    "ABRA_DEPLOY_TIMEOUT_S",
+    "ABRA_TIMEOUT_S",
+    "ENV_KIND",
+    "ENV_RECIPE",
+    "ENV_RUN",
+    "GIT_TIMEOUT_S",
+    "NO_INPUT",
+    "UNDEPLOY_WAIT_S",
+    "AbraLayout",
+    "AbraPlatform",
+    "chaos_checkout_plan",
+    "deploy_argv",
+    "env_file_recipe",
+    "new_app_argv",
+    "parse_env_file",
+    "run_command",
+    "subprocess_env",
+    "undeploy_argv",
+    "validate_run_id",
+    "with_ccci_keys",
+]
+
+log = logging.getLogger(__name__)
+
+NO_INPUT: Final = "--no-input"
+ABRA_TIMEOUT_S: Final = 600.0  # app new (clones the recipe), undeploy
+ABRA_DEPLOY_TIMEOUT_S: Final = 3000.0  # below the step hard time limit (3600 s)
+GIT_TIMEOUT_S: Final = 120.0
+UNDEPLOY_WAIT_S: Final = 300.0
+DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+ENV_KIND: Final = "CCCI_KIND"
+ENV_RUN: Final = "CCCI_RUN"
+ENV_RECIPE: Final = "CCCI_RECIPE"
+# Where an env file names its recipe: ours first, then abra's (newer ``RECIPE``, older ``TYPE``).
+RECIPE_KEYS: Final = (ENV_RECIPE, "RECIPE", "TYPE")
+
+_RUN_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_SERVER_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
+_ENV_LINE_RE: Final = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
+_SHA_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+# --------------------------------------------------------------------------- names
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is safe as a directory name (a uuid or a 6-hex run id)."""
+    if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id):
+        raise InvalidInput(
+            f"run id {run_id!r} is invalid: it must match ^[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}$; "
+            "give the Celery task id of the run"
+        )
+    return run_id
+
+
+def _validate_server(server: str) -> str:
+    if not _SERVER_RE.fullmatch(server) or ".." in server:
+        raise ConfigError(
+            f"CCCI_ABRA_SERVER {server!r} is invalid: it must be 'default' or a server's "
+            "domain name (letters, digits, '.' and '-')"
+        )
+    return server
+
+
+def _validate_kind(kind: str) -> Kind:
+    if kind not in KINDS:
+        raise InvalidInput(f"kind {kind!r} is invalid: it must be one of {', '.join(KINDS)}")
+    return cast(Kind, kind)
+
+
+def _validate_chaos_ref(ref: str) -> str:
+    """A chaos ref is a version tag, a sha or a safe ref name."""
+    if isinstance(ref, str) and is_version(ref):
+        return validate_version(ref)
+    return validate_ref(ref)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class AbraLayout:
+    """Where one run's ABRA_DIR and the shared directories are. Pure paths, no I/O."""
+
+    root: Path
+    run_id: str | None
+    server: str
+
+    @property
+    def abra_dir(self) -> Path:
+        if self.run_id is None:
+            return self.root / "shared"
+        return self.root / "runs" / self.run_id
+
+    @property
+    def shared(self) -> dict[str, Path]:
+        """The directories every run shares, by their name inside an ABRA_DIR."""
+        return {"servers": self.root / "servers", "catalogue": self.root / "catalogue"}
+
+    @property
+    def server_dir(self) -> Path:
+        """The shared env-file directory (``$ABRA_DIR/servers/<server>`` resolves here)."""
+        return self.root / "servers" / self.server
+
+    def env_file(self, domain: str) -> Path:
+        return self.server_dir / f"{domain}.env"
+
+    def checkout(self, recipe: str) -> Path:
+        return self.abra_dir / "recipes" / recipe
+
+
+def prepare_layout(layout: AbraLayout) -> Path:
+    """Create the shared directories, the run's ABRA_DIR and its symlinks; return ABRA_DIR."""
+    abra_dir = layout.abra_dir
+    try:
+        (abra_dir / "recipes").mkdir(parents=True, exist_ok=True)
+        for name, target in layout.shared.items():
+            target.mkdir(parents=True, exist_ok=True)
+            link = abra_dir / name
+            with contextlib.suppress(FileExistsError):  # made by a concurrent call
+                link.symlink_to(target, target_is_directory=True)
+            if not (link.is_symlink() and link.resolve() == target.resolve()):
+                raise PlatformError(
+                    f"{link} should be a symlink to {target}, but is not; remove it so each "
+                    "run shares servers/ and catalogue/"
+                )
+        layout.server_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PlatformError(
+            f"cannot prepare ABRA_DIR {abra_dir}: {exc}; check CCCI_ABRA_DIR / CCCI_STATE_DIR"
+        ) from exc
+    return abra_dir
+
+
+# --------------------------------------------------------------------------- plan: argv
+
+
+def new_app_argv(
+    abra: str, recipe: str, domain: str, server: str, version: str | None = None
+) -> list[str]:
+    """``abra app new <recipe> [<version>] --server S --domain D --secrets --no-input``."""
+    positional = [recipe] if version is None else [recipe, version]
+    return [abra, "app", "new", *positional, "--server", server, "--domain", domain,
+            "--secrets", NO_INPUT]
+
+
+def deploy_argv(
+    abra: str, domain: str, version: str | None = None, *, chaos: bool = False,
+    force: bool = False,
+) -> list[str]:
+    """``abra app deploy <domain> [<version>] [--chaos] [--force] --no-input ...``."""
+    if chaos and version is not None:
+        raise InvalidInput(
+            f"deploy of {domain}: give a version or a chaos ref, not both (got {version!r})"
+        )
+    argv = [abra, "app", "deploy", domain]
+    if version is not None:
+        argv.append(version)
+    if chaos:
+        argv.append("--chaos")
+    if force:
+        argv.append("--force")
+    return [*argv, NO_INPUT, "--no-domain-checks", "--no-converge-checks"]
+
+
+def undeploy_argv(abra: str, domain: str) -> list[str]:
+    """``abra app undeploy <domain> --no-input`` (keeps volumes)."""
+    return [abra, "app", "undeploy", domain, NO_INPUT]
+
+
+def chaos_checkout_plan(
+    source: Path, checkout: Path, sha: str, *, have_checkout: bool, have_commit: bool
+) -> list[list[str]]:
+    """The git commands that put ``sha`` (a full sha) as a detached HEAD into ``checkout``."""
+    if not _SHA_RE.fullmatch(sha):
+        raise InvalidInput(f"chaos checkout needs a full lowercase sha, got {sha!r}")
+    plan: list[list[str]] = []
+    if not have_checkout:
+        plan.append(["git", "clone", "--quiet", "--no-checkout", "--", str(source),
+                     str(checkout)])
+    if have_checkout and not have_commit:
+        plan.append(["git", "-C", str(checkout), "fetch", "--quiet", "--no-tags", "--",
+                     str(source), sha])
+    plan.append(["git", "-C", str(checkout), "switch", "--quiet", "--detach",
+                 "--end-of-options", sha])
+    return plan
+
+
+# --------------------------------------------------------------------------- plan: env files
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """``KEY=VALUE`` lines of an env file; comments and blank lines are skipped."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        match = _ENV_LINE_RE.fullmatch(line)
+        if match is None:
+            continue
+        value = match.group(2).strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].strip()
+        values[match.group(1)] = value
+    return values
+
+
+def with_ccci_keys(text: str, values: Mapping[str, str]) -> str:
+    """``text`` with each ``KEY=VALUE`` of ``values`` set: replaced in place, else appended."""
+    lines = text.splitlines()
+    done: set[str] = set()
+    for index, line in enumerate(lines):
+        match = _ENV_LINE_RE.fullmatch(line)
+        if match is not None and match.group(1) in values and not line.lstrip().startswith("#"):
+            key = match.group(1)
+            lines[index] = f"{key}={values[key]}"
+            done.add(key)
+    lines.extend(f"{key}={value}" for key, value in values.items() if key not in done)
+    return "\n".join(lines) + "\n"
+
+
+def env_file_recipe(values: Mapping[str, str]) -> str | None:
+    """The recipe an env file names (``CCCI_RECIPE``, else abra's ``RECIPE``/``TYPE``)."""
+    for key in RECIPE_KEYS:
+        value = values.get(key)
+        if value:
+            return value.split(":", 1)[0]  # abra allows RECIPE=<name>:<version>
+    return None
+
+
+def subprocess_env(
+    abra_dir: Path, extra: Mapping[str, str] | None = None,
+    parent: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The whole environment of an abra/git process: minimal, never the worker's."""
+    parent = os.environ if parent is None else parent
+    env = {
+        "PATH": parent.get("PATH") or DEFAULT_PATH,
+        "HOME": parent.get("HOME") or str(Path.home()),
+        "GIT_TERMINAL_PROMPT": "0",
+        **(extra or {}),
+    }
+    env["ABRA_DIR"] = str(abra_dir)
+    return env
+
+
+# --------------------------------------------------------------------------- act
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+def run_command(
+    argv: Sequence[str], *, env: Mapping[str, str], timeout_s: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (no shell, stdin closed, a timeout) and return the finished process.
+
+    Non-zero exit → ``CommandFailed`` (argv, code, stderr); too slow → ``WaitTimeout``.
+    """
+    argv = [str(a) for a in argv]
+    log.info("running %s (ABRA_DIR=%s)", shlex.join(argv), env.get("ABRA_DIR", "-"))
+    try:
+        proc = subprocess.run(
+            argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, errors="replace", timeout=timeout_s, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        tail = _text(exc.stderr).strip().splitlines()[-3:]
+        raise WaitTimeout(
+            f"`{shlex.join(argv)}` to finish", timeout_s,
+            " | ".join(tail) or "no output on stderr",
+        ) from exc
+    except OSError as exc:
+        raise PlatformError(
+            f"cannot run {argv[0]}: {exc}; install it or set CCCI_ABRA_BIN to its path"
+        ) from exc
+    if proc.returncode != 0:
+        # stderr only: ``app new --secrets`` prints generated secrets on stdout.
+        raise CommandFailed(argv, proc.returncode, proc.stderr or "")
+    return proc
+
+
+def _succeeds(argv: Sequence[str], *, env: Mapping[str, str], timeout_s: float) -> bool:
+    """True when ``argv`` exits 0 (a probe such as ``git cat-file -e``)."""
+    try:
+        run_command(argv, env=env, timeout_s=timeout_s)
+    except CommandFailed:
+        return False
+    return True
+
+
+class AbraPlatform:
+    """The ``Platform`` on a Co-op Cloud server, driven by ``abra``; state read via Docker.
+
+    ``extra_env`` is added to the minimal subprocess environment (e.g. ``SSH_AUTH_SOCK`` for
+    a remote server, or a test's settings for its stand-in abra); it is never logged.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        run_id: str | None = None,
+        docker_state: DockerState | None = None,
+        *,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.run_id = None if run_id is None else validate_run_id(run_id)
+        self.layout = AbraLayout(
+            root=Path(settings.abra_root), run_id=self.run_id,
+            server=_validate_server(settings.abra_server),
+        )
+        self.abra = settings.abra_bin
+        self._state = docker_state
+        self._extra_env = dict(extra_env or {})
+
+    def __repr__(self) -> str:
+        return f"AbraPlatform(abra_dir={str(self.abra_dir)!r}, server={self.layout.server!r})"
+
+    @property
+    def abra_dir(self) -> Path:
+        return self.layout.abra_dir
+
+    @property
+    def state(self) -> DockerState:
+        """The Docker view, connected on first use."""
+        if self._state is None:
+            self._state = DockerState(docker_client(self.settings))
+        return self._state
+
+    # --- running ----------------------------------------------------------------------
+
+    def _env(self) -> dict[str, str]:
+        return subprocess_env(self.abra_dir, self._extra_env)
+
+    def _abra(self, argv: list[str], timeout_s: float = ABRA_TIMEOUT_S) -> None:
+        prepare_layout(self.layout)
+        run_command(argv, env=self._env(), timeout_s=timeout_s, cwd=self.abra_dir)
+
+    def _read_env_file(self, domain: str) -> dict[str, str]:
+        path = self.layout.env_file(domain)
+        try:
+            return parse_env_file(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise AppNotFound(
+                f"app {domain} has no env file at {path}; create it with new_app first"
+            ) from None
+        except OSError as exc:
+            raise PlatformError(f"cannot read the env file {path} of {domain}: {exc}") from exc
+
+    def _write_env_keys(self, domain: str, values: Mapping[str, str]) -> None:
+        from ccci_tasks.state import atomic
+
+        path = self.layout.env_file(domain)
+        try:
+            text = path.read_text(encoding="utf-8")
+            mode = path.stat().st_mode & 0o777
+            atomic.write_text(path, with_ccci_keys(text, values), mode)
+        except OSError as exc:
+            raise PlatformError(f"cannot update the env file {path} of {domain}: {exc}") from exc
+
+    # --- Platform ---------------------------------------------------------------------
+
+    def new_app(
+        self, recipe: str, domain: str, version: str | None = None, *, kind: Kind,
+        run: str | None,
+    ) -> AppInfo:
+        """``abra app new`` (unless the env file exists), then record kind/run/recipe in it."""
+        validate_recipe(recipe)
+        validate_domain(domain)
+        if version is not None:
+            validate_version(version)
+        kind = _validate_kind(kind)
+        if run is not None:
+            validate_run_hex(run)
+        path = self.layout.env_file(domain)
+        existed = path.exists()
+        if existed:
+            named = env_file_recipe(self._read_env_file(domain))
+            if named is not None and named != recipe:
+                raise PlatformError(
+                    f"app {domain} already exists for recipe {named!r}, not {recipe!r} "
+                    f"(env file {path}); remove it first or pick another domain"
+                )
+        else:
+            self._abra(new_app_argv(self.abra, recipe, domain, self.layout.server, version))
+            if not path.exists():
+                raise PlatformError(
+                    f"abra app new {recipe} for {domain} exited 0 but wrote no env file at "
+                    f"{path}; check CCCI_ABRA_SERVER and the abra version"
+                )
+        values = {ENV_RECIPE: recipe, ENV_KIND: kind}
+        if run is not None:
+            values[ENV_RUN] = run
+        self._write_env_keys(domain, values)
+        deployed = existed and self.state.deployed(domain).is_deployed
+        return AppInfo(domain=domain, stack=stack_name(domain), recipe=recipe, kind=kind,
+                       run=run, deployed=deployed)
+
+    def _chaos_checkout(self, recipe: str, ref: str) -> str:
+        """Check ``ref`` out (detached) in this run's recipe checkout; return its sha."""
+        checkout = self.layout.checkout(recipe)
+        mirror = Path(self.settings.recipes_dir) / recipe
+        source = mirror if mirror.is_dir() else checkout
+        if not source.is_dir():
+            raise AppNotFound(
+                f"recipe {recipe!r}: neither a repository at {mirror} nor a checkout at "
+                f"{checkout}; mirror the recipe into CCCI_RECIPES_DIR"
+            )
+        sha = RecipeRepo(source, recipe, timeout_s=GIT_TIMEOUT_S).commit(ref)
+        env = self._env()
+        have_checkout = checkout.is_dir()
+        have_commit = have_checkout and _succeeds(
+            ["git", "-C", str(checkout), "cat-file", "-e", f"{sha}^{{commit}}"],
+            env=env, timeout_s=GIT_TIMEOUT_S,
+        )
+        plan = chaos_checkout_plan(source, checkout, sha, have_checkout=have_checkout,
+                                   have_commit=have_commit)
+        for argv in plan:
+            run_command(argv, env=env, timeout_s=GIT_TIMEOUT_S, cwd=self.abra_dir)
+        return sha
+
+    def deploy(
+        self, domain: str, version: str | None = None, chaos_ref: str | None = None
+    ) -> DeployedState:
+        """Deploy ``version`` (None: latest) or, with ``chaos_ref``, that commit as it is."""
+        validate_domain(domain)
+        if version is not None:
+            validate_version(version)
+        if chaos_ref is not None:
+            _validate_chaos_ref(chaos_ref)
+            if version is not None:
+                raise InvalidInput(
+                    f"deploy of {domain}: give a version or a chaos ref, not both "
+                    f"(got {version!r} and {chaos_ref!r})"
+                )
+        recipe = env_file_recipe(self._read_env_file(domain))
+        if recipe is None:
+            raise PlatformError(
+                f"the env file {self.layout.env_file(domain)} names no recipe "
+                f"({'/'.join(RECIPE_KEYS)}); recreate the app with new_app"
+            )
+        validate_recipe(recipe)
+        prepare_layout(self.layout)
+        if chaos_ref is not None:
+            sha = self._chaos_checkout(recipe, chaos_ref)
+            log.info("chaos deploy of %s at %s (%s)", domain, chaos_ref, sha[:7])
+            argv = deploy_argv(self.abra, domain, chaos=True)
+        else:
+            force = self.state.deployed(domain).is_deployed
+            argv = deploy_argv(self.abra, domain, version, force=force)
+        self._abra(argv, timeout_s=ABRA_DEPLOY_TIMEOUT_S)
+        return self.state.deployed(domain)
+
+    def undeploy(self, domain: str) -> None:
+        """``abra app undeploy`` when deployed, then wait until the services are gone."""
+        validate_domain(domain)
+        if self.state.deployed(domain).is_deployed:
+            self._abra(undeploy_argv(self.abra, domain))
+        self.state.wait_undeployed(domain, UNDEPLOY_WAIT_S)
+
+    def remove(self, domain: str) -> None:
+        """Undeploy, then delete the stack's volumes and secrets and the app's env file."""
+        validate_domain(domain)
+        self.undeploy(domain)
+        self.state.remove_volumes(domain)
+        self.state.remove_secrets(domain)
+        path = self.layout.env_file(domain)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise PlatformError(f"cannot delete the env file {path} of {domain}: {exc}") from exc
+
+    def volumes(self, domain: str) -> list[VolumeInfo]:
+        return self.state.volumes(validate_domain(domain))
+
+    def deployed(self, domain: str) -> DeployedState:
+        return self.state.deployed(validate_domain(domain))
+
+    def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
+        return self.state.wait_converged(validate_domain(domain), timeout_s)
+
+    def base_url(self, domain: str) -> str:
+        """``https://<domain>``: probes go through Traefik on the server."""
+        return f"https://{validate_domain(domain)}"
+
+    def _env_file_apps(self) -> list[AppInfo]:
+        """Apps whose env file carries a valid ``CCCI_KIND`` (others are not ours)."""
+        server_dir = self.layout.server_dir
+        apps = []
+        for path in sorted(server_dir.glob("*.env")) if server_dir.is_dir() else []:
+            domain = path.name[: -len(".env")]
+            try:
+                validate_domain(domain)
+                values = parse_env_file(path.read_text(encoding="utf-8"))
+                kind = _validate_kind(values.get(ENV_KIND, ""))
+                run = values.get(ENV_RUN) or None
+                if run is not None:
+                    validate_run_hex(run)
+            except (InvalidInput, OSError, UnicodeDecodeError):
+                continue
+            apps.append(AppInfo(domain=domain, stack=stack_name(domain),
+                                recipe=env_file_recipe(values) or "", kind=kind, run=run))
+        return apps
+
+    def live_apps(self) -> list[AppInfo]:
+        """Apps with a ccci env file (deployed or not) plus any carrying ccci labels."""
+        apps = {app.domain: app for app in self.state.labelled_apps()}
+        for app in self._env_file_apps():
+            deployed = self.state.deployed(app.domain).is_deployed
+            apps[app.domain] = AppInfo(domain=app.domain, stack=app.stack, recipe=app.recipe,
+                                       kind=app.kind, run=app.run, deployed=deployed)
+        return [apps[d] for d in sorted(apps)]
+
+    # --- housekeeping -----------------------------------------------------------------
+
+    def discard_run_dir(self) -> None:
+        """Delete this run's ABRA_DIR (its recipe checkouts); shared directories stay."""
+        if self.run_id is None:
+            return
+        abra_dir = self.abra_dir
+        for name in self.layout.shared:
+            link = abra_dir / name
+            if link.is_symlink():
+                link.unlink()
+        shutil.rmtree(abra_dir, ignore_errors=True)
