@@ -244,10 +244,14 @@ class Workers:
         self.logdir.mkdir(exist_ok=True)
 
     def start(self, role: str) -> None:
+        if role == "beat":
+            argv = [sys.executable, "-m", "celery", "-A", "ccci_tasks.celery_app", "beat",
+                    "--loglevel=INFO", "-s", str(self.logdir / "beat-schedule")]
+        else:
+            argv = [sys.executable, "-m", f"workers.{role}", f"--hostname={role}-{self.name}@%h"]
         with open(self.logdir / f"{role}.log", "ab") as log:
             self.procs[role] = subprocess.Popen(
-                [sys.executable, "-m", f"workers.{role}", f"--hostname={role}-{self.name}@%h"],
-                cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True,
+                argv, cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True,
             )
 
     def hostname(self, role: str) -> str:
@@ -256,7 +260,7 @@ class Workers:
     def wait_ready(self, roles: tuple[str, ...], timeout_s: float = 60) -> None:
         from ccci_tasks.celery_app import app
 
-        wanted = {self.hostname(role) for role in roles}
+        wanted = {self.hostname(role) for role in roles if role != "beat"}
         seen: set[str] = set()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -285,6 +289,14 @@ class Workers:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
+
+
+    def restart_all(self) -> None:
+        """Start every role again (after ``stop``) and wait until they answer."""
+        roles = tuple(self.procs)
+        for role in roles:
+            self.start(role)
+        self.wait_ready(roles)
 
 
 def start_workers(name: str, roles: tuple[str, ...] = ("runs", "infra", "alerts"),
@@ -316,3 +328,20 @@ def celery_app(redis_url: str) -> Any:
     from ccci_tasks.celery_app import app
 
     return app
+
+
+# ---- push receiver
+# The local push target for the alerts relay (tests/push_receiver.py), listening on PUSH_PORT,
+# which the workers' CCCI_ALERT_URLS points at. Tests may stop() and start() it.
+
+
+@pytest.fixture(scope="session")
+def push_receiver() -> Iterator[Any]:
+    """One HTTP push receiver on 127.0.0.1:PUSH_PORT for the whole session."""
+    from push_receiver import PushReceiver  # tests/ is on sys.path (pytest rootdir import)
+
+    receiver = PushReceiver(PUSH_PORT)
+    receiver.start()
+    yield receiver
+    receiver.stop()
+# ---- end push receiver

@@ -1,0 +1,90 @@
+"""The ccci command: exit codes and output, as an operator would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TEST_ENV
+
+from ccci_tasks.errors import WaitTimeout
+
+
+def ccci(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ccci_tasks.cli", *args],
+        env={**os.environ, **TEST_ENV, **env}, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(("quick", "../x", "0123abcd"), "'../x'"),
+     (("quick", "custom-html", "--", "--foo"), "'--foo'"),
+     (("quick", "custom-html", "$(id)"), "'$(id)'"),
+     (("cold", "--", "-rf"), "'-rf'"),
+     (("cold", "custom-html", "--ref", "a..b"), "'a..b'")],
+)
+def test_bad_input_exits_2_and_enqueues_nothing(
+    redis_url: str, args: tuple[str, ...], needle: str
+) -> None:
+    """Bad recipe or ref: exit 2, a message naming the value, and no message sent."""
+    import redis
+
+    done = ccci(*args)
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr
+    assert redis.Redis.from_url(redis_url).llen("runs") == 0
+
+
+def test_enrolled_lists_the_example(state_dir: Path) -> None:
+    """`ccci enrolled --json` lists recipes with WARM_CANONICAL = True."""
+    done = ccci("enrolled", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "custom-html" in json.loads(done.stdout)
+
+
+def test_status_shows_slots(redis_url: str) -> None:
+    """`ccci status --json` reports slots in use against MAX_TESTS."""
+    done = ccci("status", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["max_tests"] == 1 and data["slots_in_use"] == 0 and data["queued"] == []
+
+
+def test_runs_show_unknown_exits_2(state_dir: Path) -> None:
+    """`ccci runs show` of an unknown run id exits 2 and says how to find runs."""
+    done = ccci("runs", "show", str(uuid.uuid4()))
+    assert done.returncode == 2
+    assert "ccci runs list" in done.stderr
+
+
+def test_check_with_broker_down_exits_3(state_dir: Path) -> None:
+    """`ccci check` exits 3 when the broker is unreachable, without printing its URL secret."""
+    done = ccci("check", CCCI_BROKER_URL="redis://:s3cret-pw@127.0.0.1:1/0")
+    assert done.returncode == 3
+    assert "broker" in done.stderr and "s3cret-pw" not in done.stderr + done.stdout
+
+
+@pytest.mark.docker
+def test_check_ok(redis_url: str, swarm: Any, state_dir: Path) -> None:
+    """`ccci check` exits 0 with a live broker, a swarm engine and a writable state root."""
+    done = ccci("check")
+    assert done.returncode == 0, done.stderr
+    assert "broker: ok" in done.stdout and "swarm active" in done.stdout
+
+
+def test_wait_timeout_says_what_it_saw(settings: Any) -> None:
+    """runs.wait times out naming the run and where it was last seen."""
+    from ccci_tasks.runs import wait
+
+    run_id = str(uuid.uuid4())
+    with pytest.raises(WaitTimeout, match=f"verdict of run {run_id}.*no report yet"):
+        wait(run_id, 0.2, settings)

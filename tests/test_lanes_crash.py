@@ -1,0 +1,129 @@
+"""Run slots under stress: MAX_TESTS=2, and a runs worker SIGKILLed in the middle of a run.
+
+These tests start their own worker processes (and beat, for the janitor), so the session
+workers are paused meanwhile: two runs workers with different MAX_TESTS must not share a queue.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TEST_ENV, Workers, flush_redis, remove_ccci_objects, start_workers
+from test_lanes import RECIPE, _services, _volumes, _wait, _wipe
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+def _tag_sha(recipes: Path, tag: str) -> str:
+    return subprocess.run(["git", "-C", str(recipes / RECIPE), "rev-parse", f"{tag}^{{commit}}"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def own_workers(workers: Workers, swarm: Any, example_recipes: Path,
+                redis_server: str) -> Iterator[Any]:
+    """A factory of private worker sets; the session workers are paused meanwhile."""
+    from ccci_tasks.config import get_settings
+
+    workers.stop()
+    started: list[Workers] = []
+
+    def make(name: str, roles: tuple[str, ...], **env: str) -> Workers:
+        flush_redis(redis_server)
+        remove_ccci_objects(swarm)
+        _wipe(Path(TEST_ENV["CCCI_STATE_DIR"]))
+        get_settings.cache_clear()
+        own = start_workers(name, roles, **env)
+        started.append(own)
+        return own
+
+    try:
+        yield make
+    finally:
+        for own in started:
+            own.stop()
+        remove_ccci_objects(swarm)
+        flush_redis(redis_server)
+        workers.restart_all()
+
+
+def _watch_live(swarm: Any, stop: threading.Event, seen: list[int]) -> None:
+    while not stop.is_set():
+        stacks = {s.attrs["Spec"]["Labels"].get("com.docker.stack.namespace")
+                  for s in _services(swarm)}
+        seen.append(len(stacks))
+        time.sleep(0.1)
+
+
+def test_max_tests_two_never_more_than_two_live(
+    own_workers: Any, swarm: Any, example_recipes: Path
+) -> None:
+    """With MAX_TESTS=2 and four cold runs enqueued at once, never more than two apps are
+    live, and all four finish green."""
+    from ccci_tasks.tasks import cold_run
+
+    own_workers("m2", ("runs", "infra", "alerts"), CCCI_MAX_TESTS="2")
+    sha = _tag_sha(example_recipes, "1.1.0+1.1")
+    seen: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_live, args=(swarm, stop, seen), daemon=True)
+    watcher.start()
+    try:
+        reports = [_wait(r.id) for r in [cold_run.delay(RECIPE, sha) for _ in range(4)]]
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    assert [r.verdict for r in reports] == ["pass"] * 4, [r.reason for r in reports]
+    assert max(seen) <= 2
+    assert max(seen) == 2, "MAX_TESTS=2 never ran two apps at once"
+
+
+def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
+    own_workers: Any, swarm: Any, example_recipes: Path
+) -> None:
+    """SIGKILL the runs worker mid cold run and restart it: within lease TTL + janitor
+    interval the cold app and its volumes are gone, the slot is free, and the next queued
+    run goes ahead."""
+    from ccci_tasks.config import get_settings
+    from ccci_tasks.lanes.plan import run_hex
+    from ccci_tasks.slots import Slots
+    from ccci_tasks.state.reports import load_report
+    from ccci_tasks.tasks import cold_run
+
+    own = own_workers("crash", ("runs", "infra", "alerts", "beat"))
+    sha = _tag_sha(example_recipes, "1.1.0+1.1")
+    first = cold_run.delay(RECIPE, sha).id
+    second = cold_run.delay(RECIPE, sha).id
+    hexid = run_hex(first)
+    deadline = time.monotonic() + 120
+    while not [s for s in _services(swarm, "cold")
+               if s.attrs["Spec"]["Labels"].get("ccci.run") == hexid]:
+        assert time.monotonic() < deadline, "the first run never deployed its cold app"
+        time.sleep(0.2)
+    own.kill("runs")
+    killed_at = time.monotonic()
+    own.start("runs")
+    own.wait_ready(("runs",))
+    settings = get_settings()
+    limit = settings.lease_ttl_s + settings.janitor_interval_s + 30
+    while True:
+        report = load_report(settings.state_dir, first)
+        gone = not [x for x in _services(swarm, "cold") + _volumes(swarm, "cold")
+                    if (x.attrs.get("Spec", {}).get("Labels") or x.attrs.get("Labels") or {})
+                    .get("ccci.run") == hexid]
+        if report is not None and report.finished and gone:
+            break
+        assert time.monotonic() - killed_at < limit, (
+            f"after {limit} s: report {report and report.verdict}, app gone: {gone}")
+        time.sleep(0.5)
+    assert report.verdict == "error"
+    assert "crashed" in (report.reason or "")
+    assert not Slots.from_settings(settings).holds(first)
+    later = _wait(second)
+    assert later.verdict == "pass", later.reason
