@@ -41,6 +41,7 @@ def _free_port() -> int:
 
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="ccci-test-"))
+TEST_BASE = "test.localhost"
 REDIS_PORT = _free_port()
 PUSH_PORT = _free_port()  # the local push target (tests/push_receiver.py) listens here
 TEST_ENV: dict[str, str] = {
@@ -48,7 +49,7 @@ TEST_ENV: dict[str, str] = {
     "CCCI_STATE_DIR": str(SESSION_DIR / "state"),
     "CCCI_RECIPES_DIR": str(SESSION_DIR / "recipes"),
     "CCCI_TESTS_DIR": str(SESSION_DIR / "tests-recipes"),
-    "CCCI_BASE_DOMAIN": "ci.localhost",
+    "CCCI_BASE_DOMAIN": TEST_BASE,  # not the default: `make up` may run beside us
     "CCCI_MAX_TESTS": "1",
     "CCCI_LEASE_TTL_S": "20",
     "CCCI_JANITOR_INTERVAL_S": "5",
@@ -183,19 +184,47 @@ def example_recipes(swarm: Any) -> Path:
     return dest
 
 
+def _ours(obj: Any) -> bool:
+    """Objects of the test system: labelled by ccci with a domain under the test base."""
+    attrs = obj.attrs
+    labels = (attrs.get("Spec", {}).get("Labels") or attrs.get("Labels")
+              or attrs.get("Config", {}).get("Labels") or {})
+    domain = labels.get("ccci.domain", "")
+    return domain == TEST_BASE or domain.endswith("." + TEST_BASE)
+
+
 def remove_ccci_objects(client: Any) -> None:
-    """Remove every service and volume labelled by ccci (test isolation)."""
+    """Remove the test system's ccci-labelled services and volumes (test isolation).
+
+    Objects of another ccci system on the same engine (e.g. `make up`) are left alone.
+    """
+    import docker
+
+    def gone(remove: Any) -> None:
+        try:
+            remove()
+        except docker.errors.NotFound:
+            pass
+
     for service in client.services.list(filters={"label": "ccci.kind"}):
-        service.remove()
+        if _ours(service):
+            gone(service.remove)
+    # Stop the stacks' containers ourselves instead of waiting for swarm to do it.
+    for container in client.containers.list(all=True, filters={"label": "ccci.kind"}):
+        if _ours(container):
+            try:
+                container.remove(force=True)
+            except docker.errors.APIError:
+                pass
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if not client.containers.list(all=True, filters={"label": "ccci.kind"}):
+        if not [c for c in client.containers.list(all=True, filters={"label": "ccci.kind"})
+                if _ours(c)]:
             break
         time.sleep(0.3)
-    for container in client.containers.list(all=True, filters={"label": "ccci.kind"}):
-        container.remove(force=True)
     for volume in client.volumes.list(filters={"label": "ccci.kind"}):
-        volume.remove(force=True)
+        if _ours(volume):
+            gone(lambda v=volume: v.remove(force=True))
 
 
 @pytest.fixture

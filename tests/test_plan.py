@@ -85,9 +85,14 @@ def test_run_ctx_round_trips() -> None:
     assert _ctx("cold").realm is None
 
 
-def _app(kind: str, run: str | None, deployed: bool = True, recipe: str = "r") -> AppInfo:
-    return AppInfo(domain=f"{kind}-{run}.ci.localhost", stack="s", recipe=recipe,
-                   kind=kind, run=run, deployed=deployed)  # type: ignore[arg-type]
+def _app(kind: str, run: str | None, deployed: bool = True, recipe: str = "r",
+         base: str = "ci.localhost") -> AppInfo:
+    from ccci_tasks import naming
+
+    domain = (naming.cold_domain(recipe, run, base) if kind == "cold" and run
+              else naming.warm_domain(recipe, base))
+    return AppInfo(domain=domain, stack="s", recipe=recipe, kind=kind, run=run,
+                   deployed=deployed)  # type: ignore[arg-type]
 
 
 def test_janitor_reaps_only_what_no_live_run_holds() -> None:
@@ -103,8 +108,9 @@ def test_janitor_reaps_only_what_no_live_run_holds() -> None:
         _app("warm", None, recipe="idle", deployed=False),  # data-warm: keep
         _app("warm", None, recipe="stray"),   # deployed, nobody holds it: put back
         _app("infra", None, recipe="keycloak"),  # live-warm infra: never touched
+        _app("cold", run_hex(OTHER), base="other.localhost"),  # another system's: never
     ]
-    actions = janitor.plan(apps, [lease])
+    actions = janitor.plan(apps, [lease], "ci.localhost")
     assert [(a.kind, a.recipe) for a in actions] == [
         ("remove", "r"), ("remove", "r"), ("put_back", "stray")]
 

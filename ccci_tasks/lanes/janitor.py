@@ -15,6 +15,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from ccci_tasks import naming
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError
 from ccci_tasks.lanes import plan as lane_plan
@@ -45,8 +46,13 @@ class JanitorReport:
         return asdict(self)
 
 
-def plan(apps: list[AppInfo], leases: list[Lease]) -> list[Action]:
-    """What to reap, from the apps seen and the live leases."""
+def plan(apps: list[AppInfo], leases: list[Lease], base_domain: str) -> list[Action]:
+    """What to reap, from the apps seen and the live leases.
+
+    Only apps under this system's base domain are considered: another ccci system sharing
+    the Docker engine (say, a test suite beside `make up`) is never touched.
+    """
+    apps = [app for app in apps if naming.parse_domain(app.domain, base_domain) is not None]
     live_hexes = {lane_plan.run_hex(lease.run_id) for lease in leases}
     held = {lease.spec.canonical for lease in leases if lease.spec and lease.spec.canonical}
     actions = []
@@ -91,7 +97,7 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
     for spec in slots.reap_expired():
         _mark_crashed(settings, spec, report)
         slots.forget(spec.run_id)
-    for action in plan(platform.live_apps(), slots.leases()):
+    for action in plan(platform.live_apps(), slots.leases(), settings.base_domain):
         log.warning("janitor: %s %s (%s)", action.kind, action.domain, action.why)
         try:
             _act(settings, platform, action)
