@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from ccci_tasks import constants as c
 from ccci_tasks.config import Settings, get_settings
@@ -37,7 +37,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "visibility_timeout": settings.visibility_timeout_s,
         "broker_connection_retry_on_startup": True,
-        "task_queues": [Queue(name, routing_key=name) for name in c.QUEUES],
+        "task_queues": [Queue(name, routing_key=name) for name in c.QUEUES],  # type: ignore[no-untyped-call]
         "task_default_queue": c.QUEUE_RUNS,
         "task_routes": TASK_ROUTES,
         "task_create_missing_queues": False,

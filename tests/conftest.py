@@ -15,6 +15,7 @@ and the worker processes always talk to the same Redis.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -201,10 +202,8 @@ def remove_ccci_objects(client: Any) -> None:
     import docker
 
     def gone(remove: Any) -> None:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             remove()
-        except docker.errors.NotFound:
-            pass
 
     for service in client.services.list(filters={"label": "ccci.kind"}):
         if _ours(service):
@@ -212,10 +211,8 @@ def remove_ccci_objects(client: Any) -> None:
     # Stop the stacks' containers ourselves instead of waiting for swarm to do it.
     for container in client.containers.list(all=True, filters={"label": "ccci.kind"}):
         if _ours(container):
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
-            except docker.errors.APIError:
-                pass
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if not [c for c in client.containers.list(all=True, filters={"label": "ccci.kind"})

@@ -4,6 +4,7 @@ The Drone bridge imports its entry points from here:
 ``from ccci_tasks.tasks import quick_run, cold_run``.
 """
 
-from ccci_tasks.tasks import diag
+from ccci_tasks.tasks import alerts, diag, lanes, warm
+from ccci_tasks.tasks.lanes import cold_run, janitor, quick_run
 
-__all__ = ["diag"]
+__all__ = ["alerts", "cold_run", "diag", "janitor", "lanes", "quick_run", "warm"]
