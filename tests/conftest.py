@@ -73,6 +73,9 @@ def need(reason: str) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus != 0 or os.environ.get("CCCI_TEST_KEEP"):
+        print(f"\nccci test logs and state kept in {SESSION_DIR}")
+        return
     shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
