@@ -1,0 +1,284 @@
+"""Volume directories <-> tar files: the platform-free core of snapshots (R5.3).
+
+``snapshot_dirs`` streams each volume's mountpoint through GNU tar into ``<name>.tar``,
+hashing while writing. ``restore_dirs`` checks every sha256 and every member of every tar
+before it touches any volume, then clears each volume and untars into it.
+
+Why GNU tar (argument lists, never a shell) and not ``tarfile`` for the data: tar keeps
+numeric ownership, modes, symlinks, hard links, sparse files (``--sparse``), xattrs and POSIX
+ACLs in the POSIX (pax) format; ``tarfile`` writes sparse files dense, loses xattrs and ACLs
+and is slower on large volumes. ``tarfile`` (which reads GNU sparse and pax headers) is used
+to *check* members before extraction: absolute names, ``..``, members below a symlink, links
+that escape the volume (symlinks are resolved through the archive's own symlinks) and device
+files are refused. GNU tar's own guards (refusing ``..``, delaying symlinks) are a second line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+from ccci_tasks.errors import IntegrityError, SnapshotError, UnsafeArchive
+from ccci_tasks.platform.base import VolumeInfo
+
+CHUNK_BYTES: Final = 1 << 20
+MAX_SYMLINK_HOPS: Final = 40  # Linux MAXSYMLINKS: a deeper chain fails with ELOOP
+
+TAR: Final = "tar"
+TAR_CREATE: Final = (
+    "--create", "--file=-", "--format=posix", "--sparse", "--xattrs", "--acls",
+    "--numeric-owner", "--one-file-system", "--sort=name", ".",
+)
+TAR_EXTRACT: Final = (
+    "--extract", "--file=-", "--preserve-permissions", "--same-owner", "--numeric-owner",
+    "--xattrs", "--xattrs-include=*", "--acls",
+)
+
+_VOLUME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+@dataclass(frozen=True)
+class VolumeEntry:
+    """One volume's tar in a snapshot."""
+
+    name: str
+    file: str
+    size_bytes: int
+    sha256: str
+
+
+
+def _tail(stderr: IO[bytes]) -> str:
+    stderr.seek(0)
+    lines = stderr.read().decode("utf-8", "replace").strip().splitlines()
+    return " | ".join(lines[-5:])
+
+
+def _mountpoint(volume: VolumeInfo) -> Path:
+    path = Path(volume.mountpoint)
+    if not path.is_dir():
+        raise SnapshotError(
+            f"volume {volume.name}: mountpoint {path} is not a directory on this host; "
+            "snapshots need the Docker engine's volumes on the local file system"
+        )
+    return path
+
+
+def tar_file_name(name: str) -> str:
+    if not _VOLUME_RE.fullmatch(name) or name in (".", ".."):
+        raise SnapshotError(f"volume name {name!r} cannot name a snapshot file")
+    return f"{name}.tar"
+
+
+def snapshot_dir(volume: VolumeInfo, dest_dir: Path) -> VolumeEntry:
+    """Stream ``volume``'s mountpoint into ``dest_dir/<name>.tar``, hashing while writing."""
+    source = _mountpoint(volume)
+    file_name = tar_file_name(volume.name)
+    dest = Path(dest_dir) / file_name
+    digest = hashlib.sha256()
+    size = 0
+    with tempfile.TemporaryFile() as stderr:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out, subprocess.Popen(
+            [TAR, "-C", str(source), *TAR_CREATE], stdout=subprocess.PIPE, stderr=stderr
+        ) as proc:
+            assert proc.stdout is not None
+            try:
+                while chunk := proc.stdout.read(CHUNK_BYTES):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            except BaseException:
+                proc.kill()
+                raise
+            returncode = proc.wait()
+        if returncode != 0:
+            raise SnapshotError(
+                f"volume {volume.name}: tar of {source} exited {returncode}: {_tail(stderr)}"
+            )
+    return VolumeEntry(volume.name, file_name, size, digest.hexdigest())
+
+
+def snapshot_dirs(volumes: Sequence[VolumeInfo], dest_dir: Path) -> list[VolumeEntry]:
+    """One tar per volume in ``dest_dir``; entries are named by ``VolumeInfo.name``."""
+    names = [v.name for v in volumes]
+    if len(set(names)) != len(names):
+        raise SnapshotError(f"duplicate volume names {names}: each needs its own tar")
+    return [snapshot_dir(volume, dest_dir) for volume in volumes]
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def verify_entries(src_dir: Path, entries: Iterable[VolumeEntry], what: str) -> None:
+    """Re-hash every tar; a mismatch names the volume and both hashes."""
+    for entry in entries:
+        path = Path(src_dir) / entry.file
+        try:
+            actual, size = hash_file(path)
+        except FileNotFoundError as exc:
+            raise IntegrityError(
+                f"{what}: volume {entry.name}: {path} is missing (manifest sha256 "
+                f"{entry.sha256})"
+            ) from exc
+        if actual != entry.sha256:
+            raise IntegrityError(
+                f"{what}: volume {entry.name}: {path} has sha256 {actual} "
+                f"({size} bytes) but the manifest says sha256 {entry.sha256} "
+                f"({entry.size_bytes} bytes); the snapshot is corrupt, nothing was restored"
+            )
+
+
+def _parts(name: str, what: str) -> tuple[str, ...]:
+    """The components of a member or hard-link path; refuse absolute paths and ``..``."""
+    if name.startswith("/"):
+        raise UnsafeArchive(f"{what}: absolute path {name!r}")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise UnsafeArchive(f"{what}: path {name!r} contains '..'")
+    return parts
+
+
+def _escapes(parts: Sequence[str], links: dict[str, str]) -> bool:
+    """Whether ``parts`` resolves outside the root, following the archive's symlinks."""
+    resolved: list[str] = []
+    todo = deque(parts)
+    hops = 0
+    while todo:
+        part = todo.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                return True
+            resolved.pop()
+            continue
+        resolved.append(part)
+        target = links.get("/".join(resolved))
+        if target is None:
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            return False  # the kernel stops with ELOOP here: nothing is reached
+        if target.startswith("/"):
+            return True
+        resolved.pop()
+        todo.extendleft(reversed(target.split("/")))
+    return False
+
+
+def check_members(members: Iterable[tarfile.TarInfo], what: str) -> int:
+    """Refuse a member list that could write outside its volume; return the member count."""
+    links: dict[str, str] = {}
+    count = 0
+    for member in members:
+        count += 1
+        label = f"{what}: member {member.name!r}"
+        parts = _parts(member.name, label)
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in links:
+                raise UnsafeArchive(f"{label} lies below the symlink {'/'.join(parts[:depth])!r}")
+        if member.ischr() or member.isblk():
+            raise UnsafeArchive(f"{label} is a device file")
+        if member.issym():
+            if not parts:
+                raise UnsafeArchive(f"{label}: the volume root cannot be a symlink")
+            if member.linkname.startswith("/"):
+                raise UnsafeArchive(
+                    f"{label} is a symlink to the absolute path {member.linkname!r}"
+                )
+            links["/".join(parts)] = member.linkname
+        elif member.islnk():
+            linked = _parts(member.linkname, f"{label} (hard link target)")
+            if not linked or _escapes(linked, links):
+                raise UnsafeArchive(f"{label} hard-links outside the volume: {member.linkname!r}")
+        elif not (member.isreg() or member.isdir() or member.isfifo()):
+            raise UnsafeArchive(f"{label} has unsupported type {member.type!r}")
+    for name, target in links.items():
+        parent = name.split("/")[:-1]
+        if _escapes([*parent, *target.split("/")], links):
+            raise UnsafeArchive(f"{what}: member {name!r} is a symlink escaping the volume: "
+                                f"{target!r}")
+    return count
+
+
+def check_archive(path: Path, what: str) -> int:
+    """Check every member of the tar at ``path`` (see ``check_members``)."""
+    try:
+        with tarfile.open(path, "r:") as archive:
+            return check_members(archive, what)
+    except tarfile.TarError as exc:
+        raise UnsafeArchive(f"{what}: {path} is not a readable tar: {exc}") from exc
+
+
+def clear_dir(path: Path) -> None:
+    """Remove everything inside ``path`` (never following symlinks), keep ``path``."""
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _extract(volume: VolumeInfo, tar_path: Path) -> None:
+    target = _mountpoint(volume)
+    with tempfile.TemporaryFile() as stderr, open(tar_path, "rb") as source:
+        result = subprocess.run(
+            [TAR, "-C", str(target), *TAR_EXTRACT], stdin=source, stderr=stderr, check=False
+        )
+        if result.returncode != 0:
+            raise SnapshotError(
+                f"volume {volume.name}: untar into {target} exited {result.returncode}: "
+                f"{_tail(stderr)}; the volume is partly restored"
+            )
+
+
+def restore_dirs(
+    volumes: Sequence[VolumeInfo], src_dir: Path, entries: Sequence[VolumeEntry],
+    what: str = "snapshot",
+) -> None:
+    """Restore each entry's tar into the volume of the same name.
+
+    Everything is checked before anything is touched: every sha256, every volume's
+    presence, every member of every tar. Then each volume is cleared and untarred.
+    """
+    verify_entries(src_dir, entries, what)
+    by_name = {v.name: v for v in volumes}
+    missing = [e.name for e in entries if e.name not in by_name]
+    if missing:
+        raise SnapshotError(
+            f"{what}: volume(s) {', '.join(missing)} do not exist on the platform "
+            f"(it has {', '.join(sorted(by_name)) or 'none'}); nothing was restored"
+        )
+    for entry in entries:
+        _mountpoint(by_name[entry.name])
+        check_archive(Path(src_dir) / entry.file, f"{what}: volume {entry.name}")
+    for entry in entries:
+        volume = by_name[entry.name]
+        try:
+            clear_dir(_mountpoint(volume))
+        except OSError as exc:
+            raise SnapshotError(
+                f"{what}: volume {entry.name}: clearing {volume.mountpoint} failed: {exc}; "
+                "the volume is partly cleared"
+            ) from exc
+        _extract(volume, Path(src_dir) / entry.file)

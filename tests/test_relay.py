@@ -1,0 +1,213 @@
+"""The alerts relay (R4.2) with real workers, real Redis and a local HTTP push target."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from ccci_tasks import constants as c
+from ccci_tasks.errors import AlertRelayError
+from ccci_tasks.state import alerts
+
+DEADLINE_S = 60.0
+
+
+@pytest.fixture
+def receiver(push_receiver: Any) -> Iterator[Any]:
+    """The session push receiver, listening and emptied for this test."""
+    push_receiver.start()
+    push_receiver.clear()
+    yield push_receiver
+    push_receiver.start()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def _until(check: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _drain_alerts_queue() -> None:
+    """A barrier: the alerts worker (concurrency 1) answers a ping after earlier tasks ran."""
+    from ccci_tasks.tasks.diag import ping_alerts
+
+    ping_alerts.delay().get(timeout=DEADLINE_S)
+
+
+def _summary() -> str:
+    return f"traefik rolled back {uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.slow
+def test_alert_arrives_once_and_moves_to_seen(
+    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+) -> None:
+    """A new alert reaches the push target exactly once and is archived in alerts/seen/."""
+    summary = _summary()
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary,
+                               "deploy of 3.1 unhealthy", notes="see logs")
+    bodies = receiver.wait_for(summary, DEADLINE_S)
+    _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
+    _drain_alerts_queue()
+    assert len(receiver.matching(summary)) == 1
+    assert bodies[0]["title"] == summary
+    assert "deploy of 3.1 unhealthy" in bodies[0]["message"]
+    assert "see logs" in bodies[0]["message"]
+    assert alerts.pending(state_dir) == []
+    assert [a.id for a in alerts.seen(state_dir)] == [alert.id]
+
+
+@pytest.mark.slow
+def test_target_down_then_back_arrives_once(
+    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+) -> None:
+    """While the target is down the alert stays pending; once it is back it arrives once."""
+    receiver.stop()
+    summary = _summary()
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary, "unhealthy")
+    _drain_alerts_queue()  # the first attempt ran, and failed
+    assert alerts.load_alert(state_dir, alert.id) is not None
+    assert not alerts.seen_path(state_dir, alert.id).exists()
+    receiver.start()
+    receiver.wait_for(summary, DEADLINE_S)
+    _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
+    _drain_alerts_queue()
+    assert len(receiver.matching(summary)) == 1
+    assert alerts.pending(state_dir) == []
+
+
+@pytest.mark.slow
+def test_redelivered_relay_sends_nothing(
+    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+) -> None:
+    """relay_alert called again after the move sends nothing and changes nothing."""
+    from ccci_tasks.tasks.alerts import relay_alert
+
+    summary = _summary()
+    alert = alerts.write_alert(state_dir, "upgrade-held", "keycloak", summary, "major bump")
+    receiver.wait_for(summary, DEADLINE_S)
+    _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
+    relay_alert.delay(alert.id)
+    relay_alert.delay(alert.id)
+    _drain_alerts_queue()
+    assert len(receiver.matching(summary)) == 1
+    assert [a.id for a in alerts.seen(state_dir)] == [alert.id]
+
+
+@pytest.mark.slow
+def test_alert_written_while_broker_down_is_relayed_by_the_sweep(
+    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+) -> None:
+    """An alert whose relay was never enqueued is relayed by relay_pending_alerts, once."""
+    from ccci_tasks.tasks.alerts import relay_pending_alerts
+
+    summary = _summary()
+    alert = alerts.write_alert(state_dir, "run-crashed", "custom-html", summary, "worker lost",
+                               enqueue=False)
+    assert relay_pending_alerts.delay().get(timeout=DEADLINE_S) == {"pending": 1, "enqueued": 1}
+    receiver.wait_for(summary, DEADLINE_S)
+    _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
+    assert relay_pending_alerts.delay().get(timeout=DEADLINE_S) == {"pending": 0, "enqueued": 0}
+    _drain_alerts_queue()
+    assert len(receiver.matching(summary)) == 1
+
+
+@pytest.mark.slow
+def test_sweep_while_target_down_then_back(
+    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+) -> None:
+    """A sweep during an outage leaves the alert pending; a sweep after it relays it once."""
+    from ccci_tasks.tasks.alerts import relay_pending_alerts
+
+    receiver.stop()
+    summary = _summary()
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary, "d", enqueue=False)
+    assert relay_pending_alerts.delay().get(timeout=DEADLINE_S) == {"pending": 1, "enqueued": 1}
+    _drain_alerts_queue()
+    assert alerts.load_alert(state_dir, alert.id) is not None
+    receiver.start()
+    relay_pending_alerts.delay().get(timeout=DEADLINE_S)
+    receiver.wait_for(summary, DEADLINE_S)
+    _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
+    _drain_alerts_queue()
+    assert len(receiver.matching(summary)) == 1
+
+
+@pytest.mark.slow
+def test_crash_between_send_and_move_does_not_push_twice(
+    workers: Any, redis_url: str, redis_client: Any, state_dir: Path, receiver: Any
+) -> None:
+    """With the done key already set (sent, then crashed) a relay only moves the alert."""
+    from ccci_tasks.tasks.alerts import relay_alert
+
+    summary = _summary()
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary, "d", enqueue=False)
+    redis_client.set(c.KEY_RELAY_DONE + alert.id, "1", ex=600)
+    relay_alert.delay(alert.id)
+    _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
+    _drain_alerts_queue()
+    assert receiver.matching(summary) == []
+
+
+def test_partial_failure_retries_only_the_failed_target(
+    redis_url: str, redis_client: Any, settings: Any, state_dir: Path
+) -> None:
+    """With two targets, a retry after one failed pushes only to the one that failed."""
+    from ccci_tasks.tasks.alerts import relay_one
+
+    two = settings.model_copy(update={"alert_urls": SecretStr("json://a.test json://b.test")})
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d", enqueue=False)
+    calls: list[str] = []
+    up = {"json://a.test": True, "json://b.test": False}
+
+    def notify(url: str, title: str, body: str) -> bool:
+        calls.append(url)
+        return up[url]
+
+    with pytest.raises(AlertRelayError, match="1 of 2 target"):
+        relay_one(two, redis_client, alert.id, notify)
+    assert alerts.load_alert(state_dir, alert.id) is not None
+    up["json://b.test"] = True
+    assert relay_one(two, redis_client, alert.id, notify) == "sent"
+    assert calls == ["json://a.test", "json://b.test", "json://b.test"]
+    assert relay_one(two, redis_client, alert.id, notify) == "seen"
+
+
+def test_no_targets_leaves_alert_pending(
+    redis_url: str, redis_client: Any, settings: Any, state_dir: Path
+) -> None:
+    """Without CCCI_ALERT_URLS the alert stays pending and no error is raised."""
+    from ccci_tasks.tasks.alerts import relay_one
+
+    none = settings.model_copy(update={"alert_urls": SecretStr("")})
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d", enqueue=False)
+    assert relay_one(none, redis_client, alert.id) == "no-targets"
+    assert [a.id for a in alerts.pending(state_dir)] == [alert.id]
+
+
+def test_retry_countdown_is_capped(settings: Any) -> None:
+    """Backoff doubles and stops at CCCI_ALERT_RETRY_MAX_S, far below the visibility timeout."""
+    from ccci_tasks.tasks.alerts import retry_countdown_s
+
+    delays = [retry_countdown_s(n, settings) for n in range(8)]
+    assert delays[:2] == [2, 4] and max(delays) == settings.alert_retry_max_s
+    big = settings.model_copy(update={"alert_retry_max_s": 10**9})
+    assert retry_countdown_s(50, big) <= big.visibility_timeout_s // 4
