@@ -114,7 +114,7 @@ def test_release_notes_unknown_or_bad_version(recipe: RecipeRepo) -> None:
 
 
 def test_commit_and_short_sha(recipe: RecipeRepo, repo: Path) -> None:
-    """commit() gives the full commit sha (annotated tags peeled); short_sha its first 8 (as abra labels)."""
+    """commit() gives the full sha (annotated tags peeled); short_sha its first 8, as abra."""
     for ref in ("1.2.0+1.2", "1.0.0+1.0", "main", "HEAD"):
         rev = ("refs/tags/" + ref) if "+" in ref else ref
         full = git(repo, "rev-parse", rev + "^{commit}").strip()
