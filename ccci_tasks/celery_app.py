@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.beat import PersistentScheduler
 from kombu.entity import Queue
 
 from ccci_tasks import constants as c
@@ -60,6 +61,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_schedule_filename": str(settings.beat_schedule_path),
         "beat_sync_every": 1,
+        "beat_scheduler": "ccci_tasks.celery_app:Scheduler",
         "worker_hijack_root_logger": False,
     }
 
@@ -72,6 +74,16 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     celery.conf.beat_schedule = beat_schedule(settings)
     return celery
+
+
+class Scheduler(PersistentScheduler):  # type: ignore[misc]
+    """celery beat's persistent scheduler, creating the schedule file's folder first."""
+
+    def setup_schedule(self) -> None:
+        from pathlib import Path
+
+        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+        super().setup_schedule()
 
 
 app = create_app()

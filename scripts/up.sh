@@ -73,6 +73,12 @@ do
   fi
   sleep 1
 done
+for name in worker-runs worker-infra worker-alerts beat flower; do
+  if ! kill -0 "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null; then
+    echo "up: $name exited after start; see $RUN_DIR/logs/$name.log" >&2
+    exit 3
+  fi
+done
 cat <<MSG
 up: ccci-tasks is running.
   Flower:   http://127.0.0.1:5555  (user $CCCI_FLOWER_USER, password in $env_file)

@@ -1,0 +1,1 @@
+"""Measurements of ccci-tasks. Run with `make bench`; figures are ratios from one run."""
