@@ -188,7 +188,7 @@ def example_recipes(swarm: Any) -> Path:
     return dest
 
 
-def _ours(obj: Any) -> bool:
+def ours(obj: Any) -> bool:
     """Objects of the test system: labelled by ccci with a domain under the test base."""
     attrs = obj.attrs
     labels = (attrs.get("Spec", {}).get("Labels") or attrs.get("Labels")
@@ -209,21 +209,21 @@ def remove_ccci_objects(client: Any) -> None:
             remove()
 
     for service in client.services.list(filters={"label": "ccci.kind"}):
-        if _ours(service):
+        if ours(service):
             gone(service.remove)
     # Stop the stacks' containers ourselves instead of waiting for swarm to do it.
     for container in client.containers.list(all=True, filters={"label": "ccci.kind"}):
-        if _ours(container):
+        if ours(container):
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if not [c for c in client.containers.list(all=True, filters={"label": "ccci.kind"})
-                if _ours(c)]:
+                if ours(c)]:
             break
         time.sleep(0.3)
     for volume in client.volumes.list(filters={"label": "ccci.kind"}):
-        if _ours(volume):
+        if ours(volume):
             gone(lambda v=volume: v.remove(force=True))
 
 

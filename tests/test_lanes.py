@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_ENV, flush_redis, remove_ccci_objects
+from conftest import TEST_ENV, flush_redis, ours, remove_ccci_objects
 from recipe_commits import make_commit
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -47,12 +47,12 @@ def _fingerprint(state: Path) -> dict[str, str]:
 def _services(client: Any, kind: str | None = None, recipe: str | None = RECIPE) -> list[Any]:
     labels = [f"ccci.kind={kind}" if kind else "ccci.kind"]
     labels += [f"ccci.recipe={recipe}"] if recipe else []
-    return list(client.services.list(filters={"label": labels}))
+    return [s for s in client.services.list(filters={"label": labels}) if ours(s)]
 
 
 def _volumes(client: Any, kind: str, recipe: str | None = RECIPE) -> list[Any]:
     labels = [f"ccci.kind={kind}"] + ([f"ccci.recipe={recipe}"] if recipe else [])
-    return list(client.volumes.list(filters={"label": labels}))
+    return [v for v in client.volumes.list(filters={"label": labels}) if ours(v)]
 
 
 def _wait(run_id: str) -> Any:
@@ -240,3 +240,42 @@ def test_bad_input_is_an_error_and_deploys_nothing(
     assert needle in (report.reason or "")
     assert report.steps == ()
     assert {s.id for s in _services(swarm)} == services_before
+
+
+def test_steps_send_progress_events(seeded: Any, example_recipes: Path) -> None:
+    """Every step of a quick run sends a task-progress event with its step name, recipe and
+    domain (what Flower shows), and records itself in the run report."""
+    from ccci_tasks.celery_app import app
+    from ccci_tasks.tasks import quick_run
+
+    events: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    with app.connection_for_read() as connection:
+        receiver = app.events.Receiver(
+            connection, handlers={"task-progress": events.append},
+            node_id=f"ccci-test-{time.monotonic_ns()}",
+        )
+
+        def listen() -> None:
+            ready.set()
+            receiver.capture(limit=None, timeout=None, wakeup=False)
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        ready.wait(5)
+        time.sleep(1)  # let the receiver bind its queue before the run starts
+        sha = subprocess.run(["git", "-C", str(example_recipes / RECIPE), "rev-parse",
+                              "2.0.0+2.0^{commit}"], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        report = _wait(quick_run.delay(RECIPE, sha).id)
+        deadline = time.monotonic() + 10
+        while len(events) < len(report.steps) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        receiver.should_stop = True
+        listener.join(timeout=5)
+    assert report.verdict == "pass", report.reason
+    mine = [e for e in events if e.get("run_id") == report.run_id]
+    assert [e["step"] for e in mine] == [s.name for s in report.steps]
+    assert {e["recipe"] for e in mine} == {RECIPE}
+    assert {e["domain"] for e in mine} == {report.domain}

@@ -21,7 +21,6 @@ which gets a minimal environment: ``PATH``/``HOME``/``DOCKER_HOST``, the env fil
 
 from __future__ import annotations
 
-import fcntl
 import os
 import random
 import re
@@ -51,7 +50,7 @@ from ccci_tasks.naming import (
 from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
 from ccci_tasks.platform.docker_state import STABLE_S, DockerState, docker_client
 from ccci_tasks.platform.recipes import RecipeRepo
-from ccci_tasks.state.atomic import write_text
+from ccci_tasks.state.atomic import file_lock, write_text
 from ccci_tasks.versions import is_version
 from ccci_tasks.versions import latest as latest_version
 
@@ -289,13 +288,8 @@ class SwarmPlatform:
     @contextmanager
     def _lock(self) -> Iterator[None]:
         """Serialise env-file creation (port allocation) across processes."""
-        self.apps_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.apps_dir / ".lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with file_lock(self.apps_dir / ".lock"):
+            yield
 
     def _ports_in_use(self) -> set[int]:
         used = set()

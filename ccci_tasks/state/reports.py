@@ -9,7 +9,6 @@ step replaces its own entry instead of adding a second one. The first verdict wi
 
 from __future__ import annotations
 
-import fcntl
 import json
 import uuid
 from collections.abc import Iterator
@@ -88,14 +87,8 @@ def report_path(state_dir: Path, run_id: str) -> Path:
 
 @contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
-    directory = runs_dir(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK_FILE, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with atomic.file_lock(runs_dir(state_dir) / LOCK_FILE):
+        yield
 
 
 def _read(path: Path) -> RunReport | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -146,12 +145,8 @@ def _locked(root: Path, *, create: bool = False) -> Iterator[None]:
         root.mkdir(parents=True, exist_ok=True)
     elif not root.is_dir():
         raise SnapshotError(f"there is no snapshot under {root}")
-    with open(root / LOCK_FILE, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with atomic.file_lock(root / LOCK_FILE):
+        yield
 
 
 def current_dir(root: Path) -> Path | None:
