@@ -176,7 +176,7 @@ def platform(settings: Any, clean_swarm: Any) -> Any:
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 48 MiB tmpfs, unmounted after the test."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.skip(reason="mounting a tmpfs needs root")
     mount = tmp_path / "tmpfs"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(mount)],
