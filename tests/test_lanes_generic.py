@@ -133,8 +133,8 @@ def test_quick_runs_good_and_crash_looping(seeded: Any, swarm: Any, example_reci
     before = _fingerprint(state)
     repo = example_recipes / RECIPE
     good = make_commit(repo, "1.1.0+1.0", {"compose.yml": ("steady", "moving")}, "pr-two-good")
-    bad = make_commit(repo, "1.1.0+1.0",
-                      {"compose.yml": ("while true; do sleep 1 & wait $$!; done", "exit 3")}, "pr-two-bad")
+    loop = "while true; do sleep 1 & wait $$!; done"
+    bad = make_commit(repo, "1.1.0+1.0", {"compose.yml": (loop, "exit 3")}, "pr-two-bad")
     report = _wait(quick_run.delay(RECIPE, good).id)
     assert report.verdict == "pass", report.reason
     assert _fingerprint(state) == before
