@@ -105,7 +105,7 @@ def wait_page(platform: SwarmPlatform, domain: str, expect: str, timeout_s: floa
 
 
 def mine(platform: SwarmPlatform, domain: str) -> list[Any]:
-    """live_apps() restricted to ``domain`` (other sessions may share the engine)."""
+    """live_apps() restricted to ``domain`` (other ccci systems may share the engine)."""
     return [a for a in platform.live_apps() if a.domain == domain]
 
 
