@@ -19,15 +19,21 @@ Redis keys (all under ``constants.REDIS_PREFIX``):
   live while its expiry is after ``now``.
 * ``KEY_SLOTS + ":expired"`` (``ccci:slots:leases:expired``) - zset run_id -> expiry of the
   leases dropped because they expired, until ``reap_expired`` hands them to the janitor.
+* ``KEY_SLOTS + ":reaping"`` (``ccci:slots:leases:reaping``) - zset run_id -> hand-out time
+  of the runs the janitor is cleaning up after, until ``finish_reap``.
 * ``KEY_PENDING`` (``ccci:slots:pending``) - list of run ids, the FIFO (head = oldest).
 * ``KEY_RUN_SPEC + run_id`` (``ccci:run:<run_id>``) - hash of the ``RunSpec`` fields
   (``ref``/``canonical`` absent when None). Kept after release until ``forget``.
-* ``KEY_CANON_LOCK + recipe`` (``ccci:canon:<recipe>``) - run id of the lease holding the
-  canonical. Only meaningful while that run holds a live lease; cleared on release/expiry.
+* ``KEY_CANON_LOCK + recipe`` (``ccci:canon:<recipe>``) - run id of the run holding the
+  canonical. Only meaningful while that run occupies a slot (live, expired or reaping).
+
+A run whose lease expired keeps occupying its slot (and canonical) until the janitor has
+removed what it left and calls ``finish_reap``: until then its app may still be live, so
+counting it keeps the MAX_TESTS guarantee and keeps the canonical exclusive.
 
 Every state change is one Lua script (atomic on the single Redis instance; the scripts touch
 keys derived from prefixes, so this is not for Redis Cluster). Each script first moves the
-leases whose expiry passed into the expired zset, so a run past its TTL has lost its slot for
+leases whose expiry passed into the expired zset, so a run past its TTL has lost its lease for
 good: ``renew`` and ``release`` then return False and the janitor, not the run, cleans up.
 Scripts never read the server clock: ``now`` comes from the injectable ``clock``.
 
@@ -60,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_EXPIRED",
+    "KEY_REAPING",
     "LANES",
     "Lease",
     "RunSpec",
@@ -70,6 +77,7 @@ log = logging.getLogger(__name__)
 
 LANES: Final = ("quick", "cold", "promote")
 KEY_EXPIRED: Final = c.KEY_SLOTS + ":expired"
+KEY_REAPING: Final = c.KEY_SLOTS + ":reaping"
 
 # --- run specs ----------------------------------------------------------------------------
 
@@ -214,7 +222,7 @@ class Lease:
 # Shared prologue. KEYS[1] leases zset, KEYS[2] expired zset, KEYS[3] pending list;
 # ARGV[1] now, ARGV[2] run-spec key prefix, ARGV[3] canonical-lock key prefix.
 _LUA_SWEEP = """
-local leases, expired, pending = KEYS[1], KEYS[2], KEYS[3]
+local leases, expired, pending, reaping = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, spec_prefix, canon_prefix = ARGV[1], ARGV[2], ARGV[3]
 
 local function unlock_canonical(id)
@@ -225,11 +233,18 @@ local function unlock_canonical(id)
   end
 end
 
--- leases whose expiry passed (expiry <= now) move to the expired zset for the janitor
+-- A run holds its slot and canonical while it has a live lease, and after its lease expired
+-- until the janitor has cleaned up what it left (expired, then reaping, then finish_reap).
+local function occupying(id)
+  return redis.call('ZSCORE', leases, id) or redis.call('ZSCORE', expired, id)
+    or redis.call('ZSCORE', reaping, id)
+end
+
+-- leases whose expiry passed (expiry <= now) move to the expired zset for the janitor;
+-- they keep their slot and canonical until finish_reap
 local dead = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'WITHSCORES')
 for i = 1, #dead, 2 do
   redis.call('ZADD', expired, dead[i + 1], dead[i])
-  unlock_canonical(dead[i])
 end
 if #dead > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', now) end
 """
@@ -237,7 +252,8 @@ if #dead > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', now) end
 # ARGV[4] expiry of new leases, ARGV[5] max_tests. Returns {{run_id, HGETALL spec}, ...}.
 _LUA_ADMIT = _LUA_SWEEP + """
 local expiry, max_tests = ARGV[4], tonumber(ARGV[5])
-local n = redis.call('ZCARD', leases)
+local n = redis.call('ZCARD', leases) + redis.call('ZCARD', expired)
+  + redis.call('ZCARD', reaping)
 local out = {}
 if n >= max_tests then return out end
 for _, id in ipairs(redis.call('LRANGE', pending, 0, -1)) do
@@ -249,7 +265,7 @@ for _, id in ipairs(redis.call('LRANGE', pending, 0, -1)) do
     local canon = redis.call('HGET', key, 'canonical')
     local lock = canon and (canon_prefix .. canon)
     local holder = lock and redis.call('GET', lock)
-    if not (holder and redis.call('ZSCORE', leases, holder)) then
+    if not (holder and occupying(holder)) then
       redis.call('ZADD', leases, expiry, id)
       if lock then redis.call('SET', lock, id) end
       redis.call('LREM', pending, 1, id)
@@ -274,19 +290,30 @@ return 1
 _LUA_RELEASE = _LUA_SWEEP + """
 local id = ARGV[4]
 local removed = redis.call('ZREM', leases, id)
-unlock_canonical(id)
+if not occupying(id) then unlock_canonical(id) end  -- an expired run's is the janitor's
 return removed
 """
 
-# Returns {{run_id, HGETALL spec}, ...} of every expired lease, in expiry order, once.
+# Returns {{run_id, HGETALL spec}, ...} of every expired lease, in expiry order, once; they
+# move to the reaping zset (scored by hand-out time) and keep their slot until finish_reap.
 _LUA_REAP = _LUA_SWEEP + """
 local out = {}
 local gone = redis.call('ZRANGE', expired, 0, -1)
 for _, id in ipairs(gone) do
   out[#out + 1] = {id, redis.call('HGETALL', spec_prefix .. id)}
+  redis.call('ZADD', reaping, now, id)
 end
 redis.call('DEL', expired)
 return out
+"""
+
+# ARGV[4] run_id. Frees the slot and canonical of a reaped run. Returns 1 if it was reaping.
+_LUA_FINISH_REAP = _LUA_SWEEP + """
+local id = ARGV[4]
+local removed = redis.call('ZREM', reaping, id)
+if not occupying(id) then unlock_canonical(id) end
+redis.call('DEL', spec_prefix .. id)
+return removed
 """
 
 # KEYS[1] pending list, KEYS[2] spec hash; ARGV[1] run_id, ARGV[2..] field/value pairs.
@@ -335,6 +362,7 @@ class Slots:
         self._renew = client.register_script(_LUA_RENEW)
         self._release = client.register_script(_LUA_RELEASE)
         self._reap = client.register_script(_LUA_REAP)
+        self._finish_reap = client.register_script(_LUA_FINISH_REAP)
         self._enqueue = client.register_script(_LUA_ENQUEUE)
 
     @classmethod
@@ -386,7 +414,7 @@ class Slots:
             raise error from exc
 
     def _script_args(self, now: float) -> tuple[list[str], list[str]]:
-        keys = [c.KEY_SLOTS, KEY_EXPIRED, c.KEY_PENDING]
+        keys = [c.KEY_SLOTS, KEY_EXPIRED, c.KEY_PENDING, KEY_REAPING]
         return keys, [repr(now), c.KEY_RUN_SPEC, c.KEY_CANON_LOCK]
 
     def _now(self) -> float:
@@ -531,9 +559,10 @@ class Slots:
         return removed > 0
 
     def reap_expired(self) -> list[RunSpec]:
-        """Pop every lease whose expiry passed (including those ``admit`` already dropped)
-        and return their specs, soonest expiry first. Atomic: each expired run is returned
-        exactly once, even to concurrent janitors."""
+        """Hand every lease whose expiry passed to the caller (the janitor), soonest expiry
+        first. Atomic: each expired run is returned exactly once, even to concurrent janitors.
+        A reaped run keeps its slot and canonical until ``finish_reap``: what it left is
+        still live until the janitor has removed it."""
         keys, args = self._script_args(self._now())
         with self._broker("reaping expired leases"):
             reply = self._reap(keys=keys, args=args)
@@ -541,6 +570,26 @@ class Slots:
         for spec in reaped:
             log.warning("run %s (%s %s): lease expired", spec.run_id, spec.lane, spec.recipe)
         return reaped
+
+    def reaping(self) -> list[tuple[str, RunSpec | None]]:
+        """Runs handed to the janitor and not yet cleaned up (they still hold a slot), with
+        their specs (None when the run forgot its spec itself)."""
+        with self._broker("listing reaped runs"):
+            ids = [_s(x) for x in cast(list[Any], self._client.zrange(KEY_REAPING, 0, -1))]
+        specs = self._read_specs(ids, "reading the specs of reaped runs")
+        return list(zip(ids, specs, strict=True))
+
+    def finish_reap(self, run_id: str) -> bool:
+        """The janitor cleaned up after a reaped run: free its slot and canonical and drop
+        its spec. True if the run was being reaped."""
+        rid = _validate_run_id(run_id)
+        keys, args = self._script_args(self._now())
+        args += [rid]
+        with self._broker(f"finishing the reap of run {rid}"):
+            done = int(cast(int, self._finish_reap(keys=keys, args=args))) == 1
+        if done:
+            log.info("run %s: cleaned up after its expired lease; slot freed", rid)
+        return done
 
     def forget(self, run_id: str) -> None:
         """Drop the stored spec (after release/cancel and cleanup are done)."""

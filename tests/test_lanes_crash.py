@@ -89,7 +89,7 @@ def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
 ) -> None:
     """SIGKILL the runs worker mid cold run and restart it: within lease TTL + janitor
     interval the cold app and its volumes are gone, the slot is free, and the next queued
-    run goes ahead."""
+    run goes ahead, never while the dead run's app is still live."""
     from ccci_tasks.config import get_settings
     from ccci_tasks.lanes.plan import run_hex
     from ccci_tasks.slots import Slots
@@ -98,6 +98,10 @@ def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
 
     own = own_workers("crash", ("runs", "infra", "alerts", "beat"))
     sha = _tag_sha(example_recipes, "1.1.0+1.1")
+    seen: list[int] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_live, args=(swarm, stop, seen), daemon=True)
+    watcher.start()
     first = cold_run.delay(RECIPE, sha).id
     second = cold_run.delay(RECIPE, sha).id
     hexid = run_hex(first)
@@ -128,4 +132,7 @@ def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
     assert "crashed" in (report.reason or "")
     assert not Slots.from_settings(settings).holds(first)
     later = _wait(second)
+    stop.set()
+    watcher.join(timeout=5)
     assert later.verdict == "pass", later.reason
+    assert max(seen) == 1, "the queued run started before the dead run's app was gone"

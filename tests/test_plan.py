@@ -124,3 +124,16 @@ def test_janitor_reaps_only_what_no_live_run_holds() -> None:
 def test_parse_comment(text: str, expected: str | None) -> None:
     """Only a comment that is exactly a trigger fires, and it maps to its lane."""
     assert parse_comment(text) == expected
+
+
+def test_leftovers_keep_a_reaped_run_in_its_slot() -> None:
+    """A reaped run's slot is freed only when neither its cold app nor its deployed
+    canonical is left; data-warm (undeployed) canonicals do not count."""
+    spec = RunSpec(run_id=OTHER, lane="quick", recipe="held", canonical="held")
+    cold = _app("cold", run_hex(OTHER))
+    warm_up = _app("warm", None, recipe="held")
+    warm_down = _app("warm", None, recipe="held", deployed=False)
+    assert janitor.leftovers(OTHER, spec, [cold, warm_up]) == [cold.domain, warm_up.domain]
+    assert janitor.leftovers(OTHER, spec, [warm_down]) == []
+    assert janitor.leftovers(OTHER, None, [warm_up]) == []  # spec forgotten: cold app only
+    assert janitor.leftovers(RUN, spec, [cold]) == []

@@ -17,7 +17,7 @@ from redis.retry import Retry
 
 from ccci_tasks import constants as c
 from ccci_tasks.errors import BrokerError, InvalidInput
-from ccci_tasks.slots import KEY_EXPIRED, Lease, RunSpec, Slots
+from ccci_tasks.slots import KEY_EXPIRED, KEY_REAPING, Lease, RunSpec, Slots
 
 
 class FakeClock:
@@ -202,7 +202,8 @@ def test_canonical_waiter_keeps_fifo_place(client: redis.Redis, clock: FakeClock
 
 
 def test_expired_lease_dropped_and_slot_freed(client: redis.Redis, clock: FakeClock) -> None:
-    """A lease not renewed past ttl is dropped by admit, its slot goes to the next run."""
+    """A lease not renewed past ttl is dropped; its slot goes to the next run only once the
+    janitor has reaped the run and cleaned up after it (its app may still be live)."""
     slots = Slots(client, max_tests=1, ttl_s=10, clock=clock)
     a, b = slots.enqueue(run()), slots.enqueue(run())
     assert ids(slots.admit()) == [a.run_id]
@@ -213,18 +214,25 @@ def test_expired_lease_dropped_and_slot_freed(client: redis.Redis, clock: FakeCl
     assert slots.admit() == []
     clock.advance(4.5)
     assert not slots.holds(a.run_id)
-    assert ids(slots.admit()) == [b.run_id]
-    assert [lease.run_id for lease in slots.leases()] == [b.run_id]
+    assert slots.admit() == [], "an expired run occupies its slot until it is reaped"
     assert not slots.renew(a.run_id)
     assert client.zscore(c.KEY_SLOTS, a.run_id) is None, "renew must not re-create a lease"
     assert not slots.release(a.run_id)
     assert ids(slots.reap_expired()) == [a.run_id]
     assert slots.reap_expired() == []
     assert slots.spec(a.run_id) == a
+    assert [run_id for run_id, _ in slots.reaping()] == [a.run_id]
+    assert slots.admit() == [], "a run being reaped still occupies its slot"
+    assert slots.finish_reap(a.run_id)
+    assert not slots.finish_reap(a.run_id)
+    assert slots.spec(a.run_id) is None and slots.reaping() == []
+    assert ids(slots.admit()) == [b.run_id]
+    assert [lease.run_id for lease in slots.leases()] == [b.run_id]
 
 
 def test_reap_expired_without_admit(client: redis.Redis, clock: FakeClock) -> None:
-    """reap_expired pops leases past expiry itself, frees the canonical, returns them once."""
+    """reap_expired pops leases past expiry itself and returns them once; the canonical
+    stays held until finish_reap, so no run reattaches it before the janitor cleaned up."""
     slots = Slots(client, max_tests=2, ttl_s=10, clock=clock)
     a = slots.enqueue(run("quick", "r", canonical="r"))
     b = slots.enqueue(run("quick", "r", canonical="r"))
@@ -232,9 +240,13 @@ def test_reap_expired_without_admit(client: redis.Redis, clock: FakeClock) -> No
     clock.advance(10)  # expiry == now counts as expired
     assert ids(slots.reap_expired()) == [a.run_id]
     assert slots.reap_expired() == []
-    assert client.get(c.KEY_CANON_LOCK + "r") is None
     assert not slots.renew(a.run_id)
     assert client.zcard(c.KEY_SLOTS) == 0
+    assert slots.admit() == [], "the canonical is the janitor's until it has cleaned up"
+    assert not slots.release(a.run_id)  # a late release by the run itself changes nothing
+    assert slots.admit() == []
+    assert slots.finish_reap(a.run_id)
+    assert client.get(c.KEY_CANON_LOCK + "r") is None
     assert ids(slots.admit()) == [b.run_id]
 
 
@@ -242,7 +254,7 @@ def test_reap_expired_exactly_once_concurrently(redis_url: str, clock: FakeClock
     """Two janitors reaping (and admitting) at once get every expired run exactly once."""
     for _round in range(5):
         cli = redis.Redis.from_url(redis_url)
-        cli.delete(c.KEY_SLOTS, KEY_EXPIRED, c.KEY_PENDING)
+        cli.delete(c.KEY_SLOTS, KEY_EXPIRED, KEY_REAPING, c.KEY_PENDING)
         slots = Slots(cli, max_tests=20, ttl_s=10, clock=clock)
         runs = [slots.enqueue(run()) for _ in range(20)]
         assert len(slots.admit()) == 20

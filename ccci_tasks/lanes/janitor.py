@@ -66,6 +66,15 @@ def plan(apps: list[AppInfo], leases: list[Lease], base_domain: str) -> list[Act
     return actions
 
 
+def leftovers(run_id: str, spec: RunSpec | None, apps: list[AppInfo]) -> list[str]:
+    """What a crashed run left that is still there: its cold app, its deployed canonical."""
+    hexid = lane_plan.run_hex(run_id)
+    canonical = spec.canonical if spec else None
+    return [app.domain for app in apps
+            if (app.kind == "cold" and app.run == hexid)
+            or (app.kind == "warm" and app.deployed and canonical == app.recipe)]
+
+
 def _mark_crashed(settings: Settings, spec: RunSpec, report: JanitorReport) -> None:
     why = (f"run crashed: its slot lease expired after {settings.lease_ttl_s} s without "
            "renewal (worker lost or step stuck); the janitor cleaned up what it left")
@@ -96,7 +105,6 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
     report = JanitorReport()
     for spec in slots.reap_expired():
         _mark_crashed(settings, spec, report)
-        slots.forget(spec.run_id)
     for action in plan(platform.live_apps(), slots.leases(), settings.base_domain):
         log.warning("janitor: %s %s (%s)", action.kind, action.domain, action.why)
         try:
@@ -104,5 +112,13 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
             report.actions.append(asdict(action))
         except CcciError as exc:
             report.problems.append(f"{action.kind} {action.domain}: {exc}")
+    # A reaped run keeps its slot until nothing it left is live any more.
+    remaining = platform.live_apps()
+    for run_id, reaped in slots.reaping():
+        left = leftovers(run_id, reaped, remaining)
+        if left:
+            report.problems.append(f"run {run_id}: {', '.join(left)} still there; next time")
+        else:
+            slots.finish_reap(run_id)
     report.launched = dispatch(settings)
     return report
