@@ -10,11 +10,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from ccci_tasks import constants as c
 from ccci_tasks import naming
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import (
+    BrokerError,
     CcciError,
     ConfigError,
     InfraError,
@@ -44,8 +47,9 @@ def _exits() -> Iterator[None]:
     except CcciError as exc:
         click.echo(f"ccci: {exc}", err=True)
         sys.exit(c.EXIT_INFRA)
-    except OSError as exc:  # kombu/redis connection errors are OSErrors underneath
-        click.echo(f"ccci: infrastructure unreachable: {exc}", err=True)
+    except (OSError, KombuOperationalError, RedisError) as exc:
+        click.echo(f"ccci: broker or engine unreachable ({type(exc).__name__}): "
+                   "check CCCI_BROKER_URL and that redis-server runs", err=True)
         sys.exit(c.EXIT_INFRA)
 
 
@@ -70,10 +74,25 @@ def _verdict_exit(report: RunReport) -> int:
     return EXIT_BY_VERDICT.get(report.verdict or "error", c.EXIT_INFRA)
 
 
+def _require_broker(settings: Settings) -> None:
+    """Fail fast (exit 3) with a clear message when the broker does not answer."""
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.broker_url.get_secret_value(), socket_timeout=3,
+                             socket_connect_timeout=3).ping()
+    except RedisError as exc:
+        raise BrokerError(
+            f"the broker does not answer ({type(exc).__name__}); nothing was enqueued: "
+            "check CCCI_BROKER_URL and that redis-server runs"
+        ) from None
+
+
 def _enqueue(send: Callable[[], Any], wait: bool, timeout: float, as_json: bool) -> None:
     from ccci_tasks.runs import wait as wait_for
 
     with _exits():
+        _require_broker(_settings())
         result = send()
         run_id = result.id
         if not wait:

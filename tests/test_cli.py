@@ -73,6 +73,14 @@ def test_check_with_broker_down_exits_3(state_dir: Path) -> None:
     assert "broker" in done.stderr and "s3cret-pw" not in done.stderr + done.stdout
 
 
+def test_enqueue_with_broker_down_exits_3(state_dir: Path) -> None:
+    """`ccci cold` with the broker unreachable exits 3, without a traceback or the secret."""
+    done = ccci("cold", "custom-html", CCCI_BROKER_URL="redis://:s3cret-pw@127.0.0.1:1/0")
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr
+    assert "CCCI_BROKER_URL" in done.stderr
+
+
 @pytest.mark.docker
 def test_check_ok(redis_url: str, swarm: Any, state_dir: Path) -> None:
     """`ccci check` exits 0 with a live broker, a swarm engine and a writable state root."""
