@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ccci_tasks import constants as c
+from ccci_tasks.errors import InfraError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,3 +56,13 @@ def test_beat_schedule_loads_with_the_app() -> None:
     assert schedule
     for name, entry in schedule.items():
         assert entry["task"] in app.tasks, f"beat entry {name} names unknown task {entry['task']}"
+
+
+def test_bridge_imports_follow_interfaces() -> None:
+    """The Python API of INTERFACES.md imports as written; the unbuilt lanes say so."""
+    from ccci_tasks.tasks import cold_run, nightly_sweep, quick_run, warm_reconcile
+
+    assert quick_run.name == "ccci.runs.quick_run" and cold_run.name == "ccci.runs.cold_run"
+    assert nightly_sweep.name.startswith("ccci.infra.")
+    with pytest.raises(InfraError, match="not available in this version"):
+        warm_reconcile("keycloak")

@@ -4,7 +4,19 @@ The Drone bridge imports its entry points from here:
 ``from ccci_tasks.tasks import quick_run, cold_run``.
 """
 
-from ccci_tasks.tasks import alerts, diag, lanes, warm
+from ccci_tasks.tasks import alerts, diag, infra, lanes, warm
+from ccci_tasks.tasks.infra import nightly_sweep, warm_reconcile
 from ccci_tasks.tasks.lanes import cold_run, janitor, quick_run
 
-__all__ = ["alerts", "cold_run", "diag", "janitor", "lanes", "quick_run", "warm"]
+__all__ = [
+    "alerts",
+    "cold_run",
+    "diag",
+    "infra",
+    "janitor",
+    "lanes",
+    "nightly_sweep",
+    "quick_run",
+    "warm",
+    "warm_reconcile",
+]
