@@ -32,13 +32,12 @@ from ccci_tasks.platform.abra import (
     deploy_argv,
     env_file_recipe,
     new_app_argv,
-    parse_env_file,
     run_command,
     subprocess_env,
     undeploy_argv,
-    with_ccci_keys,
 )
 from ccci_tasks.platform.base import AppInfo, DeployedState, ServiceState
+from ccci_tasks.platform.envfile import parse_env, set_keys
 
 FAKE_DIR = Path(__file__).resolve().parent / "fake_abra"
 FAKE = str(FAKE_DIR / "abra")
@@ -157,7 +156,7 @@ def test_new_app_runs_abra_app_new_with_exact_argv(env: Env) -> None:
 def test_new_app_records_kind_run_and_recipe_in_the_env_file(env: Env) -> None:
     """The env file abra wrote gains CCCI_KIND, CCCI_RUN and CCCI_RECIPE lines."""
     env.platform().new_app(RECIPE, DOMAIN, VERSION, kind="cold", run=RUN)
-    values = parse_env_file(env.env_file().read_text())
+    values = parse_env(env.env_file().read_text())
     assert values["TYPE"] == RECIPE  # written by (fake) abra
     assert values["CCCI_KIND"] == "cold"
     assert values["CCCI_RUN"] == RUN
@@ -169,7 +168,7 @@ def test_new_app_without_version_omits_it(env: Env) -> None:
     env.platform().new_app(RECIPE, DOMAIN, kind="warm", run=None)
     assert env.argvs() == [[FAKE, "app", "new", RECIPE, "--server", "default", "--domain",
                             DOMAIN, "--secrets", "--no-input"]]
-    assert "CCCI_RUN" not in parse_env_file(env.env_file().read_text())
+    assert "CCCI_RUN" not in parse_env(env.env_file().read_text())
 
 
 def test_new_app_is_idempotent(env: Env) -> None:
@@ -566,10 +565,10 @@ def test_chaos_checkout_plan_steps() -> None:
 def test_env_file_helpers() -> None:
     """Env files are parsed, ccci keys replaced in place or appended, the recipe found."""
     text = "# c\nTYPE=keycloak:1.0.0+1\nCCCI_KIND=warm\nDOMAIN='x.example.org'\n"
-    values = parse_env_file(text)
+    values = parse_env(text)
     assert values == {"TYPE": "keycloak:1.0.0+1", "CCCI_KIND": "warm", "DOMAIN": "x.example.org"}
     assert env_file_recipe(values) == "keycloak"
-    updated = with_ccci_keys(text, {"CCCI_KIND": "cold", "CCCI_RUN": RUN})
+    updated = set_keys(text, {"CCCI_KIND": "cold", "CCCI_RUN": RUN})
     assert updated == ("# c\nTYPE=keycloak:1.0.0+1\nCCCI_KIND=cold\nDOMAIN='x.example.org'\n"
                        f"CCCI_RUN={RUN}\n")
 

@@ -17,13 +17,12 @@ from ccci_tasks import constants
 from ccci_tasks.errors import AppNotFound, DeployFailed
 from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.docker_state import parse_timestamp
+from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.platform.swarm import (
     SwarmPlatform,
-    _render_env,
     declared_version,
     interpolate,
-    parse_env,
     render_compose,
 )
 from ccci_tasks.probes import reconverged, serving, version_moved
@@ -124,7 +123,7 @@ def test_parse_env_and_render_env_round_trip() -> None:
     """Env files parse KEY=VALUE (quotes, export, comments) and keep the sample's other lines."""
     sample = "# comment\nTYPE=x\nexport DOMAIN='a.example.org'\n#GREETING=hi\nINIT_DELAY=\"3\"\n"
     assert parse_env(sample) == {"TYPE": "x", "DOMAIN": "a.example.org", "INIT_DELAY": "3"}
-    text = _render_env(sample, {"DOMAIN": "b.ci.localhost", "CCCI_HTTP_PORT": "20001"})
+    text = set_keys(sample, {"DOMAIN": "b.ci.localhost", "CCCI_HTTP_PORT": "20001"})
     assert "# comment" in text and "#GREETING=hi" in text
     assert parse_env(text) == {"TYPE": "x", "DOMAIN": "b.ci.localhost", "INIT_DELAY": "3",
                                "CCCI_HTTP_PORT": "20001"}

@@ -94,6 +94,7 @@ from ccci_tasks.naming import (
 )
 from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
 from ccci_tasks.platform.docker_state import DockerState, docker_client
+from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.versions import is_version
 
@@ -112,12 +113,10 @@ __all__ = [
     "deploy_argv",
     "env_file_recipe",
     "new_app_argv",
-    "parse_env_file",
     "run_command",
     "subprocess_env",
     "undeploy_argv",
     "validate_run_id",
-    "with_ccci_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -137,7 +136,6 @@ RECIPE_KEYS: Final = (ENV_RECIPE, "RECIPE", "TYPE")
 
 _RUN_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _SERVER_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
-_ENV_LINE_RE: Final = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)")
 _SHA_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
@@ -290,38 +288,6 @@ def chaos_checkout_plan(
 # --------------------------------------------------------------------------- plan: env files
 
 
-def parse_env_file(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines of an env file; comments and blank lines are skipped."""
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        match = _ENV_LINE_RE.fullmatch(line)
-        if match is None:
-            continue
-        value = match.group(2).strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        else:
-            value = value.split(" #", 1)[0].strip()
-        values[match.group(1)] = value
-    return values
-
-
-def with_ccci_keys(text: str, values: Mapping[str, str]) -> str:
-    """``text`` with each ``KEY=VALUE`` of ``values`` set: replaced in place, else appended."""
-    lines = text.splitlines()
-    done: set[str] = set()
-    for index, line in enumerate(lines):
-        match = _ENV_LINE_RE.fullmatch(line)
-        if match is not None and match.group(1) in values and not line.lstrip().startswith("#"):
-            key = match.group(1)
-            lines[index] = f"{key}={values[key]}"
-            done.add(key)
-    lines.extend(f"{key}={value}" for key, value in values.items() if key not in done)
-    return "\n".join(lines) + "\n"
-
-
 def env_file_recipe(values: Mapping[str, str]) -> str | None:
     """The recipe an env file names (``CCCI_RECIPE``, else abra's ``RECIPE``/``TYPE``)."""
     for key in RECIPE_KEYS:
@@ -446,7 +412,7 @@ class AbraPlatform:
     def _read_env_file(self, domain: str) -> dict[str, str]:
         path = self.layout.env_file(domain)
         try:
-            return parse_env_file(path.read_text(encoding="utf-8"))
+            return parse_env(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise AppNotFound(
                 f"app {domain} has no env file at {path}; create it with new_app first"
@@ -461,7 +427,7 @@ class AbraPlatform:
         try:
             text = path.read_text(encoding="utf-8")
             mode = path.stat().st_mode & 0o777
-            atomic.write_text(path, with_ccci_keys(text, values), mode)
+            atomic.write_text(path, set_keys(text, values), mode)
         except OSError as exc:
             raise PlatformError(f"cannot update the env file {path} of {domain}: {exc}") from exc
 
@@ -598,7 +564,7 @@ class AbraPlatform:
             domain = path.name[: -len(".env")]
             try:
                 validate_domain(domain)
-                values = parse_env_file(path.read_text(encoding="utf-8"))
+                values = parse_env(path.read_text(encoding="utf-8"))
                 kind = _validate_kind(values.get(ENV_KIND, ""))
                 run = values.get(ENV_RUN) or None
                 if run is not None:

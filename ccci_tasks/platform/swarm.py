@@ -49,6 +49,7 @@ from ccci_tasks.naming import (
 )
 from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
 from ccci_tasks.platform.docker_state import STABLE_S, DockerState, docker_client
+from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state.atomic import file_lock, write_text
 from ccci_tasks.versions import is_version
@@ -60,7 +61,6 @@ __all__ = [
     "PORT_RANGE",
     "SwarmPlatform",
     "interpolate",
-    "parse_env",
     "render_compose",
 ]
 
@@ -74,7 +74,6 @@ GIT_TIMEOUT_S: Final = 60.0
 DEFAULT_COMPOSE_FILE: Final = "compose.yml"
 RENDERED_PREFIX: Final = "ccci-rendered."
 
-_ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COMPOSE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.ya?ml")
 _VAR_RE: Final = re.compile(
     r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}"
@@ -83,53 +82,6 @@ _VAR_RE: Final = re.compile(
 
 
 # --------------------------------------------------------------------------- env files
-
-
-def parse_env(text: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines (``export`` prefix, blank lines and ``#`` comments allowed).
-
-    A value in matching single or double quotes loses them; a later key wins.
-    """
-    env: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not _ENV_KEY_RE.fullmatch(key):
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key] = value
-    return env
-
-
-def _render_env(sample: str, values: dict[str, str]) -> str:
-    """``sample`` with the lines of ``values``' keys replaced, missing keys appended."""
-    out: list[str] = []
-    done: set[str] = set()
-    for raw in sample.splitlines():
-        line = raw.strip()
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key = line.partition("=")[0].strip()
-        if not raw.lstrip().startswith("#") and "=" in line and key in values:
-            if key not in done:
-                out.append(f"{key}={values[key]}")
-                done.add(key)
-            continue
-        out.append(raw)
-    missing = [k for k in values if k not in done]
-    if missing:
-        if out and out[-1].strip():
-            out.append("")
-        out.append("# set by ccci-tasks")
-        out.extend(f"{k}={values[k]}" for k in missing)
-    return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------- compose
@@ -391,7 +343,7 @@ class SwarmPlatform:
                 "CCCI_KIND": kind,
                 "CCCI_RUN": run or "",
             }
-            write_text(path, _render_env(sample, values))
+            write_text(path, set_keys(sample, values))
         return AppInfo(
             domain=domain,
             stack=stack_name(domain),
