@@ -59,6 +59,26 @@ class Settings(BaseSettings):
     # Run slots (MAX_TESTS) and the janitor.
     lease_ttl_s: int = Field(default=300, ge=5)
     janitor_interval_s: int = Field(default=60, ge=1)
+    # An admitted run whose first step has not started yet keeps its lease this long (its
+    # first step may wait behind the step of another run in the queue).
+    lease_start_grace_s: int = Field(default=3600, ge=5)
+    # A step whose delivery killed its worker this many times ends its run with an error.
+    poison_max_deliveries: int = Field(default=3, ge=1, le=100)
+
+    # Live-warm infrastructure (R2): recipes deployed at warm-<app>.<base>, space separated.
+    infra_apps: str = "keycloak traefik"
+    # Disk prune (R9.2): only what is older than this many hours.
+    prune_min_age_h: float = Field(default=24, ge=0)
+
+    # Apprise URLs told of every finished run (a secret: URLs carry tokens).
+    notify_urls: SecretStr = SecretStr("")
+
+    # The forge (Gitea/Forgejo, R11).
+    forge_url: str | None = None
+    forge_token: SecretStr | None = None
+    forge_owner: str | None = None
+    webhook_secret: SecretStr | None = None
+    bridge_listen: str = "127.0.0.1:8787"
 
     # Per-step time limits. The Redis visibility timeout must exceed the hard limit,
     # or a long step is redelivered while it still runs (see docs/decisions.md).
@@ -80,6 +100,15 @@ class Settings(BaseSettings):
         from ccci_tasks.naming import validate_domain
 
         return validate_domain(value)
+
+    @field_validator("infra_apps")
+    @classmethod
+    def _infra_apps_ok(cls, value: str) -> str:
+        from ccci_tasks.naming import validate_recipe
+
+        for app in value.split():
+            validate_recipe(app)
+        return " ".join(value.split())
 
     @field_validator("nightly_at")
     @classmethod
@@ -122,6 +151,13 @@ class Settings(BaseSettings):
 
     def alert_url_list(self) -> list[str]:
         return self.alert_urls.get_secret_value().split()
+
+    def notify_url_list(self) -> list[str]:
+        return self.notify_urls.get_secret_value().split()
+
+    def infra_app_list(self) -> list[str]:
+        """The live-warm apps of ``CCCI_INFRA_APPS`` (``""``: none)."""
+        return self.infra_apps.split()
 
 
 @lru_cache(maxsize=1)

@@ -42,7 +42,9 @@ def _free_port() -> int:
 
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="ccci-test-"))
-TEST_BASE = "test.localhost"
+# A base domain of its own per session: two test sessions (or a test session beside `make up`)
+# can share one Docker engine, and neither reaps, counts or cleans up the other's apps.
+TEST_BASE = os.environ.get("CCCI_TEST_BASE") or f"t{os.urandom(3).hex()}.localhost"
 REDIS_PORT = _free_port()
 PUSH_PORT = _free_port()  # the local push target (tests/push_receiver.py) listens here
 TEST_ENV: dict[str, str] = {
@@ -57,6 +59,7 @@ TEST_ENV: dict[str, str] = {
     "CCCI_ALERT_RETRY_MAX_S": "4",
     "CCCI_BEAT_SCHEDULE_FILE": str(SESSION_DIR / "beat" / "schedule"),
     "CCCI_ALERT_URLS": f"json://127.0.0.1:{PUSH_PORT}/alerts",
+    "CCCI_INFRA_APPS": "",  # tests that reconcile live-warm apps set it themselves
 }
 os.environ.update(TEST_ENV)
 for _key in ("CCCI_PLATFORM", "CCCI_KEYCLOAK_URL"):
