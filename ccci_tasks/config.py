@@ -16,13 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ccci_tasks.errors import ConfigError
-
-DEFAULT_MIGRATION_PATTERNS = (
-    r"manual migration",
-    r"migration required",
-    r"\battention\b",
-    r"\bbreaking\b",
-)
+from ccci_tasks.versions import DEFAULT_MIGRATION_PATTERNS
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 

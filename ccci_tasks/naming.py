@@ -42,11 +42,12 @@ from __future__ import annotations
 
 import re
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from ccci_tasks.errors import InvalidInput
-from ccci_tasks.versions import parse_version
+from ccci_tasks.versions import is_version, parse_version
 
 __all__ = [
     "MAX_STACK_NAME_LENGTH",
@@ -64,6 +65,7 @@ __all__ = [
     "validate_recipe",
     "validate_ref",
     "validate_run_hex",
+    "validate_run_id",
     "validate_version",
     "warm_domain",
 ]
@@ -129,13 +131,14 @@ def validate_ref(ref: str) -> str:
     characters that does not start with ``-``, ``/`` or ``.``, holds no ``..``, ``//``, no
     path component starting with ``.`` or ending in ``.lock``, and does not end in ``/``,
     ``.`` or ``.lock``. So ``--upload-pack=x`` (an option) and ``$(id)`` (a shell
-    substitution) are rejected. Version tags with ``+`` are versions, see
-    ``validate_version``.
+    substitution) are rejected. A Co-op Cloud version tag (``1.2.0+1.2``, see
+    ``validate_version``) is a ref too: the ``+`` is part of every such tag.
     """
     what = "git ref"
-    hint = "give a commit sha (7-40 hex digits) or a branch/tag name such as 'main' or 'pr/12'"
+    hint = ("give a commit sha (7-40 hex digits), a branch/tag name such as 'main' or "
+            "'pr/12', or a version tag such as '1.2.0+1.2'")
     _require_str(what, ref, hint)
-    if _SHA_RE.fullmatch(ref):
+    if _SHA_RE.fullmatch(ref) or (len(ref) <= MAX_REF_LENGTH and is_version(ref)):
         return ref
     rule: str | None = None
     if not ref:
@@ -209,6 +212,21 @@ def validate_realm(name: str) -> str:
             hint,
         )
     return name
+
+
+def validate_run_id(run_id: object) -> str:
+    """Return ``run_id`` if it is a run id: a Celery task id, i.e. a UUID in canonical
+    lowercase form (``0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a``)."""
+    if isinstance(run_id, str):
+        try:
+            if str(uuid.UUID(run_id)) == run_id:
+                return run_id
+        except ValueError:
+            pass
+    raise InvalidInput(
+        f"run id {run_id!r} is invalid: expected a Celery task id (a lowercase UUID such as "
+        "'0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a'); see `ccci runs list`"
+    )
 
 
 def validate_run_hex(h: str) -> str:

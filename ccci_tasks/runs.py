@@ -6,7 +6,8 @@ import time
 
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import WaitTimeout
-from ccci_tasks.state.reports import RunReport, load_report, validate_run_id
+from ccci_tasks.naming import validate_run_id
+from ccci_tasks.state.reports import RunReport, load_report
 
 POLL_S = 0.5
 

@@ -25,8 +25,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from ccci_tasks.config import DEFAULT_MIGRATION_PATTERNS
 from ccci_tasks.errors import ConfigError, InvalidInput
+
+# Release-note lines that flag a manual migration (case-insensitive regexes); the default of
+# ``CCCI_MIGRATION_PATTERNS``.
+DEFAULT_MIGRATION_PATTERNS: Final = (
+    r"manual migration",
+    r"migration required",
+    r"\battention\b",
+    r"\bbreaking\b",
+)
 
 __all__ = [
     "BumpKind",

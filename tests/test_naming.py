@@ -132,7 +132,9 @@ def test_refs_accepted(ref: str) -> None:
         "a'b",
         'a"b',
         "a@{1}",
-        "1.0.0+1.2",
+        "1.0.0+",
+        "+1.2",
+        "main+x/y",
         "x" * 201,
     ],
 )
@@ -140,6 +142,12 @@ def test_refs_rejected(ref: str) -> None:
     """Option-like, shell-like and git-invalid ref names are rejected."""
     with pytest.raises(InvalidInput):
         validate_ref(ref)
+
+
+@pytest.mark.parametrize("tag", ["1.0.0+1.2", "2.0.0+2.0", "1.7.1+1.27.2", "5.0.3+27.0.1-fpm"])
+def test_version_tags_are_refs(tag: str) -> None:
+    """Every Co-op Cloud version tag (with its '+') is a valid ref."""
+    assert validate_ref(tag) == tag
 
 
 @pytest.mark.parametrize(
