@@ -27,7 +27,8 @@ REDIS_PREFIX: Final = "ccci:"
 KEY_SLOTS: Final = REDIS_PREFIX + "slots:leases"  # zset run_id -> lease expiry (epoch s)
 KEY_PENDING: Final = REDIS_PREFIX + "slots:pending"  # list of run ids, FIFO
 KEY_RUN_SPEC: Final = REDIS_PREFIX + "run:"  # + run_id -> hash {lane, recipe, ref, ...}
-KEY_CANON_LOCK: Final = REDIS_PREFIX + "canon:"  # + recipe -> run_id holding the canonical
+KEY_FENCE: Final = REDIS_PREFIX + "slots:fence"  # counter: fencing tokens only grow
+KEY_DELIVERIES: Final = REDIS_PREFIX + "deliveries:"  # + run_id:step -> deliveries of a step
 KEY_RELAY_DONE: Final = REDIS_PREFIX + "relay:done:"  # + alert id -> 1 (idempotency)
 KEY_SWEEP_LAST: Final = REDIS_PREFIX + "sweep:last-success"
 

@@ -1,44 +1,47 @@
-"""Run admission (MAX_TESTS, R9.1) and per-canonical exclusion (R6.8) with leases in Redis.
+"""Run admission with fenced leases in Redis: MAX_TESTS slots and exclusive resources.
 
-A lane (a Celery chain: quick, cold or promote run) holds a *slot* from its first step to
-its last. ``enqueue`` puts a run in a FIFO of pending runs; ``admit`` hands out free slots in
-FIFO order and returns the runs to start. Nothing here ever blocks or waits: a run that does
-not fit stays pending and is returned by a later ``admit`` (call it after every ``enqueue``
-and ``release``, and from the janitor). A slot is a lease with an expiry; every step renews it
-(``renew``/``keep_alive``), so a crashed holder's lease expires and the janitor gets the run
-back from ``reap_expired`` to tear down what it left.
+A run names the *resources* it holds from its first step to its last (its lane declares
+them, see ``ccci_tasks.lanes``):
 
-Besides the global slots, a run may name a *canonical* (a recipe): quick runs and promotions
-of one recipe share one warm app, so two runs naming the same canonical never hold slots at
-once, whatever MAX_TESTS is. The later one keeps its place in the FIFO while unrelated runs
-behind it are admitted.
+* ``slot`` - one of the MAX_TESTS run slots (R9.1); counted, not exclusive;
+* ``canon:<recipe>`` - the recipe's data-warm canonical (R6.8); exclusive;
+* ``infra:<app>:shared`` / ``infra:<app>:excl`` - a live-warm app: shared by runs whose recipe
+  depends on it, exclusive for the app's reconcile;
+* ``sweep`` - the nightly sweep; exclusive.
 
-Redis keys (all under ``constants.REDIS_PREFIX``):
+``enqueue`` puts a run in a FIFO of pending runs; ``admit`` walks the FIFO and admits every
+run whose resources are all free, taking all of them or none, in one Lua script (atomic). A
+run that does not fit keeps its place; unrelated runs behind it go ahead. Nothing here ever
+blocks or waits: whoever frees something (a finishing run, the janitor) calls ``admit``
+again.
 
-* ``KEY_SLOTS`` (``ccci:slots:leases``) - zset run_id -> lease expiry (epoch s). A lease is
-  live while its expiry is after ``now``.
-* ``KEY_SLOTS + ":expired"`` (``ccci:slots:leases:expired``) - zset run_id -> expiry of the
-  leases dropped because they expired, until ``reap_expired`` hands them to the janitor.
-* ``KEY_SLOTS + ":reaping"`` (``ccci:slots:leases:reaping``) - zset run_id -> hand-out time
-  of the runs the janitor is cleaning up after, until ``finish_reap``.
-* ``KEY_PENDING`` (``ccci:slots:pending``) - list of run ids, the FIFO (head = oldest).
-* ``KEY_RUN_SPEC + run_id`` (``ccci:run:<run_id>``) - hash of the ``RunSpec`` fields
-  (``ref``/``canonical`` absent when None). Kept after release until ``forget``.
-* ``KEY_CANON_LOCK + recipe`` (``ccci:canon:<recipe>``) - run id of the run holding the
-  canonical. Only meaningful while that run occupies a slot (live, expired or reaping).
+Leases and fencing
+------------------
+An admitted run gets a lease (expiry in a zset) and a *fencing token* that only grows (a
+counter floored at the server's clock in milliseconds, so it keeps growing even after the
+keys were flushed). Until its first step starts, the lease lasts ``start_grace_s`` (the step
+may wait in the queue behind another run's step); the first ``renew`` starts the TTL proper,
+and every step renews it when it starts and before each platform mutation (``renew`` is the
+fence check). A lease whose expiry passed is lost for good: ``renew`` never revives it, so a
+step that was stopped past its lease cannot act any more; the janitor gets the run from
+``reap_expired`` and cleans up after it.
 
-A run whose lease expired keeps occupying its slot (and canonical) until the janitor has
-removed what it left and calls ``finish_reap``: until then its app may still be live, so
-counting it keeps the MAX_TESTS guarantee and keeps the canonical exclusive.
+Time is the Redis server's clock (``TIME`` inside the scripts), so workers with skewed
+clocks agree on expiry. Tests may inject a ``clock`` instead.
 
-Every state change is one Lua script (atomic on the single Redis instance; the scripts touch
-keys derived from prefixes, so this is not for Redis Cluster). Each script first moves the
-leases whose expiry passed into the expired zset, so a run past its TTL has lost its lease for
-good: ``renew`` and ``release`` then return False and the janitor, not the run, cleans up.
-Scripts never read the server clock: ``now`` comes from the injectable ``clock``.
+The engine is the truth about what is live: ``admit`` takes the live apps of this system
+(``cold:<hex>``, ``warm:<recipe>``) as observed by the caller. A live app that no occupying
+run explains counts against MAX_TESTS, and a deployed canonical no run holds keeps its
+``canon:`` resource busy, until the janitor has reaped it.
 
-Redis failures are raised as ``BrokerError`` naming the broker host and the operation, never
-the password. Run ids and specs are validated before any key is built from them.
+A run whose lease expired keeps occupying its resources (``expired``, then ``reaping``)
+until the janitor has removed what it left and calls ``finish_reap``. The janitor can also
+hold resources itself while it cleans up after a run Redis forgot (``hold``).
+
+Redis keys (all under ``constants.REDIS_PREFIX``): ``KEY_SLOTS`` zset run_id -> expiry;
+``KEY_EXPIRED`` and ``KEY_REAPING`` zsets; ``KEY_PENDING`` list (head = oldest);
+``KEY_RUN_SPEC + run_id`` hash of the spec plus ``token`` and ``started``; ``KEY_FENCE``
+counter. Every state change is one Lua script on the single Redis instance.
 """
 
 from __future__ import annotations
@@ -46,10 +49,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
-import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -59,7 +61,7 @@ from redis.exceptions import RedisError
 
 from ccci_tasks import constants as c
 from ccci_tasks.errors import BrokerError, InvalidInput
-from ccci_tasks.naming import validate_recipe, validate_ref, validate_version
+from ccci_tasks.naming import validate_recipe, validate_ref, validate_run_id
 
 if TYPE_CHECKING:
     from ccci_tasks.config import Settings
@@ -67,55 +69,36 @@ if TYPE_CHECKING:
 __all__ = [
     "KEY_EXPIRED",
     "KEY_REAPING",
-    "LANES",
     "Lease",
     "RunSpec",
     "Slots",
+    "validate_resource",
 ]
 
 log = logging.getLogger(__name__)
 
-LANES: Final = ("quick", "cold", "promote")
 KEY_EXPIRED: Final = c.KEY_SLOTS + ":expired"
 KEY_REAPING: Final = c.KEY_SLOTS + ":reaping"
+SLOT: Final = "slot"
+
+_LANE_RE: Final = re.compile(r"[a-z][a-z-]{0,30}")
+_RESOURCE_RE: Final = re.compile(
+    r"slot|sweep|canon:[a-z0-9][a-z0-9_-]{0,62}|infra:[a-z0-9][a-z0-9_-]{0,62}:(?:shared|excl)"
+)
+_LIVE_RE: Final = re.compile(r"cold:[0-9a-f]{6}|warm:[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def validate_resource(resource: object) -> str:
+    """A resource name: ``slot``, ``sweep``, ``canon:<recipe>``, ``infra:<app>:shared|excl``."""
+    if not isinstance(resource, str) or not _RESOURCE_RE.fullmatch(resource):
+        raise InvalidInput(
+            f"resource {resource!r} is invalid: expected slot, sweep, canon:<recipe> or "
+            "infra:<app>:shared|excl"
+        )
+    return resource
+
 
 # --- run specs ----------------------------------------------------------------------------
-
-
-def _validate_run_id(run_id: object) -> str:
-    """Return ``run_id`` if it is a Celery task id (a lowercase uuid4 string)."""
-    hint = "pass the Celery task id of the run's first step, e.g. str(uuid.uuid4())"
-    if not isinstance(run_id, str):
-        raise InvalidInput(
-            f"run_id {run_id!r} is invalid: expected a string, got {type(run_id).__name__}; "
-            f"{hint}"
-        )
-    try:
-        parsed = uuid.UUID(run_id)
-    except ValueError:
-        parsed = None
-    if parsed is None or str(parsed) != run_id or parsed.version != 4:
-        raise InvalidInput(
-            f"run_id {run_id!r} is invalid: it must be a lowercase uuid4 string "
-            f"(xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx); {hint}"
-        )
-    return run_id
-
-
-def _validate_spec_ref(ref: object) -> str:
-    """A ref is a git ref/sha (``validate_ref``) or a recipe version (``validate_version``)."""
-    if not isinstance(ref, str):
-        raise InvalidInput(
-            f"ref {ref!r} is invalid: expected a string or None, got {type(ref).__name__}; "
-            "give a git ref, a commit sha or a recipe version"
-        )
-    try:
-        return validate_ref(ref)
-    except InvalidInput as as_ref:
-        try:
-            return validate_version(ref)
-        except InvalidInput:
-            raise as_ref from None
 
 
 @dataclass(frozen=True)
@@ -123,24 +106,30 @@ class RunSpec:
     """What a pending or running run is: enough to start its lane and to clean up after it."""
 
     run_id: str  # a Celery task id (uuid4 string)
-    lane: str  # "quick" | "cold" | "promote"
-    recipe: str
+    lane: str  # a lane name of ``ccci_tasks.lanes``
+    recipe: str  # the recipe (or live-warm app) under test
     ref: str | None = None
-    canonical: str | None = None  # recipe whose canonical this run touches, or None
+    resources: tuple[str, ...] = ()
+    parent: str | None = None  # the run that started this one (a sweep), if any
     enqueued_at: float = 0.0  # epoch seconds, set by Slots.enqueue
+    token: int = 0  # fencing token, set at admission
 
     def __post_init__(self) -> None:
-        _validate_run_id(self.run_id)
-        if self.lane not in LANES:
+        validate_run_id(self.run_id)
+        if not isinstance(self.lane, str) or not _LANE_RE.fullmatch(self.lane):
             raise InvalidInput(
-                f"lane {self.lane!r} of run {self.run_id} is invalid: it must be one of "
-                f"{', '.join(LANES)}"
+                f"lane {self.lane!r} of run {self.run_id} is invalid: expected a lane name "
+                "such as quick, cold, reconcile or sweep"
             )
         validate_recipe(self.recipe)
         if self.ref is not None:
-            _validate_spec_ref(self.ref)
-        if self.canonical is not None:
-            validate_recipe(self.canonical)
+            validate_ref(self.ref)
+        resources = tuple(self.resources)
+        for resource in resources:
+            validate_resource(resource)
+        object.__setattr__(self, "resources", resources)
+        if self.parent is not None:
+            validate_run_id(self.parent)
         at = self.enqueued_at
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
                 or at < 0:
@@ -149,10 +138,22 @@ class RunSpec:
                 "number of epoch seconds >= 0"
             )
         object.__setattr__(self, "enqueued_at", float(at))
+        if isinstance(self.token, bool) or not isinstance(self.token, int) or self.token < 0:
+            raise InvalidInput(f"token {self.token!r} of run {self.run_id} is invalid")
+
+    @property
+    def canonical(self) -> str | None:
+        """The recipe whose canonical this run holds, if any."""
+        for resource in self.resources:
+            if resource.startswith("canon:"):
+                return resource.removeprefix("canon:")
+        return None
 
     def to_json(self) -> str:
         """The spec as a JSON object (for Celery task arguments and logs)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        data["resources"] = list(self.resources)
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, s: str | bytes) -> RunSpec:
@@ -163,6 +164,8 @@ class RunSpec:
             raise InvalidInput(f"run spec {s!r:.200} is not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise InvalidInput(f"run spec {s!r:.200} is not a JSON object")
+        if isinstance(data.get("resources"), list):
+            data["resources"] = tuple(data["resources"])
         return cls._from_mapping(data, f"run spec {s!r:.200}")
 
     @classmethod
@@ -171,18 +174,10 @@ class RunSpec:
         unknown = sorted(set(data) - known)
         missing = sorted({"run_id", "lane", "recipe"} - set(data))
         if unknown or missing:
-            raise InvalidInput(
-                f"{what} is invalid: "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"unknown fields {unknown}" if unknown else "",
-                        f"missing fields {missing}" if missing else "",
-                    )
-                    if part
-                )
-                + f"; expected the fields {sorted(known)}"
-            )
+            parts = [f"unknown fields {unknown}" if unknown else "",
+                     f"missing fields {missing}" if missing else ""]
+            raise InvalidInput(f"{what} is invalid: {'; '.join(p for p in parts if p)}; "
+                               f"expected the fields {sorted(known)}")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -190,86 +185,144 @@ class RunSpec:
 
     def _hash_fields(self) -> dict[str, str]:
         out = {"run_id": self.run_id, "lane": self.lane, "recipe": self.recipe,
-               "enqueued_at": repr(self.enqueued_at)}
+               "resources": ",".join(self.resources), "enqueued_at": repr(self.enqueued_at)}
         if self.ref is not None:
             out["ref"] = self.ref
-        if self.canonical is not None:
-            out["canonical"] = self.canonical
+        if self.parent is not None:
+            out["parent"] = self.parent
         return out
 
     @classmethod
     def _from_hash(cls, raw: Mapping[str, str]) -> RunSpec:
-        data: dict[str, Any] = dict(raw)
-        if "enqueued_at" in data:
-            try:
+        data: dict[str, Any] = {k: v for k, v in raw.items() if k != "started"}
+        try:
+            if "enqueued_at" in data:
                 data["enqueued_at"] = float(data["enqueued_at"])
-            except ValueError as exc:
-                raise InvalidInput(f"stored run spec {raw!r} has a bad enqueued_at") from exc
+            if "token" in data:
+                data["token"] = int(data["token"])
+        except ValueError as exc:
+            raise InvalidInput(f"stored run spec {raw!r} has a bad number") from exc
+        data["resources"] = tuple(r for r in data.get("resources", "").split(",") if r)
         return cls._from_mapping(data, f"stored run spec {raw!r}")
 
 
 @dataclass(frozen=True)
 class Lease:
-    """A live slot lease (for ``ccci status``)."""
+    """A run that occupies resources: live (``state`` ``live``) or dead and not yet cleaned
+    up (``expired``, ``reaping``)."""
 
     run_id: str
     expires_at: float
     spec: RunSpec | None
+    state: str = "live"
+    started: bool = True
 
 
 # --- Lua ----------------------------------------------------------------------------------
 
-# Shared prologue. KEYS[1] leases zset, KEYS[2] expired zset, KEYS[3] pending list;
-# ARGV[1] now, ARGV[2] run-spec key prefix, ARGV[3] canonical-lock key prefix.
-_LUA_SWEEP = """
-local leases, expired, pending, reaping = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, spec_prefix, canon_prefix = ARGV[1], ARGV[2], ARGV[3]
-
-local function unlock_canonical(id)
-  local canon = redis.call('HGET', spec_prefix .. id, 'canonical')
-  if canon then
-    local lock = canon_prefix .. canon
-    if redis.call('GET', lock) == id then redis.call('DEL', lock) end
-  end
+# KEYS: 1 leases, 2 expired, 3 pending, 4 reaping, 5 fence counter.
+# ARGV: 1 now ('' = server clock), 2 run-spec key prefix.
+_LUA_PROLOGUE = """
+local leases, expired, pending, reaping, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local spec_prefix = ARGV[2]
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+else
+  now = tonumber(ARGV[1])
 end
 
--- A run holds its slot and canonical while it has a live lease, and after its lease expired
--- until the janitor has cleaned up what it left (expired, then reaping, then finish_reap).
-local function occupying(id)
-  return redis.call('ZSCORE', leases, id) or redis.call('ZSCORE', expired, id)
-    or redis.call('ZSCORE', reaping, id)
-end
-
--- leases whose expiry passed (expiry <= now) move to the expired zset for the janitor;
--- they keep their slot and canonical until finish_reap
+-- leases whose expiry passed move to the expired zset for the janitor; they keep their
+-- resources until finish_reap
 local dead = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'WITHSCORES')
 for i = 1, #dead, 2 do
   redis.call('ZADD', expired, dead[i + 1], dead[i])
 end
 if #dead > 0 then redis.call('ZREMRANGEBYSCORE', leases, '-inf', now) end
+
+local function occupying_ids()
+  local out = {}
+  for _, set in ipairs({leases, expired, reaping}) do
+    for _, id in ipairs(redis.call('ZRANGE', set, 0, -1)) do out[#out + 1] = id end
+  end
+  return out
+end
+
+local function split(s)
+  local t = {}
+  for r in string.gmatch(s or '', '[^,]+') do t[#t + 1] = r end
+  return t
+end
+
+local function conflict(a, b)
+  if a == 'slot' or b == 'slot' then return false end
+  if a == b then return string.sub(a, -7) ~= ':shared' end
+  local pa = string.match(a, '^(infra:.+):%a+$')
+  local pb = string.match(b, '^(infra:.+):%a+$')
+  return pa ~= nil and pa == pb
+end
 """
 
-# ARGV[4] expiry of new leases, ARGV[5] max_tests. Returns {{run_id, HGETALL spec}, ...}.
-_LUA_ADMIT = _LUA_SWEEP + """
-local expiry, max_tests = ARGV[4], tonumber(ARGV[5])
-local n = redis.call('ZCARD', leases) + redis.call('ZCARD', expired)
-  + redis.call('ZCARD', reaping)
+# ARGV: 3 ttl, 4 start grace, 5 max_tests, 6.. live apps ('cold:<hex>' / 'warm:<recipe>').
+# Returns {{run_id, HGETALL spec}, ...} of the admitted runs.
+_LUA_ADMIT = _LUA_PROLOGUE + """
+local grace, max_tests = tonumber(ARGV[4]), tonumber(ARGV[5])
+local held, slots_used = {}, 0
+local hexes = {}
+for _, id in ipairs(occupying_ids()) do
+  local res = split(redis.call('HGET', spec_prefix .. id, 'resources'))
+  for _, r in ipairs(res) do
+    held[#held + 1] = r
+    if r == 'slot' then slots_used = slots_used + 1 end
+  end
+  hexes[string.sub(id, 1, 6)] = true
+end
+-- live apps no occupying run explains
+for i = 6, #ARGV do
+  local kind, name = string.match(ARGV[i], '^(%a+):(.+)$')
+  if kind == 'cold' and not hexes[name] then
+    slots_used = slots_used + 1
+  elseif kind == 'warm' then
+    local canon = 'canon:' .. name
+    local explained = false
+    for _, r in ipairs(held) do if r == canon then explained = true end end
+    if not explained then
+      slots_used = slots_used + 1
+      held[#held + 1] = canon
+    end
+  end
+end
+
 local out = {}
-if n >= max_tests then return out end
 for _, id in ipairs(redis.call('LRANGE', pending, 0, -1)) do
-  if n >= max_tests then break end
   local key = spec_prefix .. id
-  if redis.call('EXISTS', key) == 0 or redis.call('ZSCORE', leases, id) then
-    redis.call('LREM', pending, 1, id)  -- forgotten spec or already admitted: drop the entry
+  if redis.call('EXISTS', key) == 0 or redis.call('ZSCORE', leases, id)
+      or redis.call('ZSCORE', expired, id) or redis.call('ZSCORE', reaping, id) then
+    redis.call('LREM', pending, 1, id)  -- forgotten, or already admitted: drop the entry
   else
-    local canon = redis.call('HGET', key, 'canonical')
-    local lock = canon and (canon_prefix .. canon)
-    local holder = lock and redis.call('GET', lock)
-    if not (holder and occupying(holder)) then
-      redis.call('ZADD', leases, expiry, id)
-      if lock then redis.call('SET', lock, id) end
+    local want = split(redis.call('HGET', key, 'resources'))
+    local fits = true
+    local needs_slot = false
+    for _, r in ipairs(want) do
+      if r == 'slot' then needs_slot = true end
+      for _, h in ipairs(held) do
+        if conflict(r, h) then fits = false end
+      end
+    end
+    if needs_slot and slots_used >= max_tests then fits = false end
+    if fits then
+      local token = redis.call('INCR', fence)
+      local floor = math.floor(now * 1000)
+      if token < floor then
+        redis.call('SET', fence, floor)
+        token = floor
+      end
+      redis.call('HSET', key, 'token', token, 'started', 0)
+      redis.call('ZADD', leases, now + grace, id)
       redis.call('LREM', pending, 1, id)
-      n = n + 1
+      for _, r in ipairs(want) do held[#held + 1] = r end
+      if needs_slot then slots_used = slots_used + 1 end
       out[#out + 1] = {id, redis.call('HGETALL', key)}
     end
   end
@@ -277,29 +330,47 @@ end
 return out
 """
 
-# ARGV[4] run_id, ARGV[5] new expiry. Returns 1 if a live lease was extended, else 0.
-_LUA_RENEW = _LUA_SWEEP + """
-local id, expiry = ARGV[4], ARGV[5]
+# ARGV: 3 ttl, 4 run_id, 5 token. Returns 1 if the run holds a live lease with that token
+# (then extended to now + ttl, which starts the TTL at the first renewal), else 0.
+_LUA_RENEW = _LUA_PROLOGUE + """
+local ttl, id, token = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local score = redis.call('ZSCORE', leases, id)
-if not score then return 0 end
-if tonumber(expiry) > tonumber(score) then redis.call('ZADD', leases, 'XX', expiry, id) end
+if not score or tonumber(score) <= now then return 0 end
+local key = spec_prefix .. id
+if redis.call('HGET', key, 'token') ~= token then return 0 end
+local started = redis.call('HGET', key, 'started')
+if started == '1' and tonumber(score) > now + ttl then return 1 end
+redis.call('ZADD', leases, now + ttl, id)
+redis.call('HSET', key, 'started', 1)
 return 1
 """
 
-# ARGV[4] run_id. Returns 1 if a live lease was dropped, else 0.
-_LUA_RELEASE = _LUA_SWEEP + """
-local id = ARGV[4]
-local removed = redis.call('ZREM', leases, id)
-if not occupying(id) then unlock_canonical(id) end  -- an expired run's is the janitor's
-return removed
+# ARGV: 3 run_id, 4 token ('' = any). Returns 1 if a live lease was dropped, else 0.
+_LUA_RELEASE = _LUA_PROLOGUE + """
+local id, token = ARGV[3], ARGV[4]
+if not redis.call('ZSCORE', leases, id) then return 0 end
+if token ~= '' and redis.call('HGET', spec_prefix .. id, 'token') ~= token then return 0 end
+redis.call('ZREM', leases, id)
+redis.call('HDEL', spec_prefix .. id, 'token', 'started')
+return 1
 """
 
-# Returns {{run_id, HGETALL spec}, ...} of every expired lease, in expiry order, once; they
-# move to the reaping zset (scored by hand-out time) and keep their slot until finish_reap.
-_LUA_REAP = _LUA_SWEEP + """
+# ARGV: 3 run_id, 4 token. A launch failed: the lease goes and the run is first in line again.
+_LUA_REQUEUE = _LUA_PROLOGUE + """
+local id, token = ARGV[3], ARGV[4]
+if not redis.call('ZSCORE', leases, id) then return 0 end
+if redis.call('HGET', spec_prefix .. id, 'token') ~= token then return 0 end
+redis.call('ZREM', leases, id)
+redis.call('HDEL', spec_prefix .. id, 'token', 'started')
+redis.call('LPUSH', pending, id)
+return 1
+"""
+
+# Returns {{run_id, HGETALL spec}, ...} of every expired lease, once; they move to the
+# reaping zset (scored by hand-out time) and keep their resources until finish_reap.
+_LUA_REAP = _LUA_PROLOGUE + """
 local out = {}
-local gone = redis.call('ZRANGE', expired, 0, -1)
-for _, id in ipairs(gone) do
+for _, id in ipairs(redis.call('ZRANGE', expired, 0, -1)) do
   out[#out + 1] = {id, redis.call('HGETALL', spec_prefix .. id)}
   redis.call('ZADD', reaping, now, id)
 end
@@ -307,24 +378,45 @@ redis.call('DEL', expired)
 return out
 """
 
-# ARGV[4] run_id. Frees the slot and canonical of a reaped run. Returns 1 if it was reaping.
-_LUA_FINISH_REAP = _LUA_SWEEP + """
-local id = ARGV[4]
+# ARGV: 3 run_id. Frees the resources of a reaped run (or a janitor hold), drops its spec.
+_LUA_FINISH_REAP = _LUA_PROLOGUE + """
+local id = ARGV[3]
 local removed = redis.call('ZREM', reaping, id)
-if not occupying(id) then unlock_canonical(id) end
 redis.call('DEL', spec_prefix .. id)
 return removed
 """
 
-# KEYS[1] pending list, KEYS[2] spec hash; ARGV[1] run_id, ARGV[2..] field/value pairs.
-# Returns {1} if stored and appended, {0, HGETALL existing} if the run was already known.
-_LUA_ENQUEUE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {0, redis.call('HGETALL', KEYS[2])}
+# ARGV: 3 hold id, 4.. field/value pairs. The janitor holds resources while it cleans up.
+_LUA_HOLD = _LUA_PROLOGUE + """
+local id = ARGV[3]
+redis.call('HSET', spec_prefix .. id, unpack(ARGV, 4))
+redis.call('ZADD', reaping, now, id)
+return 1
+"""
+
+# ARGV: 3 run_id, 4.. field/value pairs. Returns {1} if stored and appended, {0, HGETALL}
+# if the run was already known.
+_LUA_ENQUEUE = _LUA_PROLOGUE + """
+local id = ARGV[3]
+local key = spec_prefix .. id
+if redis.call('EXISTS', key) == 1 then
+  return {0, redis.call('HGETALL', key)}
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 2))
-redis.call('RPUSH', KEYS[1], ARGV[1])
-return {1}
+redis.call('HSET', key, 'enqueued_at', tostring(now), unpack(ARGV, 4))
+redis.call('RPUSH', pending, id)
+return {1, tostring(now)}
+"""
+
+# Returns {now, {id, score, state, HGETALL}...} of every occupying run.
+_LUA_OCCUPYING = _LUA_PROLOGUE + """
+local out = {tostring(now)}
+for _, pair in ipairs({{leases, 'live'}, {expired, 'expired'}, {reaping, 'reaping'}}) do
+  local rows = redis.call('ZRANGE', pair[1], 0, -1, 'WITHSCORES')
+  for i = 1, #rows, 2 do
+    out[#out + 1] = {rows[i], rows[i + 1], pair[2], redis.call('HGETALL', spec_prefix .. rows[i])}
+  end
+end
+return out
 """
 
 
@@ -340,41 +432,43 @@ def _pairs(flat: Sequence[object]) -> dict[str, str]:
 
 
 class Slots:
-    """MAX_TESTS run slots and canonical locks in Redis; see the module docstring."""
+    """Run admission, fenced leases and resource holds in Redis; see the module docstring."""
 
     def __init__(
         self,
         client: redis.Redis,
         max_tests: int,
         ttl_s: float,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
+        *,
+        start_grace_s: float | None = None,
     ) -> None:
         if isinstance(max_tests, bool) or not isinstance(max_tests, int) or max_tests < 1:
             raise InvalidInput(f"max_tests {max_tests!r} is invalid: it must be an int >= 1")
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) \
-                or not math.isfinite(ttl_s) or ttl_s <= 0:
-            raise InvalidInput(f"lease ttl_s {ttl_s!r} is invalid: it must be a number > 0")
+        for name, value in (("ttl_s", ttl_s), ("start_grace_s", start_grace_s)):
+            if value is None and name == "start_grace_s":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or value <= 0:
+                raise InvalidInput(f"lease {name} {value!r} is invalid: it must be a number > 0")
         self._client = client
         self._max_tests = max_tests
         self._ttl_s = float(ttl_s)
+        self._grace_s = float(start_grace_s) if start_grace_s is not None else self._ttl_s
         self._clock = clock
-        self._admit = client.register_script(_LUA_ADMIT)
-        self._renew = client.register_script(_LUA_RENEW)
-        self._release = client.register_script(_LUA_RELEASE)
-        self._reap = client.register_script(_LUA_REAP)
-        self._finish_reap = client.register_script(_LUA_FINISH_REAP)
-        self._enqueue = client.register_script(_LUA_ENQUEUE)
+        scripts = {
+            "admit": _LUA_ADMIT, "renew": _LUA_RENEW, "release": _LUA_RELEASE,
+            "requeue": _LUA_REQUEUE, "reap": _LUA_REAP, "finish_reap": _LUA_FINISH_REAP,
+            "hold": _LUA_HOLD, "enqueue": _LUA_ENQUEUE, "occupying": _LUA_OCCUPYING,
+        }
+        self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Slots:
-        """Slots on the broker Redis with ``max_tests`` and ``lease_ttl_s`` from settings."""
-        client = redis.Redis.from_url(
-            settings.broker_url.get_secret_value(),
-            socket_connect_timeout=10,
-            socket_timeout=30,
-            health_check_interval=30,
-        )
-        return cls(client, settings.max_tests, settings.lease_ttl_s)
+        """Slots on the broker Redis with the MAX_TESTS and lease settings."""
+        client = _client_for(settings.broker_url.get_secret_value())
+        return cls(client, settings.max_tests, settings.lease_ttl_s,
+                   start_grace_s=settings.lease_start_grace_s)
 
     @property
     def max_tests(self) -> int:
@@ -383,6 +477,10 @@ class Slots:
     @property
     def ttl_s(self) -> float:
         return self._ttl_s
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -395,7 +493,7 @@ class Slots:
         return f"{place}/{kwargs.get('db', 0)}"
 
     @contextmanager
-    def _broker(self, what: str) -> Iterator[None]:
+    def broker(self, what: str) -> Iterator[None]:
         """Translate Redis errors into ``BrokerError`` naming the host, never the password."""
         try:
             yield
@@ -413,16 +511,24 @@ class Slots:
                 raise error from None
             raise error from exc
 
-    def _script_args(self, now: float) -> tuple[list[str], list[str]]:
-        keys = [c.KEY_SLOTS, KEY_EXPIRED, c.KEY_PENDING, KEY_REAPING]
-        return keys, [repr(now), c.KEY_RUN_SPEC, c.KEY_CANON_LOCK]
+    def _call(self, name: str, what: str, *args: object) -> Any:
+        keys = [c.KEY_SLOTS, KEY_EXPIRED, c.KEY_PENDING, KEY_REAPING, c.KEY_FENCE]
+        now = "" if self._clock is None else repr(float(self._clock()))
+        argv = [now, c.KEY_RUN_SPEC, *(str(a) for a in args)]
+        with self.broker(what):
+            return self._scripts[name](keys=keys, args=argv)
 
-    def _now(self) -> float:
-        return float(self._clock())
+    def now(self) -> float:
+        """The lease clock: the Redis server's time, or the injected clock."""
+        if self._clock is not None:
+            return float(self._clock())
+        with self.broker("reading the server clock"):
+            seconds, micros = self._client.time()
+        return seconds + micros / 1e6
 
     @staticmethod
     def _spec_or_none(run_id: str, raw: Mapping[str, str]) -> RunSpec | None:
-        if not raw:
+        if not raw or "lane" not in raw:
             return None
         try:
             return RunSpec._from_hash(raw)
@@ -444,7 +550,7 @@ class Slots:
     def _read_specs(self, run_ids: Sequence[str], what: str) -> list[RunSpec | None]:
         if not run_ids:
             return []
-        with self._broker(what):
+        with self.broker(what):
             pipe = self._client.pipeline(transaction=False)
             for run_id in run_ids:
                 pipe.hgetall(c.KEY_RUN_SPEC + run_id)
@@ -464,145 +570,158 @@ class Slots:
         """
         if not isinstance(spec, RunSpec):
             raise InvalidInput(f"enqueue expects a RunSpec, got {type(spec).__name__}")
-        stamped = replace(spec, enqueued_at=self._now())
-        args: list[str] = [stamped.run_id]
-        for key, value in stamped._hash_fields().items():
-            args += [key, value]
-        with self._broker(f"enqueueing run {spec.run_id}"):
-            reply = cast(list[Any], self._enqueue(
-                keys=[c.KEY_PENDING, c.KEY_RUN_SPEC + spec.run_id], args=args))
+        args: list[str] = [spec.run_id]
+        for key, value in spec._hash_fields().items():
+            if key != "enqueued_at":
+                args += [key, value]
+        reply = cast(list[Any], self._call("enqueue", f"enqueueing run {spec.run_id}", *args))
         if int(reply[0]) == 1:
             log.info("run %s (%s %s) enqueued", spec.run_id, spec.lane, spec.recipe)
-            return stamped
+            return replace(spec, enqueued_at=float(_s(reply[1])), token=0)
         stored = RunSpec._from_hash(_pairs(reply[1]))
-        if replace(stored, enqueued_at=0.0) != replace(spec, enqueued_at=0.0):
+        if replace(stored, enqueued_at=0.0, token=0) != replace(spec, enqueued_at=0.0, token=0):
             raise InvalidInput(
                 f"run {spec.run_id} is already enqueued with a different spec "
                 f"(stored {stored.to_json()}, given {spec.to_json()}); use a new run id"
             )
         return stored
 
-    def admit(self) -> list[RunSpec]:
-        """Lease free slots to pending runs in FIFO order; return the runs to start.
+    def admit(self, live: Iterable[str] = ()) -> list[RunSpec]:
+        """Lease free resources to pending runs in FIFO order; return the runs to start.
 
-        Atomically drops expired leases (kept for ``reap_expired``), then walks the FIFO and
-        admits every run that fits: fewer than ``max_tests`` live leases and its canonical
-        (if any) not held by a live lease. Runs that do not fit keep their place. Never waits.
+        ``live`` are the live apps of this system as observed on the engine (``cold:<hex>``
+        for a deployed cold app, ``warm:<recipe>`` for a deployed canonical); those no
+        occupying run explains count against MAX_TESTS (and keep their canonical busy).
+        Each admitted run carries its fencing token. Never waits.
         """
-        now = self._now()
-        keys, args = self._script_args(now)
-        args += [repr(now + self._ttl_s), str(self._max_tests)]
-        with self._broker("admitting pending runs"):
-            reply = self._admit(keys=keys, args=args)
+        observed = []
+        for item in live:
+            if not isinstance(item, str) or not _LIVE_RE.fullmatch(item):
+                raise InvalidInput(f"live app {item!r} is invalid: expected cold:<hex> or "
+                                   "warm:<recipe>")
+            observed.append(item)
+        reply = self._call("admit", "admitting pending runs", self._ttl_s, self._grace_s,
+                           self._max_tests, *observed)
         admitted = self._specs_from_script(reply, "was admitted")
         for spec in admitted:
-            log.info("run %s (%s %s) admitted", spec.run_id, spec.lane, spec.recipe)
+            log.info("run %s (%s %s) admitted with token %d", spec.run_id, spec.lane,
+                     spec.recipe, spec.token)
         return admitted
 
-    def renew(self, run_id: str) -> bool:
-        """Extend the run's lease to now + ttl. False if it holds none (expired or released);
-        a lease is never re-created here."""
-        rid = _validate_run_id(run_id)
-        now = self._now()
-        keys, args = self._script_args(now)
-        args += [rid, repr(now + self._ttl_s)]
-        with self._broker(f"renewing the lease of run {rid}"):
-            return int(cast(int, self._renew(keys=keys, args=args))) == 1
+    def renew(self, run_id: str, token: int) -> bool:
+        """Check the run's lease and extend it to now + ttl (the fence check).
 
-    def release(self, run_id: str) -> bool:
-        """Drop the run's lease and canonical lock (idempotent). True if a live lease was
-        dropped. The spec is kept until ``forget``."""
-        rid = _validate_run_id(run_id)
-        keys, args = self._script_args(self._now())
-        args += [rid]
-        with self._broker(f"releasing the lease of run {rid}"):
-            released = int(cast(int, self._release(keys=keys, args=args))) == 1
+        False when the run holds no live lease with this token (expired, released, flushed
+        or re-admitted): a lost lease is never revived here.
+        """
+        rid = validate_run_id(run_id)
+        return int(self._call("renew", f"renewing the lease of run {rid}", self._ttl_s, rid,
+                              int(token))) == 1
+
+    def release(self, run_id: str, token: int | None = None) -> bool:
+        """Drop the run's live lease (with ``token``: only if it still holds that token).
+        True if a live lease was dropped. The spec is kept until ``forget``."""
+        rid = validate_run_id(run_id)
+        released = int(self._call("release", f"releasing the lease of run {rid}", rid,
+                                  "" if token is None else int(token))) == 1
         if released:
-            log.info("run %s released its slot", rid)
+            log.info("run %s released its resources", rid)
         return released
 
-    def holds(self, run_id: str) -> bool:
-        """True if the run holds a live (unexpired) lease."""
-        rid = _validate_run_id(run_id)
-        with self._broker(f"reading the lease of run {rid}"):
-            score = self._client.zscore(c.KEY_SLOTS, rid)
-        return score is not None and score > self._now()
+    def requeue(self, run_id: str, token: int) -> bool:
+        """A run could not be launched: drop its lease and put it first in line again."""
+        rid = validate_run_id(run_id)
+        return int(self._call("requeue", f"requeueing run {rid}", rid, int(token))) == 1
+
+    def holds(self, run_id: str, token: int | None = None) -> bool:
+        """True if the run holds a live (unexpired) lease (with ``token``, if given)."""
+        for lease in self.occupying():
+            if lease.run_id == run_id and lease.state == "live":
+                return token is None or (lease.spec is not None and lease.spec.token == token)
+        return False
+
+    def occupying(self) -> list[Lease]:
+        """Every run that holds resources: live leases, then expired, then reaping."""
+        reply = cast(list[Any], self._call("occupying", "listing occupying runs"))
+        out: list[Lease] = []
+        for item in reply[1:]:
+            run_id, score, state, raw = _s(item[0]), float(_s(item[1])), _s(item[2]), item[3]
+            fields_ = _pairs(raw)
+            out.append(Lease(run_id, score, self._spec_or_none(run_id, fields_), state,
+                             fields_.get("started", "1") == "1"))
+        return out
 
     def leases(self) -> list[Lease]:
         """Live leases, soonest expiry first (for ``ccci status``)."""
-        now = self._now()
-        with self._broker("listing leases"):
-            rows = cast(list[tuple[Any, float]], self._client.zrangebyscore(
-                c.KEY_SLOTS, f"({now!r}", "+inf", withscores=True))
-        ids = [_s(member) for member, _ in rows]
-        specs = self._read_specs(ids, "reading the specs of leased runs")
-        return [Lease(run_id, float(score), spec)
-                for run_id, (_, score), spec in zip(ids, rows, specs, strict=True)]
+        return sorted((x for x in self.occupying() if x.state == "live"),
+                      key=lambda x: x.expires_at)
 
     def pending(self) -> list[RunSpec]:
         """The pending runs, head of the FIFO first."""
-        with self._broker("listing pending runs"):
+        with self.broker("listing pending runs"):
             ids = [_s(x) for x in cast(list[Any], self._client.lrange(c.KEY_PENDING, 0, -1))]
         specs = self._read_specs(ids, "reading the specs of pending runs")
         return [spec for spec in specs if spec is not None]
 
     def spec(self, run_id: str) -> RunSpec | None:
         """The stored spec of a run, or None if unknown or forgotten."""
-        rid = _validate_run_id(run_id)
+        rid = validate_run_id(run_id)
         return self._read_specs([rid], f"reading the spec of run {rid}")[0]
 
     def cancel(self, run_id: str) -> bool:
         """Remove a pending run from the FIFO. True if it was pending."""
-        rid = _validate_run_id(run_id)
-        with self._broker(f"cancelling pending run {rid}"):
+        rid = validate_run_id(run_id)
+        with self.broker(f"cancelling pending run {rid}"):
             removed = int(self._client.lrem(c.KEY_PENDING, 0, rid))
         return removed > 0
 
     def reap_expired(self) -> list[RunSpec]:
         """Hand every lease whose expiry passed to the caller (the janitor), soonest expiry
-        first. Atomic: each expired run is returned exactly once, even to concurrent janitors.
-        A reaped run keeps its slot and canonical until ``finish_reap``: what it left is
-        still live until the janitor has removed it."""
-        keys, args = self._script_args(self._now())
-        with self._broker("reaping expired leases"):
-            reply = self._reap(keys=keys, args=args)
-        reaped = self._specs_from_script(reply, "lease expired")
+        first, exactly once even to concurrent janitors. A reaped run keeps its resources
+        until ``finish_reap``: what it left may still be live."""
+        reaped = self._specs_from_script(self._call("reap", "reaping expired leases"),
+                                         "lease expired")
         for spec in reaped:
             log.warning("run %s (%s %s): lease expired", spec.run_id, spec.lane, spec.recipe)
         return reaped
 
     def reaping(self) -> list[tuple[str, RunSpec | None]]:
-        """Runs handed to the janitor and not yet cleaned up (they still hold a slot), with
-        their specs (None when the run forgot its spec itself)."""
-        with self._broker("listing reaped runs"):
-            ids = [_s(x) for x in cast(list[Any], self._client.zrange(KEY_REAPING, 0, -1))]
-        specs = self._read_specs(ids, "reading the specs of reaped runs")
-        return list(zip(ids, specs, strict=True))
+        """Runs (and janitor holds) handed to the janitor and not yet cleaned up."""
+        return [(x.run_id, x.spec) for x in self.occupying() if x.state == "reaping"]
+
+    def hold(self, hold_id: str, recipe: str, resources: Sequence[str]) -> None:
+        """The janitor holds ``resources`` (as a reaping entry ``hold_id``) while it cleans
+        up after a run Redis no longer knows; ``finish_reap(hold_id)`` frees them."""
+        spec = RunSpec(validate_run_id(hold_id), "janitor", recipe, resources=tuple(resources))
+        args: list[str] = [spec.run_id]
+        for key, value in spec._hash_fields().items():
+            args += [key, value]
+        self._call("hold", f"holding {', '.join(resources)} for the janitor", *args)
 
     def finish_reap(self, run_id: str) -> bool:
-        """The janitor cleaned up after a reaped run: free its slot and canonical and drop
-        its spec. True if the run was being reaped."""
-        rid = _validate_run_id(run_id)
-        keys, args = self._script_args(self._now())
-        args += [rid]
-        with self._broker(f"finishing the reap of run {rid}"):
-            done = int(cast(int, self._finish_reap(keys=keys, args=args))) == 1
+        """The janitor cleaned up after a reaped run (or a hold): free its resources and
+        drop its spec. True if it was being reaped."""
+        rid = validate_run_id(run_id)
+        done = int(self._call("finish_reap", f"finishing the reap of run {rid}", rid)) == 1
         if done:
-            log.info("run %s: cleaned up after its expired lease; slot freed", rid)
+            log.info("run %s: cleaned up; its resources are free", rid)
         return done
 
     def forget(self, run_id: str) -> None:
         """Drop the stored spec (after release/cancel and cleanup are done)."""
-        rid = _validate_run_id(run_id)
-        with self._broker(f"forgetting run {rid}"):
+        rid = validate_run_id(run_id)
+        with self.broker(f"forgetting run {rid}"):
             self._client.delete(c.KEY_RUN_SPEC + rid)
 
     @contextmanager
-    def keep_alive(self, run_id: str, interval_s: float | None = None) -> Iterator[None]:
+    def keep_alive(
+        self, run_id: str, token: int, interval_s: float | None = None,
+        on_lost: Callable[[], None] | None = None,
+    ) -> Iterator[threading.Event]:
         """Renew the run's lease from a daemon thread every ``interval_s`` (default ttl/3)
-        while the block runs; the thread stops on exit. If the lease is lost the thread logs
-        and stops renewing (the next ``renew`` of the lane returns False)."""
-        rid = _validate_run_id(run_id)
+        while the block runs. Yields an event that is set once the lease is lost (then the
+        thread stops renewing and calls ``on_lost``)."""
+        rid = validate_run_id(run_id)
         interval = self._ttl_s / 3 if interval_s is None else interval_s
         if isinstance(interval, bool) or not isinstance(interval, int | float) \
                 or not 0 < interval < self._ttl_s:
@@ -610,14 +729,17 @@ class Slots:
                 f"keep_alive interval_s {interval_s!r} is invalid: it must be > 0 and below "
                 f"the lease ttl ({self._ttl_s:g} s), or the lease expires between renewals"
             )
-        stop = threading.Event()
+        stop, lost = threading.Event(), threading.Event()
 
         def renew_loop() -> None:
             while not stop.wait(interval):
                 try:
-                    if not self.renew(rid):
-                        log.warning("run %s: lease lost (expired or released); "
+                    if not self.renew(rid, token):
+                        log.warning("run %s: lease lost (expired, released or flushed); "
                                     "keep_alive stops renewing", rid)
+                        lost.set()
+                        if on_lost is not None:
+                            on_lost()
                         return
                 except Exception as exc:  # keep trying: the lease may still be alive
                     log.warning("run %s: lease renewal failed: %s", rid, exc)
@@ -625,7 +747,22 @@ class Slots:
         thread = threading.Thread(target=renew_loop, name=f"ccci-lease-{rid[:8]}", daemon=True)
         thread.start()
         try:
-            yield
+            yield lost
         finally:
             stop.set()
             thread.join(timeout=max(5.0, interval))
+
+
+_CLIENTS: dict[str, redis.Redis] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _client_for(url: str) -> redis.Redis:
+    """One Redis client (connection pool) per broker URL and process."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(url)
+        if client is None:
+            client = redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=30,
+                                          health_check_interval=30)
+            _CLIENTS[url] = client
+        return client

@@ -17,7 +17,7 @@ from redis.retry import Retry
 
 from ccci_tasks import constants as c
 from ccci_tasks.errors import BrokerError, InvalidInput
-from ccci_tasks.slots import KEY_EXPIRED, KEY_REAPING, Lease, RunSpec, Slots
+from ccci_tasks.slots import KEY_EXPIRED, KEY_REAPING, RunSpec, Slots
 
 
 class FakeClock:
@@ -36,13 +36,19 @@ class FakeClock:
             self.now += seconds
 
 
-def run(lane: str = "cold", recipe: str = "app", canonical: str | None = None,
+def run(lane: str = "cold", recipe: str = "app", *resources: str,
         ref: str | None = None) -> RunSpec:
-    return RunSpec(str(uuid.uuid4()), lane, recipe, ref=ref, canonical=canonical)
+    return RunSpec(str(uuid.uuid4()), lane, recipe, ref=ref, resources=resources or ("slot",))
 
 
 def ids(specs: list[RunSpec]) -> list[str]:
     return [s.run_id for s in specs]
+
+
+def tok(slots: Slots, run_id: str) -> int:
+    spec = slots.spec(run_id)
+    assert spec is not None
+    return spec.token
 
 
 @pytest.fixture
@@ -79,7 +85,7 @@ def test_fifo_one_slot_admits_in_order(client: redis.Redis, clock: FakeClock) ->
         assert slots.admit() == []
         assert ids(slots.pending()) == ids(runs[i + 1:])
         assert slots.holds(expected.run_id)
-        assert slots.release(expected.run_id)
+        assert slots.release(expected.run_id, tok(slots, expected.run_id))
         assert not slots.holds(expected.run_id)
     assert slots.admit() == []
     assert slots.leases() == []
@@ -129,14 +135,14 @@ def test_concurrent_admit_never_exceeds_max(redis_url: str, client: redis.Redis)
             barrier.wait(timeout=10)
             deadline = time.monotonic() + 30
             while not done.is_set() and time.monotonic() < deadline:
-                got = ids(mine.admit())
+                got = mine.admit()
                 with record:
-                    admitted.append(got)
+                    admitted.append(ids(got))
                     if sum(len(batch) for batch in admitted) >= total:
                         done.set()
                 time.sleep(0.002)
-                for run_id in got:
-                    assert mine.release(run_id)
+                for spec in got:
+                    assert mine.release(spec.run_id, spec.token)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -163,33 +169,30 @@ def test_concurrent_admit_never_exceeds_max(redis_url: str, client: redis.Redis)
     assert seed.pending() == []
 
 
-# --- canonical exclusion ------------------------------------------------------------------
+# --- resources ----------------------------------------------------------------------------
 
 
 def test_canonical_exclusion(client: redis.Redis, clock: FakeClock) -> None:
-    """Two runs on one canonical never hold slots at once; unrelated runs pass the waiter."""
+    """Two runs on one canonical never hold it at once; unrelated runs pass the waiter."""
     slots = Slots(client, max_tests=3, ttl_s=60, clock=clock)
-    a = slots.enqueue(run("quick", "r", canonical="r"))
-    b = slots.enqueue(run("quick", "r", canonical="r"))
-    cold = slots.enqueue(run("cold", "other"))
-    assert ids(slots.admit()) == [a.run_id, cold.run_id]
+    a = slots.enqueue(run("quick", "r", "slot", "canon:r"))
+    b = slots.enqueue(run("quick", "r", "slot", "canon:r"))
+    other = slots.enqueue(run("cold", "other"))
+    assert ids(slots.admit()) == [a.run_id, other.run_id]
     assert ids(slots.pending()) == [b.run_id]
     assert slots.admit() == [], "B must wait for A although a slot is free"
-    assert client.get(c.KEY_CANON_LOCK + "r") == a.run_id.encode()
-    later = slots.enqueue(run("promote", "x", canonical="x"))
+    later = slots.enqueue(run("cold", "x", "slot", "canon:x"))
     assert ids(slots.admit()) == [later.run_id]
     assert slots.release(a.run_id)
-    assert client.get(c.KEY_CANON_LOCK + "r") is None
-    assert slots.release(cold.run_id)
+    assert slots.release(other.run_id)
     assert ids(slots.admit()) == [b.run_id]
-    assert client.get(c.KEY_CANON_LOCK + "r") == b.run_id.encode()
 
 
 def test_canonical_waiter_keeps_fifo_place(client: redis.Redis, clock: FakeClock) -> None:
     """Among runs on one canonical the older goes first once the canonical frees."""
     slots = Slots(client, max_tests=4, ttl_s=60, clock=clock)
-    first = slots.enqueue(run("quick", "r", canonical="r"))
-    waiters = [slots.enqueue(run("promote", "r", canonical="r")) for _ in range(3)]
+    first = slots.enqueue(run("quick", "r", "slot", "canon:r"))
+    waiters = [slots.enqueue(run("cold", "r", "slot", "canon:r")) for _ in range(3)]
     assert ids(slots.admit()) == [first.run_id]
     previous = first
     for waiter in waiters:
@@ -198,29 +201,131 @@ def test_canonical_waiter_keeps_fifo_place(client: redis.Redis, clock: FakeClock
         previous = waiter
 
 
-# --- expiry -------------------------------------------------------------------------------
+def test_infra_locks_shared_by_runs_exclusive_for_reconcile(
+    client: redis.Redis, clock: FakeClock
+) -> None:
+    """Runs that depend on a live-warm app share it; its reconcile waits for them, and runs
+    queued behind the reconcile wait for it; resources are taken all or none."""
+    slots = Slots(client, max_tests=3, ttl_s=60, clock=clock)
+    r1 = slots.enqueue(run("quick", "a", "slot", "canon:a", "infra:keycloak:shared"))
+    r2 = slots.enqueue(run("cold", "b", "slot", "infra:keycloak:shared"))
+    assert ids(slots.admit()) == [r1.run_id, r2.run_id]
+    rec = slots.enqueue(run("reconcile", "keycloak", "infra:keycloak:excl"))
+    traefik = slots.enqueue(run("reconcile", "traefik", "infra:traefik:excl"))
+    assert ids(slots.admit()) == [traefik.run_id], "keycloak's reconcile waits for its runs"
+    slots.release(r1.run_id)
+    assert slots.admit() == []
+    slots.release(r2.run_id)
+    assert ids(slots.admit()) == [rec.run_id]
+    r3 = slots.enqueue(run("cold", "c", "slot", "infra:keycloak:shared"))
+    r4 = slots.enqueue(run("cold", "d"))
+    assert ids(slots.admit()) == [r4.run_id], "a dependent run waits for the reconcile"
+    slots.release(rec.run_id)
+    assert ids(slots.admit()) == [r3.run_id]
+
+
+def test_all_or_none(client: redis.Redis, clock: FakeClock) -> None:
+    """A run that needs a free slot and a busy canonical takes neither."""
+    slots = Slots(client, max_tests=2, ttl_s=60, clock=clock)
+    holder = slots.enqueue(run("cold", "r", "slot", "canon:r"))
+    assert ids(slots.admit()) == [holder.run_id]
+    waiter = slots.enqueue(run("quick", "r", "slot", "canon:r"))
+    free = slots.enqueue(run("cold", "s"))
+    assert ids(slots.admit()) == [free.run_id]
+    assert [x.run_id for x in slots.leases()] == [holder.run_id, free.run_id]
+    assert ids(slots.pending()) == [waiter.run_id]
+
+
+def test_unexplained_live_apps_count_against_max(client: redis.Redis, clock: FakeClock) -> None:
+    """A live app no occupying run explains takes a slot (and its canonical) until it is
+    reaped; an app its run explains does not count twice."""
+    slots = Slots(client, max_tests=2, ttl_s=60, clock=clock)
+    a = slots.enqueue(run("cold", "a"))
+    assert ids(slots.admit()) == [a.run_id]
+    b = slots.enqueue(run("quick", "r", "slot", "canon:r"))
+    mine = f"cold:{a.run_id[:6]}"
+    assert slots.admit([mine, "cold:abcdef"]) == [], "the orphan takes the second slot"
+    assert slots.admit([mine, "warm:r"]) == [], "a deployed, unheld canonical blocks it"
+    assert ids(slots.admit([mine])) == [b.run_id]
+
+
+# --- leases, tokens, fencing --------------------------------------------------------------
+
+
+def test_tokens_only_grow_and_fence_renewals(client: redis.Redis, clock: FakeClock) -> None:
+    """Each admission gets a larger token; a renewal with another token fails; a requeued
+    and re-admitted run gets a new token, so the old one is fenced off; tokens keep growing
+    after the keys are flushed."""
+    slots = Slots(client, max_tests=1, ttl_s=60, clock=clock)
+    a = slots.enqueue(run())
+    (admitted,) = slots.admit()
+    assert admitted.token > 0
+    assert slots.renew(a.run_id, admitted.token)
+    assert not slots.renew(a.run_id, admitted.token + 1)
+    assert slots.requeue(a.run_id, admitted.token)
+    assert ids(slots.pending()) == [a.run_id]
+    (again,) = slots.admit()
+    assert again.token > admitted.token
+    assert not slots.renew(a.run_id, admitted.token), "the old token is fenced off"
+    assert slots.renew(a.run_id, again.token)
+    client.flushdb()
+    assert not slots.renew(a.run_id, again.token), "a flushed lease is lost"
+    clock.advance(0.01)  # the counter is floored at the clock in ms
+    b = slots.enqueue(run())
+    (after,) = slots.admit()
+    assert after.run_id == b.run_id and after.token > again.token
+
+
+def test_ttl_starts_at_first_step(client: redis.Redis, clock: FakeClock) -> None:
+    """An admitted run keeps its lease for the start grace until its first step renews it;
+    from then on the TTL applies."""
+    slots = Slots(client, max_tests=1, ttl_s=10, clock=clock, start_grace_s=100)
+    a = slots.enqueue(run())
+    (spec,) = slots.admit()
+    clock.advance(50)  # waiting in the queue behind another run's step
+    assert slots.holds(a.run_id)
+    assert slots.reap_expired() == []
+    assert slots.renew(a.run_id, spec.token)  # first step starts
+    clock.advance(9)
+    assert slots.holds(a.run_id)
+    clock.advance(2)
+    assert not slots.holds(a.run_id)
+    assert ids(slots.reap_expired()) == [a.run_id]
+
+
+def test_server_clock_is_used_by_default(client: redis.Redis) -> None:
+    """Without an injected clock, leases are timed by the Redis server's clock."""
+    slots = Slots(client, max_tests=1, ttl_s=30)
+    now = slots.now()
+    assert abs(now - time.time()) < 5
+    a = slots.enqueue(run())
+    (spec,) = slots.admit()
+    assert slots.renew(a.run_id, spec.token)
+    (lease,) = slots.leases()
+    assert now + 25 < lease.expires_at < now + 35
 
 
 def test_expired_lease_dropped_and_slot_freed(client: redis.Redis, clock: FakeClock) -> None:
-    """A lease not renewed past ttl is dropped; its slot goes to the next run only once the
-    janitor has reaped the run and cleaned up after it (its app may still be live)."""
+    """A lease not renewed past ttl is lost for good; its slot goes to the next run only
+    once the janitor has reaped the run and cleaned up after it (its app may still be live)."""
     slots = Slots(client, max_tests=1, ttl_s=10, clock=clock)
     a, b = slots.enqueue(run()), slots.enqueue(run())
-    assert ids(slots.admit()) == [a.run_id]
+    (spec,) = slots.admit()
+    assert slots.renew(a.run_id, spec.token)
     clock.advance(6)
-    assert slots.renew(a.run_id)
-    clock.advance(6)  # 12 s after admission, 6 s after the renewal: still live
+    assert slots.renew(a.run_id, spec.token)
+    clock.advance(6)  # 12 s after the first renewal, 6 s after the second: still live
     assert slots.holds(a.run_id)
     assert slots.admit() == []
     clock.advance(4.5)
     assert not slots.holds(a.run_id)
     assert slots.admit() == [], "an expired run occupies its slot until it is reaped"
-    assert not slots.renew(a.run_id)
+    assert not slots.renew(a.run_id, spec.token)
     assert client.zscore(c.KEY_SLOTS, a.run_id) is None, "renew must not re-create a lease"
-    assert not slots.release(a.run_id)
+    assert not slots.release(a.run_id, spec.token)
     assert ids(slots.reap_expired()) == [a.run_id]
     assert slots.reap_expired() == []
-    assert slots.spec(a.run_id) == a
+    assert slots.spec(a.run_id) is not None
     assert [run_id for run_id, _ in slots.reaping()] == [a.run_id]
     assert slots.admit() == [], "a run being reaped still occupies its slot"
     assert slots.finish_reap(a.run_id)
@@ -230,24 +335,33 @@ def test_expired_lease_dropped_and_slot_freed(client: redis.Redis, clock: FakeCl
     assert [lease.run_id for lease in slots.leases()] == [b.run_id]
 
 
-def test_reap_expired_without_admit(client: redis.Redis, clock: FakeClock) -> None:
-    """reap_expired pops leases past expiry itself and returns them once; the canonical
-    stays held until finish_reap, so no run reattaches it before the janitor cleaned up."""
-    slots = Slots(client, max_tests=2, ttl_s=10, clock=clock)
-    a = slots.enqueue(run("quick", "r", canonical="r"))
-    b = slots.enqueue(run("quick", "r", canonical="r"))
-    assert ids(slots.admit()) == [a.run_id]
+def test_reaped_run_keeps_its_canonical(client: redis.Redis, clock: FakeClock) -> None:
+    """The canonical of a reaped run stays held until finish_reap, so no run reattaches it
+    before the janitor cleaned up; a late release by the run itself changes nothing."""
+    slots = Slots(client, max_tests=2, ttl_s=10, clock=clock, start_grace_s=10)
+    a = slots.enqueue(run("quick", "r", "slot", "canon:r"))
+    b = slots.enqueue(run("quick", "r", "slot", "canon:r"))
+    (spec,) = slots.admit()
     clock.advance(10)  # expiry == now counts as expired
     assert ids(slots.reap_expired()) == [a.run_id]
-    assert slots.reap_expired() == []
-    assert not slots.renew(a.run_id)
+    assert not slots.renew(a.run_id, spec.token)
     assert client.zcard(c.KEY_SLOTS) == 0
     assert slots.admit() == [], "the canonical is the janitor's until it has cleaned up"
-    assert not slots.release(a.run_id)  # a late release by the run itself changes nothing
-    assert slots.admit() == []
+    assert not slots.release(a.run_id, spec.token)
     assert slots.finish_reap(a.run_id)
-    assert client.get(c.KEY_CANON_LOCK + "r") is None
     assert ids(slots.admit()) == [b.run_id]
+
+
+def test_janitor_hold(client: redis.Redis, clock: FakeClock) -> None:
+    """While the janitor holds a slot and a canonical, runs needing them wait."""
+    slots = Slots(client, max_tests=1, ttl_s=10, clock=clock)
+    hold = str(uuid.uuid4())
+    slots.hold(hold, "r", ["slot", "canon:r"])
+    a = slots.enqueue(run("quick", "r", "slot", "canon:r"))
+    assert slots.admit() == []
+    assert [x.state for x in slots.occupying()] == ["reaping"]
+    assert slots.finish_reap(hold)
+    assert ids(slots.admit()) == [a.run_id]
 
 
 def test_reap_expired_exactly_once_concurrently(redis_url: str, clock: FakeClock) -> None:
@@ -255,7 +369,7 @@ def test_reap_expired_exactly_once_concurrently(redis_url: str, clock: FakeClock
     for _round in range(5):
         cli = redis.Redis.from_url(redis_url)
         cli.delete(c.KEY_SLOTS, KEY_EXPIRED, KEY_REAPING, c.KEY_PENDING)
-        slots = Slots(cli, max_tests=20, ttl_s=10, clock=clock)
+        slots = Slots(cli, max_tests=20, ttl_s=10, clock=clock, start_grace_s=10)
         runs = [slots.enqueue(run()) for _ in range(20)]
         assert len(slots.admit()) == 20
         clock.advance(11)
@@ -299,10 +413,11 @@ def test_keep_alive_renews(client: redis.Redis) -> None:
     """keep_alive keeps a short lease alive past several ttls and stops on exit."""
     slots = Slots(client, max_tests=1, ttl_s=0.6)
     a = slots.enqueue(run())
-    assert ids(slots.admit()) == [a.run_id]
-    with slots.keep_alive(a.run_id):
+    (spec,) = slots.admit()
+    with slots.keep_alive(a.run_id, spec.token) as lost:
         time.sleep(1.5)
         assert slots.holds(a.run_id)
+        assert not lost.is_set()
     assert not [t for t in threading.enumerate() if t.name.startswith("ccci-lease-")]
     deadline = time.monotonic() + 3
     while slots.holds(a.run_id) and time.monotonic() < deadline:
@@ -311,11 +426,27 @@ def test_keep_alive_renews(client: redis.Redis) -> None:
     assert ids(slots.reap_expired()) == [a.run_id]
 
 
+def test_keep_alive_reports_a_lost_lease(client: redis.Redis) -> None:
+    """When the lease is lost (here: flushed), keep_alive stops renewing, never revives it,
+    and calls on_lost once."""
+    slots = Slots(client, max_tests=1, ttl_s=0.6)
+    a = slots.enqueue(run())
+    (spec,) = slots.admit()
+    called: list[str] = []
+    with slots.keep_alive(a.run_id, spec.token, on_lost=lambda: called.append("x")) as lost:
+        client.flushdb()
+        assert lost.wait(3)
+        time.sleep(0.5)
+    assert called == ["x"]
+    assert not slots.holds(a.run_id)
+
+
 def test_keep_alive_interval_checked(client: redis.Redis) -> None:
     """An interval at or above the ttl is refused: the lease would lapse between renewals."""
     slots = Slots(client, max_tests=1, ttl_s=5)
     run_id = str(uuid.uuid4())
-    with pytest.raises(InvalidInput, match="below the lease ttl"), slots.keep_alive(run_id, 5):
+    with pytest.raises(InvalidInput, match="below the lease ttl"), \
+            slots.keep_alive(run_id, 1, 5):
         pass
 
 
@@ -323,26 +454,29 @@ def test_keep_alive_interval_checked(client: redis.Redis) -> None:
 
 
 def test_spec_json_roundtrip() -> None:
-    """A spec survives to_json/from_json unchanged."""
-    spec = RunSpec(str(uuid.uuid4()), "quick", "keycloak", ref="pr/12", canonical="keycloak",
-                   enqueued_at=12.5)
+    """A spec survives to_json/from_json unchanged; version tags are refs."""
+    spec = RunSpec(str(uuid.uuid4()), "quick", "keycloak", ref="pr/12",
+                   resources=("slot", "canon:keycloak", "infra:keycloak:shared"),
+                   parent=str(uuid.uuid4()), enqueued_at=12.5, token=3)
     assert RunSpec.from_json(spec.to_json()) == spec
-    versioned = RunSpec(str(uuid.uuid4()), "promote", "keycloak", ref="10.1.0+26.0.5")
+    assert spec.canonical == "keycloak"
+    versioned = RunSpec(str(uuid.uuid4()), "cold", "keycloak", ref="10.1.0+26.0.5")
     assert RunSpec.from_json(versioned.to_json()) == versioned
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"run_id": "not-a-uuid"}, "run_id 'not-a-uuid' is invalid"),
-        ({"run_id": str(uuid.uuid4()).upper()}, "lowercase uuid4"),
-        ({"run_id": str(uuid.uuid1())}, "uuid4"),
-        ({"run_id": "../../etc"}, "run_id"),
-        ({"lane": "fast"}, "lane 'fast'"),
+        ({"run_id": "not-a-uuid"}, "run id 'not-a-uuid' is invalid"),
+        ({"run_id": str(uuid.uuid4()).upper()}, "lowercase UUID"),
+        ({"run_id": "../../etc"}, "run id"),
+        ({"lane": "Fast!"}, "lane 'Fast!'"),
         ({"recipe": "../x"}, "recipe name"),
         ({"ref": "--upload-pack=x"}, "git ref"),
-        ({"canonical": "Bad Name"}, "recipe name"),
+        ({"resources": ("canon:Bad Name",)}, "resource"),
+        ({"resources": ("gpu",)}, "resource 'gpu'"),
         ({"enqueued_at": float("nan")}, "enqueued_at"),
+        ({"parent": "x"}, "run id 'x'"),
     ],
 )
 def test_bad_spec_rejected(kwargs: dict[str, object], match: str) -> None:
@@ -362,10 +496,12 @@ def test_bad_json_and_run_ids_rejected(client: redis.Redis) -> None:
     with pytest.raises(InvalidInput, match="missing fields"):
         RunSpec.from_json('{"lane": "cold"}')
     slots = Slots(client, max_tests=1, ttl_s=5)
-    for method in (slots.renew, slots.release, slots.holds, slots.cancel, slots.spec,
-                   slots.forget):
-        with pytest.raises(InvalidInput, match="run_id"):
+    for method in (lambda r: slots.renew(r, 1), slots.release, slots.cancel, slots.spec,
+                   slots.forget, slots.finish_reap):
+        with pytest.raises(InvalidInput, match="run id"):
             method("x*")
+    with pytest.raises(InvalidInput, match="live app"):
+        slots.admit(["warm:../x"])
     with pytest.raises(InvalidInput, match="max_tests"):
         Slots(client, max_tests=0, ttl_s=5)
     assert client.keys("ccci:*") == []
@@ -374,7 +510,7 @@ def test_bad_json_and_run_ids_rejected(client: redis.Redis) -> None:
 def test_enqueue_idempotent(client: redis.Redis, clock: FakeClock) -> None:
     """Enqueueing the same run twice keeps one FIFO entry; a different spec is refused."""
     slots = Slots(client, max_tests=1, ttl_s=5, clock=clock)
-    spec = run("quick", "r", canonical="r")
+    spec = run("quick", "r", "slot", "canon:r")
     first = slots.enqueue(spec)
     assert first.enqueued_at == clock.now
     clock.advance(3)
@@ -383,13 +519,13 @@ def test_enqueue_idempotent(client: redis.Redis, clock: FakeClock) -> None:
     with pytest.raises(InvalidInput, match="different spec"):
         slots.enqueue(RunSpec(spec.run_id, "cold", "r"))
     assert ids(slots.admit()) == [spec.run_id]
-    assert slots.enqueue(spec) == first
+    assert slots.enqueue(spec).run_id == spec.run_id
     assert slots.pending() == []
 
 
 def test_cancel_forget_and_leases(client: redis.Redis, clock: FakeClock) -> None:
     """cancel removes a pending run, forget drops its spec, leases() lists live leases."""
-    slots = Slots(client, max_tests=1, ttl_s=30, clock=clock)
+    slots = Slots(client, max_tests=1, ttl_s=30, clock=clock, start_grace_s=30)
     a, b, d = slots.enqueue(run()), slots.enqueue(run()), slots.enqueue(run())
     assert slots.cancel(b.run_id)
     assert not slots.cancel(b.run_id)
@@ -397,10 +533,14 @@ def test_cancel_forget_and_leases(client: redis.Redis, clock: FakeClock) -> None
     slots.forget(b.run_id)
     assert slots.spec(b.run_id) is None
     slots.forget(d.run_id)  # forgotten while pending: admit drops the orphan entry
-    assert ids(slots.admit()) == [a.run_id]
-    assert slots.leases() == [Lease(a.run_id, clock.now + 30, a)]
+    (spec,) = slots.admit()
+    assert spec.run_id == a.run_id
+    (lease,) = slots.leases()
+    assert (lease.run_id, lease.expires_at, lease.spec, lease.started) == (
+        a.run_id, clock.now + 30, spec, False)
     assert not slots.release(b.run_id)
-    assert slots.release(a.run_id)
+    assert not slots.release(a.run_id, spec.token + 1), "a stale token releases nothing"
+    assert slots.release(a.run_id, spec.token)
     assert not slots.release(a.run_id)
     assert slots.admit() == []
     assert slots.pending() == []
@@ -419,7 +559,7 @@ def test_redis_down_is_broker_error() -> None:
     calls = [
         ("admitting", slots.admit),
         ("enqueueing", lambda: slots.enqueue(run())),
-        ("listing leases", slots.leases),
+        ("listing occupying runs", slots.leases),
         ("reaping", slots.reap_expired),
     ]
     for what, call in calls:
@@ -442,5 +582,5 @@ def test_from_settings_hides_password() -> None:
     slots = Slots.from_settings(settings)
     assert (slots.max_tests, slots.ttl_s) == (2, 30.0)
     with pytest.raises(BrokerError, match=f"127.0.0.1:{port}/3") as info:
-        slots.renew(str(uuid.uuid4()))
+        slots.renew(str(uuid.uuid4()), 1)
     assert "hunter2pw" not in str(info.value)
