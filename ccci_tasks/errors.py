@@ -5,6 +5,8 @@ that talks to them, chained with ``from exc``. Messages say what was expected, w
 seen, and what to do.
 
     CcciError
+    ├── LeaseLost             a step's run lost its lease (expired, flushed): the step stops
+    │                         and acts no more; the janitor owns the cleanup
     ├── InvalidInput          an outside string (recipe, ref, version, realm, domain) is bad;
     │                         nothing was deployed, written or deleted       → CLI exit 2
     ├── ConfigError           bad settings or a bad recipe_meta.py           → CLI exit 2
@@ -31,6 +33,11 @@ from __future__ import annotations
 
 class CcciError(Exception):
     """Base of every error raised on purpose by ccci-tasks."""
+
+
+class LeaseLost(CcciError):
+    """The run no longer holds its lease with this step's fencing token. Raised before a
+    platform mutation or a report write; nothing after it reaches the engine or the report."""
 
 
 class InvalidInput(CcciError, ValueError):

@@ -13,10 +13,12 @@ import pytest
 from ccci_tasks.errors import InvalidInput, StateError
 from ccci_tasks.state.reports import (
     create_report,
+    end_report,
     finish_report,
     list_reports,
     load_report,
     record_step,
+    start_step,
     update_report,
 )
 
@@ -34,7 +36,8 @@ def test_create_and_load(tmp_path: Path) -> None:
     assert load_report(tmp_path, run_id) == report
     raw = json.loads((tmp_path / "runs" / f"{run_id}.json").read_text())
     assert set(raw) == {"run_id", "lane", "recipe", "ref", "domain", "verdict", "reason",
-                        "started_at", "finished_at", "steps"}
+                        "started_at", "admitted_at", "finished_at", "current", "steps"}
+    assert report.state == "queued"
     assert raw["started_at"].endswith("Z")
 
 
@@ -54,9 +57,29 @@ def test_run_id_must_be_a_uuid(tmp_path: Path) -> None:
 
 
 def test_bad_lane_refused(tmp_path: Path) -> None:
-    """Only the documented lanes are accepted."""
-    with pytest.raises(InvalidInput):
-        create_report(tmp_path, _run_id(), "fast", "custom-html")
+    """A lane must look like a lane name (the lane registry checks it exists at submission)."""
+    for bad in ("Fast!", "", "../x"):
+        with pytest.raises(InvalidInput):
+            create_report(tmp_path, _run_id(), bad, "custom-html")
+
+
+def test_finished_report_takes_no_more_steps(tmp_path: Path) -> None:
+    """Once a run has its verdict, a late step (one that lost its lease) is not recorded,
+    and only the first verdict is returned by end_report."""
+    run_id = _run_id()
+    create_report(tmp_path, run_id, "quick", "custom-html")
+    now = datetime.now(UTC)
+    assert start_step(tmp_path, run_id, "admit", "t1", now) is not None
+    running = load_report(tmp_path, run_id)
+    assert running is not None and running.state == "running"
+    assert running.current is not None and running.current.name == "admit"
+    assert end_report(tmp_path, run_id, "error", "crashed") is not None
+    assert end_report(tmp_path, run_id, "pass", "late") is None
+    assert record_step(tmp_path, run_id, "deploy", "t2", now, 1.0, True, "late") is None
+    assert start_step(tmp_path, run_id, "deploy", "t2", now) is None
+    final = load_report(tmp_path, run_id)
+    assert final is not None and final.steps == () and final.current is None
+    assert (final.verdict, final.reason, final.state) == ("error", "crashed", "finished")
 
 
 def test_steps_recorded_in_order_and_replaced_on_redelivery(tmp_path: Path) -> None:

@@ -26,7 +26,10 @@ log = logging.getLogger(__name__)
 
 ALERTS_DIR: Final = "alerts"
 SEEN_DIR: Final = "seen"
-KINDS: Final = ("upgrade-held", "rolled-back", "restore-failed", "run-crashed")
+KINDS: Final = (
+    "upgrade-held", "rolled-back", "restore-failed", "run-crashed", "snapshot-corrupt",
+    "sweep-empty",
+)
 
 _KIND_RE: Final = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 _APP_RE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,252}")
@@ -142,9 +145,10 @@ def write_alert(
 def _enqueue_relay(alert_id: str) -> None:
     """Ask the alerts queue to relay now; if the broker is down, beat's sweep relays later."""
     try:
-        from ccci_tasks.tasks.alerts import relay_alert
+        from ccci_tasks.celery_app import app
+        from ccci_tasks.constants import QUEUE_ALERTS, task_name
 
-        relay_alert.apply_async((alert_id,), retry=False)
+        app.send_task(task_name(QUEUE_ALERTS, "relay_alert"), (alert_id,), retry=False)
     except Exception as exc:  # broker down or misconfigured: the file is the source of truth
         log.warning("alert %s stays pending; could not enqueue its relay: %s", alert_id, exc)
 

@@ -23,7 +23,10 @@ Status = Literal["known-good", "seeding"]
 STATUSES: Final = ("known-good", "seeding")
 
 # Top-level names under the state root that are never recipes.
-RESERVED_NAMES: Final = ("apps", "alerts", "runs", "infra", "beat", "abra")
+RESERVED_NAMES: Final = (
+    "apps", "alerts", "runs", "infra", "beat", "abra", "intents", "forge", "notify", "outbox",
+)
+QUARANTINE_FILE: Final = "quarantine.json"
 
 _COMMIT_RE: Final = re.compile(r"[0-9a-f]{7,40}")
 _FIELDS: Final = ("recipe", "domain", "version", "commit", "status", "ts")
@@ -133,6 +136,29 @@ def list_registries(state_dir: Path) -> list[Canonical]:
             if canonical is not None:
                 found.append(canonical)
     return found
+
+
+def quarantine(state_dir: Path, recipe: str, reason: str) -> None:
+    """Mark the canonical unusable: no quick run uses it until a green cold run on latest
+    re-seeds it (which clears the mark)."""
+    atomic.write_json(recipe_dir(state_dir, recipe) / QUARANTINE_FILE,
+                      {"recipe": recipe, "reason": reason, "ts": iso(utc_now())})
+
+
+def quarantined(state_dir: Path, recipe: str) -> str | None:
+    """Why the canonical is quarantined, or None."""
+    path = recipe_dir(state_dir, recipe) / QUARANTINE_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return f"{path} is unreadable"
+    return str(raw.get("reason") if isinstance(raw, dict) else raw)
+
+
+def clear_quarantine(state_dir: Path, recipe: str) -> None:
+    (recipe_dir(state_dir, recipe) / QUARANTINE_FILE).unlink(missing_ok=True)
 
 
 def status_of(value: str) -> Status:

@@ -31,7 +31,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -213,13 +213,17 @@ def app_volumes(platform: Platform, domain: str) -> list[VolumeInfo]:
 # --------------------------------------------------------------------------- platform API
 
 
+Guard = Callable[[str], None]
+
+
 def snapshot(
     platform: Platform, state_dir: Path, recipe: str, domain: str, version: str,
-    *, base: Path | None = None,
+    *, base: Path | None = None, guard: Guard | None = None,
 ) -> Manifest:
     """Take the known-good snapshot of ``domain``'s volumes; the app must be undeployed.
 
-    The new snapshot replaces the current one only once it is complete and verified.
+    The new snapshot replaces the current one only once it is complete and verified, and
+    only if ``guard`` (the caller's fence check) passes right before the swap.
     """
     validate_recipe(recipe)
     validate_domain(domain)
@@ -250,6 +254,8 @@ def snapshot(
             for entry in manifest.volumes:
                 check_archive(work / entry.file, f"{what}: volume {entry.name}")
             _refuse_if_deployed(platform, domain, "keep a snapshot of")
+            if guard is not None:
+                guard(f"swap in the new known-good snapshot of {recipe}")
             os.rename(work, final)
             atomic.fsync_dir(root)
             _swap(root, final.name, snap_id)
@@ -295,12 +301,12 @@ def verify(state_dir: Path, recipe: str, *, base: Path | None = None) -> Manifes
 
 def restore(
     platform: Platform, state_dir: Path, recipe: str, domain: str,
-    *, base: Path | None = None,
+    *, base: Path | None = None, guard: Guard | None = None,
 ) -> Manifest:
     """Clear each volume of ``domain`` and untar the known-good snapshot back into it.
 
     Refused while the app is deployed. Every sha256 and every member is checked before
-    any volume is touched.
+    any volume is touched, and ``guard`` (the caller's fence check) right before.
     """
     validate_recipe(recipe)
     validate_domain(domain)
@@ -312,6 +318,8 @@ def restore(
         what = f"snapshot of {recipe}"
         volumes = app_volumes(platform, domain)
         _refuse_if_deployed(platform, domain, "restore")
+        if guard is not None:
+            guard(f"restore the snapshot of {recipe} into {domain}")
         restore_dirs(volumes, current, manifest.volumes, what)
     log.info("restored %s into %s: %d volume(s)", what, domain, len(manifest.volumes))
     return manifest

@@ -1,0 +1,124 @@
+"""Durable intents: what a cut-off step leaves to be finished or undone (DESIGN §6).
+
+Before a step does something that must be finished or undone if it is cut off (deploying
+onto a canonical, clearing a volume for a restore, swapping in a new known-good), it writes an
+intent record for the resource it changes; the record goes only once the result is verified.
+Whoever next touches the resource (a run, a promotion, the janitor) finds the record and
+finishes or undoes the change first. One record per resource: the resources are exclusive,
+so there is never a second writer.
+
+``<state>/intents/<resource>.json`` = ``{resource, kind, run_id, domain, detail, ts}``, written
+atomically. ``kind``:
+
+* ``dirty`` - the app's volumes may differ from its known-good snapshot (a run deployed onto
+  them, or a restore was cut off): undo = undeploy and restore the snapshot;
+* ``promote`` - a new known-good (``detail.version``) is being made from the app's volumes:
+  finish = write the registry once the new snapshot is in place, then as ``dirty``;
+* ``reconcile`` - a live-warm app is being upgraded (``detail``: from, to, stateful,
+  snapshot taken): undo = roll back to ``from`` (its data too, when a snapshot was taken).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, cast
+
+from ccci_tasks.errors import InvalidInput, StateError
+from ccci_tasks.naming import validate_domain, validate_run_id
+from ccci_tasks.state import atomic
+from ccci_tasks.state.clock import iso, utc_now
+
+INTENTS_DIR: Final = "intents"
+Kind = Literal["dirty", "promote", "reconcile"]
+KINDS: Final = ("dirty", "promote", "reconcile")
+_RESOURCE_RE: Final = re.compile(r"(canon|infra):[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def validate_intent_resource(resource: str) -> str:
+    if not isinstance(resource, str) or not _RESOURCE_RE.fullmatch(resource):
+        raise InvalidInput(f"intent resource {resource!r} is invalid: expected canon:<recipe> "
+                           "or infra:<app>")
+    return resource
+
+
+@dataclass(frozen=True)
+class Intent:
+    resource: str
+    kind: Kind
+    run_id: str
+    domain: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    ts: str = field(default_factory=lambda: iso(utc_now()))
+
+    def __post_init__(self) -> None:
+        validate_intent_resource(self.resource)
+        if self.kind not in KINDS:
+            raise InvalidInput(f"intent kind {self.kind!r} is invalid: expected one of {KINDS}")
+        validate_run_id(self.run_id)
+        validate_domain(self.domain)
+
+    @property
+    def name(self) -> str:
+        """The app or recipe the resource names."""
+        return self.resource.split(":", 1)[1]
+
+
+def intents_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / INTENTS_DIR
+
+
+def intent_path(state_dir: Path, resource: str) -> Path:
+    return intents_dir(state_dir) / f"{validate_intent_resource(resource).replace(':', '-')}.json"
+
+
+def write_intent(state_dir: Path, intent: Intent) -> None:
+    """Record the intent (atomically, replacing an older one of the same resource)."""
+    atomic.write_json(intent_path(state_dir, intent.resource), asdict(intent))
+
+
+def read_intent(state_dir: Path, resource: str) -> Intent | None:
+    """The pending intent on ``resource``; ``StateError`` when the file is unusable (treat the
+    resource as dirty)."""
+    path = intent_path(state_dir, resource)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{path}: unreadable intent record: {exc}") from exc
+    try:
+        return Intent(resource=raw["resource"], kind=cast(Kind, raw["kind"]),
+                      run_id=raw["run_id"], domain=raw["domain"],
+                      detail=dict(raw.get("detail") or {}), ts=str(raw.get("ts", "")))
+    except (KeyError, TypeError, InvalidInput) as exc:
+        raise StateError(f"{path}: invalid intent record: {exc}") from exc
+
+
+def clear_intent(state_dir: Path, resource: str) -> bool:
+    """The change is verified done or undone: drop the record. True if there was one."""
+    path = intent_path(state_dir, resource)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    atomic.fsync_dir(path.parent)
+    return True
+
+
+def pending_resources(state_dir: Path) -> list[str]:
+    """The resources that have a pending intent (readable or not), sorted."""
+    directory = intents_dir(state_dir)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in sorted(directory.glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        kind, _, name = path.stem.partition("-")
+        resource = f"{kind}:{name}"
+        if _RESOURCE_RE.fullmatch(resource):
+            found.append(resource)
+    return found
