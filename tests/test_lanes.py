@@ -121,8 +121,9 @@ def test_quick_run_with_a_good_ref_keeps_known_good(
     assert report.verdict == "pass", report.reason
     assert report.lane == "quick"
     names = [s.name for s in report.steps]
-    assert names == ["admit", "deploy_canonical", "health_check", "realm_create", "upgrade",
-                     "assert_upgrade", "overlay_upgrade", "overlay_custom", "finish_quick"]
+    assert names == ["admit", "verify", "deploy_canonical", "health_check", "realm_create",
+                     "upgrade", "assert_upgrade", "overlay_upgrade", "overlay_custom",
+                     "restore", "realm_delete"]
     assert sha[:8] in next(s.detail for s in report.steps if s.name == "assert_upgrade")
     assert _fingerprint(state) == before
     assert _services(swarm, "warm") == []

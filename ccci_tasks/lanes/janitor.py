@@ -1,28 +1,42 @@
-"""The janitor: reap what crashed runs left behind, free their slots, admit queued runs.
+"""The janitor: the engine and the state root reconciled with what Redis promised.
 
-Plan, then act. ``plan`` decides from observed apps and leases (pure); ``run`` acts:
-- a cold app (``ccci.kind=cold``) whose run hex matches no live lease is removed with its
-  volumes and secrets;
-- a deployed warm canonical that no live run holds is undeployed and its known-good data
-  restored (or, with no snapshot to restore, removed);
-- runs whose lease expired get verdict ``error`` and a ``run-crashed`` alert.
-Warm apps that are merely undeployed (the data-warm state) are never touched.
+Each round (beat, every ``CCCI_JANITOR_INTERVAL_S``, on the infra queue):
+
+1. runs whose lease expired are reaped: their report ends ``error`` ("crashed"), an alert is
+   written, and their lane's ``recover`` cleans up what they left (their cold app, their
+   canonical put back to known-good through its intent record, their realm); only when that
+   is done do they free their resources (a dead run's app may still be live, and counting it
+   keeps MAX_TESTS);
+2. orphans that no occupying run explains (after a broker that lost its data, say) are
+   cleaned up while the janitor holds their resources: a cold app of this system is removed;
+   a canonical that is deployed, or has a pending intent record, is put back to known-good;
+3. unfinished run reports that nothing explains (no lease, no queue entry, no live app, and
+   their lane knows no other reason) end ``error`` ("lost");
+4. the queue moves on (``dispatch``).
+
+Plan, then act: ``plan`` is pure over what was observed; ``run`` acts, one action at a time,
+and a failing action is reported and retried next round without stopping the others. Only
+apps under this system's base domain are ever touched; live-warm infra apps never are.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from ccci_tasks import naming
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import CcciError
-from ccci_tasks.lanes import plan as lane_plan
+from ccci_tasks.errors import CcciError, InvalidInput
+from ccci_tasks.lanes import LANES, canon, get_lane, runner
+from ccci_tasks.lanes.model import run_hex
 from ccci_tasks.platform.base import AppInfo, Platform
-from ccci_tasks.slots import Lease, RunSpec, Slots
-from ccci_tasks.state import reports, warmsnap
+from ccci_tasks.slots import SLOT, Lease, RunSpec, Slots
+from ccci_tasks.state import intents, reports
 from ccci_tasks.state.alerts import write_alert
+from ccci_tasks.state.clock import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +52,9 @@ class Action:
 @dataclass
 class JanitorReport:
     crashed: list[str] = field(default_factory=list)
+    recovered: list[dict[str, Any]] = field(default_factory=list)
     actions: list[dict[str, str]] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)
 
@@ -46,79 +62,169 @@ class JanitorReport:
         return asdict(self)
 
 
-def plan(apps: list[AppInfo], leases: list[Lease], base_domain: str) -> list[Action]:
-    """What to reap, from the apps seen and the live leases.
+def ours(apps: list[AppInfo], base_domain: str) -> list[AppInfo]:
+    """The cold apps and canonicals of this system (never live-warm infra apps)."""
+    return [a for a in apps if a.kind in ("cold", "warm")
+            and naming.parse_domain(a.domain, base_domain) is not None]
 
-    Only apps under this system's base domain are considered: another ccci system sharing
-    the Docker engine (say, a test suite beside `make up`) is never touched.
-    """
-    apps = [app for app in apps if naming.parse_domain(app.domain, base_domain) is not None]
-    live_hexes = {lane_plan.run_hex(lease.run_id) for lease in leases}
-    held = {lease.spec.canonical for lease in leases if lease.spec and lease.spec.canonical}
+
+def plan(
+    apps: list[AppInfo], occupying: list[Lease], dirty: list[str], base_domain: str
+) -> list[Action]:
+    """What to clean up that no occupying run explains: cold apps whose run holds nothing;
+    canonicals deployed, or with a pending intent record (``dirty``: their recipes), that no
+    run holds."""
+    hexes = {run_hex(lease.run_id) for lease in occupying}
+    held = {r.removeprefix("canon:") for lease in occupying if lease.spec
+            for r in lease.spec.resources if r.startswith("canon:")}
     actions = []
-    for app in apps:
-        if app.kind == "cold" and (app.run is None or app.run not in live_hexes):
+    for app in ours(apps, base_domain):
+        if app.kind == "cold" and (app.run is None or app.run not in hexes):
             actions.append(Action("remove", app.domain, app.recipe,
-                                  f"cold app of run {app.run or '?'} which holds no slot"))
+                                  f"cold app of run {app.run or '?'} which holds nothing"))
         elif app.kind == "warm" and app.deployed and app.recipe not in held:
             actions.append(Action("put_back", app.domain, app.recipe,
                                   "canonical deployed but no run holds it"))
+    for recipe in dirty:
+        if recipe not in held and not any(a.recipe == recipe and a.kind == "put_back"
+                                          for a in actions):
+            try:
+                domain = naming.warm_domain(recipe, base_domain)
+            except InvalidInput:
+                continue
+            actions.append(Action("put_back", domain, recipe,
+                                  "a change of the canonical was cut off (intent record)"))
     return actions
 
 
-def leftovers(run_id: str, spec: RunSpec | None, apps: list[AppInfo]) -> list[str]:
-    """What a crashed run left that is still there: its cold app, its deployed canonical."""
-    hexid = lane_plan.run_hex(run_id)
-    canonical = spec.canonical if spec else None
-    return [app.domain for app in apps
-            if (app.kind == "cold" and app.run == hexid)
-            or (app.kind == "warm" and app.deployed and canonical == app.recipe)]
+def lost_reports(
+    unfinished: list[reports.RunReport], occupying: list[Lease], pending: list[str],
+    live_hexes: set[str], explained: set[str], now: datetime, grace_s: float,
+    touched: dict[str, datetime],
+) -> list[reports.RunReport]:
+    """Unfinished reports nothing explains, untouched for ``grace_s`` (a run being submitted
+    right now has a report before it has a queue entry)."""
+    known = {lease.run_id for lease in occupying} | set(pending) | explained
+    return [r for r in unfinished
+            if r.run_id not in known and run_hex(r.run_id) not in live_hexes
+            and (now - touched.get(r.run_id, r.started_at)).total_seconds() >= grace_s]
 
 
 def _mark_crashed(settings: Settings, spec: RunSpec, report: JanitorReport) -> None:
-    why = (f"run crashed: its slot lease expired after {settings.lease_ttl_s} s without "
-           "renewal (worker lost or step stuck); the janitor cleaned up what it left")
-    existing = reports.load_report(settings.state_dir, spec.run_id)
-    if existing is not None and not existing.finished:
-        reports.finish_report(settings.state_dir, spec.run_id, "error", why)
+    """End a dead run's report (once) with an alert; harmless for one already ended."""
+    why = (f"crashed: its lease expired after {settings.lease_ttl_s} s without renewal "
+           "(worker lost or stopped, or step stuck); the janitor cleans up what it left")
+    ended = reports.end_report(settings.state_dir, spec.run_id, "error", why) \
+        if reports.load_report(settings.state_dir, spec.run_id) else None
+    if ended is not None:
+        from ccci_tasks import hooks
+
+        hooks.run_finished(settings, ended)
         try:
             write_alert(settings.state_dir, "run-crashed", spec.recipe,
                         f"{spec.lane} run {spec.run_id} of {spec.recipe} crashed", why)
         except CcciError as exc:
             report.problems.append(f"alert for {spec.run_id}: {exc}")
-    report.crashed.append(spec.run_id)
+        report.crashed.append(spec.run_id)
 
 
-def _act(settings: Settings, platform: Platform, action: Action) -> None:
+def _recover_reaped(settings: Settings, platform: Platform, slots: Slots,
+                    report: JanitorReport) -> None:
+    for run_id, spec in slots.reaping():
+        if spec is None:
+            slots.finish_reap(run_id)
+            continue
+        try:
+            if spec.lane == "janitor":  # a hold a previous round did not finish
+                done = _recover_hold(settings, platform, spec)
+            else:
+                done = get_lane(spec.lane).recover(settings, platform, spec)
+        except (CcciError, OSError) as exc:
+            report.problems.append(f"recover run {run_id}: {exc}; next round")
+            continue
+        report.recovered.append({"run_id": run_id, "lane": spec.lane, "done": done})
+        slots.finish_reap(run_id)
+
+
+def _recover_hold(settings: Settings, platform: Platform, spec: RunSpec) -> list[str]:
+    done = canon.recover(settings, platform, spec.recipe, lambda doing: None)
+    warm = naming.warm_domain(spec.recipe, settings.base_domain)
+    if platform.deployed(warm).is_deployed:
+        platform.undeploy(warm, graceful=False)
+    return [done or f"{warm} undeployed"]
+
+
+def _act(settings: Settings, platform: Platform, slots: Slots, action: Action) -> None:
+    hold = str(uuid.uuid4())
+    resources = [SLOT] + ([canon.resource(action.recipe)] if action.kind == "put_back" else [])
+    slots.hold(hold, action.recipe or "unknown", resources)
     if action.kind == "remove":
         platform.remove(action.domain)
-        return
-    platform.undeploy(action.domain)
-    if warmsnap.read_current(settings.state_dir, action.recipe) is not None:
-        warmsnap.restore(platform, settings.state_dir, action.recipe, action.domain)
+    else:
+        _recover_hold(settings, platform, RunSpec(hold, "janitor", action.recipe))
+    slots.finish_reap(hold)
 
 
 def run(settings: Settings, platform: Platform) -> JanitorReport:
-    from ccci_tasks.lanes.runner import dispatch
-
+    """One janitor round; see the module docstring."""
     slots = Slots.from_settings(settings)
+    state = settings.state_dir
     report = JanitorReport()
-    for spec in slots.reap_expired():
-        _mark_crashed(settings, spec, report)
-    for action in plan(platform.live_apps(), slots.leases(), settings.base_domain):
+    slots.reap_expired()
+    for _, spec in slots.reaping():  # newly reaped, and those an earlier round left
+        if spec is not None and spec.lane != "janitor":
+            _mark_crashed(settings, spec, report)
+    _recover_reaped(settings, platform, slots, report)
+
+    apps = platform.live_apps()
+    occupying = slots.occupying()
+    dirty = [r.removeprefix("canon:") for r in intents.pending_resources(state)
+             if r.startswith("canon:")]
+    for action in plan(apps, occupying, dirty, settings.base_domain):
         log.warning("janitor: %s %s (%s)", action.kind, action.domain, action.why)
         try:
-            _act(settings, platform, action)
+            _act(settings, platform, slots, action)
             report.actions.append(asdict(action))
-        except CcciError as exc:
+        except (CcciError, OSError) as exc:
             report.problems.append(f"{action.kind} {action.domain}: {exc}")
-    # A reaped run keeps its slot until nothing it left is live any more.
-    remaining = platform.live_apps()
-    for run_id, reaped in slots.reaping():
-        left = leftovers(run_id, reaped, remaining)
-        if left:
-            report.problems.append(f"run {run_id}: {', '.join(left)} still there; next time")
-        else:
-            slots.finish_reap(run_id)
-    report.launched = dispatch(settings)
+
+    _end_lost(settings, slots, platform, report)
+    try:
+        report.launched = runner.dispatch(settings)
+    except CcciError as exc:
+        report.problems.append(f"dispatch: {exc}")
+    if report.problems:
+        log.warning("janitor problems: %s", "; ".join(report.problems))
     return report
+
+
+def _end_lost(settings: Settings, slots: Slots, platform: Platform,
+              report: JanitorReport) -> None:
+    state = settings.state_dir
+    unfinished = [r for r in reports.list_reports(state) if not r.finished]
+    if not unfinished:
+        return
+    occupying = slots.occupying()
+    pending = [s.run_id for s in slots.pending()]
+    live_hexes = {a.run for a in ours(platform.live_apps(), settings.base_domain)
+                  if a.kind == "cold" and a.run}
+    explained = {r.run_id for r in unfinished
+                 if r.lane in LANES and LANES[r.lane].explains(settings, r)}
+    touched = {}
+    for r in unfinished:
+        try:
+            mtime = reports.report_path(state, r.run_id).stat().st_mtime
+        except OSError:
+            continue
+        touched[r.run_id] = datetime.fromtimestamp(mtime, tz=utc_now().tzinfo)
+    grace = max(float(settings.lease_ttl_s), 2.0 * settings.janitor_interval_s)
+    for lost in lost_reports(unfinished, occupying, pending, live_hexes, explained, utc_now(),
+                             grace, touched):
+        why = ("lost: no lease, no queue entry and no live app explains this run (the broker "
+               "lost its data, or its worker died before it was queued)")
+        ended = reports.end_report(state, lost.run_id, "error", why)
+        if ended is not None:
+            from ccci_tasks import hooks
+
+            hooks.run_finished(settings, ended)
+            report.lost.append(lost.run_id)

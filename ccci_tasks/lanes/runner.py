@@ -1,236 +1,341 @@
-"""Submitting, admitting, launching and ending runs.
+"""Running lanes: submit, admit and launch, execute each step fenced, undo, end.
 
-``submit`` validates a request and queues it as a ``RunSpec`` in the run-slot FIFO;
-``dispatch`` admits what fits (MAX_TESTS, one run per canonical) and launches each admitted
-run as a Celery chain of step tasks; ``end_run`` is the sacred part every run goes through,
-pass or fail: clean up, drop the realm, release the slot, write the verdict, admit the next.
+``submit`` checks a request with its lane's ``prepare`` and queues it (or refuses it at once,
+verdict ``error``, reason ``refused: ...``). ``dispatch`` observes what is live on the engine,
+admits what fits (``slots``) and launches each admitted run as a Celery chain of its lane's
+steps. ``execute_step`` runs one step: it checks the run is still on, counts deliveries
+(a step whose delivery keeps killing its worker ends the run), renews the lease, runs the
+lane's function against a fenced platform while a heartbeat keeps the lease alive, and records
+the step. A failed step launches the lane's undo as its own chain (each undo step is attempted
+and recorded like any step); the last step of either chain ends the run: verdict, resources
+released, hooks told, the next runs admitted.
+
+The runner never asks which lane it runs: everything particular lives in the lane's module.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ccci_tasks import naming
-from ccci_tasks.config import Settings
-from ccci_tasks.errors import AppNotFound, CcciError, InvalidInput, RunFailed
-from ccci_tasks.lanes import plan
-from ccci_tasks.lanes.plan import RunCtx
+from celery import Task, chain
+
+from ccci_tasks import constants as c
+from ccci_tasks import hooks, naming
+from ccci_tasks.config import Settings, get_settings
+from ccci_tasks.errors import CcciError, LeaseLost, PlatformError
+from ccci_tasks.lanes import get_lane
+from ccci_tasks.lanes.fence import Fence, FencedPlatform, journal_path
+from ccci_tasks.lanes.model import Failure, Lane, Outcome, RunCtx, StepEnv
+from ccci_tasks.lanes.recipes import recipe_repo
 from ccci_tasks.platform import get_platform
-from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.slots import RunSpec, Slots
-from ccci_tasks.state import canonical, reports, warmsnap
+from ccci_tasks.state import reports
+from ccci_tasks.state.alerts import write_alert
+from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.meta import load_meta
 
 log = logging.getLogger(__name__)
 
+DELIVERIES_TTL_S = 24 * 3600
+
 
 @dataclass(frozen=True)
 class Submitted:
+    """What an entry task returns (and Flower shows as its result)."""
+
     run_id: str
     lane: str
     verdict: str | None  # "error" when refused at the door
     reason: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "lane": self.lane, "verdict": self.verdict,
-                "reason": self.reason}
+        state = "refused" if self.verdict else "queued"
+        return {"run_id": self.run_id, "lane": self.lane, "state": state,
+                "verdict": self.verdict, "reason": self.reason}
 
 
-def recipe_repo(settings: Settings, recipe: str) -> RecipeRepo:
-    """The recipe's repository, or ``InvalidInput`` naming the recipe when there is none."""
-    naming.validate_recipe(recipe)
-    path = settings.recipes_dir / recipe
-    if not (path / ".git").exists():
-        raise InvalidInput(
-            f"unknown recipe {recipe!r}: no git repository at {path}; "
-            "check the name or add the recipe to CCCI_RECIPES_DIR"
-        )
-    return RecipeRepo(path, recipe)
+# ----------------------------------------------------------------------------- submit
 
 
-def usable_canonical(settings: Settings, recipe: str) -> tuple[canonical.Canonical | None, str]:
-    """The recipe's known-good canonical if a quick run can use it, else why not."""
-    registry = canonical.read_registry(settings.state_dir, recipe)
-    if registry is None:
-        return None, f"no canonical for {recipe}"
-    if registry.status != "known-good":
-        return None, f"canonical of {recipe} is {registry.status}, not known-good"
-    manifest = warmsnap.read_current(settings.state_dir, recipe)
-    if manifest is None:
-        return None, f"canonical of {recipe} has no snapshot"
-    if manifest.version != registry.version:
-        return None, (
-            f"canonical of {recipe} is inconsistent: registry {registry.version}, "
-            f"snapshot {manifest.version}"
-        )
-    return registry, ""
-
-
-def submit(settings: Settings, run_id: str, lane: plan.Lane, recipe: Any, ref: Any) -> Submitted:
-    """Validate and queue a run. Bad input ends the run at once with verdict ``error``."""
+def submit(
+    settings: Settings, run_id: str, lane_name: str, request: Mapping[str, Any],
+    parent: str | None = None,
+) -> Submitted:
+    """Check and queue a run. Any refusal ends the run at once with verdict ``error``."""
     state = settings.state_dir
-    reports.create_report(state, run_id, lane, recipe if isinstance(recipe, str) else None,
-                          ref if isinstance(ref, str) else None)
+    recipe = request.get("recipe")
+    ref = request.get("ref")
+    reports.create_report(state, run_id, lane_name if isinstance(lane_name, str) else "x",
+                          recipe if _safe_name(recipe) else None,
+                          ref if _safe_ref(ref) else None)
     try:
-        spec, note = _spec_for(settings, run_id, lane, recipe, ref)
-    except (InvalidInput, AppNotFound) as exc:
-        reports.finish_report(state, run_id, "error", f"refused: {exc}")
-        return Submitted(run_id, lane, "error", f"refused: {exc}")
-    domain = (naming.warm_domain(spec.recipe, settings.base_domain) if spec.lane == "quick"
-              else naming.cold_domain(spec.recipe, plan.run_hex(run_id), settings.base_domain))
-    reports.update_report(state, run_id, lane=spec.lane, domain=domain,
-                          reason=note or None)
-    slots = Slots.from_settings(settings)
-    slots.enqueue(spec)
+        lane = get_lane(lane_name)
+        prepared = lane.prepare(settings, run_id, request)
+    except CcciError as exc:
+        return _refuse(settings, run_id, lane_name, f"refused: {exc}")
+    except Exception as exc:  # a bug must not leave a run "running" forever
+        log.exception("run %s: submission failed", run_id)
+        return _refuse(settings, run_id, lane_name,
+                       f"refused: unexpected {type(exc).__name__}: {exc}")
+    spec = RunSpec(run_id=run_id, lane=prepared.lane, recipe=prepared.recipe, ref=prepared.ref,
+                   resources=prepared.resources, parent=parent)
+    report = reports.update_report(state, run_id, lane=prepared.lane, domain=prepared.domain,
+                                   recipe=prepared.recipe, ref=prepared.ref,
+                                   reason=prepared.note)
+    try:
+        Slots.from_settings(settings).enqueue(spec)
+    except CcciError as exc:
+        return _refuse(settings, run_id, prepared.lane, f"refused: {exc}")
+    hooks.run_queued(settings, report)
     dispatch(settings)
-    return Submitted(run_id, spec.lane, None, note or None)
+    return Submitted(run_id, prepared.lane, None, prepared.note)
 
 
-def _spec_for(
-    settings: Settings, run_id: str, lane: plan.Lane, recipe: Any, ref: Any
-) -> tuple[RunSpec, str]:
-    if not isinstance(recipe, str):
-        raise InvalidInput(f"recipe {recipe!r} is not a string")
-    if ref is not None and not isinstance(ref, str):
-        raise InvalidInput(f"ref {ref!r} is not a string")
-    naming.validate_recipe(recipe)
-    if ref is not None:
-        naming.validate_ref(ref)
-    repo = recipe_repo(settings, recipe)
-    if ref is not None:
-        repo.commit(ref)  # the ref must exist in the recipe's repository
-    elif repo.latest() is None:
-        raise InvalidInput(f"recipe {recipe!r} has no version tags: nothing to test as latest")
-    meta = load_meta(settings.tests_dir, recipe)
-    note = ""
-    if lane == "quick":
-        if ref is None:
-            raise InvalidInput("a quick run needs a ref (the PR head) to upgrade to")
-        registry, why = usable_canonical(settings, recipe)
-        if registry is None:
-            note = f"{why}: fell back to a full cold run"
-            lane = "cold"
-        else:
-            return RunSpec(run_id=run_id, lane="quick", recipe=recipe, ref=ref,
-                           canonical=recipe), note
-    promote = plan.should_promote(lane, ref, meta.warm_canonical)
-    return RunSpec(run_id=run_id, lane="cold", recipe=recipe, ref=ref,
-                   canonical=recipe if promote else None), note
+def _safe_name(value: object) -> bool:
+    try:
+        naming.validate_recipe(value)  # type: ignore[arg-type]
+    except CcciError:
+        return False
+    return True
 
 
-def plan_run(settings: Settings, spec: RunSpec) -> RunCtx:
-    """Turn an admitted spec into the run's plan, from what is observed now."""
-    repo = recipe_repo(settings, spec.recipe)
-    meta = load_meta(settings.tests_dir, spec.recipe)
-    hexid = plan.run_hex(spec.run_id)
-    warm = naming.warm_domain(spec.recipe, settings.base_domain)
-    target = repo.latest()
-    if spec.lane == "quick":
-        registry, why = usable_canonical(settings, spec.recipe)
-        if registry is None:
-            raise AppNotFound(f"quick run cannot start: {why}")
-        return RunCtx(run_id=spec.run_id, lane="quick", recipe=spec.recipe, ref=spec.ref,
-                      domain=warm, run_hex=hexid, target_version=target,
-                      known_good=registry.version, warm_domain=warm, deps=meta.deps)
-    registry = canonical.read_registry(settings.state_dir, spec.recipe)
-    base, skip = plan.upgrade_base(registry.version if registry else None, repo.versions(),
-                                   target, spec.ref)
-    return RunCtx(
-        run_id=spec.run_id, lane="cold", recipe=spec.recipe, ref=spec.ref,
-        domain=naming.cold_domain(spec.recipe, hexid, settings.base_domain), run_hex=hexid,
-        target_version=target, base_version=base, upgrade_skip=skip,
-        promote=spec.canonical is not None, warm_domain=warm, deps=meta.deps,
-    )
+def _safe_ref(value: object) -> bool:
+    try:
+        naming.validate_ref(value)  # type: ignore[arg-type]
+    except CcciError:
+        return False
+    return True
+
+
+def _refuse(settings: Settings, run_id: str, lane: str, reason: str) -> Submitted:
+    ended = reports.end_report(settings.state_dir, run_id, "error", reason)
+    if ended is not None:
+        hooks.run_finished(settings, ended)
+    return Submitted(run_id, lane, "error", reason)
+
+
+# ----------------------------------------------------------------------------- admission
+
+
+def observe_live(settings: Settings) -> list[str]:
+    """The deployed apps of this system that take a slot (cold apps and canonicals under
+    our base domain; never live-warm infra apps), as ``cold:<hex>`` / ``warm:<recipe>``."""
+    out = []
+    for app in get_platform(settings).live_apps():
+        if not app.deployed or naming.parse_domain(app.domain, settings.base_domain) is None:
+            continue
+        if app.kind == "cold" and app.run:
+            out.append(f"cold:{app.run}")
+        elif app.kind == "warm":
+            out.append(f"warm:{app.recipe}")
+    return out
 
 
 def dispatch(settings: Settings) -> list[str]:
-    """Admit every pending run that fits now and launch it. Never waits for a slot."""
-    from ccci_tasks.tasks.lanes import launch_chain
-
+    """Admit every pending run that fits now and launch it. Never waits for anything."""
     slots = Slots.from_settings(settings)
+    try:
+        live = observe_live(settings)
+    except PlatformError as exc:  # without the engine's truth, admit nothing
+        log.warning("admission postponed: cannot observe the Docker engine: %s", exc)
+        return []
     launched = []
-    for spec in slots.admit():
+    for spec in slots.admit(live):
+        lane = get_lane(spec.lane)
         try:
-            ctx = plan_run(settings, spec)
+            ctx = lane.plan(settings, spec)
         except CcciError as exc:
             log.warning("run %s could not be planned: %s", spec.run_id, exc)
-            reports.finish_report(settings.state_dir, spec.run_id, "error", f"planning: {exc}")
-            slots.release(spec.run_id)
-            slots.forget(spec.run_id)
+            end_run(settings, spec.run_id, spec.token, "error", f"planning: {exc}",
+                    dispatch_next=False)
             continue
-        launch_chain(ctx)
+        reports.mark_admitted(settings.state_dir, spec.run_id)
+        try:
+            launch(lane, ctx, lane.steps(ctx))
+        except Exception as exc:  # broker trouble: the run waits for the next dispatch
+            log.warning("run %s could not be launched (%s); back in the queue", spec.run_id, exc)
+            slots.requeue(spec.run_id, spec.token)
+            continue
         launched.append(spec.run_id)
     return launched
+
+
+def _argsrepr(ctx: RunCtx) -> str:
+    return repr((ctx.recipe, ctx.lane, ctx.run_id[:8]))
+
+
+def launch(lane: Lane, ctx: RunCtx, names: tuple[str, ...], *, undo: bool = False) -> None:
+    """Start ``names`` as one Celery chain on the lane's queue (by task name: the runner
+    never imports the task modules)."""
+    from ccci_tasks.celery_app import app
+
+    data = ctx.to_dict()
+    sigs = [
+        app.signature(c.task_name(lane.queue, name), args=(data,), kwargs={"undo": undo},
+                      immutable=True).set(argsrepr=_argsrepr(ctx),
+                                          kwargsrepr=repr({"undo": undo} if undo else {}))
+        for name in names
+    ]
+    chain(*sigs).apply_async()
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _stop_chain(task: Task) -> None:
+    """This step is the last one of its chain: nothing after it is published."""
+    task.request.chain = None
+    task.request.callbacks = None
+
+
+def _deliveries(slots: Slots, run_id: str, name: str, undo: bool) -> int:
+    key = f"{c.KEY_DELIVERIES}{run_id}:{'undo:' if undo else ''}{name}"
+    with slots.broker(f"counting the deliveries of step {name} of run {run_id}"):
+        pipe = slots.client.pipeline()
+        pipe.incr(key)
+        pipe.expire(key, DELIVERIES_TTL_S)
+        count, _ = pipe.execute()
+    return int(count)
+
+
+class PoisonStep(CcciError):
+    """A step whose deliveries keep killing its worker."""
+
+
+def _interrupter() -> Callable[[], None]:
+    """A callback that raises ``LeaseLost`` in the calling thread at its next bytecode: a
+    step that lost its lease (seen by the heartbeat thread) stops waiting at once instead of
+    running out its timeout; its fenced mutations would be refused anyway."""
+    ident = threading.get_ident()
+
+    def interrupt() -> None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                   ctypes.py_object(LeaseLost))
+
+    return interrupt
+
+
+def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bool) -> Any:
+    """Run one step of a run; see the module docstring."""
+    settings = get_settings()
+    ctx = RunCtx.from_dict(ctx_data)
+    lane = get_lane(ctx.lane)
+    state = settings.state_dir
+    report = reports.load_report(state, ctx.run_id)
+    if report is None or report.finished:
+        _stop_chain(task)
+        return {"step": name, "stopped": "the run has ended"}
+    slots = Slots.from_settings(settings)
+    deliveries = _deliveries(slots, ctx.run_id, name, undo)
+    fence = Fence(slots, ctx.run_id, ctx.token, journal_path(state, ctx.run_id))
+    if not fence.renew():
+        _stop_chain(task)
+        return {"step": name, "stopped": "the run lost its lease; the janitor cleans up"}
+    started_at, t0 = utc_now(), time.monotonic()
+    reports.start_step(state, ctx.run_id, name, task.request.id, started_at, undo=undo)
+    if not task.request.called_directly:
+        task.send_event("task-progress", run_id=ctx.run_id, step=name, lane=ctx.lane,
+                        recipe=ctx.recipe, domain=ctx.domain, undo=undo)
+    result: str | Outcome
+    try:
+        with slots.keep_alive(ctx.run_id, ctx.token, on_lost=_interrupter()):
+            if deliveries > settings.poison_max_deliveries:
+                raise PoisonStep(
+                    f"step {name} was delivered {deliveries - 1} times and each delivery "
+                    "ended with its worker killed (out of memory? a crash?); giving up"
+                )
+            env = _env(settings, lane, ctx, fence)
+            result = lane.function(name)(env, ctx)
+    except LeaseLost as exc:
+        log.warning("run %s step %s stopped: %s", ctx.run_id, name, exc)
+        _stop_chain(task)
+        return {"step": name, "stopped": str(exc)}
+    except Exception as exc:
+        if not fence.renew():  # lost meanwhile: nothing more from this step
+            _stop_chain(task)
+            return {"step": name, "stopped": "the run lost its lease; the janitor cleans up"}
+        reports.record_step(state, ctx.run_id, name, task.request.id, started_at,
+                            time.monotonic() - t0, False, str(exc), undo=undo)
+        if undo:  # every undo step is attempted: note the problem, go on
+            log.error("run %s: undo step %s failed: %s", ctx.run_id, name, exc)
+            _after_undo_step(settings, lane, ctx, name)
+            return {"step": name, "problem": str(exc)}
+        _stop_chain(task)
+        _start_undo(settings, lane, ctx, lane.failure(ctx, name, exc))
+        raise
+    if not fence.renew():
+        _stop_chain(task)
+        return {"step": name, "stopped": "the run lost its lease; the janitor cleans up"}
+    detail = result.detail if isinstance(result, Outcome) else result
+    reports.record_step(state, ctx.run_id, name, task.request.id, started_at,
+                        time.monotonic() - t0, True, detail, undo=undo)
+    if undo:
+        _after_undo_step(settings, lane, ctx, name)
+    elif name == lane.steps(ctx)[-1]:
+        if isinstance(result, Outcome):
+            end_run(settings, ctx.run_id, ctx.token, result.verdict, result.reason or detail)
+        else:
+            end_run(settings, ctx.run_id, ctx.token, "pass", detail)
+    return {"step": name, "detail": detail}
+
+
+def _env(settings: Settings, lane: Lane, ctx: RunCtx, fence: Fence) -> StepEnv:
+    platform = FencedPlatform(get_platform(settings, run_id=ctx.run_id), fence)
+    repo = recipe_repo(settings, ctx.recipe) if lane.needs_repo else None
+    return StepEnv(settings, platform, fence, load_meta(settings.tests_dir, ctx.recipe), repo)
+
+
+def _start_undo(settings: Settings, lane: Lane, ctx: RunCtx, failure: Failure) -> None:
+    names = lane.undo(ctx, failure)
+    if not names:
+        end_run(settings, ctx.run_id, ctx.token, failure.verdict, failure.reason)
+        return
+    launch(lane, ctx.with_failure(failure), names, undo=True)
+
+
+def _after_undo_step(settings: Settings, lane: Lane, ctx: RunCtx, name: str) -> None:
+    assert ctx.failure is not None
+    if name != lane.undo(ctx, ctx.failure)[-1]:
+        return
+    report = reports.load_report(settings.state_dir, ctx.run_id)
+    problems = [f"{s.name}: {s.detail}" for s in (report.steps if report else ())
+                if s.undo and not s.ok]
+    reason = ctx.failure.reason
+    if problems:
+        reason += "; cleanup problems: " + "; ".join(problems)
+        try:
+            write_alert(settings.state_dir, "restore-failed", ctx.recipe,
+                        f"cleanup after run {ctx.run_id} was incomplete", "\n".join(problems))
+        except CcciError as exc:
+            log.error("could not write alert: %s", exc)
+    end_run(settings, ctx.run_id, ctx.token, ctx.failure.verdict, reason)
 
 
 # ----------------------------------------------------------------------------- ending
 
 
-def cleanup(settings: Settings, ctx: RunCtx, failed_step: str | None) -> list[str]:
-    """Undo what a failed run left. Every part is attempted; problems are returned."""
-    platform = get_platform(settings, run_id=ctx.run_id)
-    problems: list[str] = []
-
-    def attempt(what: str, fn: Any, *args: Any) -> None:
-        try:
-            fn(*args)
-        except Exception as exc:
-            problems.append(f"{what}: {exc}")
-
-    if ctx.lane == "quick":
-        attempt("undeploy canonical", platform.undeploy, ctx.domain)
-        attempt("restore known-good snapshot", warmsnap.restore, platform,
-                settings.state_dir, ctx.recipe, ctx.domain)
-    else:
-        if failed_step not in plan.PROMOTE_STEPS:
-            attempt("teardown", platform.remove, ctx.domain)
-        if ctx.promote and ctx.warm_domain and failed_step in plan.PROMOTE_STEPS:
-            attempt("undeploy canonical", platform.undeploy, ctx.warm_domain)
-            if warmsnap.read_current(settings.state_dir, ctx.recipe) is not None:
-                attempt("restore old known-good", warmsnap.restore, platform,
-                        settings.state_dir, ctx.recipe, ctx.warm_domain)
-    if ctx.realm is not None:
-        from ccci_tasks import realms
-
-        attempt(f"delete realm {ctx.realm}", realms.delete_realm, settings, ctx.realm)
-    return problems
-
-
-def end_run(settings: Settings, ctx: RunCtx, verdict: str, reason: str | None) -> None:
-    """Release the slot, write the verdict and admit the next run. Idempotent."""
-    slots = Slots.from_settings(settings)
-    report = reports.load_report(settings.state_dir, ctx.run_id)
+def end_run(
+    settings: Settings, run_id: str, token: int | None, verdict: str, reason: str | None,
+    *, dispatch_next: bool = True,
+) -> None:
+    """Write the verdict (the first one wins), release the resources, tell the hooks, admit
+    the next runs. Idempotent."""
+    state = settings.state_dir
+    report = reports.load_report(state, run_id)
     if report is not None and report.reason and not report.finished:
         # A note set at submission (e.g. "fell back to a full cold run") stays in front.
         reason = f"{report.reason}; {reason}" if reason else report.reason
-    reports.finish_report(settings.state_dir, ctx.run_id, verdict, reason)
-    slots.release(ctx.run_id)
-    slots.forget(ctx.run_id)
-    dispatch(settings)
-
-
-def fail_run(settings: Settings, ctx: RunCtx, failed_step: str | None, exc: BaseException) -> None:
-    """The error path of every lane: the sacred cleanup, then ``end_run``."""
-    report = reports.load_report(settings.state_dir, ctx.run_id)
-    if report is not None and report.finished:
-        return  # already ended (an errback delivered twice, or the janitor got here first)
-    with Slots.from_settings(settings).keep_alive(ctx.run_id):  # cleanup may take a while
-        problems = cleanup(settings, ctx, failed_step)
-    if failed_step in plan.PROMOTE_STEPS:
-        verdict = "pass"
-        reason = f"green, but promotion failed at {failed_step}: {exc}; known-good unchanged"
-    else:
-        verdict = "fail" if isinstance(exc, RunFailed) else "error"
-        reason = f"{failed_step}: {exc}" if failed_step else str(exc)
-    if problems:
-        reason += "; cleanup problems: " + "; ".join(problems)
-        from ccci_tasks.state.alerts import write_alert
-
-        try:
-            write_alert(settings.state_dir, "restore-failed", ctx.recipe,
-                        f"cleanup after run {ctx.run_id} was incomplete", "\n".join(problems))
-        except CcciError as alert_exc:
-            log.error("could not write alert: %s", alert_exc)
-    end_run(settings, ctx, verdict, reason)
+    ended = reports.end_report(state, run_id, verdict, reason) if report is not None else None
+    slots = Slots.from_settings(settings)
+    slots.release(run_id, token)
+    slots.forget(run_id)
+    if ended is not None:
+        hooks.run_finished(settings, ended)
+    if dispatch_next:
+        dispatch(settings)

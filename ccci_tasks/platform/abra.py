@@ -524,7 +524,7 @@ class AbraPlatform:
         self._abra(argv, timeout_s=ABRA_DEPLOY_TIMEOUT_S)
         return self.state.deployed(domain)
 
-    def undeploy(self, domain: str) -> None:
+    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
         """``abra app undeploy`` when deployed, then wait until the services are gone."""
         validate_domain(domain)
         if self.state.deployed(domain).is_deployed:

@@ -82,8 +82,12 @@ class Platform(Protocol):
         """
         ...
 
-    def undeploy(self, domain: str) -> None:
-        """Remove the app's services and wait until they are gone. Keeps volumes."""
+    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
+        """Remove the app's services and wait until they are gone. Keeps volumes.
+
+        ``graceful=False`` stops the containers at once (no stop grace period): for data that
+        is discarded or restored from a snapshot next.
+        """
         ...
 
     def remove(self, domain: str) -> None:

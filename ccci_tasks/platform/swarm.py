@@ -413,16 +413,16 @@ class SwarmPlatform:
         self._prune_deploy_dirs(root)
         return self.deployed(domain)
 
-    def undeploy(self, domain: str) -> None:
+    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
         """``docker stack rm`` and wait until services and containers are gone."""
         stack = stack_name(domain)
         self._run(["docker", "stack", "rm", stack], timeout_s=STACK_RM_TIMEOUT_S)
-        self.state.stop_orphan_containers(domain)
+        self.state.stop_orphan_containers(domain, None if graceful else 0)
         self.state.wait_undeployed(domain, UNDEPLOY_TIMEOUT_S)
 
     def remove(self, domain: str) -> None:
         """Undeploy, then delete volumes, secrets, the env file and the deploy dirs."""
-        self.undeploy(domain)
+        self.undeploy(domain, graceful=False)  # the data is deleted next
         self.state.remove_volumes(domain)
         self.state.remove_secrets(domain)
         self.env_path(domain).unlink(missing_ok=True)

@@ -4,7 +4,7 @@ The Drone bridge imports its entry points from here:
 ``from ccci_tasks.tasks import quick_run, cold_run``.
 """
 
-from ccci_tasks.tasks import alerts, diag, infra, lanes, warm
+from ccci_tasks.tasks import alerts, diag, infra, lanes
 from ccci_tasks.tasks.infra import nightly_sweep, warm_reconcile
 from ccci_tasks.tasks.lanes import cold_run, janitor, quick_run
 
@@ -17,6 +17,5 @@ __all__ = [
     "lanes",
     "nightly_sweep",
     "quick_run",
-    "warm",
     "warm_reconcile",
 ]

@@ -1,0 +1,260 @@
+"""The cold lane (R7): a fresh app on fresh volumes, the full lifecycle, a sacred teardown,
+and, for a green run on latest of an enrolled recipe, the promotion of the canonical.
+
+Steps: admit → new_app → install → health_check → realm_create → overlay_install →
+upgrade_tier (from the canonical's version, on fresh volumes) → overlay_custom → teardown
+(services, volumes, secrets: always, pass or fail) → realm_delete, then when promoting:
+promote_deploy → promote_health → promote_undeploy → promote_snapshot (the new snapshot is
+swapped in, then the registry: the old known-good is replaced only after green, R7.2).
+
+Holds a run slot, each live-warm app it depends on (shared) and, when it promotes, the
+canonical (so it never overlaps a quick run of the recipe, R6.8). A failed promotion puts the
+old known-good back; the run stays green (the recipe was) and the reason says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from ccci_tasks import naming
+from ccci_tasks.config import Settings
+from ccci_tasks.errors import KeycloakError, RegistryError, RunFailed
+from ccci_tasks.lanes import canon, common
+from ccci_tasks.lanes import plan as pure
+from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission, run_hex
+from ccci_tasks.lanes.recipes import check_request, dep_resources, recipe_repo
+from ccci_tasks.platform.base import Platform
+from ccci_tasks.slots import SLOT, RunSpec
+from ccci_tasks.state import canonical, intents, warmsnap
+from ccci_tasks.state.meta import load_meta
+
+NAME = "cold"
+STEPS = (
+    "admit", "new_app", "install", "health_check", "realm_create", "overlay_install",
+    "upgrade_tier", "overlay_custom", "teardown", "realm_delete",
+)
+PROMOTE_STEPS = ("promote_deploy", "promote_health", "promote_undeploy", "promote_snapshot")
+
+
+def _domain(ctx: RunCtx) -> str:
+    assert ctx.domain is not None
+    return ctx.domain
+
+
+def _promote(ctx: RunCtx) -> bool:
+    return bool(ctx.plan.get("promote"))
+
+
+def _warm(ctx: RunCtx) -> str:
+    return str(ctx.plan["warm_domain"])
+
+
+# ----------------------------------------------------------------------------- prepare/plan
+
+
+def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
+    checked = check_request(settings, request.get("recipe"), request.get("ref"))
+    promote = pure.should_promote(checked.ref, checked.meta.warm_canonical)
+    resources: tuple[str, ...] = (SLOT,)
+    if promote:
+        resources += (canon.resource(checked.recipe),)
+    resources += dep_resources(settings, checked.meta.deps)
+    domain = naming.cold_domain(checked.recipe, run_hex(run_id), settings.base_domain)
+    return Submission(NAME, checked.recipe, checked.ref, resources, domain)
+
+
+def plan(settings: Settings, spec: RunSpec) -> RunCtx:
+    repo = recipe_repo(settings, spec.recipe)
+    meta = load_meta(settings.tests_dir, spec.recipe)
+    target = repo.latest()
+    unusable: str | None
+    try:
+        registry = canonical.read_registry(settings.state_dir, spec.recipe)
+        unusable = canonical.quarantined(settings.state_dir, spec.recipe)
+    except RegistryError as exc:
+        registry, unusable = None, str(exc)
+    base: str | None
+    skip: str | None
+    if unusable is not None:
+        base, skip = None, f"canonical unusable ({unusable}): nothing known-good to upgrade from"
+    else:
+        base, skip = pure.upgrade_base(registry.version if registry else None, repo.versions(),
+                                       target, spec.ref)
+    return RunCtx(
+        run_id=spec.run_id, lane=NAME, recipe=spec.recipe, ref=spec.ref,
+        domain=naming.cold_domain(spec.recipe, run_hex(spec.run_id), settings.base_domain),
+        token=spec.token, deps=meta.deps, parent=spec.parent,
+        plan={
+            "target_version": target, "base_version": base, "upgrade_skip": skip,
+            "promote": spec.canonical is not None,
+            "warm_domain": naming.warm_domain(spec.recipe, settings.base_domain),
+        },
+    )
+
+
+def steps(ctx: RunCtx) -> tuple[str, ...]:
+    return STEPS + (PROMOTE_STEPS if _promote(ctx) else ())
+
+
+def undo(ctx: RunCtx, failure: Failure) -> tuple[str, ...]:
+    if failure.step in PROMOTE_STEPS:
+        return ("restore",)
+    if failure.step == "realm_delete":
+        return ()
+    return ("teardown", "realm_delete")
+
+
+def failure(ctx: RunCtx, step: str, exc: BaseException) -> Failure:
+    if step in PROMOTE_STEPS:
+        return Failure(step, "pass", f"green, but promotion failed at {step}: {exc}; "
+                                     "known-good unchanged")
+    if isinstance(exc, RunFailed):
+        return Failure(step, "fail", f"{step}: {exc}")
+    return Failure(step, "error", f"{step}: {exc}")
+
+
+def delete_realm_of(settings: Settings, spec: RunSpec) -> list[str]:
+    """Delete the per-run realm of a dead run, if its recipe depends on keycloak."""
+    if "keycloak" not in load_meta(settings.tests_dir, spec.recipe).deps:
+        return []
+    from ccci_tasks import realms
+
+    realm = naming.realm_name(spec.recipe, run_hex(spec.run_id))
+    try:
+        realms.delete_realm(settings, realm)
+    except KeycloakError as exc:
+        return [f"realm {realm} left for the realm reaper ({exc})"]
+    return [f"deleted realm {realm}"]
+
+
+def recover(settings: Settings, platform: Platform, spec: RunSpec) -> list[str]:
+    """After a dead cold run: its app removed, a half-made promotion undone, its realm gone."""
+    domain = naming.cold_domain(spec.recipe, run_hex(spec.run_id), settings.base_domain)
+    platform.remove(domain)
+    done = [f"removed {domain} with its volumes and secrets"]
+    if spec.canonical is not None:
+        put_back = canon.recover(settings, platform, spec.recipe, lambda doing: None)
+        if put_back:
+            done.append(put_back)
+    return done + delete_realm_of(settings, spec)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def new_app(env: StepEnv, ctx: RunCtx) -> str:
+    env.platform.new_app(ctx.recipe, _domain(ctx), ctx.plan.get("target_version"),
+                         kind="cold", run=ctx.run_hex)
+    return f"new app {_domain(ctx)}"
+
+
+def _deploy_target(env: StepEnv, ctx: RunCtx) -> None:
+    if ctx.ref is not None:
+        env.platform.deploy(_domain(ctx), chaos_ref=ctx.ref)
+    else:
+        env.platform.deploy(_domain(ctx), version=ctx.plan.get("target_version"))
+
+
+def install(env: StepEnv, ctx: RunCtx) -> str:
+    """Fresh install of the target (latest tag, or the ref as it is) on fresh volumes."""
+    _deploy_target(env, ctx)
+    state = common.converge(env, _domain(ctx), "install")
+    common.assert_reconverged(state, "install")
+    return f"installed {ctx.ref or ctx.plan.get('target_version')}"
+
+
+def health_check(env: StepEnv, ctx: RunCtx) -> str:
+    status = common.assert_serving(env, _domain(ctx), "install health check")
+    return f"GET {env.meta.health_path} on {_domain(ctx)} answered {status}"
+
+
+def upgrade_tier(env: StepEnv, ctx: RunCtx) -> str:
+    """From the canonical's version to the target, on fresh volumes of the same app."""
+    base = ctx.plan.get("base_version")
+    if base is None:
+        return f"skipped: {ctx.plan.get('upgrade_skip')}"
+    env.platform.remove(_domain(ctx))
+    env.platform.new_app(ctx.recipe, _domain(ctx), base, kind="cold", run=ctx.run_hex)
+    env.platform.deploy(_domain(ctx), version=base)
+    before = common.converge(env, _domain(ctx), f"upgrade base {base}")
+    common.assert_serving(env, _domain(ctx), f"upgrade base {base}")
+    _deploy_target(env, ctx)
+    target = None if ctx.ref else ctx.plan.get("target_version")
+    detail = common.assert_upgraded(env, _domain(ctx), before, ctx.ref, target)
+    overlay = common.run_overlay(env, ctx, "upgrade")
+    return f"{base} -> {ctx.ref or ctx.plan.get('target_version')}: {detail}; {overlay}"
+
+
+def teardown(env: StepEnv, ctx: RunCtx) -> str:
+    """Sacred (R7.1): the per-run app's services, volumes, secrets and env file go."""
+    env.platform.remove(_domain(ctx))
+    return f"removed {_domain(ctx)} with its volumes and secrets"
+
+
+def promote_deploy(env: StepEnv, ctx: RunCtx) -> str:
+    """Deploy the canonical at the green version: an upgrade of its kept volume, or fresh
+    when there is no usable known-good to start from."""
+    target = str(ctx.plan["target_version"])
+    warm, settings = _warm(ctx), env.settings
+    first = canon.recover(settings, env.platform, ctx.recipe, env.fence.check)
+    fresh = canon.usable(settings, ctx.recipe).registry is None
+    assert env.repo is not None
+    canon.mark_dirty(settings, ctx.recipe, ctx.run_id, kind="promote", version=target,
+                     commit=env.repo.commit(target))
+    if fresh:
+        env.platform.remove(warm)  # never build a known-good on data nobody vouches for
+    env.platform.new_app(ctx.recipe, warm, target, kind="warm", run=None)
+    env.platform.deploy(warm, version=target)
+    state = env.platform.wait_converged(warm, env.meta.deploy_timeout)
+    how = "fresh volumes" if fresh else "its kept volumes"
+    return (f"{first}; " if first else "") + f"{warm} up at {state.version} on {how}"
+
+
+def promote_health(env: StepEnv, ctx: RunCtx) -> str:
+    return f"{_warm(ctx)} answered {common.serving(env, _warm(ctx))}"
+
+
+def promote_undeploy(env: StepEnv, ctx: RunCtx) -> str:
+    env.platform.undeploy(_warm(ctx))  # graceful: these data become the known-good
+    return f"{_warm(ctx)} undeployed"
+
+
+def promote_snapshot(env: StepEnv, ctx: RunCtx) -> str:
+    """Snapshot (swapped in atomically), then the registry: the new known-good."""
+    target = str(ctx.plan["target_version"])
+    settings, warm = env.settings, _warm(ctx)
+    manifest = warmsnap.snapshot(env.platform, settings.state_dir, ctx.recipe, warm, target,
+                                 guard=env.fence.check)
+    assert env.repo is not None
+    env.fence.check(f"write the registry of {ctx.recipe} at {target}")
+    canonical.write_registry(settings.state_dir, canonical.Canonical(
+        recipe=ctx.recipe, domain=warm, version=target, commit=env.repo.commit(target),
+        status="known-good", ts=datetime.now(UTC).isoformat(timespec="seconds"),
+    ))
+    canonical.clear_quarantine(settings.state_dir, ctx.recipe)
+    intents.clear_intent(settings.state_dir, canon.resource(ctx.recipe))
+    return f"canonical {ctx.recipe} is now {target} ({len(manifest.volumes)} volumes); promoted"
+
+
+def restore(env: StepEnv, ctx: RunCtx) -> str:
+    """Undo a failed promotion: the old known-good back (or the half-made canonical gone)."""
+    done = canon.recover(env.settings, env.platform, ctx.recipe, env.fence.check)
+    return done or "the canonical was not touched"
+
+
+FUNCTIONS = {
+    "admit": common.admit, "new_app": new_app, "install": install,
+    "health_check": health_check, "realm_create": common.realm_create,
+    "overlay_install": common.overlay_install, "upgrade_tier": upgrade_tier,
+    "overlay_custom": common.overlay_custom, "teardown": teardown,
+    "realm_delete": common.realm_delete, "promote_deploy": promote_deploy,
+    "promote_health": promote_health, "promote_undeploy": promote_undeploy,
+    "promote_snapshot": promote_snapshot, "restore": restore,
+}
+
+LANE = Lane(
+    name=NAME, queue="runs", prepare=prepare, plan=plan, steps=steps, undo=undo,
+    functions=FUNCTIONS, failure=failure, recover=recover,
+)

@@ -1,0 +1,146 @@
+"""Step helpers and steps shared by the app lanes (quick, cold): health, overlays, realms."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+from ccci_tasks import probes
+from ccci_tasks.errors import DeployFailed, KeycloakError, RunFailed, WaitTimeout
+from ccci_tasks.lanes.model import RunCtx, StepEnv
+from ccci_tasks.platform.base import DeployedState
+
+log = logging.getLogger(__name__)
+
+OVERLAY_TIMEOUT_S = 900
+
+
+def app_failed(what: str, exc: Exception) -> RunFailed:
+    return RunFailed(f"{what}: {exc}")
+
+
+def converge(env: StepEnv, domain: str, what: str) -> DeployedState:
+    """Wait for the app under test; its failure to converge is a red verdict."""
+    try:
+        return env.platform.wait_converged(domain, env.meta.deploy_timeout)
+    except (DeployFailed, WaitTimeout) as exc:
+        raise app_failed(what, exc) from exc
+
+
+def serving(env: StepEnv, domain: str) -> int:
+    return probes.serving(
+        env.platform.base_url(domain),
+        host=domain,
+        ok_codes=tuple(env.meta.health_ok),
+        timeout_s=env.meta.http_timeout,
+        path=env.meta.health_path,
+    )
+
+
+def assert_serving(env: StepEnv, domain: str, what: str) -> int:
+    try:
+        return serving(env, domain)
+    except WaitTimeout as exc:
+        raise app_failed(what, exc) from exc
+
+
+def assert_reconverged(state: DeployedState, what: str) -> None:
+    ok, why = probes.reconverged(state)
+    if not ok:
+        raise RunFailed(f"{what}: not reconverged: {why}")
+
+
+def assert_upgraded(
+    env: StepEnv, domain: str, before: DeployedState, ref: str | None, target: str | None
+) -> str:
+    """Generic UPGRADE (R6.4): reconverged + version moved + serving."""
+    state = converge(env, domain, "upgrade")
+    assert_reconverged(state, "upgrade")
+    short = env.repo.short_sha(ref) if (ref is not None and env.repo is not None) else None
+    moved, why = probes.version_moved(before, state, short, target)
+    if not moved:
+        raise RunFailed(f"upgrade: {why}")
+    status = assert_serving(env, domain, "upgrade")
+    return f"reconverged, moved ({why}), serving {status}"
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def admit(env: StepEnv, ctx: RunCtx) -> str:
+    """The run holds its resources; its lease's TTL starts here."""
+    return f"holding its resources ({ctx.lane} lane, {ctx.domain})"
+
+
+def realm_create(env: StepEnv, ctx: RunCtx) -> str:
+    """Create the run's Keycloak realm (R3.1) when the recipe depends on keycloak."""
+    if ctx.realm is None:
+        return "no keycloak dependency: no realm"
+    from ccci_tasks import realms
+
+    env.fence.check(f"create realm {ctx.realm}")
+    realms.create_realm(env.settings, ctx.realm)
+    return f"created realm {ctx.realm}"
+
+
+def realm_delete(env: StepEnv, ctx: RunCtx) -> str:
+    """Delete the run's realm, pass or fail (R3.1). A Keycloak that does not answer leaves the
+    realm to the realm reaper; the run's verdict does not change for that."""
+    if ctx.realm is None:
+        return "no keycloak dependency: no realm"
+    from ccci_tasks import realms
+
+    env.fence.check(f"delete realm {ctx.realm}")
+    try:
+        realms.delete_realm(env.settings, ctx.realm)
+    except KeycloakError as exc:
+        log.warning("run %s: realm %s left for the reaper: %s", ctx.run_id, ctx.realm, exc)
+        return f"realm {ctx.realm} not deleted ({exc}); the realm reaper deletes it later"
+    return f"deleted realm {ctx.realm}"
+
+
+def run_overlay(env: StepEnv, ctx: RunCtx, op: str) -> str:
+    """Run ``<tests>/<recipe>/test_<op>.py`` with pytest against the deployed app."""
+    assert ctx.domain is not None
+    test_file = env.settings.tests_dir / ctx.recipe / f"test_{op}.py"
+    if not test_file.is_file():
+        return f"no test_{op}.py overlay"
+    child_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/root"),
+        "CCCI_DOMAIN": ctx.domain,
+        "CCCI_BASE_URL": env.platform.base_url(ctx.domain),
+        "CCCI_OP": op,
+        "CCCI_RUN_ID": ctx.run_id,
+    }
+    if ctx.realm is not None:
+        child_env["CCCI_REALM"] = ctx.realm
+        child_env["CCCI_KEYCLOAK_URL"] = env.settings.keycloak_url or ""
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            "--rootdir", str(test_file.parent), str(test_file)]
+    try:
+        done = subprocess.run(
+            argv, cwd=test_file.parent, env=child_env, capture_output=True, text=True,
+            timeout=OVERLAY_TIMEOUT_S, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise RunFailed(f"test_{op}.py did not finish within {OVERLAY_TIMEOUT_S} s") from exc
+    summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    if done.returncode != 0:
+        tail = " | ".join(done.stdout.strip().splitlines()[-8:])
+        raise RunFailed(f"test_{op}.py failed (exit {done.returncode}): {tail}")
+    return f"test_{op}.py: {summary}"
+
+
+def overlay_install(env: StepEnv, ctx: RunCtx) -> str:
+    return run_overlay(env, ctx, "install")
+
+
+def overlay_upgrade(env: StepEnv, ctx: RunCtx) -> str:
+    return run_overlay(env, ctx, "upgrade")
+
+
+def overlay_custom(env: StepEnv, ctx: RunCtx) -> str:
+    return run_overlay(env, ctx, "custom")

@@ -1,0 +1,114 @@
+"""Fencing: a step acts only while its run holds its lease with the step's token.
+
+``Fence.check`` renews the lease (the run's fencing token must still be the current one)
+before every platform mutation and raises ``LeaseLost`` otherwise, so a step that was stopped
+past its lease (SIGSTOP, a long GC pause, a flushed broker) acts no more once it resumes: the
+janitor owns the cleanup. ``FencedPlatform`` puts the check in front of every mutating
+``Platform`` call. Every checked action is appended to the run's journal
+(``<state>/runs/<run_id>.calls``: one JSON line per attempt, allowed or refused), so an
+operator can see what a run did to the engine and when.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ccci_tasks.errors import BrokerError, LeaseLost
+from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, Platform, VolumeInfo
+from ccci_tasks.state.clock import iso, utc_now
+
+if TYPE_CHECKING:
+    from ccci_tasks.slots import Slots
+
+log = logging.getLogger(__name__)
+
+
+def journal_path(state_dir: Path, run_id: str) -> Path:
+    return Path(state_dir) / "runs" / f"{run_id}.calls"
+
+
+class Fence:
+    """The run's lease as seen by one step: ``renew``, ``check`` before acting."""
+
+    def __init__(self, slots: Slots, run_id: str, token: int, journal: Path | None) -> None:
+        self.slots = slots
+        self.run_id = run_id
+        self.token = token
+        self._journal = journal
+        self._lock = threading.Lock()
+
+    def renew(self) -> bool:
+        """True while the run holds its lease with this token (and extends it)."""
+        try:
+            return self.slots.renew(self.run_id, self.token)
+        except BrokerError as exc:
+            log.warning("run %s: cannot renew its lease: %s", self.run_id, exc)
+            return False
+
+    def check(self, doing: str) -> None:
+        """Raise ``LeaseLost`` unless the run still holds its lease; journal the attempt."""
+        allowed = self.renew()
+        self._write(doing, allowed)
+        if not allowed:
+            raise LeaseLost(
+                f"run {self.run_id} no longer holds its lease (token {self.token}): refusing "
+                f"to {doing}; the janitor cleans up after it"
+            )
+
+    def _write(self, doing: str, allowed: bool) -> None:
+        if self._journal is None:
+            return
+        line = json.dumps({"ts": iso(utc_now()), "op": doing, "allowed": allowed})
+        try:
+            with self._lock, open(self._journal, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+        except OSError as exc:
+            log.warning("run %s: cannot write its journal: %s", self.run_id, exc)
+
+
+class FencedPlatform:
+    """A ``Platform`` whose mutations (new_app, deploy, undeploy, remove) check the fence."""
+
+    def __init__(self, inner: Platform, fence: Fence) -> None:
+        self.inner = inner
+        self.fence = fence
+
+    def new_app(
+        self, recipe: str, domain: str, version: str | None = None, *, kind: Kind, run: str | None
+    ) -> AppInfo:
+        self.fence.check(f"create app {domain}")
+        return self.inner.new_app(recipe, domain, version, kind=kind, run=run)
+
+    def deploy(
+        self, domain: str, version: str | None = None, chaos_ref: str | None = None
+    ) -> DeployedState:
+        what = f"commit {chaos_ref}" if chaos_ref else f"version {version or 'latest'}"
+        self.fence.check(f"deploy {what} of {domain}")
+        return self.inner.deploy(domain, version, chaos_ref)
+
+    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
+        self.fence.check(f"undeploy {domain}" + ("" if graceful else " (no graceful stop)"))
+        self.inner.undeploy(domain, graceful=graceful)
+
+    def remove(self, domain: str) -> None:
+        self.fence.check(f"remove {domain} with its volumes")
+        self.inner.remove(domain)
+
+    def volumes(self, domain: str) -> list[VolumeInfo]:
+        return self.inner.volumes(domain)
+
+    def deployed(self, domain: str) -> DeployedState:
+        return self.inner.deployed(domain)
+
+    def live_apps(self) -> list[AppInfo]:
+        return self.inner.live_apps()
+
+    def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
+        return self.inner.wait_converged(domain, timeout_s)
+
+    def base_url(self, domain: str) -> str:
+        return self.inner.base_url(domain)

@@ -1,0 +1,170 @@
+"""The lane model (DESIGN §6): a lane is declared once, as data.
+
+A ``Lane`` says everything that is particular to it: how a request is checked and turned into
+a run (``prepare``, at submission, and ``plan``, at admission), the resources the run holds,
+its steps in order, its undo (the steps that run after a failure, durably), how a failure maps
+to a verdict, and how the janitor cleans up after a run that died (``recover``). The shared
+machinery (``runner``: submit, admission, steps, ending; ``janitor``; the Celery tasks; the
+CLI) reads the one registry in ``ccci_tasks.lanes`` and never asks which lane it has.
+
+A step is a plain function ``(env, ctx) -> str | Outcome``. It raises ``RunFailed`` when the
+app under test fails a check and lets other errors through; the lane's ``failure`` turns the
+exception into the run's verdict and reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ccci_tasks import naming
+from ccci_tasks.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from ccci_tasks.config import Settings
+    from ccci_tasks.lanes.fence import Fence
+    from ccci_tasks.platform.base import Platform
+    from ccci_tasks.platform.recipes import RecipeRepo
+    from ccci_tasks.slots import RunSpec
+    from ccci_tasks.state.meta import RecipeMeta
+    from ccci_tasks.state.reports import RunReport
+
+Verdict = Literal["pass", "fail", "error"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a run failed: the step, the verdict it gets and the reason."""
+
+    step: str
+    verdict: Verdict
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunCtx:
+    """Everything a step knows about its run; passed to every step task as a JSON dict."""
+
+    run_id: str
+    lane: str
+    recipe: str  # the recipe under test, or the live-warm app of a reconcile
+    ref: str | None
+    domain: str | None  # the app the run works on (cold per-run domain, canonical, ...)
+    token: int  # fencing token of the run's lease
+    deps: tuple[str, ...] = ()
+    plan: Mapping[str, Any] = field(default_factory=dict)  # the lane's own decisions
+    failure: Failure | None = None  # set for the undo steps
+    parent: str | None = None
+
+    @property
+    def run_hex(self) -> str:
+        """The 6-hex id of the run (cold domains, realms)."""
+        return run_hex(self.run_id)
+
+    @property
+    def realm(self) -> str | None:
+        """The per-run Keycloak realm, when the recipe depends on keycloak."""
+        if "keycloak" not in self.deps:
+            return None
+        return naming.realm_name(self.recipe, self.run_hex)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["deps"] = list(self.deps)
+        data["plan"] = dict(self.plan)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunCtx:
+        try:
+            failure = data.get("failure")
+            return cls(**{
+                **data,
+                "deps": tuple(data.get("deps", ())),
+                "plan": dict(data.get("plan") or {}),
+                "failure": Failure(**failure) if failure else None,
+            })
+        except TypeError as exc:
+            raise InvalidInput(f"run context {dict(data)!r:.300} is invalid: {exc}") from exc
+
+    def with_failure(self, failure: Failure) -> RunCtx:
+        return RunCtx(**{**self.__dict__, "failure": failure})
+
+
+def run_hex(run_id: str) -> str:
+    """The 6-hex id of a run, taken from its Celery task id (a uuid)."""
+    return naming.validate_run_hex(run_id.replace("-", "")[:6].lower())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a step may return instead of a plain detail: the run's verdict, when it is the
+    run's last step and the verdict is not simply ``pass``."""
+
+    detail: str
+    verdict: Verdict = "pass"
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StepEnv:
+    """What a step acts through. ``platform`` is fenced: every mutation checks the lease."""
+
+    settings: Settings
+    platform: Platform
+    fence: Fence
+    meta: RecipeMeta
+    repo: RecipeRepo | None
+
+
+StepFn = Callable[[StepEnv, RunCtx], "str | Outcome"]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A request checked at submission: what to queue. ``lane`` may differ from the one
+    asked for (a quick run without a usable canonical falls back to a cold run)."""
+
+    lane: str
+    recipe: str
+    ref: str | None
+    resources: tuple[str, ...]
+    domain: str | None
+    note: str | None = None
+
+
+def _explains_nothing(settings: Settings, report: RunReport) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One lane, declared once. See the module docstring."""
+
+    name: str
+    queue: str
+    # At submission: check the request (recipe, ref, ...) and say what to queue. Raises
+    # InvalidInput/ConfigError/StateError (the run is refused, nothing is queued).
+    prepare: Callable[[Settings, str, Mapping[str, Any]], Submission]
+    # At admission: the run's plan from what is observed now.
+    plan: Callable[[Settings, RunSpec], RunCtx]
+    steps: Callable[[RunCtx], tuple[str, ...]]
+    # After a failure: the undo steps, in order (each is attempted; none may be skipped).
+    undo: Callable[[RunCtx, Failure], tuple[str, ...]]
+    functions: Mapping[str, StepFn]
+    # The verdict and reason of a failed step.
+    failure: Callable[[RunCtx, str, BaseException], Failure]
+    # The janitor, after the run died (lease expired) or was forgotten: clean up what it
+    # left; returns what was done. Must be idempotent.
+    recover: Callable[[Settings, Platform, RunSpec], list[str]]
+    # True when something other than a lease, a queue entry or a live app keeps an
+    # unfinished run alive (a sweep waiting for its runs).
+    explains: Callable[[Settings, RunReport], bool] = _explains_nothing
+    needs_repo: bool = True  # steps get the recipe's repository
+
+    def function(self, step: str) -> StepFn:
+        try:
+            return self.functions[step]
+        except KeyError:
+            raise InvalidInput(f"lane {self.name} has no step {step!r}") from None

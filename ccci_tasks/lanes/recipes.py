@@ -1,0 +1,63 @@
+"""The recipe side of a request, checked once at the edge: name, ref, repository, CI config."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ccci_tasks import naming
+from ccci_tasks.config import Settings
+from ccci_tasks.errors import InvalidInput
+from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.state.meta import RecipeMeta, load_meta
+
+
+def recipe_repo(settings: Settings, recipe: str) -> RecipeRepo:
+    """The recipe's repository, or ``InvalidInput`` naming the recipe when there is none."""
+    naming.validate_recipe(recipe)
+    path = settings.recipes_dir / recipe
+    if not (path / ".git").exists():
+        raise InvalidInput(
+            f"unknown recipe {recipe!r}: no git repository at {path}; "
+            "check the name or add the recipe to CCCI_RECIPES_DIR"
+        )
+    return RecipeRepo(path, recipe)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A recipe request that passed every check: the names are valid, the repository
+    exists, the ref names a commit (or latest has a tag), the CI config reads."""
+
+    recipe: str
+    ref: str | None
+    repo: RecipeRepo
+    meta: RecipeMeta
+    latest: str | None
+
+
+def check_request(settings: Settings, recipe: Any, ref: Any) -> Checked:
+    """Check a (recipe, ref) request; ``InvalidInput``/``ConfigError`` name the bad value."""
+    if not isinstance(recipe, str):
+        raise InvalidInput(f"recipe {recipe!r} is not a string")
+    if ref is not None and not isinstance(ref, str):
+        raise InvalidInput(f"ref {ref!r} is not a string")
+    naming.validate_recipe(recipe)
+    if ref is not None:
+        naming.validate_ref(ref)
+    repo = recipe_repo(settings, recipe)
+    if ref is not None:
+        repo.commit(ref)  # the ref must name a commit of the recipe's repository
+    latest = repo.latest()
+    if ref is None and latest is None:
+        raise InvalidInput(f"recipe {recipe!r} has no version tags: nothing to test as latest")
+    meta = load_meta(settings.tests_dir, recipe)
+    return Checked(recipe, ref, repo, meta, latest)
+
+
+def dep_resources(settings: Settings, deps: Iterable[str]) -> tuple[str, ...]:
+    """A run shares each live-warm app its recipe depends on (DEPS) with the other runs,
+    and waits while that app is being reconciled."""
+    infra = set(settings.infra_app_list())
+    return tuple(f"infra:{dep}:shared" for dep in deps if dep in infra)
