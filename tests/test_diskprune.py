@@ -355,3 +355,34 @@ def test_docker_unreachable_is_a_platform_error(settings: Settings) -> None:
     broken = settings.model_copy(update={"docker_host": f"tcp://127.0.0.1:{port}"})
     with pytest.raises(PlatformError, match=f"127.0.0.1:{port}"):
         run(broken, [], dry_run=True)
+
+
+@pytest.mark.docker
+def test_refused_while_a_service_converges(swarm: Any, prune_env: Any) -> None:
+    """A service that cannot reach its replicas closes the gate, named in ``why``."""
+    hexid = os.urandom(3).hex()
+    name = f"ccci-prune-test-{hexid}"
+    settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=below_use(), CCCI_PRUNE_MIN_AGE_H="0")
+    service = swarm.services.create(f"ccci-prune-test/{hexid}:missing", name=name,
+                                    labels={TEST_LABEL: hexid})
+    try:
+        result = run(settings, [], dry_run=True, client=swarm)
+        assert result["allowed"] is False
+        assert f"{name} (0/1 running)" in result["why"]
+        assert result["would_remove"]["images"] == result["would_remove"]["containers"] == []
+    finally:
+        service.remove()
+
+
+@pytest.mark.docker
+def test_task_count_fallback_agrees_with_the_engine(
+    swarm: Any, live_service: tuple[str, str, str]
+) -> None:
+    """On engines without service status, counting tasks gives the engine's own figures."""
+    from ccci_tasks.platform import engine_objects
+
+    name = live_service[2]
+    by_status = {s.name: s for s in engine_objects._services(swarm)}
+    by_tasks = {s.name: s for s in engine_objects._services_from_tasks(swarm)}
+    assert by_status[name] == by_tasks[name]
+    assert (by_tasks[name].running, by_tasks[name].desired) == (1, 1)
