@@ -1,0 +1,263 @@
+"""Engine-wide objects for the disk prune, through the docker SDK.
+
+Reads every service (with its running/desired task counts), image, container and build cache
+record on the engine as plain frozen facts, and removes single objects for
+``ccci_tasks.diskprune``, which decides what goes. Removals never ``force``, never take a
+volume and report why they left an object instead of raising, except when the engine cannot
+be reached (``PlatformError``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+import docker
+from docker.errors import APIError, InvalidVersion, NotFound
+from docker.utils import version_lt
+
+from ccci_tasks.platform.base import ServiceState
+from ccci_tasks.platform.docker_state import docker_errors, parse_timestamp
+
+__all__ = [
+    "STOPPED_STATES",
+    "BuildCacheFact",
+    "ContainerFact",
+    "EngineObjects",
+    "ImageFact",
+    "observe_engine",
+    "prune_build_cache",
+    "remove_container",
+    "remove_dangling_image",
+]
+
+STOPPED_STATES: Final = ("exited", "dead", "created")
+MIN_BUILD_PRUNE_API: Final = "1.39"  # filters on POST /build/prune
+MIN_SERVICE_STATUS_API: Final = "1.41"  # GET /services?status=true
+_NO_TAG: Final = "<none>:<none>"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)  # a time Docker left unset
+
+
+@dataclass(frozen=True)
+class ImageFact:
+    id: str
+    tags: tuple[str, ...]
+    created: datetime
+    used: bool  # some container (any state) runs or ran it
+
+    @property
+    def dangling(self) -> bool:
+        return not self.tags
+
+
+@dataclass(frozen=True)
+class ContainerFact:
+    id: str
+    state: str  # created | running | paused | restarting | removing | exited | dead
+    created: datetime
+    finished_at: datetime | None  # None: never finished (or never started)
+    image: str  # image id
+
+
+@dataclass(frozen=True)
+class BuildCacheFact:
+    id: str
+    kind: str  # the record type: regular, internal, frontend, source.local, ...
+    created: datetime
+    last_used: datetime | None
+    size_bytes: int
+    in_use: bool
+    shared: bool  # its data is shared with an image: removing it frees nothing
+
+
+@dataclass(frozen=True)
+class EngineObjects:
+    services: tuple[ServiceState, ...]
+    images: tuple[ImageFact, ...]
+    containers: tuple[ContainerFact, ...]
+    build_cache: tuple[BuildCacheFact, ...]
+    build_cache_unsupported: str | None  # why this engine cannot prune build cache by age
+
+
+# --------------------------------------------------------------------------- observe
+
+
+def _moment(value: Any) -> datetime | None:
+    """A Docker time (RFC 3339 string or epoch seconds) as an aware datetime; None if unset."""
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC) if value > 0 else None
+    ns = parse_timestamp(str(value) if value else None)
+    return datetime.fromtimestamp(ns / 1e9, UTC) if ns else None
+
+
+def _real_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
+    return tuple(sorted(t for t in tags or () if t and t != _NO_TAG))
+
+
+def _service_state(service: dict[str, Any], running: int, desired: int) -> ServiceState:
+    spec = service["Spec"]
+    image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
+    return ServiceState(
+        name=str(spec["Name"]),
+        desired=desired,
+        running=running,
+        image=str(image).split("@", 1)[0],
+        update_state=(service.get("UpdateStatus") or {}).get("State") or None,
+    )
+
+
+def _services(client: docker.DockerClient) -> tuple[ServiceState, ...]:
+    """Every service with its running/desired task counts (as ``docker service ls``)."""
+    if version_lt(client.api.api_version, MIN_SERVICE_STATUS_API):
+        return _services_from_tasks(client)
+    found = []
+    for service in cast(list[dict[str, Any]], client.api.services(status=True)):
+        status = service.get("ServiceStatus") or {}
+        running, desired = status.get("RunningTasks"), status.get("DesiredTasks")
+        found.append(_service_state(service, int(running or 0), int(desired or 0)))
+    return tuple(sorted(found, key=lambda s: s.name))
+
+
+def _services_from_tasks(client: docker.DockerClient) -> tuple[ServiceState, ...]:
+    """The same counts on engines older than API 1.41, from one task listing."""
+    services = cast(list[dict[str, Any]], client.api.services())
+    tasks = cast(list[dict[str, Any]], client.api.tasks(filters={"desired-state": "running"}))
+    found = []
+    for service in services:
+        mine = [t for t in tasks if t.get("ServiceID") == service["ID"]]
+        running = sum(1 for t in mine if (t.get("Status") or {}).get("State") == "running")
+        mode = service["Spec"].get("Mode") or {}
+        desired = int(mode["Replicated"].get("Replicas", 1)) if "Replicated" in mode else len(mine)
+        found.append(_service_state(service, running, desired))
+    return tuple(sorted(found, key=lambda s: s.name))
+
+
+def _containers(
+    client: docker.DockerClient, listed: list[dict[str, Any]]
+) -> tuple[ContainerFact, ...]:
+    found = []
+    for item in listed:
+        state = str(item.get("State") or "")
+        finished = None
+        if state in STOPPED_STATES:  # the listing has no finish time; inspect those that count
+            try:
+                attrs = client.api.inspect_container(item["Id"])
+            except NotFound:
+                continue  # removed meanwhile
+            finished = _moment((attrs.get("State") or {}).get("FinishedAt"))
+        found.append(
+            ContainerFact(
+                id=str(item["Id"]),
+                state=state,
+                created=_moment(item.get("Created")) or _EPOCH,
+                finished_at=finished,
+                image=str(item.get("ImageID") or ""),
+            )
+        )
+    return tuple(found)
+
+
+def _build_cache(client: docker.DockerClient) -> tuple[tuple[BuildCacheFact, ...], str | None]:
+    version = str(client.api.api_version)
+    if version_lt(version, MIN_BUILD_PRUNE_API):
+        return (), (
+            f"the engine speaks API {version}; pruning build cache by age needs "
+            f"{MIN_BUILD_PRUNE_API} or newer"
+        )
+    records = (cast(dict[str, Any], client.df()) or {}).get("BuildCache") or []
+    return tuple(
+        BuildCacheFact(
+            id=str(r["ID"]),
+            kind=str(r.get("Type") or "regular"),
+            created=_moment(r.get("CreatedAt")) or _EPOCH,
+            last_used=_moment(r.get("LastUsedAt")),
+            size_bytes=int(r.get("Size") or 0),
+            in_use=bool(r.get("InUse")),
+            shared=bool(r.get("Shared")),
+        )
+        for r in records
+    ), None
+
+
+def observe_engine(client: docker.DockerClient) -> EngineObjects:
+    """Every service, image, container and build cache record on the engine."""
+    with docker_errors("listing the services on the engine"):
+        services = _services(client)
+    with docker_errors("listing the containers on the engine"):
+        listed = cast(list[dict[str, Any]], client.api.containers(all=True))
+        containers = _containers(client, listed)
+    used = {str(c.get("ImageID") or "") for c in listed}
+    with docker_errors("listing the images on the engine"):
+        raw_images = cast(list[dict[str, Any]], client.api.images())
+    images = tuple(
+        ImageFact(
+            id=str(i["Id"]),
+            tags=_real_tags(i.get("RepoTags")),
+            created=_moment(i.get("Created")) or _EPOCH,
+            used=str(i["Id"]) in used,
+        )
+        for i in raw_images
+    )
+    with docker_errors("reading the engine's build cache"):
+        build_cache, unsupported = _build_cache(client)
+    return EngineObjects(services, images, containers, build_cache, unsupported)
+
+
+# --------------------------------------------------------------------------- remove
+
+
+def _refused(exc: APIError) -> str:
+    return f"the engine refused: {exc.explanation or exc}"
+
+
+def remove_container(client: docker.DockerClient, cid: str) -> str | None:
+    """Remove a stopped container (never ``force``, never its volumes); why not, or None."""
+    with docker_errors(f"removing container {cid[:12]}"):
+        try:
+            client.api.remove_container(cid, v=False, force=False)
+        except NotFound:
+            return "already gone"
+        except APIError as exc:  # e.g. 409: it was started again since it was observed
+            return _refused(exc)
+    return None
+
+
+def remove_dangling_image(client: docker.DockerClient, image_id: str) -> str | None:
+    """Remove an image only if it is still untagged and no container uses it; why not, or None.
+
+    Without ``force`` (the engine refuses an image a container uses) and with ``noprune``
+    (exactly this image: its untagged parents stay).
+    """
+    with docker_errors(f"removing image {image_id[:19]}"):
+        try:
+            tags = _real_tags(client.api.inspect_image(image_id).get("RepoTags"))
+            if tags:
+                return f"tagged {tags[0]} since the plan"
+            listed = cast(list[dict[str, Any]], client.api.containers(all=True))
+            users = [str(c["Id"]) for c in listed if c.get("ImageID") == image_id]
+            if users:
+                return f"used by container {users[0][:12]} since the plan"
+            client.api.remove_image(image_id, force=False, noprune=True)
+        except NotFound:
+            return "already gone"
+        except APIError as exc:  # e.g. 409: a container was created from it just now
+            return _refused(exc)
+    return None
+
+
+def prune_build_cache(client: docker.DockerClient, min_age_h: float) -> tuple[int, str | None]:
+    """Let the engine prune build cache unused for ``min_age_h`` (no ``--all``).
+
+    Returns the bytes reclaimed, and why nothing was pruned when the engine cannot.
+    """
+    until = f"{round(min_age_h * 3600)}s"
+    with docker_errors(f"pruning build cache unused for {until}"):
+        try:
+            result = client.api.prune_builds(filters={"until": until})
+        except InvalidVersion as exc:
+            return 0, f"the engine cannot prune build cache by age: {exc}"
+        except APIError as exc:
+            return 0, _refused(exc)
+    return int((cast(dict[str, Any], result) or {}).get("SpaceReclaimed") or 0), None
