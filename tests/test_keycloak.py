@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -264,3 +269,29 @@ def test_lane_functions_create_and_delete_through_settings(fake: FakeKeycloak) -
     realms.delete_realm(settings, REALM)
     realms.delete_realm(settings, REALM)
     assert REALM not in fake.realms
+
+
+def test_fake_runs_as_a_script(tmp_path: Path) -> None:
+    """`python tests/fake_keycloak.py` serves the admin API until SIGTERM, then exits 0."""
+    secret = tmp_path / "kc-password"
+    secret.write_text(PASSWORD + "\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(__file__).with_name("fake_keycloak.py")
+    proc = subprocess.Popen([sys.executable, str(script), "--port", str(port), "--user", USER,
+                             "--password-file", str(secret)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert f"127.0.0.1:{port}" in proc.stdout.readline()
+        with KeycloakAdmin(f"http://127.0.0.1:{port}", USER, SecretStr(PASSWORD)) as admin:
+            assert admin.create_realm(REALM) is True
+            assert admin.list_realms() == ["master", REALM]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
