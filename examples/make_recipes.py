@@ -9,11 +9,19 @@ as data::
       "recipe": "custom-html",
       "files": "files",                      # template tree committed at every version
       "image": {"repository": "ccci/custom-html", "entrypoint": "image/entrypoint.sh"},
+      "behaviour": {"health_path": "/"},     # optional: defaults for every version
       "versions": [                          # oldest first
-        {"version": "1.0.0+1.0", "image_tag": "1.0", "notes": "release notes text"},
+        {"version": "1.0.0+1.0", "image_tag": "1.0", "notes": "release notes text",
+         "behaviour": {"health": "missing"}},  # optional: this version's own behaviour
         ...
       ]
     }
+
+``behaviour`` is data, not code: the recipe-level defaults updated by the version's own keys
+are baked into that version's image as ``/etc/ccci-behaviour`` (``key=value`` lines, sorted),
+which the entrypoint reads (see ``examples/images/standin-entrypoint.sh`` for the keys).
+Keys and values are checked here (``BEHAVIOUR_KEYS``); a version without behaviour gets no
+such file, so its image is the same as before behaviour existed.
 
 For each recipe this script
 
@@ -24,7 +32,8 @@ For each recipe this script
   shas are the same on every run;
 * imports one image per version, ``<repository>:<image_tag>``, with ``docker import``: a root
   file system made of the static busybox binary (``shutil.which("busybox")``), its applet
-  links, the entrypoint script and ``/etc/ccci-version`` (``"<recipe> <version>"``). The
+  links, the entrypoint script, ``/etc/ccci-version`` (``"<recipe> <version>"``) and the
+  version's ``/etc/ccci-behaviour`` (when it has one). The
   image carries ``LABEL ccci.image-hash=<sha256 of its content>``; an image that already
   exists with the same hash is not imported again.
 
@@ -38,6 +47,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -58,6 +68,19 @@ GIT_IDENTITY = ("ccci examples", "examples@ccci.invalid")
 BASE_EPOCH = 1_704_067_200  # 2024-01-01T00:00:00Z
 DAY_S = 86_400
 
+# Behaviour keys an image may carry, each with the pattern its value must match (values are
+# read by a shell with `read -r`, never evaluated, but stay plain anyway).
+BEHAVIOUR_KEYS: dict[str, re.Pattern[str]] = {
+    "health_path": re.compile(r"/[A-Za-z0-9._/-]*"),  # path served 200 once booted
+    "health": re.compile(r"ok|missing"),  # missing: the health path answers 404
+    "health_body": re.compile(r"[ -~]{0,200}"),  # printable ASCII
+    "data_dir": re.compile(r"(/[A-Za-z0-9._-]+)*"),  # the data volume's mount ("": none)
+    "schema": re.compile(r"[0-9]{1,4}"),  # data schema this version migrates to
+    "boot_delay_s": re.compile(r"[0-9]{1,2}"),  # seconds of booting before serving
+    "write": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"),  # file written into data_dir
+    "exit_code": re.compile(r"[0-9]{1,3}"),  # non-zero: exit with it after writing
+}
+
 
 class BuildError(Exception):
     """Something the build needs is missing or failed; the message says what to do."""
@@ -68,6 +91,10 @@ class VersionSpec:
     version: str
     image_tag: str
     notes: str
+    behaviour: tuple[tuple[str, str], ...] = ()
+
+    def behaviour_file(self) -> bytes:
+        return "".join(f"{k}={v}\n" for k, v in self.behaviour).encode()
 
 
 @dataclass(frozen=True)
@@ -83,22 +110,49 @@ class RecipeSpec:
         return f"{self.repository}:{version.image_tag}"
 
 
+def _behaviour(raw: Any, where: str) -> dict[str, str]:
+    """A checked behaviour mapping: known keys, str or int values matching their pattern."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BuildError(f"{where}: behaviour must be an object of key: value")
+    checked: dict[str, str] = {}
+    for key, value in raw.items():
+        if key not in BEHAVIOUR_KEYS:
+            raise BuildError(f"{where}: unknown behaviour key {key!r}; known: "
+                             f"{', '.join(sorted(BEHAVIOUR_KEYS))}")
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise BuildError(f"{where}: behaviour {key!r} must be a string or an integer")
+        text = str(value)
+        if not BEHAVIOUR_KEYS[key].fullmatch(text):
+            raise BuildError(f"{where}: behaviour {key}={text!r} does not match "
+                             f"{BEHAVIOUR_KEYS[key].pattern}")
+        checked[key] = text
+    return checked
+
+
+def _version(raw: dict[str, Any], defaults: dict[str, str], where: str) -> VersionSpec:
+    behaviour = {**defaults, **_behaviour(raw.get("behaviour"), f"{where} {raw['version']}")}
+    if behaviour.get("write") and not behaviour.get("data_dir"):
+        raise BuildError(f"{where} {raw['version']}: behaviour 'write' needs a 'data_dir'")
+    return VersionSpec(str(raw["version"]), str(raw["image_tag"]), str(raw.get("notes", "")),
+                       tuple(sorted(behaviour.items())))
+
+
 def load_spec(source: Path) -> RecipeSpec:
     """Read and check ``<source>/recipe.json``."""
     path = source / "recipe.json"
     try:
         raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         image = raw["image"]
-        versions = tuple(
-            VersionSpec(str(v["version"]), str(v["image_tag"]), str(v.get("notes", "")))
-            for v in raw["versions"]
-        )
+        defaults = _behaviour(raw.get("behaviour"), str(path))
+        versions = tuple(_version(v, defaults, str(path)) for v in raw["versions"])
         spec = RecipeSpec(
             recipe=str(raw.get("recipe", source.name)),
             source=source,
             files=source / str(raw.get("files", "files")),
             repository=str(image["repository"]),
-            entrypoint=source / str(image["entrypoint"]),
+            entrypoint=(source / str(image["entrypoint"])).resolve(),
             versions=versions,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -283,6 +337,8 @@ def rootfs_tar(spec: RecipeSpec, version: VersionSpec, busybox: Path,
             _add(tar, f"bin/{applet}", kind=tarfile.SYMTYPE, link="busybox")
         _add(tar, "entrypoint.sh", data=spec.entrypoint.read_bytes(), mode=0o755)
         _add(tar, "etc/ccci-version", data=f"{spec.recipe} {version.version}\n".encode())
+        if version.behaviour:
+            _add(tar, "etc/ccci-behaviour", data=version.behaviour_file())
         _add(tar, "etc/passwd", data=b"root:x:0:0:root:/root:/bin/sh\n"
                                      b"nobody:x:65534:65534:nobody:/:/bin/false\n")
         _add(tar, "etc/group", data=b"root:x:0:\nnogroup:x:65534:\n")

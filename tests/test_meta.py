@@ -27,6 +27,7 @@ def test_missing_file_gives_defaults(tmp_path: Path) -> None:
     assert meta.health_ok == (200, 301, 302)
     assert (meta.deploy_timeout, meta.http_timeout, meta.health_path) == (600, 300, "/")
     assert meta.deps == () and meta.warm_canonical is False
+    assert meta.stateful is False
 
 
 def test_example_recipe_meta_parses() -> None:
@@ -39,9 +40,10 @@ def test_all_keys_parsed(tmp_path: Path) -> None:
     """Every key, a docstring, annotations and ignored lowercase/_private names are accepted."""
     _write(tmp_path, "app", '"""doc"""\nWARM_CANONICAL = True\nHEALTH_PATH: str = "/health"\n'
            "HEALTH_OK = (200, 302)\nDEPLOY_TIMEOUT = 90\nHTTP_TIMEOUT = 30\n"
-           'DEPS = ["keycloak"]\nhelper = open("/etc/passwd")\n_private = 1\n')
+           'DEPS = ["keycloak"]\nSTATEFUL = True\nhelper = open("/etc/passwd")\n'
+           "_private = 1\n")
     assert load_meta(tmp_path, "app") == RecipeMeta(True, "/health", (200, 302), 90, 30,
-                                                    ("keycloak",))
+                                                    ("keycloak",), stateful=True)
 
 
 def test_file_is_never_executed(tmp_path: Path) -> None:
@@ -81,6 +83,9 @@ def test_unknown_key_did_you_mean(tmp_path: Path) -> None:
         ("HTTP_TIMEOUT = -1", "expected an int"),
         ("DEPS = 'keycloak'", "expected a list of str"),
         ("DEPS = ['Key Cloak']", "expected a list of str"),
+        ("STATEFUL = 1", "expected a bool"),
+        ("STATEFUL = 'yes'", "expected a bool"),
+        ("STATEFUL = None", "expected a bool"),
     ],
 )
 def test_wrong_type_names_file_key_and_type(tmp_path: Path, line: str, expected: str) -> None:
@@ -91,6 +96,37 @@ def test_wrong_type_names_file_key_and_type(tmp_path: Path, line: str, expected:
         load_meta(tmp_path, "app")
     text = str(info.value)
     assert str(path) in text and repr(key) in text and expected in text
+
+
+@pytest.mark.parametrize(("text", "expected"), [("STATEFUL = True\n", True),
+                                               ("STATEFUL = False\n", False), ("", False)])
+def test_stateful_is_a_bool_defaulting_false(tmp_path: Path, text: str, expected: bool) -> None:
+    """STATEFUL reads as a bool, False when absent; it enrols nothing in canonicals."""
+    _write(tmp_path, "app", text)
+    meta = load_meta(tmp_path, "app")
+    assert meta.stateful is expected
+    assert meta.warm_canonical is False
+    assert enrolled_recipes(tmp_path) == []
+
+
+def test_stateful_typo_suggests_the_key(tmp_path: Path) -> None:
+    """A misspelt STATEFUL is refused with a did-you-mean hint."""
+    _write(tmp_path, "app", "STATEFULL = True\n")
+    with pytest.raises(ConfigError, match=r"did you mean 'STATEFUL'\?"):
+        load_meta(tmp_path, "app")
+
+
+def test_example_infra_metas_parse() -> None:
+    """The keycloak stand-in is stateful, traefik is not; neither is a canonical."""
+    tests_dir = REPO / "examples" / "tests-recipes"
+    keycloak, traefik = load_meta(tests_dir, "keycloak"), load_meta(tests_dir, "traefik")
+    assert (keycloak.stateful, keycloak.health_path, keycloak.health_ok) == (
+        True, "/health/ready", (200,))
+    assert (traefik.stateful, traefik.health_path) == (False, "/ping")
+    assert not keycloak.warm_canonical and not traefik.warm_canonical
+    assert keycloak.deploy_timeout <= 120 and traefik.deploy_timeout <= 120
+    assert "keycloak" not in enrolled_recipes(tests_dir)
+    assert "traefik" not in enrolled_recipes(tests_dir)
 
 
 def test_health_ok_404_refused(tmp_path: Path) -> None:

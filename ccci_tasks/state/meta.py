@@ -36,6 +36,8 @@ class RecipeMeta:
     deploy_timeout: int = 600
     http_timeout: int = 300
     deps: tuple[str, ...] = ()
+    # Live-warm apps only: snapshot the data volumes before an upgrade, restore on rollback.
+    stateful: bool = False
 
 
 class _Bad(ValueError):
@@ -102,6 +104,7 @@ _KEYS: Final[dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "DEPLOY_TIMEOUT": ("deploy_timeout", _seconds),
     "HTTP_TIMEOUT": ("http_timeout", _seconds),
     "DEPS": ("deps", _deps),
+    "STATEFUL": ("stateful", _bool),
 }
 KNOWN_KEYS: Final = tuple(_KEYS)
 
