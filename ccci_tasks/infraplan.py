@@ -38,11 +38,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
-from ccci_tasks.config import DEFAULT_MIGRATION_PATTERNS
 from ccci_tasks.errors import AppNotFound, InvalidInput
 from ccci_tasks.naming import validate_recipe
 from ccci_tasks.state.infra import InfraState
-from ccci_tasks.versions import BumpKind, Version, bump_kind, migration_flags, parse_version
+from ccci_tasks.versions import (
+    DEFAULT_MIGRATION_PATTERNS,
+    BumpKind,
+    Version,
+    bump_kind,
+    migration_flags,
+    parse_version,
+)
 
 __all__ = ["OUTCOMES", "InfraPlan", "Notes", "Outcome", "plan_reconcile"]
 

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from recipe_tags import keep_tags_upto, session_copy, version_tags
 
-from ccci_tasks.config import DEFAULT_MIGRATION_PATTERNS
 from ccci_tasks.errors import AppNotFound, InvalidInput
 from ccci_tasks.infraplan import InfraPlan, plan_reconcile
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state.infra import InfraState
 from ccci_tasks.state.meta import load_meta
+from ccci_tasks.versions import DEFAULT_MIGRATION_PATTERNS
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ccci_tasks.config import DEFAULT_MIGRATION_PATTERNS
 from ccci_tasks.errors import ConfigError, InvalidInput
 from ccci_tasks.versions import (
+    DEFAULT_MIGRATION_PATTERNS,
     Version,
     bump_kind,
     is_version,
