@@ -35,3 +35,19 @@ def test_runs_worker_concurrency_is_max_tests(celery_app: Any, workers: Any) -> 
     assert stats[workers.hostname("runs")]["pool"]["max-concurrency"] == 1
     assert stats[workers.hostname("infra")]["pool"]["max-concurrency"] == 1
     assert stats[workers.hostname("alerts")]["pool"]["max-concurrency"] == 1
+
+
+def test_tasks_still_routed_after_the_broker_lost_its_data(
+    celery_app: Any, workers: Any, redis_url: str
+) -> None:
+    """After FLUSHALL (a Redis restarted without its data), a task sent by name still
+    reaches its queue's worker: routing needs no binding table in Redis."""
+    import redis
+
+    for queue in c.QUEUES:  # the producer has declared its queues before the flush
+        celery_app.send_task(c.task_name(queue, "ping")).get(timeout=30)
+    redis.Redis.from_url(redis_url).flushall()
+    for queue in c.QUEUES:
+        where = celery_app.send_task(c.task_name(queue, "ping")).get(timeout=30)
+        assert where["routing_key"] == queue
+        assert where["hostname"] == workers.hostname(queue)
