@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     lease_ttl_s: int = Field(default=300, ge=5)
     janitor_interval_s: int = Field(default=60, ge=1)
     # An admitted run whose first step has not started yet keeps its lease this long (its
-    # first step may wait behind the step of another run in the queue).
-    lease_start_grace_s: int = Field(default=3600, ge=5)
+    # first step may wait behind the step of another run, or for a worker that is down);
+    # past it, the run is queued again.
+    lease_start_grace_s: int = Field(default=600, ge=5)
     # A step whose delivery killed its worker this many times ends its run with an error.
     poison_max_deliveries: int = Field(default=3, ge=1, le=100)
 

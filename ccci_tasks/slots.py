@@ -20,7 +20,8 @@ Leases and fencing
 An admitted run gets a lease (expiry in a zset) and a *fencing token* that only grows (a
 counter floored at the server's clock in milliseconds, so it keeps growing even after the
 keys were flushed). Until its first step starts, the lease lasts ``start_grace_s`` (the step
-may wait in the queue behind another run's step); the first ``renew`` starts the TTL proper,
+may wait in the queue behind another run's step, or for a worker that is down; past the
+grace the run is simply queued again); the first ``renew`` starts the TTL proper,
 and every step renews it when it starts and before each platform mutation (``renew`` is the
 fence check). A lease whose expiry passed is lost for good: ``renew`` never revives it, so a
 step that was stopped past its lease cannot act any more; the janitor gets the run from
@@ -366,13 +367,21 @@ redis.call('LPUSH', pending, id)
 return 1
 """
 
-# Returns {{run_id, HGETALL spec}, ...} of every expired lease, once; they move to the
-# reaping zset (scored by hand-out time) and keep their resources until finish_reap.
+# Returns {{run_id, HGETALL spec}, ...} of every expired lease of a run that had started,
+# once; they move to the reaping zset (scored by hand-out time) and keep their resources
+# until finish_reap. A run whose first step never started left nothing behind: it goes back
+# to the head of the FIFO (its token is dropped, so a late first step is fenced off).
 _LUA_REAP = _LUA_PROLOGUE + """
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', expired, 0, -1)) do
-  out[#out + 1] = {id, redis.call('HGETALL', spec_prefix .. id)}
-  redis.call('ZADD', reaping, now, id)
+  local key = spec_prefix .. id
+  if redis.call('HGET', key, 'started') == '0' then
+    redis.call('HDEL', key, 'token', 'started')
+    redis.call('LPUSH', pending, id)
+  else
+    out[#out + 1] = {id, redis.call('HGETALL', key)}
+    redis.call('ZADD', reaping, now, id)
+  end
 end
 redis.call('DEL', expired)
 return out
@@ -678,7 +687,9 @@ class Slots:
     def reap_expired(self) -> list[RunSpec]:
         """Hand every lease whose expiry passed to the caller (the janitor), soonest expiry
         first, exactly once even to concurrent janitors. A reaped run keeps its resources
-        until ``finish_reap``: what it left may still be live."""
+        until ``finish_reap``: what it left may still be live. A run admitted whose first
+        step never started (its worker was down) is not reaped: it is queued again, first
+        in line."""
         reaped = self._specs_from_script(self._call("reap", "reaping expired leases"),
                                          "lease expired")
         for spec in reaped:

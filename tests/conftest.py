@@ -55,6 +55,7 @@ TEST_ENV: dict[str, str] = {
     "CCCI_BASE_DOMAIN": TEST_BASE,  # not the default: `make up` may run beside us
     "CCCI_MAX_TESTS": "1",
     "CCCI_LEASE_TTL_S": "20",
+    "CCCI_LEASE_START_GRACE_S": "60",
     "CCCI_JANITOR_INTERVAL_S": "5",
     "CCCI_ALERT_RETRY_MAX_S": "4",
     "CCCI_BEAT_SCHEDULE_FILE": str(SESSION_DIR / "beat" / "schedule"),

@@ -293,6 +293,22 @@ def test_ttl_starts_at_first_step(client: redis.Redis, clock: FakeClock) -> None
     assert ids(slots.reap_expired()) == [a.run_id]
 
 
+def test_never_started_run_is_queued_again(client: redis.Redis, clock: FakeClock) -> None:
+    """A run admitted whose first step never started (its worker was down past the grace)
+    is put back first in line, not reaped; its old token is fenced off."""
+    slots = Slots(client, max_tests=1, ttl_s=10, clock=clock, start_grace_s=30)
+    a, b = slots.enqueue(run()), slots.enqueue(run())
+    (spec,) = slots.admit()
+    clock.advance(31)
+    assert slots.reap_expired() == []
+    assert slots.reaping() == []
+    assert ids(slots.pending()) == [a.run_id, b.run_id]
+    (again,) = slots.admit()
+    assert again.run_id == a.run_id and again.token > spec.token
+    assert not slots.renew(a.run_id, spec.token)
+    assert slots.renew(a.run_id, again.token)
+
+
 def test_server_clock_is_used_by_default(client: redis.Redis) -> None:
     """Without an injected clock, leases are timed by the Redis server's clock."""
     slots = Slots(client, max_tests=1, ttl_s=30)
@@ -342,6 +358,7 @@ def test_reaped_run_keeps_its_canonical(client: redis.Redis, clock: FakeClock) -
     a = slots.enqueue(run("quick", "r", "slot", "canon:r"))
     b = slots.enqueue(run("quick", "r", "slot", "canon:r"))
     (spec,) = slots.admit()
+    assert slots.renew(a.run_id, spec.token)
     clock.advance(10)  # expiry == now counts as expired
     assert ids(slots.reap_expired()) == [a.run_id]
     assert not slots.renew(a.run_id, spec.token)
@@ -371,7 +388,8 @@ def test_reap_expired_exactly_once_concurrently(redis_url: str, clock: FakeClock
         cli.delete(c.KEY_SLOTS, KEY_EXPIRED, KEY_REAPING, c.KEY_PENDING)
         slots = Slots(cli, max_tests=20, ttl_s=10, clock=clock, start_grace_s=10)
         runs = [slots.enqueue(run()) for _ in range(20)]
-        assert len(slots.admit()) == 20
+        for spec in slots.admit():
+            assert slots.renew(spec.run_id, spec.token)
         clock.advance(11)
         results: list[list[str]] = [[], []]
         barrier = threading.Barrier(3)
@@ -414,6 +432,7 @@ def test_keep_alive_renews(client: redis.Redis) -> None:
     slots = Slots(client, max_tests=1, ttl_s=0.6)
     a = slots.enqueue(run())
     (spec,) = slots.admit()
+    assert slots.renew(a.run_id, spec.token)
     with slots.keep_alive(a.run_id, spec.token) as lost:
         time.sleep(1.5)
         assert slots.holds(a.run_id)
