@@ -214,4 +214,6 @@ def serve(settings: Settings, listen: str | None = None,
     """
     host, port = parse_listen(listen or settings.bridge_listen)
     bridge = Bridge(settings)
+    import ccci_tasks.tasks.forge  # noqa: F401  (load the Celery app now, not on a webhook)
+
     asyncio.run(_serve(bridge, host, port, ready))
