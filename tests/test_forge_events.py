@@ -103,6 +103,7 @@ def test_trigger(body: dict[str, Any], lane: str) -> None:
     (payload(comment__body="please !testme"), "issue_comment", "not '!testme'"),
     (payload(comment__body=None), "issue_comment", "not '!testme'"),
     (payload(comment__user={"login": "-x"}, sender={}), "issue_comment", "no valid author"),
+    (payload(comment__user={"login": "a..b"}, sender={}), "issue_comment", "no valid author"),
 ])
 def test_ignored(body: dict[str, Any] | bytes, event: str | None, why: str) -> None:
     """Anything but a trigger is ignored with a reason that says what was wrong."""

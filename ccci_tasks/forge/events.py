@@ -115,7 +115,7 @@ def _dig(data: Any, *keys: str) -> Any:
 def _login(user: Any) -> str | None:
     for key in ("login", "username"):
         value = _dig(user, key)
-        if isinstance(value, str) and _LOGIN_RE.fullmatch(value):
+        if isinstance(value, str) and _LOGIN_RE.fullmatch(value) and ".." not in value:
             return value
     return None
 

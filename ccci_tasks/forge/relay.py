@@ -113,8 +113,8 @@ def _send_notify(
             continue
         try:
             accepted = notify(url, title, body)
-        except ConfigError as exc:
-            failures.append(f"target {index}: {exc}")
+        except ConfigError:
+            failures.append(f"target {index}: not a valid Apprise URL (check CCCI_NOTIFY_URLS)")
             continue
         except Exception as exc:  # Apprise plugins raise anything; the URL may hold a token
             failures.append(f"target {index}: {type(exc).__name__}")
