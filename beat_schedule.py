@@ -24,6 +24,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "ccci.alerts.relay_pending_alerts",
             "schedule": 60.0,
         },
+        "forge_sweep": {
+            "task": "ccci.alerts.forge_sweep",
+            "schedule": 60.0,
+        },
         "janitor": {
             "task": "ccci.infra.janitor",
             "schedule": float(settings.janitor_interval_s),

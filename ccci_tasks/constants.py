@@ -31,6 +31,11 @@ KEY_FENCE: Final = REDIS_PREFIX + "slots:fence"  # counter: fencing tokens only 
 KEY_DELIVERIES: Final = REDIS_PREFIX + "deliveries:"  # + run_id:step -> deliveries of a step
 KEY_RELAY_DONE: Final = REDIS_PREFIX + "relay:done:"  # + alert id -> 1 (idempotency)
 KEY_SWEEP_LAST: Final = REDIS_PREFIX + "sweep:last-success"
+# The forge bridge (R11).
+KEY_FORGE_DELIVERY: Final = REDIS_PREFIX + "forge:delivery:"  # + webhook delivery id -> run id
+KEY_FORGE_ENQUEUED: Final = REDIS_PREFIX + "forge:enqueued:"  # + run id -> 1 (run published)
+KEY_FORGE_DONE: Final = REDIS_PREFIX + "forge:done:"  # + outbox key[:target] -> 1 (delivered)
+KEY_FORGE_LOCK: Final = REDIS_PREFIX + "forge:lock:"  # + outbox stream -> token (one relay)
 
 # Docker labels set on every object the system creates.
 LABEL_RUN: Final = "ccci.run"  # 6-hex run id of a cold app, absent on warm apps

@@ -19,7 +19,8 @@ seen, and what to do.
     │   ├── WaitTimeout       a long wait ran out; names what it waited for and what it saw
     │   ├── BrokerError       Redis unreachable or misbehaving
     │   ├── KeycloakError     the Keycloak admin API failed
-    │   └── AlertRelayError   a push target did not take an alert
+    │   ├── AlertRelayError   a push target did not take an alert
+    │   └── ForgeError        the Gitea/Forgejo API failed or refused
     └── StateError            the state root holds something unusable
         ├── RegistryError     canonical.json unreadable or inconsistent
         └── SnapshotError     a snapshot cannot be taken or restored
@@ -104,6 +105,17 @@ class KeycloakError(InfraError):
 
 class AlertRelayError(InfraError):
     """A push target did not accept an alert; the alert stays pending."""
+
+
+class ForgeError(InfraError):
+    """The Gitea/Forgejo API did not answer, or refused. ``status`` is the HTTP status, if any.
+
+    Messages name the method, the API path and what the forge said; never the token.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class StateError(CcciError):

@@ -2,6 +2,9 @@
 # `make up`: the whole system on the local Docker engine with the bundled example recipe.
 # Starts the three workers, beat and Flower (127.0.0.1:5555) in the background, with logs
 # and pid files in RUN_DIR (default ./run). `make down` stops them by pid.
+# Also the forge bridge (webhooks, CCCI_BRIDGE_LISTEN, default 127.0.0.1:8787) and, unless
+# CCCI_FORGE_URL names another forge, a local Gitea stand-in (127.0.0.1:FORGE_PORT, default
+# 3300) holding the example recipe with an open PR #1, so the demo can show the forge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,6 +30,20 @@ if [ ! -f "$env_file" ]; then
     echo "CCCI_FLOWER_USER=${CCCI_FLOWER_USER:-ccci}"
     echo "CCCI_FLOWER_PASSWORD=${CCCI_FLOWER_PASSWORD:-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(18))')}"
   } >"$env_file"
+fi
+FORGE_PORT=${FORGE_PORT:-3300}
+if ! grep -q '^CCCI_WEBHOOK_SECRET=' "$env_file"; then  # env files of older versions too
+  gen() { .venv/bin/python -c 'import secrets; print(secrets.token_hex(20))'; }
+  maintainer_token=$(gen)
+  {
+    echo "CCCI_FORGE_URL=${CCCI_FORGE_URL:-http://127.0.0.1:$FORGE_PORT}"
+    echo "CCCI_FORGE_TOKEN=${CCCI_FORGE_TOKEN:-$(gen)}"
+    echo "CCCI_FORGE_OWNER=${CCCI_FORGE_OWNER:-recipes}"
+    echo "CCCI_WEBHOOK_SECRET=${CCCI_WEBHOOK_SECRET:-$(gen)}"
+    echo "CCCI_BRIDGE_LISTEN=${CCCI_BRIDGE_LISTEN:-127.0.0.1:8787}"
+    echo "FAKE_FORGE_USERS=maintainer:$maintainer_token:write"
+    echo "FAKE_FORGE_MAINTAINER_TOKEN=$maintainer_token"
+  } >>"$env_file"
 fi
 set -a
 # shellcheck disable=SC1090
@@ -57,6 +74,16 @@ start beat "$PY" -m celery -A ccci_tasks.celery_app beat --loglevel=INFO
 FLOWER_BASIC_AUTH="$CCCI_FLOWER_USER:$CCCI_FLOWER_PASSWORD" \
   start flower "$PY" -m celery -A ccci_tasks.celery_app flower \
   --address=127.0.0.1 --port=5555 --enable_events=False
+start bridge "$PY" -m workers.bridge
+processes=(worker-runs worker-infra worker-alerts beat flower bridge)
+local_forge=""
+if [ "$CCCI_FORGE_URL" = "http://127.0.0.1:$FORGE_PORT" ]; then
+  local_forge=1
+  start forge "$PY" tests/fake_forge.py --port "$FORGE_PORT" --git-root "$RUN_DIR/forge-git" \
+    --recipes-dir "$CCCI_RECIPES_DIR" --hook-url "http://$CCCI_BRIDGE_LISTEN/hooks/forge" \
+    --recipe custom-html
+  processes+=(forge)
+fi
 
 # Wait until Flower answers and sees the three workers.
 deadline=$((SECONDS + 90))
@@ -73,7 +100,21 @@ do
   fi
   sleep 1
 done
-for name in worker-runs worker-infra worker-alerts beat flower; do
+# Wait until the bridge (and the local forge) answer.
+deadline=$((SECONDS + 30))
+until .venv/bin/python - "http://$CCCI_BRIDGE_LISTEN/healthz" \
+    ${local_forge:+"$CCCI_FORGE_URL/api/v1/version"} <<'PY' 2>/dev/null
+import sys, httpx
+sys.exit(0 if all(httpx.get(u, timeout=2).status_code == 200 for u in sys.argv[1:]) else 1)
+PY
+do
+  if [ $SECONDS -ge $deadline ]; then
+    echo "up: timed out after 30 s waiting for the bridge on $CCCI_BRIDGE_LISTEN${local_forge:+ and the forge stand-in on $CCCI_FORGE_URL}; see $RUN_DIR/logs/" >&2
+    exit 3
+  fi
+  sleep 0.5
+done
+for name in "${processes[@]}"; do
   if ! kill -0 "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null; then
     echo "up: $name exited after start; see $RUN_DIR/logs/$name.log" >&2
     exit 3
@@ -82,8 +123,20 @@ done
 cat <<MSG
 up: ccci-tasks is running.
   Flower:   http://127.0.0.1:5555  (user $CCCI_FLOWER_USER, password in $env_file)
+  bridge:   http://$CCCI_BRIDGE_LISTEN/hooks/forge  (forge webhooks, signed with CCCI_WEBHOOK_SECRET)
+  forge:    $CCCI_FORGE_URL  (owner $CCCI_FORGE_OWNER${local_forge:+; a local Gitea stand-in: $CCCI_FORGE_OWNER/custom-html has an open PR #1})
   logs:     $RUN_DIR/logs/
   settings: $env_file
   try:      set -a; . $env_file; set +a; .venv/bin/ccci status
   stop:     make down
 MSG
+if [ -n "$local_forge" ]; then
+  api="$CCCI_FORGE_URL/api/v1/repos/$CCCI_FORGE_OWNER/custom-html"
+  cat <<MSG
+  forge demo (as the maintainer of the stand-in; after: set -a; . $env_file; set +a):
+            curl -s -H "Authorization: token \$FAKE_FORGE_MAINTAINER_TOKEN" -H 'Content-Type: application/json' \\
+              -d '{"body": "!testme --quick"}' $api/issues/1/comments
+            then the bot's reply:  curl -s -H "Authorization: token \$FAKE_FORGE_MAINTAINER_TOKEN" $api/issues/1/comments
+            and the PR head's statuses: $api/statuses/<head.sha of $api/pulls/1>
+MSG
+fi

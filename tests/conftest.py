@@ -378,3 +378,39 @@ def push_receiver() -> Iterator[Any]:
     yield receiver
     receiver.stop()
 # ---- end push receiver
+
+
+# ---- forge
+# The Gitea/Forgejo stand-in (tests/fake_forge.py) on FORGE_PORT, and the forge settings of
+# every process of the session: CCCI_FORGE_* point at the stand-in, CCCI_NOTIFY_URLS at the
+# push receiver (path /notify), CCCI_BRIDGE_LISTEN at BRIDGE_PORT. They are fixed here, at
+# import, so the session workers (started later) see them too.
+FORGE_PORT = _free_port()
+BRIDGE_PORT = _free_port()
+FORGE_OWNER = "recipes"
+FORGE_BOT = "ccci-bot"
+FORGE_ENV: dict[str, str] = {
+    "CCCI_FORGE_URL": f"http://127.0.0.1:{FORGE_PORT}",
+    "CCCI_FORGE_TOKEN": "bot-" + os.urandom(8).hex(),
+    "CCCI_FORGE_OWNER": FORGE_OWNER,
+    "CCCI_WEBHOOK_SECRET": os.urandom(16).hex(),
+    "CCCI_BRIDGE_LISTEN": f"127.0.0.1:{BRIDGE_PORT}",
+    "CCCI_NOTIFY_URLS": f"json://127.0.0.1:{PUSH_PORT}/notify",
+}
+TEST_ENV.update(FORGE_ENV)
+os.environ.update(FORGE_ENV)
+
+
+@pytest.fixture(scope="session")
+def fake_forge() -> Iterator[Any]:
+    """The forge stand-in for the whole session, its bot token admin of every repository."""
+    from fake_forge import FakeForge  # tests/ is on sys.path (pytest rootdir import)
+
+    forge = FakeForge(FORGE_PORT, tokens={FORGE_ENV["CCCI_FORGE_TOKEN"]: FORGE_BOT},
+                      git_root=SESSION_DIR / "forge-git", site_admins=(FORGE_BOT,),
+                      hook_url=f"http://127.0.0.1:{BRIDGE_PORT}/hooks/forge",
+                      hook_secret=FORGE_ENV["CCCI_WEBHOOK_SECRET"])
+    forge.start()
+    yield forge
+    forge.stop()
+# ---- end forge

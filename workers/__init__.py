@@ -1,1 +1,2 @@
-"""One module per worker role: ``python -m workers.runs|infra|alerts``."""
+"""One module per worker role: ``python -m workers.runs|infra|alerts``; ``workers.bridge``
+serves the forge webhooks."""

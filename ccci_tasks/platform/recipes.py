@@ -8,9 +8,10 @@ Refs: a version tag (``1.7.1+1.27.2``, see ``naming.validate_version``) is read 
 ``refs/tags/<version>``; anything else must pass ``naming.validate_ref`` (a sha or a safe
 ref name such as ``main``).
 
-Nothing here mutates the repository or its working tree: files are read from git objects,
-and ``checkout`` exports a tree with ``git archive`` into a separate directory. Several runs
-may therefore share one recipe repository.
+Only ``fetch`` writes to the repository: it adds the objects of a pull request's head and one
+ref under ``refs/pull/``; HEAD, branches, tags and the working tree are never touched. Files
+are read from git objects, and ``checkout`` exports a tree with ``git archive`` into a
+separate directory. Several runs may therefore share one recipe repository.
 
 Errors: a missing repository, ref or version is ``AppNotFound``; git exiting non-zero is
 ``CommandFailed``; git missing or running out of time is ``PlatformError``.
@@ -27,15 +28,23 @@ import tarfile
 import tempfile
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
 from ccci_tasks.naming import validate_recipe, validate_ref, validate_version
 from ccci_tasks.versions import is_version, parse_version
 from ccci_tasks.versions import latest as latest_version
 
-__all__ = ["DEFAULT_GIT_TIMEOUT_S", "NOTES_LOCATIONS", "SHORT_SHA_LEN", "RecipeRepo"]
+__all__ = [
+    "DEFAULT_GIT_TIMEOUT_S",
+    "NOTES_LOCATIONS",
+    "SHORT_SHA_LEN",
+    "RecipeRepo",
+    "validate_fetch_url",
+]
 
 DEFAULT_GIT_TIMEOUT_S: Final = 60.0
+MAX_URL_LENGTH: Final = 2000
 SHORT_SHA_LEN: Final = 8  # abra labels chaos deploys with formatter.SmallSHA: 8 hex digits
 NEXT: Final = "next"
 # Where release notes of version ``v`` live, first match wins.
@@ -45,6 +54,31 @@ _SHA_OUT_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _PATH_PART_RE: Final = re.compile(r"[A-Za-z0-9._+@=,][A-Za-z0-9._+@=,-]*")
 _REGULAR_FILE_MODES: Final = ("100644", "100755")
 _MAX_PATH_LENGTH: Final = 4096
+_FULL_SHA_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_URL_CHARS_RE: Final = re.compile(r"[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+")
+# Only http(s) remotes: no ssh (host keys, agents), file, ext:: or other transports.
+_FETCH_PROTOCOLS: Final = (
+    "-c", "protocol.allow=never",
+    "-c", "protocol.http.allow=always",
+    "-c", "protocol.https.allow=always",
+    "-c", "credential.helper=",
+)
+
+
+def validate_fetch_url(url: str) -> str:
+    """An http(s) URL of a git remote without credentials, else ``InvalidInput``."""
+    ok = isinstance(url, str) and 0 < len(url) <= MAX_URL_LENGTH
+    ok = ok and bool(_URL_CHARS_RE.fullmatch(url))
+    if ok:
+        parts = urlsplit(url)
+        ok = (parts.scheme in ("http", "https") and bool(parts.hostname)
+              and parts.username is None and parts.password is None)
+    if not ok:
+        raise InvalidInput(
+            f"git remote URL {url!r} is invalid: expected an http:// or https:// URL "
+            "without credentials, such as 'https://git.example.org/owner/recipe.git'"
+        )
+    return url
 
 
 def _validate_path(path: str) -> str:
@@ -143,6 +177,45 @@ class RecipeRepo:
                 "fetch the recipe or check the ref/version"
             )
         return sha
+
+    def fetch(self, url: str, source_ref: str, dest_ref: str, expect_sha: str) -> str:
+        """Fetch ``source_ref`` of the http(s) remote ``url`` into ``dest_ref`` and return its sha.
+
+        For a pull request: ``source_ref`` is the head branch (``refs/heads/<branch>``) of the
+        PR's head repository, ``dest_ref`` is ``refs/pull/<n>/head``. The fetched commit must
+        be ``expect_sha`` (the head the forge reported); if the branch has moved since,
+        ``PlatformError`` says so and ``dest_ref`` keeps whatever it pointed at before.
+        Tags are not fetched; nothing but ``dest_ref`` changes.
+        """
+        validate_fetch_url(url)
+        validate_ref(source_ref)
+        validate_ref(dest_ref)
+        if not dest_ref.startswith("refs/pull/"):
+            raise InvalidInput(
+                f"fetch destination {dest_ref!r} is invalid: only refs under refs/pull/ are "
+                "written, e.g. 'refs/pull/7/head'"
+            )
+        if not isinstance(expect_sha, str) or not _FULL_SHA_RE.fullmatch(expect_sha):
+            raise InvalidInput(
+                f"expected head {expect_sha!r} is invalid: give the full lowercase sha "
+                "(40 or 64 hex digits) the forge reported"
+            )
+        staging = f"refs/ccci-fetch/{os.getpid()}/{dest_ref.removeprefix('refs/')}"
+        self._git(*_FETCH_PROTOCOLS, "fetch", "--quiet", "--no-tags", "--no-recurse-submodules",
+                  "--no-write-fetch-head", "--force", "--", url, f"+{source_ref}:{staging}")
+        try:
+            got = self.commit(staging)
+            if got != expect_sha:
+                raise PlatformError(
+                    f"{source_ref} of {url} is at {got[:SHORT_SHA_LEN]}, expected "
+                    f"{expect_sha[:SHORT_SHA_LEN]} (the head the forge reported): the branch "
+                    "moved; the next attempt reads the new head"
+                )
+            self._git("update-ref", "-m", f"ccci: fetch {source_ref} from {url}", "--",
+                      dest_ref, got)
+        finally:
+            self._run("update-ref", "-d", "--", staging)
+        return got
 
     def short_sha(self, ref: str) -> str:
         """The 7-character short sha of ``ref``'s commit (what chaos-version labels carry)."""

@@ -4,7 +4,7 @@ The Drone bridge imports its entry points from here:
 ``from ccci_tasks.tasks import quick_run, cold_run``.
 """
 
-from ccci_tasks.tasks import alerts, diag, infra, lanes
+from ccci_tasks.tasks import alerts, diag, forge, infra, lanes
 from ccci_tasks.tasks.infra import nightly_sweep, warm_reconcile
 from ccci_tasks.tasks.lanes import cold_run, janitor, quick_run
 
@@ -12,6 +12,7 @@ __all__ = [
     "alerts",
     "cold_run",
     "diag",
+    "forge",
     "infra",
     "janitor",
     "lanes",

@@ -1,0 +1,222 @@
+"""The run lifecycle hooks: commit statuses and the finish notification of every run.
+
+``run_queued(settings, report)`` is called once when a run is queued, ``run_finished(settings,
+report)`` once when its verdict is set. They only write messages into the durable outbox
+(``forge.outbox``) and ask the alerts queue to deliver them; the relay does the network.
+They never raise: a problem is logged and the run goes on.
+
+* Commit statuses: only when the forge is configured (CCCI_FORGE_URL, _TOKEN, _OWNER), for a
+  quick or cold run whose ref resolves to a commit of its recipe's catalogue repository
+  (a branch is resolved to its sha once, when queued). ``pending`` when queued, then one of
+  ``success``/``failure``/``error`` on ``<owner>/<recipe>`` at that sha, context ``ccci/<lane>``.
+* The finish notification: only when CCCI_NOTIFY_URLS is set, for every finished run.
+
+Both hooks are idempotent (outbox keys ``<run_id>-pending``, ``-final``, ``-notify``), so
+calling them again is harmless. A queued run is remembered in ``<state>/forge/watch/`` until
+its final status is written: ``sweep_watched`` (beat) calls ``run_finished`` for a watched
+run that has a verdict, should the hook call itself have been lost with a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from ccci_tasks.config import Settings
+from ccci_tasks.errors import CcciError
+from ccci_tasks.forge import messages, outbox
+from ccci_tasks.forge.client import forge_configured
+from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.state import atomic
+from ccci_tasks.state.reports import RunReport, load_report, validate_run_id
+
+log = logging.getLogger(__name__)
+
+WATCH_DIR: Final = "watch"
+STATUS_LANES: Final = ("quick", "cold")
+WATCH_MAX_AGE_S: Final = 14 * 24 * 3600  # a watched run without a report this old is dropped
+
+
+@dataclass(frozen=True)
+class StatusTarget:
+    """Where a run's statuses go: ``<owner>/<repo>`` at ``sha``, under ``context``."""
+
+    owner: str
+    repo: str
+    sha: str
+    context: str
+
+    @property
+    def stream(self) -> str:
+        return f"status:{self.owner}/{self.repo}@{self.sha}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"owner": self.owner, "repo": self.repo, "sha": self.sha, "context": self.context}
+
+
+def catalogue_repo(settings: Settings, recipe: str) -> RecipeRepo | None:
+    """The recipe's repository in CCCI_RECIPES_DIR, or None when there is none."""
+    path = settings.recipes_dir / recipe
+    if not (path / ".git").exists():
+        return None
+    return RecipeRepo(path, recipe)
+
+
+def status_target(settings: Settings, report: RunReport) -> StatusTarget | None:
+    """Where ``report``'s statuses go, or None when it gets none (see the module doc)."""
+    if not forge_configured(settings) or report.lane not in STATUS_LANES:
+        return None
+    if report.recipe is None or report.ref is None:
+        return None
+    watched = _watch_read(settings.state_dir, report.run_id)
+    if watched is not None and isinstance(watched.get("target"), dict):
+        target = watched["target"]
+        return StatusTarget(str(target["owner"]), str(target["repo"]), str(target["sha"]),
+                            messages.context(report.lane))
+    repo = catalogue_repo(settings, report.recipe)
+    if repo is None:
+        return None
+    try:
+        sha = repo.commit(report.ref)
+    except CcciError as exc:
+        log.info("run %s gets no commit status: %s", report.run_id, exc)
+        return None
+    assert settings.forge_owner is not None
+    return StatusTarget(settings.forge_owner, report.recipe, sha, messages.context(report.lane))
+
+
+# --- the watch list -------------------------------------------------------------------
+
+
+def _watch_dir(state_dir: Path) -> Path:
+    return outbox.forge_dir(state_dir) / WATCH_DIR
+
+
+def _watch_path(state_dir: Path, run_id: str) -> Path:
+    return _watch_dir(state_dir) / f"{validate_run_id(run_id)}.json"
+
+
+def _watch_read(state_dir: Path, run_id: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(_watch_path(state_dir, run_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def watched(state_dir: Path) -> list[str]:
+    """Run ids queued with a status or a notification still to come."""
+    directory = _watch_dir(state_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(p.stem for p in directory.glob("*.json") if not p.name.startswith("."))
+
+
+# --- hooks ----------------------------------------------------------------------------
+
+
+def _enqueue(streams: list[str]) -> None:
+    """Ask the alerts queue to deliver now; if the broker is down, beat's sweep does later."""
+    if not streams:
+        return
+    try:
+        from ccci_tasks.tasks.forge import deliver
+
+        for stream in streams:
+            deliver.apply_async((stream,), retry=False)
+    except Exception as exc:  # the outbox is the source of truth
+        log.warning("outbox streams %s stay pending; could not enqueue delivery: %s",
+                    streams, exc)
+
+
+def _queued(settings: Settings, report: RunReport) -> list[str]:
+    state = settings.state_dir
+    final_key = f"{report.run_id}-final"
+    if outbox.known(state, final_key):
+        return []  # finished already: a late pending would overwrite the verdict
+    target = status_target(settings, report)
+    if target is None and not settings.notify_url_list():
+        return []
+    entry: dict[str, Any] = {"run_id": report.run_id}
+    if target is not None:
+        entry["target"] = target.to_json()
+    atomic.write_json(_watch_path(state, report.run_id), entry)
+    if target is None:
+        return []
+    outbox.put(state, f"{report.run_id}-pending", "status", target.stream, {
+        **target.to_json(), "state": "pending",
+        "description": messages.pending_description(report), "run_id": report.run_id,
+    })
+    return [target.stream]
+
+
+def _finished(settings: Settings, report: RunReport) -> list[str]:
+    if not report.finished:
+        log.warning("run_finished called for run %s without a verdict; ignored", report.run_id)
+        return []
+    state = settings.state_dir
+    streams: list[str] = []
+    target = status_target(settings, report)
+    if target is not None:
+        outbox.put(state, f"{report.run_id}-final", "status", target.stream, {
+            **target.to_json(), "state": messages.final_state(report),
+            "description": messages.final_description(report), "run_id": report.run_id,
+        })
+        streams.append(target.stream)
+    if settings.notify_url_list():
+        title, body = messages.notification(report)
+        stream = f"notify:{report.run_id}"
+        outbox.put(state, f"{report.run_id}-notify", "notify", stream,
+                   {"title": title, "body": body, "run_id": report.run_id})
+        streams.append(stream)
+    _watch_path(state, report.run_id).unlink(missing_ok=True)
+    return streams
+
+
+def run_queued(settings: Settings, report: RunReport) -> None:
+    """A run was queued: its commit gets ``pending``. Never raises."""
+    try:
+        _enqueue(_queued(settings, report))
+    except Exception:
+        log.exception("forge: could not record the queued status of run %s",
+                      getattr(report, "run_id", "?"))
+
+
+def run_finished(settings: Settings, report: RunReport) -> None:
+    """A run has its verdict: its commit gets it, the targets are told. Never raises."""
+    try:
+        _enqueue(_finished(settings, report))
+    except Exception:
+        log.exception("forge: could not record the verdict of run %s",
+                      getattr(report, "run_id", "?"))
+
+
+def sweep_watched(settings: Settings) -> list[str]:
+    """Call ``run_finished`` for every watched run that has a verdict; return their ids."""
+    done: list[str] = []
+    for run_id in watched(settings.state_dir):
+        try:
+            report = load_report(settings.state_dir, run_id)
+        except Exception as exc:
+            log.warning("watched run %s: %s", run_id, exc)
+            continue
+        if report is None:
+            path = _watch_path(settings.state_dir, run_id)
+            if _older_than(path, WATCH_MAX_AGE_S):
+                path.unlink(missing_ok=True)
+            continue
+        if report.finished:
+            run_finished(settings, report)
+            done.append(run_id)
+    return done
+
+
+def _older_than(path: Path, age_s: float) -> bool:
+    try:
+        return path.stat().st_mtime < time.time() - age_s
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,165 @@
+"""Acting on a ``!testme`` trigger (the alerts worker runs this, not the webhook).
+
+``act`` asks the forge whether the commenter has write access (no: a polite reply, nothing
+runs), reads the PR head, fetches it into the recipe catalogue as ``refs/pull/<n>/head``,
+enqueues the run at the full sha under the run id the webhook chose, and replies with that
+run id. Replies go through the outbox, so they reach the PR even after a forge outage.
+
+Redelivery-safe: the run is published only if ``KEY_FORGE_ENQUEUED + run_id`` was not set yet
+(SET NX right before publishing), and the replies have fixed outbox keys. A crash between
+that SET and the publish loses the run (the maintainer comments again); it never runs twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Final, Literal
+
+import redis
+
+from ccci_tasks import constants as c
+from ccci_tasks.config import Settings
+from ccci_tasks.errors import AppNotFound, BrokerError, InvalidInput
+from ccci_tasks.forge import messages, outbox
+from ccci_tasks.forge.client import ForgeClient, validate_name, validate_sha
+from ccci_tasks.forge.hooks import catalogue_repo
+from ccci_tasks.naming import validate_recipe, validate_ref
+from ccci_tasks.platform.recipes import validate_fetch_url
+from ccci_tasks.state.reports import validate_run_id
+
+log = logging.getLogger(__name__)
+
+ENQUEUED_TTL_S: Final = 30 * 24 * 3600
+Outcome = Literal["enqueued", "refused", "closed", "failed"]
+# (lane, recipe, sha, run_id) -> None: publish the run's entry task.
+Enqueue = Callable[[str, str, str, str], None]
+
+
+@dataclass(frozen=True)
+class TriggerRequest:
+    """What the webhook hands the alerts worker: a checked trigger and its run id."""
+
+    run_id: str
+    owner: str
+    recipe: str
+    number: int
+    lane: Literal["quick", "cold"]
+    user: str
+    delivery: str
+
+    def __post_init__(self) -> None:
+        validate_run_id(self.run_id)
+        validate_name("owner", self.owner)
+        validate_recipe(self.recipe)
+        validate_name("user", self.user)
+        if isinstance(self.number, bool) or not isinstance(self.number, int) or self.number < 1:
+            raise InvalidInput(f"pull request number {self.number!r} is invalid")
+        if self.lane not in ("quick", "cold"):
+            raise InvalidInput(f"lane {self.lane!r} is invalid: quick or cold")
+        if not isinstance(self.delivery, str) or not 0 < len(self.delivery) <= 200:
+            raise InvalidInput("delivery id must be a short string")
+
+    @classmethod
+    def new(cls, owner: str, recipe: str, number: int, lane: Literal["quick", "cold"],
+            user: str, delivery: str) -> TriggerRequest:
+        return cls(str(uuid.uuid4()), owner, recipe, number, lane, user, delivery)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TriggerRequest:
+        if not isinstance(data, dict):
+            raise InvalidInput(f"trigger request must be an object, got {type(data).__name__}")
+        try:
+            return cls(**{key: data[key] for key in cls.__dataclass_fields__})
+        except KeyError as exc:
+            raise InvalidInput(f"trigger request lacks {exc}") from exc
+
+    @property
+    def comment_stream(self) -> str:
+        return f"comment:{self.owner}/{self.recipe}#{self.number}"
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    outcome: Outcome
+    detail: str
+    sha: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reply(settings: Settings, request: TriggerRequest, what: str, body: str) -> str | None:
+    """Queue a PR comment (key ``<run_id>-<what>``); return its stream, None if known."""
+    item = outbox.put(settings.state_dir, f"{request.run_id}-{what}", "comment",
+                      request.comment_stream, {"owner": request.owner, "repo": request.recipe,
+                                               "number": request.number, "body": body})
+    return item.stream if item else None
+
+
+def _publish_once(client: redis.Redis, request: TriggerRequest, sha: str,
+                  enqueue: Enqueue) -> bool:
+    try:
+        first = bool(client.set(c.KEY_FORGE_ENQUEUED + request.run_id, sha, nx=True,
+                                ex=ENQUEUED_TTL_S))
+    except redis.RedisError as exc:
+        raise BrokerError(f"cannot record the enqueue of run {request.run_id}: {exc}") from exc
+    if first:
+        enqueue(request.lane, request.recipe, sha, request.run_id)
+    return first
+
+
+def act(
+    settings: Settings,
+    request: TriggerRequest,
+    forge: ForgeClient,
+    client: redis.Redis,
+    enqueue: Enqueue,
+) -> TriggerResult:
+    """Check, fetch, enqueue, reply. ``ForgeError``/``PlatformError`` are worth a retry."""
+    if not forge.has_write(request.owner, request.recipe, request.user):
+        reply(settings, request, "refused",
+              messages.refused_comment(request.user, request.owner, request.recipe))
+        return TriggerResult("refused", f"{request.user} has no write access")
+    pull = forge.pull(request.owner, request.recipe, request.number)
+    if pull.state != "open":
+        reply(settings, request, "closed", messages.closed_comment(request.number))
+        return TriggerResult("closed", f"pull request #{request.number} is {pull.state}")
+    try:
+        sha = validate_sha(pull.head_sha)
+        branch = validate_ref(pull.head_ref)
+        if pull.clone_url is None:
+            raise InvalidInput("the pull request's head repository is gone")
+        url = validate_fetch_url(pull.clone_url)
+    except InvalidInput as exc:
+        return failed(settings, request, f"the forge reported an unusable PR head: {exc}")
+    repo = catalogue_repo(settings, request.recipe)
+    if repo is None:
+        return failed(settings, request, f"recipe {request.recipe} left the recipe catalogue")
+    try:
+        repo.fetch(url, f"refs/heads/{branch}", f"refs/pull/{request.number}/head", sha)
+    except (InvalidInput, AppNotFound) as exc:
+        return failed(settings, request, f"cannot fetch the PR head: {exc}")
+    # PlatformError (git failed, timed out, the branch moved): the caller retries.
+    _publish_once(client, request, sha, enqueue)
+    reply(settings, request, "queued",
+          messages.queued_comment(request.lane, request.recipe, sha, request.run_id))
+    log.info("PR %s/%s#%d: %s run %s queued at %s for %s", request.owner, request.recipe,
+             request.number, request.lane, request.run_id, sha, request.user)
+    return TriggerResult("enqueued", f"{request.lane} run {request.run_id}", sha)
+
+
+def failed(settings: Settings, request: TriggerRequest, why: str) -> TriggerResult:
+    """Give up on a trigger: tell the PR why (through the outbox)."""
+    log.warning("PR %s/%s#%d: %s run not started: %s", request.owner, request.recipe,
+                request.number, request.lane, why)
+    reply(settings, request, "failed", messages.failed_comment(request.lane, why))
+    return TriggerResult("failed", why)
+
+
+__all__ = ["Enqueue", "TriggerRequest", "TriggerResult", "act", "failed", "reply"]
