@@ -22,11 +22,15 @@ Hook = Callable[["Settings", "RunReport"], None]
 
 
 def _queued_hooks() -> list[Hook]:
-    return []
+    from ccci_tasks import forge
+
+    return [forge.run_queued]
 
 
 def _finished_hooks() -> list[Hook]:
-    return []
+    from ccci_tasks import forge
+
+    return [forge.run_finished]
 
 
 def _call(hooks: list[Hook], settings: Settings, report: RunReport, what: str) -> None:

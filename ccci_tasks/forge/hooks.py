@@ -30,9 +30,10 @@ from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError
 from ccci_tasks.forge import messages, outbox
 from ccci_tasks.forge.client import forge_configured
+from ccci_tasks.naming import validate_run_id
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state import atomic
-from ccci_tasks.state.reports import RunReport, load_report, validate_run_id
+from ccci_tasks.state.reports import RunReport, load_report
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,8 @@ from ccci_tasks.errors import AppNotFound, BrokerError, InvalidInput
 from ccci_tasks.forge import messages, outbox
 from ccci_tasks.forge.client import ForgeClient, validate_name, validate_sha
 from ccci_tasks.forge.hooks import catalogue_repo
-from ccci_tasks.naming import validate_recipe, validate_ref
+from ccci_tasks.naming import validate_recipe, validate_ref, validate_run_id
 from ccci_tasks.platform.recipes import validate_fetch_url
-from ccci_tasks.state.reports import validate_run_id
 
 log = logging.getLogger(__name__)
 

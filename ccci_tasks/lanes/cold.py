@@ -254,7 +254,14 @@ FUNCTIONS = {
     "promote_snapshot": promote_snapshot, "restore": restore,
 }
 
+def summary(ctx: RunCtx, detail: str) -> str:
+    target = ctx.ref or ctx.plan.get("target_version")
+    if _promote(ctx):
+        return f"green at {target}; promoted: {detail}"
+    return f"green at {target}"
+
+
 LANE = Lane(
     name=NAME, queue="runs", prepare=prepare, plan=plan, steps=steps, undo=undo,
-    functions=FUNCTIONS, failure=failure, recover=recover,
+    functions=FUNCTIONS, failure=failure, recover=recover, summary=summary,
 )

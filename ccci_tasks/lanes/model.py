@@ -162,6 +162,8 @@ class Lane:
     # unfinished run alive (a sweep waiting for its runs).
     explains: Callable[[Settings, RunReport], bool] = _explains_nothing
     needs_repo: bool = True  # steps get the recipe's repository
+    # The reason of a green run (default: the last step's detail).
+    summary: Callable[[RunCtx, str], str] | None = None
 
     def function(self, step: str) -> StepFn:
         try:

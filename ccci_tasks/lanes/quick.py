@@ -182,7 +182,12 @@ FUNCTIONS = {
     "realm_delete": common.realm_delete,
 }
 
+def summary(ctx: RunCtx, detail: str) -> str:
+    return (f"passed: {ctx.ref} upgraded {_warm(ctx)} in place from known-good "
+            f"{_known_good(ctx)}; the known-good data is back")
+
+
 LANE = Lane(
     name=NAME, queue="runs", prepare=prepare, plan=plan, steps=steps, undo=undo,
-    functions=FUNCTIONS, failure=failure, recover=recover,
+    functions=FUNCTIONS, failure=failure, recover=recover, summary=summary,
 )

@@ -281,7 +281,8 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
         if isinstance(result, Outcome):
             end_run(settings, ctx.run_id, ctx.token, result.verdict, result.reason or detail)
         else:
-            end_run(settings, ctx.run_id, ctx.token, "pass", detail)
+            summary = lane.summary(ctx, detail) if lane.summary else detail
+            end_run(settings, ctx.run_id, ctx.token, "pass", summary)
     return {"step": name, "detail": detail}
 
 

@@ -6,8 +6,6 @@
 * ``forge_deliver(stream)``: deliver one outbox stream in order (``forge.relay``); a message
   not taken is retried with exponential backoff capped at 60 s (and below a quarter of the
   visibility timeout), until delivered. ``retry=False`` makes one attempt (the sweep's).
-* ``forge_queued(run_id)``: calls ``run_queued`` for a run the bridge enqueued (linked to the
-  run's entry task, so the ``pending`` status follows right after it is queued).
 * ``forge_sweep()`` (beat, every 60 s): ``run_finished`` for watched runs that have a verdict,
   a one-attempt delivery of every stream with pending messages, pruning of old sent ones.
 """
@@ -28,7 +26,6 @@ from ccci_tasks.errors import AlertRelayError, BrokerError, ForgeError, Platform
 from ccci_tasks.forge import hooks, outbox, relay
 from ccci_tasks.forge.client import ForgeClient
 from ccci_tasks.forge.trigger import TriggerRequest, act, failed
-from ccci_tasks.state.reports import load_report, validate_run_id
 from ccci_tasks.tasks.alerts import apprise_notify
 
 log = logging.getLogger(__name__)
@@ -54,11 +51,8 @@ def _client(settings: Settings) -> redis.Redis:
 
 
 def enqueue_run(lane: str, recipe: str, sha: str, run_id: str) -> None:
-    """Publish the run's entry task under ``run_id``; ``forge_queued`` follows it."""
-    from ccci_tasks.tasks.lanes import cold_run, quick_run
-
-    entry = quick_run if lane == "quick" else cold_run
-    entry.apply_async((recipe, sha), task_id=run_id, link=queued.si(run_id))
+    """Publish the run's entry task under ``run_id`` (its submission tells the forge)."""
+    app.send_task(c.task_name(c.QUEUE_RUNS, f"{lane}_run"), (recipe, sha), task_id=run_id)
 
 
 @app.task(  # type: ignore[untyped-decorator]
@@ -104,18 +98,6 @@ def deliver(self: Task, stream: str, retry: bool = True) -> str:
     if result.outcome == "busy" and retry:
         raise self.retry(countdown=backoff_s(self.request.retries, settings))
     return result.outcome
-
-
-@app.task(name=c.task_name(c.QUEUE_ALERTS, "forge_queued"))  # type: ignore[untyped-decorator]
-def queued(run_id: str) -> bool:
-    """Tell the forge that run ``run_id`` is queued (its ``pending`` status)."""
-    settings = get_settings()
-    report = load_report(settings.state_dir, validate_run_id(run_id))
-    if report is None:
-        log.warning("run %s has no report: no pending status", run_id)
-        return False
-    hooks.run_queued(settings, report)
-    return True
 
 
 @app.task(name=c.task_name(c.QUEUE_ALERTS, "forge_sweep"))  # type: ignore[untyped-decorator]
