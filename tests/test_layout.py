@@ -62,7 +62,8 @@ def test_bridge_imports_follow_interfaces() -> None:
     """The Python API of INTERFACES.md imports as written; the unbuilt lanes say so."""
     from ccci_tasks.tasks import cold_run, nightly_sweep, quick_run, warm_reconcile
 
-    assert quick_run.name == "ccci.runs.quick_run" and cold_run.name == "ccci.runs.cold_run"
+    # Submissions run on the side queue, never behind a run's step.
+    assert quick_run.name == "ccci.alerts.quick_run" and cold_run.name == "ccci.alerts.cold_run"
     assert nightly_sweep.name.startswith("ccci.infra.")
     with pytest.raises(InfraError, match="not available in this version"):
         warm_reconcile("keycloak")

@@ -52,7 +52,7 @@ def _client(settings: Settings) -> redis.Redis:
 
 def enqueue_run(lane: str, recipe: str, sha: str, run_id: str) -> None:
     """Publish the run's entry task under ``run_id`` (its submission tells the forge)."""
-    app.send_task(c.task_name(c.QUEUE_RUNS, f"{lane}_run"), (recipe, sha), task_id=run_id)
+    app.send_task(c.task_name(c.QUEUE_ALERTS, f"{lane}_run"), (recipe, sha), task_id=run_id)
 
 
 @app.task(  # type: ignore[untyped-decorator]

@@ -2,7 +2,9 @@
 
 The Drone bridge calls ``quick_run.delay(recipe, ref)`` / ``cold_run.delay(recipe, ref)``:
 they check the request, queue the run and return at once (their result says it was queued or
-why it was refused); the AsyncResult id is the run id. Each step of a lane is its own task
+why it was refused); the AsyncResult id is the run id. The entry tasks run on the side queue
+(``alerts``), never behind a run's step on the ``runs`` queue: a submission is checked and
+queued (or refused) within seconds whatever is running. Each step of a lane is its own task
 (``ccci.<queue>.<step>``) so Flower shows where a run is; the step tasks are made from the
 lane registry, and run the step of the lane named in their run context.
 """
@@ -26,14 +28,14 @@ def _run_id(task: Task) -> str:
     return str(task.request.id or uuid.uuid4())
 
 
-@app.task(bind=True, name=c.task_name(c.QUEUE_RUNS, "quick_run"))  # type: ignore[untyped-decorator]
+@app.task(bind=True, name=c.task_name(c.QUEUE_ALERTS, "quick_run"))  # type: ignore[untyped-decorator]
 def quick_run(self: Task, recipe: str, ref: str) -> dict[str, Any]:
     """Queue a quick run of ``recipe`` upgraded in place to ``ref``; returns at once."""
     return runner.submit(get_settings(), _run_id(self), "quick",
                          {"recipe": recipe, "ref": ref}).to_dict()
 
 
-@app.task(bind=True, name=c.task_name(c.QUEUE_RUNS, "cold_run"))  # type: ignore[untyped-decorator]
+@app.task(bind=True, name=c.task_name(c.QUEUE_ALERTS, "cold_run"))  # type: ignore[untyped-decorator]
 def cold_run(self: Task, recipe: str, ref: str | None = None) -> dict[str, Any]:
     """Queue a full cold run of ``recipe`` at ``ref`` (None: latest); returns at once."""
     return runner.submit(get_settings(), _run_id(self), "cold",
