@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from ccci_tasks.config import Settings
 
 
+REALM_REAP_EVERY_S = 900  # orphaned realms cost nothing but clutter: every 15 minutes
+
+
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     hour, minute = (int(part) for part in settings.nightly_at.split(":"))
     del hour, minute  # the nightly sweep entry arrives with its task
@@ -31,6 +34,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "janitor": {
             "task": "ccci.infra.janitor",
             "schedule": float(settings.janitor_interval_s),
+        },
+        "realm_reap": {
+            "task": "ccci.infra.realm_reap",
+            "schedule": float(REALM_REAP_EVERY_S),
         },
     }
 

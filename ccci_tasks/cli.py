@@ -142,6 +142,44 @@ def cold(recipe: str, ref: str | None, wait: bool, timeout: float, as_json: bool
 
 
 @main.command()
+@click.argument("app_name", metavar="APP")
+@click.option("--wait", is_flag=True, help="Wait for the outcome and exit by it.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def reconcile(app_name: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Reconcile the live-warm APP (one of CCCI_INFRA_APPS) to its newest version."""
+    with _exits():
+        settings = _settings()
+        naming.validate_recipe(app_name)
+        if app_name not in settings.infra_app_list():
+            known = ", ".join(settings.infra_app_list()) or "none"
+            raise InvalidInput(f"unknown app {app_name!r}: not in CCCI_INFRA_APPS ({known})")
+    from ccci_tasks.tasks.infra import warm_reconcile
+
+    _enqueue(lambda: warm_reconcile.delay(app_name), wait, timeout, as_json)
+
+
+@main.group()
+def realms() -> None:
+    """Per-run Keycloak realms."""
+
+
+@realms.command("reap")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def realms_reap(dry_run: bool, as_json: bool) -> None:
+    """Delete the per-run realms whose run is over (master and other shapes never)."""
+    from ccci_tasks.tasks.infra import reap_realms
+
+    with _exits():
+        result = reap_realms(_settings(), dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        lines = [f"{verb} {len(result['deleted'])} realm(s), kept {len(result['kept'])}"]
+        lines += [f"  {verb} {name}" for name in result["deleted"]]
+        _emit(as_json, result, "\n".join(lines))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Slots in use / MAX_TESTS, runs in flight, queued runs in order, workers seen."""

@@ -9,6 +9,7 @@ It follows the real endpoints and answers (Keycloak 17+, no ``/auth`` prefix):
   (``advertised_lifetime_s`` is what ``expires_in`` says, the same by default).
 * ``GET /admin/realms[?briefRepresentation=true]``: every realm; brief = ``[{"id","realm"}]``.
 * ``GET /admin/realms/{realm}``: one realm, 404 when missing.
+* ``GET /realms/{realm}``: the realm's public information (no token needed), 404 when missing.
 * ``POST /admin/realms`` (JSON ``{"realm", "enabled"}``): 201 with a ``Location`` header;
   409 for a duplicate; 400 for a body without a realm name.
 * ``DELETE /admin/realms/{realm}``: 204; 404 when missing; 400 for ``master``.
@@ -211,6 +212,10 @@ class FakeKeycloak:
                 if path == TOKEN_PATH:
                     self._token(body) if self.command == "POST" else self._reply(405)
                     return
+                public = path.removeprefix("/realms/")
+                if path.startswith("/realms/") and "/" not in public and self.command == "GET":
+                    self._public(unquote(public))
+                    return
                 if path != REALMS_PATH and not path.startswith(REALMS_PATH + "/"):
                     self._reply(404, {"error": "RESTEASY003210: Could not find resource"})
                     return
@@ -252,6 +257,17 @@ class FakeKeycloak:
                     self._reply(200, [{"id": r["id"], "realm": r["realm"]} for r in realms])
                 else:
                     self._reply(200, realms)
+
+            def _public(self, name: str) -> None:
+                """A realm's public information, as Keycloak serves it to anyone."""
+                with fake._lock:
+                    realm = fake.realms.get(name)
+                if realm is None:
+                    self._reply(404, {"error": "Realm does not exist"})
+                else:
+                    self._reply(200, {"realm": name, "public_key": "stand-in",
+                                      "token-service": f"{fake.url}/realms/{name}/protocol/"
+                                                       "openid-connect"})
 
             def _get(self, name: str) -> None:
                 with fake._lock:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from typing import Any, Literal
 from ccci_tasks import naming
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput
-from ccci_tasks.lanes import LANES, canon, get_lane, runner
+from ccci_tasks.lanes import LANES, canon, get_lane, reconcile, runner
 from ccci_tasks.lanes.model import run_hex
 from ccci_tasks.platform.base import AppInfo, Platform
 from ccci_tasks.slots import SLOT, Lease, RunSpec, Slots
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Action:
-    kind: Literal["remove", "put_back"]
+    kind: Literal["remove", "put_back", "roll_back"]
     domain: str
     recipe: str
     why: str
@@ -69,14 +70,17 @@ def ours(apps: list[AppInfo], base_domain: str) -> list[AppInfo]:
 
 
 def plan(
-    apps: list[AppInfo], occupying: list[Lease], dirty: list[str], base_domain: str
+    apps: list[AppInfo], occupying: list[Lease], dirty: list[str], base_domain: str,
+    infra_dirty: Sequence[str] = (),
 ) -> list[Action]:
     """What to clean up that no occupying run explains: cold apps whose run holds nothing;
     canonicals deployed, or with a pending intent record (``dirty``: their recipes), that no
-    run holds."""
+    run holds; live-warm apps with a pending intent (a cut-off reconcile) no run holds."""
     hexes = {run_hex(lease.run_id) for lease in occupying}
     held = {r.removeprefix("canon:") for lease in occupying if lease.spec
             for r in lease.spec.resources if r.startswith("canon:")}
+    held_infra = {r.split(":")[1] for lease in occupying if lease.spec
+                  for r in lease.spec.resources if r.startswith("infra:")}
     actions = []
     for app in ours(apps, base_domain):
         if app.kind == "cold" and (app.run is None or app.run not in hexes):
@@ -94,6 +98,15 @@ def plan(
                 continue
             actions.append(Action("put_back", domain, recipe,
                                   "a change of the canonical was cut off (intent record)"))
+    for name in infra_dirty:
+        if name in held_infra:
+            continue
+        try:
+            domain = naming.warm_domain(name, base_domain)
+        except InvalidInput:
+            continue
+        actions.append(Action("roll_back", domain, name,
+                              "a reconcile was cut off (intent record)"))
     return actions
 
 
@@ -156,12 +169,18 @@ def _recover_hold(settings: Settings, platform: Platform, spec: RunSpec) -> list
 
 def _act(settings: Settings, platform: Platform, slots: Slots, action: Action) -> None:
     hold = str(uuid.uuid4())
-    resources = [SLOT] + ([canon.resource(action.recipe)] if action.kind == "put_back" else [])
+    resources = {
+        "remove": [SLOT],
+        "put_back": [SLOT, canon.resource(action.recipe)],
+        "roll_back": [f"infra:{action.recipe}:excl"],
+    }[action.kind]
     slots.hold(hold, action.recipe or "unknown", resources)
     if action.kind == "remove":
         platform.remove(action.domain)
-    else:
+    elif action.kind == "put_back":
         _recover_hold(settings, platform, RunSpec(hold, "janitor", action.recipe))
+    else:
+        reconcile.recover_app(settings, platform, action.recipe)
     slots.finish_reap(hold)
 
 
@@ -178,9 +197,10 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
 
     apps = platform.live_apps()
     occupying = slots.occupying()
-    dirty = [r.removeprefix("canon:") for r in intents.pending_resources(state)
-             if r.startswith("canon:")]
-    for action in plan(apps, occupying, dirty, settings.base_domain):
+    pending = intents.pending_resources(state)
+    dirty = [r.removeprefix("canon:") for r in pending if r.startswith("canon:")]
+    infra_dirty = [r.removeprefix("infra:") for r in pending if r.startswith("infra:")]
+    for action in plan(apps, occupying, dirty, settings.base_domain, infra_dirty):
         log.warning("janitor: %s %s (%s)", action.kind, action.domain, action.why)
         try:
             _act(settings, platform, slots, action)

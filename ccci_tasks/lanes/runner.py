@@ -276,7 +276,8 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
     reports.record_step(state, ctx.run_id, name, task.request.id, started_at,
                         time.monotonic() - t0, True, detail, undo=undo)
     if undo:
-        _after_undo_step(settings, lane, ctx, name)
+        _after_undo_step(settings, lane, ctx, name,
+                         result if isinstance(result, Outcome) else None)
     elif name == lane.steps(ctx)[-1]:
         if isinstance(result, Outcome):
             end_run(settings, ctx.run_id, ctx.token, result.verdict, result.reason or detail)
@@ -300,14 +301,19 @@ def _start_undo(settings: Settings, lane: Lane, ctx: RunCtx, failure: Failure) -
     launch(lane, ctx.with_failure(failure), names, undo=True)
 
 
-def _after_undo_step(settings: Settings, lane: Lane, ctx: RunCtx, name: str) -> None:
+def _after_undo_step(
+    settings: Settings, lane: Lane, ctx: RunCtx, name: str, outcome: Outcome | None = None
+) -> None:
+    """After the last undo step, end the run: the failure's verdict and reason (or the
+    ``Outcome`` the last undo step returned), with the undo's problems and an alert."""
     assert ctx.failure is not None
     if name != lane.undo(ctx, ctx.failure)[-1]:
         return
     report = reports.load_report(settings.state_dir, ctx.run_id)
     problems = [f"{s.name}: {s.detail}" for s in (report.steps if report else ())
                 if s.undo and not s.ok]
-    reason = ctx.failure.reason
+    verdict = outcome.verdict if outcome is not None else ctx.failure.verdict
+    reason = outcome.reason or outcome.detail if outcome is not None else ctx.failure.reason
     if problems:
         reason += "; cleanup problems: " + "; ".join(problems)
         try:
@@ -315,7 +321,7 @@ def _after_undo_step(settings: Settings, lane: Lane, ctx: RunCtx, name: str) -> 
                         f"cleanup after run {ctx.run_id} was incomplete", "\n".join(problems))
         except CcciError as exc:
             log.error("could not write alert: %s", exc)
-    end_run(settings, ctx.run_id, ctx.token, ctx.failure.verdict, reason)
+    end_run(settings, ctx.run_id, ctx.token, verdict, reason)
 
 
 # ----------------------------------------------------------------------------- ending

@@ -45,8 +45,14 @@ class Alert:
     app: str
     ts: str
     summary: str
-    detail: str
+    detail: str | dict[str, Any]  # a string, or an object (e.g. {attempted, last_good, ...})
     notes: str | None = None
+
+    def detail_text(self) -> str:
+        """The detail as text (an object as compact JSON)."""
+        if isinstance(self.detail, str):
+            return self.detail
+        return json.dumps(self.detail, sort_keys=True)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -110,7 +116,7 @@ def write_alert(
     kind: str,
     app: str,
     summary: str,
-    detail: str,
+    detail: str | dict[str, Any],
     notes: str | None = None,
     *,
     enqueue: bool = True,
@@ -120,8 +126,12 @@ def write_alert(
     validate_app(app)
     if not isinstance(summary, str) or not summary.strip():
         raise InvalidInput("alert summary must be a non-empty string")
-    if not isinstance(detail, str):
-        raise InvalidInput("alert detail must be a string")
+    if not isinstance(detail, str | dict):
+        raise InvalidInput("alert detail must be a string or an object")
+    try:
+        json.dumps(detail)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"alert detail is not JSON: {exc}") from exc
     if notes is not None and not isinstance(notes, str):
         raise InvalidInput("alert notes must be a string or None")
     summary = " ".join(summary.split())[:MAX_SUMMARY_LENGTH]
@@ -162,7 +172,7 @@ def _load(path: Path) -> Alert:
             app=str(raw["app"]),
             ts=str(raw["ts"]),
             summary=str(raw["summary"]),
-            detail=str(raw["detail"]),
+            detail=raw["detail"] if isinstance(raw["detail"], dict) else str(raw["detail"]),
             notes=None if raw.get("notes") is None else str(raw["notes"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -68,7 +68,7 @@ def _target_key(alert_id: str, url: str) -> str:
 
 def message(alert: alerts.Alert) -> tuple[str, str]:
     """(title, body) of the push: the summary; the detail, the notes and where it came from."""
-    parts = [alert.detail.strip()]
+    parts = [alert.detail_text().strip()]
     if alert.notes:
         parts.append(alert.notes.strip())
     parts.append(f"({alert.kind}, {alert.app}, alert {alert.id})")

@@ -1,17 +1,38 @@
-"""Entry points of the infra lane that INTERFACES.md names but this version does not run yet.
+"""Infra tasks: the reconcile and sweep entry points, the realm reaper, the start-up reconcile.
 
-``nightly_sweep`` (SPEC R8) and ``warm_reconcile`` (SPEC R2) keep their public names so the
-bridge and beat can import them; calling one ends at once with an ``InfraError`` that says so,
-rather than doing part of the job. They have no beat entry.
+``warm_reconcile.delay(app)`` queues a reconcile of a live-warm app (lane ``reconcile``); its
+AsyncResult id is the run id. When a worker that consumes the ``infra`` queue is ready, every
+app of ``CCCI_INFRA_APPS`` is reconciled once (R2.4).
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
+
+from celery import Task
+from celery.signals import worker_ready
 
 from ccci_tasks import constants as c
 from ccci_tasks.celery_app import app
-from ccci_tasks.errors import InfraError
+from ccci_tasks.config import Settings, get_settings
+from ccci_tasks.errors import CcciError, InfraError
+from ccci_tasks.lanes import runner
+from ccci_tasks.lanes.model import run_hex
+
+log = logging.getLogger(__name__)
+
+
+def _run_id(task: Task) -> str:
+    return str(task.request.id or uuid.uuid4())
+
+
+@app.task(bind=True, name=c.task_name(c.QUEUE_INFRA, "warm_reconcile"))  # type: ignore[untyped-decorator]
+def warm_reconcile(self: Task, app_name: str) -> dict[str, Any]:
+    """Queue a reconcile of the live-warm app ``app_name``; returns at once."""
+    return runner.submit(get_settings(), _run_id(self), "reconcile",
+                         {"recipe": app_name}).to_dict()
 
 
 @app.task(name=c.task_name(c.QUEUE_INFRA, "nightly_sweep"))  # type: ignore[untyped-decorator]
@@ -23,10 +44,53 @@ def nightly_sweep() -> dict[str, Any]:
     )
 
 
-@app.task(name=c.task_name(c.QUEUE_INFRA, "warm_reconcile"))  # type: ignore[untyped-decorator]
-def warm_reconcile(app_name: str) -> dict[str, Any]:
-    """The live-warm reconciler (R2): not available in this version."""
-    raise InfraError(
-        f"warm_reconcile of {app_name!r} is not available in this version; "
-        "reconcile keycloak/traefik by hand"
-    )
+def live_run_hexes(settings: Settings) -> set[str]:
+    """Hexes of every run that is not over: occupying, queued, or with a live cold app."""
+    from ccci_tasks.lanes.janitor import ours
+    from ccci_tasks.platform import get_platform
+    from ccci_tasks.slots import Slots
+
+    slots = Slots.from_settings(settings)
+    hexes = {run_hex(lease.run_id) for lease in slots.occupying()}
+    hexes |= {run_hex(spec.run_id) for spec in slots.pending()}
+    hexes |= {a.run for a in ours(get_platform(settings).live_apps(), settings.base_domain)
+              if a.kind == "cold" and a.run}
+    return hexes
+
+
+def reap_realms(settings: Settings, *, dry_run: bool) -> dict[str, Any]:
+    """R3.2: delete the per-run realms whose run is over (one list call)."""
+    from ccci_tasks import realms
+    from ccci_tasks.keycloak import KeycloakAdmin
+
+    with KeycloakAdmin.from_settings(settings) as admin:
+        return realms.reap(admin, lambda: live_run_hexes(settings), dry_run=dry_run)
+
+
+@app.task(name=c.task_name(c.QUEUE_INFRA, "realm_reap"))  # type: ignore[untyped-decorator]
+def realm_reap() -> dict[str, Any]:
+    """Delete orphaned per-run realms (beat); nothing to do without a warm keycloak."""
+    settings = get_settings()
+    if not settings.keycloak_url:
+        return {"skipped": "CCCI_KEYCLOAK_URL is not set: no realms to reap"}
+    return reap_realms(settings, dry_run=False)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _reconcile_on_start(sender: Any = None, **_: Any) -> None:
+    """An infra worker that is ready reconciles every live-warm app once (R2.4)."""
+    try:
+        queues = {q.name for q in sender.task_consumer.queues}
+    except AttributeError:
+        return
+    if c.QUEUE_INFRA not in queues:
+        return
+    try:
+        apps = get_settings().infra_app_list()
+        for name in apps:
+            warm_reconcile.delay(name)
+    except CcciError as exc:
+        log.error("could not queue the start-up reconciles: %s", exc)
+        return
+    if apps:
+        log.info("queued the start-up reconcile of %s", ", ".join(apps))
