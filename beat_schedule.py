@@ -21,8 +21,20 @@ REALM_REAP_EVERY_S = 900  # orphaned realms cost nothing but clutter: every 15 m
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     hour, minute = (int(part) for part in settings.nightly_at.split(":"))
-    del hour, minute  # the nightly sweep entry arrives with its task
     return {
+        # R8: every night at CCCI_NIGHTLY_AT in CCCI_TIMEZONE (the app's timezone). The
+        # schedule file keeps its last run, so a night missed while beat was down runs
+        # once when beat is back.
+        "nightly_sweep": {
+            "task": "ccci.infra.nightly_sweep",
+            "schedule": crontab(hour=hour, minute=minute),
+            "kwargs": {"scheduled": True},
+        },
+        # R8.3: a sweep lost to a broker outage is fired by the watchdog.
+        "sweep_watchdog": {
+            "task": "ccci.infra.sweep_watchdog",
+            "schedule": float(settings.sweep_watchdog_s),
+        },
         "relay_pending_alerts": {
             "task": "ccci.alerts.relay_pending_alerts",
             "schedule": 60.0,

@@ -159,6 +159,32 @@ def reconcile(app_name: str, wait: bool, timeout: float, as_json: bool) -> None:
     _enqueue(lambda: warm_reconcile.delay(app_name), wait, timeout, as_json)
 
 
+@main.command()
+@click.option("--wait", is_flag=True, help="Wait for the verdict and exit by it.")
+@click.option("--timeout", default=6 * 3600.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def sweep(wait: bool, timeout: float, as_json: bool) -> None:
+    """Fire the nightly sweep now (infra, a cold run of every enrolled recipe, prune)."""
+    from ccci_tasks.tasks.infra import nightly_sweep
+
+    _enqueue(lambda: nightly_sweep.delay(), wait, timeout, as_json)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Say what would go and why; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def prune(dry_run: bool, as_json: bool) -> None:
+    """The disk prune: dangling images, stopped containers, old build cache, gated."""
+    from ccci_tasks import diskprune
+    from ccci_tasks.slots import Slots
+
+    with _exits():
+        settings = _settings()
+        in_flight = [lease.run_id for lease in Slots.from_settings(settings).occupying()]
+        result = diskprune.run(settings, in_flight, dry_run=dry_run)
+        _emit(as_json, result, diskprune.render_text(result))
+
+
 @main.group()
 def realms() -> None:
     """Per-run Keycloak realms."""

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
 
     timezone: str = "UTC"
     nightly_at: str = "03:00"
+    # The watchdog fires a sweep when the last completed one is older than this (R8.3), and
+    # looks that often. A scheduled (beat) sweep is skipped when one completed this recently
+    # (a double fire around a DST change or a beat restart runs the night once).
+    sweep_max_age_h: float = Field(default=25, gt=0)
+    sweep_watchdog_s: int = Field(default=3600, ge=1)
+    sweep_min_interval_h: float = Field(default=12, ge=0)
     beat_schedule_file: Path | None = None  # default: <state_dir>/beat/celerybeat-schedule
 
     # Run slots (MAX_TESTS) and the janitor.

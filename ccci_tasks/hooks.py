@@ -29,8 +29,9 @@ def _queued_hooks() -> list[Hook]:
 
 def _finished_hooks() -> list[Hook]:
     from ccci_tasks import forge
+    from ccci_tasks.lanes.runner import child_finished
 
-    return [forge.run_finished]
+    return [child_finished, forge.run_finished]
 
 
 def _call(hooks: list[Hook], settings: Settings, report: RunReport, what: str) -> None:

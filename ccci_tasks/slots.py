@@ -41,6 +41,7 @@ hold resources itself while it cleans up after a run Redis forgot (``hold``).
 
 Redis keys (all under ``constants.REDIS_PREFIX``): ``KEY_SLOTS`` zset run_id -> expiry;
 ``KEY_EXPIRED`` and ``KEY_REAPING`` zsets; ``KEY_PENDING`` list (head = oldest);
+``KEY_PARKED`` set of runs that wait for their child runs without holding anything;
 ``KEY_RUN_SPEC + run_id`` hash of the spec plus ``token`` and ``started``; ``KEY_FENCE``
 counter. Every state change is one Lua script on the single Redis instance.
 """
@@ -80,6 +81,7 @@ log = logging.getLogger(__name__)
 
 KEY_EXPIRED: Final = c.KEY_SLOTS + ":expired"
 KEY_REAPING: Final = c.KEY_SLOTS + ":reaping"
+KEY_PARKED: Final = c.KEY_PENDING + ":parked"  # set of runs waiting for their child runs
 SLOT: Final = "slot"
 
 _LANE_RE: Final = re.compile(r"[a-z][a-z-]{0,30}")
@@ -367,6 +369,26 @@ redis.call('LPUSH', pending, id)
 return 1
 """
 
+# ARGV: 3 run_id, 4 token. The run waits for something else (its child runs): its lease and
+# resources go, its spec stays, it is listed as parked until unpark puts it back in line.
+_LUA_PARK = _LUA_PROLOGUE + """
+local id, token = ARGV[3], ARGV[4]
+if not redis.call('ZSCORE', leases, id) then return 0 end
+if redis.call('HGET', spec_prefix .. id, 'token') ~= token then return 0 end
+redis.call('ZREM', leases, id)
+redis.call('HDEL', spec_prefix .. id, 'token', 'started')
+redis.call('SADD', KEYS[3] .. ':parked', id)
+return 1
+"""
+
+# ARGV: 3 run_id. A parked run goes first in line again. Returns 1 if it was parked.
+_LUA_UNPARK = _LUA_PROLOGUE + """
+local id = ARGV[3]
+if redis.call('SREM', KEYS[3] .. ':parked', id) == 0 then return 0 end
+redis.call('LPUSH', pending, id)
+return 1
+"""
+
 # Returns {{run_id, HGETALL spec}, ...} of every expired lease of a run that had started,
 # once; they move to the reaping zset (scored by hand-out time) and keep their resources
 # until finish_reap. A run whose first step never started left nothing behind: it goes back
@@ -469,6 +491,7 @@ class Slots:
             "admit": _LUA_ADMIT, "renew": _LUA_RENEW, "release": _LUA_RELEASE,
             "requeue": _LUA_REQUEUE, "reap": _LUA_REAP, "finish_reap": _LUA_FINISH_REAP,
             "hold": _LUA_HOLD, "enqueue": _LUA_ENQUEUE, "occupying": _LUA_OCCUPYING,
+            "park": _LUA_PARK, "unpark": _LUA_UNPARK,
         }
         self._scripts = {name: client.register_script(src) for name, src in scripts.items()}
 
@@ -641,6 +664,23 @@ class Slots:
         """A run could not be launched: drop its lease and put it first in line again."""
         rid = validate_run_id(run_id)
         return int(self._call("requeue", f"requeueing run {rid}", rid, int(token))) == 1
+
+    def park(self, run_id: str, token: int) -> bool:
+        """The run waits for its child runs: it gives up its lease and resources (its spec
+        stays) until ``unpark``. False if it holds no live lease with this token."""
+        rid = validate_run_id(run_id)
+        return int(self._call("park", f"parking run {rid}", rid, int(token))) == 1
+
+    def unpark(self, run_id: str) -> bool:
+        """Put a parked run first in line again (to be admitted and continued). True if it
+        was parked."""
+        rid = validate_run_id(run_id)
+        return int(self._call("unpark", f"unparking run {rid}", rid)) == 1
+
+    def parked(self) -> list[str]:
+        """The parked runs."""
+        with self.broker("listing parked runs"):
+            return sorted(_s(x) for x in cast(set[Any], self._client.smembers(KEY_PARKED)))
 
     def holds(self, run_id: str, token: int | None = None) -> bool:
         """True if the run holds a live (unexpired) lease (with ``token``, if given)."""

@@ -9,11 +9,11 @@ from __future__ import annotations
 from typing import Final
 
 from ccci_tasks.errors import InvalidInput
-from ccci_tasks.lanes import cold, quick, reconcile
+from ccci_tasks.lanes import cold, quick, reconcile, sweep
 from ccci_tasks.lanes.model import Lane
 
 LANES: Final[dict[str, Lane]] = {
-    lane.name: lane for lane in (quick.LANE, cold.LANE, reconcile.LANE)
+    lane.name: lane for lane in (quick.LANE, cold.LANE, reconcile.LANE, sweep.LANE)
 }
 
 

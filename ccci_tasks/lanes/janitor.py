@@ -208,6 +208,12 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
         except (CcciError, OSError) as exc:
             report.problems.append(f"{action.kind} {action.domain}: {exc}")
 
+    for run_id in slots.parked():  # a parked run whose wake-up was lost with a worker
+        parked = reports.load_report(state, run_id)
+        if parked is not None and not parked.finished and parked.lane in LANES \
+                and LANES[parked.lane].ready(settings, run_id):
+            report.actions.append({"kind": "resume", "run_id": run_id})
+            runner.resume(settings, run_id)
     _end_lost(settings, slots, platform, report)
     try:
         report.launched = runner.dispatch(settings)
@@ -225,7 +231,7 @@ def _end_lost(settings: Settings, slots: Slots, platform: Platform,
     if not unfinished:
         return
     occupying = slots.occupying()
-    pending = [s.run_id for s in slots.pending()]
+    pending = [s.run_id for s in slots.pending()] + slots.parked()
     live_hexes = {a.run for a in ours(platform.live_apps(), settings.base_domain)
                   if a.kind == "cold" and a.run}
     explained = {r.run_id for r in unfinished

@@ -108,6 +108,20 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Park:
+    """What a step returns when its run must wait for its child runs: the run gives up its
+    lease and resources and is continued (re-admitted, its remaining steps planned again)
+    once its lane says it is ``ready``."""
+
+    detail: str
+
+
+class RunSkipped(Exception):
+    """Raised by a lane's ``prepare``: the run is not needed (e.g. a sweep already in
+    flight); it ends at once, verdict ``pass``, reason ``skipped: ...``."""
+
+
+@dataclass(frozen=True)
 class StepEnv:
     """What a step acts through. ``platform`` is fenced: every mutation checks the lease."""
 
@@ -118,7 +132,7 @@ class StepEnv:
     repo: RecipeRepo | None
 
 
-StepFn = Callable[[StepEnv, RunCtx], "str | Outcome"]
+StepFn = Callable[[StepEnv, RunCtx], "str | Outcome | Park"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,14 @@ class Submission:
 
 def _explains_nothing(settings: Settings, report: RunReport) -> bool:
     return False
+
+
+def _always_ready(settings: Settings, run_id: str) -> bool:
+    return True
+
+
+def _ignore_child(settings: Settings, parent_id: str, child: RunReport) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,9 @@ class Lane:
     # unfinished run alive (a sweep waiting for its runs).
     explains: Callable[[Settings, RunReport], bool] = _explains_nothing
     needs_repo: bool = True  # steps get the recipe's repository
+    # A parked run (see ``Park``): may it go on now? And: one of its child runs ended.
+    ready: Callable[[Settings, str], bool] = _always_ready
+    on_child: Callable[[Settings, str, RunReport], None] = _ignore_child
     # The reason of a green run (default: the last step's detail).
     summary: Callable[[RunCtx, str], str] | None = None
 

@@ -31,7 +31,7 @@ from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError, LeaseLost, PlatformError
 from ccci_tasks.lanes import get_lane
 from ccci_tasks.lanes.fence import Fence, FencedPlatform, journal_path
-from ccci_tasks.lanes.model import Failure, Lane, Outcome, RunCtx, StepEnv
+from ccci_tasks.lanes.model import Failure, Lane, Outcome, Park, RunCtx, RunSkipped, StepEnv
 from ccci_tasks.lanes.recipes import recipe_repo
 from ccci_tasks.platform import get_platform
 from ccci_tasks.slots import RunSpec, Slots
@@ -77,6 +77,13 @@ def submit(
     try:
         lane = get_lane(lane_name)
         prepared = lane.prepare(settings, run_id, request)
+    except RunSkipped as exc:
+        reports.set_fields(state, run_id, skipped=str(exc))
+        ended = reports.end_report(state, run_id, "pass", f"skipped: {exc}")
+        if ended is not None:
+            hooks.run_finished(settings, ended)
+        log.info("run %s skipped: %s", run_id, exc)
+        return Submitted(run_id, lane_name, "pass", f"skipped: {exc}")
     except CcciError as exc:
         return _refuse(settings, run_id, lane_name, f"refused: {exc}")
     except Exception as exc:  # a bug must not leave a run "running" forever
@@ -88,6 +95,8 @@ def submit(
     report = reports.update_report(state, run_id, lane=prepared.lane, domain=prepared.domain,
                                    recipe=prepared.recipe, ref=prepared.ref,
                                    reason=prepared.note)
+    if parent is not None:
+        report = reports.set_fields(state, run_id, parent=parent)
     try:
         Slots.from_settings(settings).enqueue(spec)
     except CcciError as exc:
@@ -242,7 +251,7 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
     if not task.request.called_directly:
         task.send_event("task-progress", run_id=ctx.run_id, step=name, lane=ctx.lane,
                         recipe=ctx.recipe, domain=ctx.domain, undo=undo)
-    result: str | Outcome
+    result: str | Outcome | Park
     try:
         with slots.keep_alive(ctx.run_id, ctx.token, on_lost=_interrupter()):
             if deliveries > settings.poison_max_deliveries:
@@ -272,9 +281,14 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
     if not fence.renew():
         _stop_chain(task)
         return {"step": name, "stopped": "the run lost its lease; the janitor cleans up"}
-    detail = result.detail if isinstance(result, Outcome) else result
+    detail = result if isinstance(result, str) else result.detail
     reports.record_step(state, ctx.run_id, name, task.request.id, started_at,
                         time.monotonic() - t0, True, detail, undo=undo)
+    if isinstance(result, Park):
+        _stop_chain(task)
+        if slots.park(ctx.run_id, ctx.token) and lane.ready(settings, ctx.run_id):
+            resume(settings, ctx.run_id)  # its children were quicker than its parking
+        return {"step": name, "parked": detail}
     if undo:
         _after_undo_step(settings, lane, ctx, name,
                          result if isinstance(result, Outcome) else None)
@@ -322,6 +336,33 @@ def _after_undo_step(
         except CcciError as exc:
             log.error("could not write alert: %s", exc)
     end_run(settings, ctx.run_id, ctx.token, verdict, reason)
+
+
+# ----------------------------------------------------------------------------- parking
+
+
+def resume(settings: Settings, run_id: str) -> bool:
+    """Continue a parked run: first in line again, then admitted and planned anew."""
+    if not Slots.from_settings(settings).unpark(run_id):
+        return False
+    log.info("run %s resumes", run_id)
+    dispatch(settings)
+    return True
+
+
+def child_finished(settings: Settings, child: reports.RunReport) -> None:
+    """A run that a parent run started has ended: tell the parent's lane; resume the
+    parent once it is ready."""
+    parent_id = child.extra.get("parent")
+    if not isinstance(parent_id, str):
+        return
+    parent = reports.load_report(settings.state_dir, parent_id)
+    if parent is None or parent.finished:
+        return
+    lane = get_lane(parent.lane)
+    lane.on_child(settings, parent_id, child)
+    if parent_id in Slots.from_settings(settings).parked() and lane.ready(settings, parent_id):
+        resume(settings, parent_id)
 
 
 # ----------------------------------------------------------------------------- ending

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +70,17 @@ def plan_prune(
     return PrunePlan(tuple(dirs), tuple(remove), tuple(deployed))
 
 
-def prune_stale(settings: Settings, platform: Platform) -> list[str]:
+def prune_stale(
+    settings: Settings, platform: Platform, held: Collection[str] = ()
+) -> list[str]:
     """Remove the warm data of recipes no longer enrolled; return what was removed.
 
-    Items are ``state:<path>`` for a recipe folder and ``app:<domain>`` for a warm app.
+    Items are ``state:<path>`` for a recipe folder and ``app:<domain>`` for a warm app. The
+    canonicals of ``held`` (recipes whose canonical a run holds right now) are kept.
     """
     enrolled = enrolled_recipes(settings.tests_dir)
-    plan = plan_prune(settings.state_dir, settings.base_domain, enrolled, platform.live_apps())
+    plan = plan_prune(settings.state_dir, settings.base_domain, [*enrolled, *held],
+                      platform.live_apps())
     removed: list[str] = []
     for domain in plan.apps:
         platform.remove(domain)

@@ -17,7 +17,7 @@ from celery.signals import worker_ready
 from ccci_tasks import constants as c
 from ccci_tasks.celery_app import app
 from ccci_tasks.config import Settings, get_settings
-from ccci_tasks.errors import CcciError, InfraError
+from ccci_tasks.errors import CcciError
 from ccci_tasks.lanes import runner
 from ccci_tasks.lanes.model import run_hex
 
@@ -35,13 +35,30 @@ def warm_reconcile(self: Task, app_name: str) -> dict[str, Any]:
                          {"recipe": app_name}).to_dict()
 
 
-@app.task(name=c.task_name(c.QUEUE_INFRA, "nightly_sweep"))  # type: ignore[untyped-decorator]
-def nightly_sweep() -> dict[str, Any]:
-    """The nightly sweep (R8): not available in this version."""
-    raise InfraError(
-        "the nightly sweep is not available in this version; run `ccci cold RECIPE` for "
-        "each enrolled recipe (`ccci enrolled`) instead"
-    )
+@app.task(bind=True, name=c.task_name(c.QUEUE_INFRA, "nightly_sweep"))  # type: ignore[untyped-decorator]
+def nightly_sweep(self: Task, scheduled: bool = False) -> dict[str, Any]:
+    """Queue the nightly sweep (R8); returns at once. ``scheduled`` (beat) skips it when a
+    sweep completed a short while ago; a sweep already in flight is always skipped."""
+    return runner.submit(get_settings(), _run_id(self), "sweep",
+                         {"scheduled": bool(scheduled)}).to_dict()
+
+
+@app.task(name=c.task_name(c.QUEUE_INFRA, "sweep_watchdog"))  # type: ignore[untyped-decorator]
+def sweep_watchdog() -> dict[str, Any]:
+    """R8.3: fire a sweep when the last completed one is older than CCCI_SWEEP_MAX_AGE_H
+    (a night lost to a broker outage still gets its sweep)."""
+    from ccci_tasks.state import sweeps
+    from ccci_tasks.state.clock import utc_now
+
+    settings = get_settings()
+    since = sweeps.reference_time(settings.state_dir)
+    age_h = (utc_now() - since).total_seconds() / 3600
+    if age_h <= settings.sweep_max_age_h:
+        return {"fired": False, "age_h": round(age_h, 2)}
+    log.warning("the last sweep completed %.1f h ago (more than %g h): firing one", age_h,
+                settings.sweep_max_age_h)
+    result = nightly_sweep.delay(scheduled=False)
+    return {"fired": True, "age_h": round(age_h, 2), "run_id": result.id}
 
 
 def live_run_hexes(settings: Settings) -> set[str]:
