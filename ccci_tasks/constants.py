@@ -37,6 +37,9 @@ KEY_FORGE_ENQUEUED: Final = REDIS_PREFIX + "forge:enqueued:"  # + run id -> 1 (r
 KEY_FORGE_DONE: Final = REDIS_PREFIX + "forge:done:"  # + outbox key[:target] -> 1 (delivered)
 KEY_FORGE_LOCK: Final = REDIS_PREFIX + "forge:lock:"  # + outbox stream -> token (one relay)
 
+# The event every step sends when it starts (run_id, step, lane, recipe, domain, undo).
+STEP_EVENT: Final = "ccci-step"
+
 # Docker labels set on every object the system creates.
 LABEL_RUN: Final = "ccci.run"  # 6-hex run id of a cold app, absent on warm apps
 LABEL_KIND: Final = "ccci.kind"  # cold | warm | infra

@@ -73,7 +73,7 @@ def test_check_with_broker_down_exits_3(state_dir: Path) -> None:
     assert "broker" in done.stderr and "s3cret-pw" not in done.stderr + done.stdout
 
 
-def test_enqueue_with_broker_down_exits_3(state_dir: Path) -> None:
+def test_enqueue_with_broker_down_exits_3(state_dir: Path, example_recipes: Path) -> None:
     """`ccci cold` with the broker unreachable exits 3, without a traceback or the secret."""
     done = ccci("cold", "custom-html", CCCI_BROKER_URL="redis://:s3cret-pw@127.0.0.1:1/0")
     assert done.returncode == 3, done.stderr
@@ -87,6 +87,8 @@ def test_check_ok(redis_url: str, swarm: Any, state_dir: Path) -> None:
     done = ccci("check")
     assert done.returncode == 0, done.stderr
     assert "broker: ok" in done.stdout and "swarm active" in done.stdout
+    as_json = ccci("check", "--json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["ok"] is True
 
 
 def test_wait_timeout_says_what_it_saw(settings: Any) -> None:
@@ -96,3 +98,105 @@ def test_wait_timeout_says_what_it_saw(settings: Any) -> None:
     run_id = str(uuid.uuid4())
     with pytest.raises(WaitTimeout, match=f"verdict of run {run_id}.*no report yet"):
         wait(run_id, 0.2, settings)
+
+
+# --------------------------------------------------------------------------- every command
+
+SHA = "0" * 40
+
+
+def _bad_inputs() -> list[tuple[str, ...]]:
+    unknown = str(uuid.uuid4())
+    return [
+        ("quick", "../x", "0123abcd"),
+        ("quick", "no-such-recipe", "0123abcd"),
+        ("quick", "custom-html", "feedbeefcafe"),
+        ("quick", "custom-html", "nosuchbranch"),
+        ("quick", "custom-html", "2.0.0+2.0", "--timeout", "-1", "--wait"),
+        ("quick", "custom-html"),
+        ("cold", "no-such-recipe"),
+        ("cold", "custom-html", "--ref", "nosuch"),
+        ("cold", "custom-html", "--timeout", "0"),
+        ("cold", "custom-html", "--ref", "a..b", "--wait"),
+        ("sweep", "--timeout", "-5"),
+        ("reconcile", "no-such-app"),
+        ("reconcile", "../x", "--wait"),
+        ("watch", "not-a-run-id"),
+        ("watch", unknown),
+        ("runs", "show", unknown),
+        ("runs", "show", "../../etc/passwd"),
+        ("runs", "list", "--bogus"),
+        ("canonical", "show", "no-such-recipe"),
+        ("canonical", "show", "../x"),
+        ("canonical", "verify", "no-such-recipe"),
+        ("canonical", "list", "--bogus"),
+        ("enrolled", "--bogus"),
+        ("alerts", "--bogus"),
+        ("status", "--bogus"),
+        ("prune", "--bogus"),
+        ("realms", "reap", "--bogus"),
+        ("check", "--bogus"),
+        ("bridge", "serve", "--listen", "not-an-address"),
+        ("nosuchcommand",),
+    ]
+
+
+@pytest.mark.docker
+def test_every_command_refuses_bad_input_with_2_and_enqueues_nothing(
+    redis_url: str, state_dir: Path, example_recipes: Path
+) -> None:
+    """Each INTERFACES command given bad input exits 2 and changes nothing: no message on
+    any queue, no pending run, no run report."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    reports_before = sorted((state_dir / "runs").glob("*")) if (state_dir / "runs").exists() \
+        else []
+    failures = []
+    for args in _bad_inputs():
+        done = ccci(*args)
+        if done.returncode != 2:
+            failures.append(f"{args}: exit {done.returncode}: {done.stderr[-300:]}")
+    assert failures == []
+    for queue in ("runs", "infra", "alerts"):
+        assert client.llen(queue) == 0, queue
+    assert client.llen("ccci:slots:pending") == 0
+    after = sorted((state_dir / "runs").glob("*")) if (state_dir / "runs").exists() else []
+    assert after == reports_before
+
+
+@pytest.mark.docker
+def test_json_parses_on_every_reading_command(
+    redis_url: str, state_dir: Path, swarm: Any, example_recipes: Path
+) -> None:
+    """Every command that prints something prints one JSON document with --json."""
+    for args in (("status",), ("runs", "list"), ("canonical", "list"), ("enrolled",),
+                 ("alerts",), ("alerts", "--seen"), ("prune", "--dry-run"), ("check",)):
+        done = ccci(*args, "--json")
+        assert done.returncode == 0, (args, done.stderr)
+        json.loads(done.stdout)
+
+
+def test_state_root_missing_is_said(tmp_path: Path) -> None:
+    """Commands that read the state root say when it does not exist (exit 3)."""
+    missing = tmp_path / "nowhere"
+    for args in (("runs", "list"), ("status",), ("canonical", "list"), ("alerts",)):
+        done = ccci(*args, CCCI_STATE_DIR=str(missing))
+        assert done.returncode == 3, (args, done.stderr)
+        assert f"the state root {missing} does not exist" in done.stderr
+
+
+def test_env_file_of_the_checkout_is_found(tmp_path: Path) -> None:
+    """In a shell with no CCCI_* variable, the CLI reads run/ccci.env from the checkout."""
+    checkout = tmp_path / "checkout"
+    (checkout / "run").mkdir(parents=True)
+    (checkout / "deep" / "er").mkdir(parents=True)
+    state = tmp_path / "state"
+    (state / "runs").mkdir(parents=True)
+    (checkout / "run" / "ccci.env").write_text(f"CCCI_STATE_DIR={state}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CCCI_")}
+    done = subprocess.run([sys.executable, "-m", "ccci_tasks.cli", "runs", "list", "--json"],
+                          cwd=checkout / "deep" / "er", env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []

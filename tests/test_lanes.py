@@ -244,7 +244,7 @@ def test_bad_input_is_an_error_and_deploys_nothing(
 
 
 def test_steps_send_progress_events(seeded: Any, example_recipes: Path) -> None:
-    """Every step of a quick run sends a task-progress event with its step name, recipe and
+    """Every step of a quick run sends a ccci-step event with its step name, recipe and
     domain (what Flower shows), and records itself in the run report."""
     from ccci_tasks.celery_app import app
     from ccci_tasks.tasks import quick_run
@@ -254,7 +254,7 @@ def test_steps_send_progress_events(seeded: Any, example_recipes: Path) -> None:
 
     with app.connection_for_read() as connection:
         receiver = app.events.Receiver(
-            connection, handlers={"task-progress": events.append},
+            connection, handlers={"ccci-step": events.append},
             node_id=f"ccci-test-{time.monotonic_ns()}",
         )
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ccci_tasks import naming
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import InvalidInput
+from ccci_tasks.errors import AppNotFound, InvalidInput
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state.meta import RecipeMeta, load_meta
 
@@ -48,7 +48,10 @@ def check_request(settings: Settings, recipe: Any, ref: Any) -> Checked:
         naming.validate_ref(ref)
     repo = recipe_repo(settings, recipe)
     if ref is not None:
-        repo.commit(ref)  # the ref must name a commit of the recipe's repository
+        try:
+            repo.commit(ref)  # the ref must name a commit of the recipe's repository
+        except AppNotFound as exc:
+            raise InvalidInput(str(exc)) from exc
     latest = repo.latest()
     if ref is None and latest is None:
         raise InvalidInput(f"recipe {recipe!r} has no version tags: nothing to test as latest")

@@ -249,7 +249,9 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
     started_at, t0 = utc_now(), time.monotonic()
     reports.start_step(state, ctx.run_id, name, task.request.id, started_at, undo=undo)
     if not task.request.called_directly:
-        task.send_event("task-progress", run_id=ctx.run_id, step=name, lane=ctx.lane,
+        # Not a "task-*" event: those change the task's state in Flower, and a running step
+        # must stay STARTED there.
+        task.send_event(c.STEP_EVENT, run_id=ctx.run_id, step=name, lane=ctx.lane,
                         recipe=ctx.recipe, domain=ctx.domain, undo=undo)
     result: str | Outcome | Park
     try:
