@@ -1,5 +1,5 @@
 # One entry point for the checks: CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: up down test lint bench bootstrap
+.PHONY: up down test lint bench bootstrap pr-commit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -20,3 +20,8 @@ lint: bootstrap
 bench: bootstrap
 	scripts/services.sh
 	.venv/bin/python -m bench
+
+# A PR-like commit in a recipe of the local system; prints its sha for `ccci quick`.
+RECIPE ?= custom-html
+pr-commit: bootstrap
+	.venv/bin/python scripts/pr_commit.py $(RECIPE)

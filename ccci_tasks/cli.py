@@ -210,11 +210,6 @@ def follow(settings: Settings, run_id: str, timeout_s: float,
             if report.state != state_seen and report.state != "finished":
                 state_seen = report.state
                 out(f"{_ts(datetime.now())} {report.lane} {report.recipe or ''} {report.state}")
-            current = report.current
-            if current is not None and (current.name, current.task_id) not in shown_started:
-                shown_started.add((current.name, current.task_id))
-                out(f"{_ts(current.started_at)} -> {current.name}"
-                    + (" (undo)" if current.undo else ""))
             for step in report.steps:
                 key = (step.name, step.task_id)
                 if key not in shown_done:
@@ -223,6 +218,11 @@ def follow(settings: Settings, run_id: str, timeout_s: float,
                     out(f"{_ts(step.started_at)} {'ok  ' if step.ok else 'FAIL'} {step.name}"
                         f"{' (undo)' if step.undo else ''} {step.duration_s:.1f}s: "
                         f"{step.detail}")
+            current = report.current
+            if current is not None and (current.name, current.task_id) not in shown_started:
+                shown_started.add((current.name, current.task_id))
+                out(f"{_ts(current.started_at)} -> {current.name}"
+                    + (" (undo)" if current.undo else ""))
             if report.finished:
                 out(f"{_ts(report.finished_at)} verdict {report.verdict} after "
                     f"{_duration(report)}: {report.reason or ''}")

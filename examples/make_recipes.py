@@ -228,8 +228,34 @@ def _write_tree(spec: RecipeSpec, version: VersionSpec, work: Path) -> None:
         dst.chmod(src.stat().st_mode & 0o777)
 
 
-def build_repo(spec: RecipeSpec, recipes_dir: Path) -> Path:
-    """Rebuild ``recipes_dir/<recipe>`` from scratch; it appears whole or not at all."""
+def _tag_commits(repo: Path) -> dict[str, str]:
+    """Every tag of ``repo`` and the commit it points at."""
+    out = git(repo, "for-each-ref", "--format=%(refname:short) %(*objectname)%(objectname)",
+              "refs/tags")
+    found = {}
+    for line in out.splitlines():
+        name, _, objects = line.partition(" ")
+        found[name] = objects[:40]
+    return found
+
+
+def _holds(dest: Path, built: Path) -> bool:
+    """True when ``dest`` is a repository holding every tag of ``built`` at the same commit
+    (what a user added besides, branches and commits, does not matter)."""
+    if not (dest / ".git").exists():
+        return False
+    try:
+        have = _tag_commits(dest)
+    except BuildError:
+        return False
+    return all(have.get(tag) == sha for tag, sha in _tag_commits(built).items())
+
+
+def build_repo(spec: RecipeSpec, recipes_dir: Path, *, keep_existing: bool = False) -> Path:
+    """Rebuild ``recipes_dir/<recipe>`` from scratch; it appears whole or not at all.
+
+    With ``keep_existing``, a repository that already holds every expected tag at the
+    expected commit is kept as it is (with the user's own branches and commits)."""
     recipes_dir.mkdir(parents=True, exist_ok=True)
     dest = recipes_dir / spec.recipe
     work = Path(tempfile.mkdtemp(prefix=f".{spec.recipe}.build-", dir=recipes_dir))
@@ -249,6 +275,8 @@ def build_repo(spec: RecipeSpec, recipes_dir: Path) -> Path:
             git(work, "add", "-A")
             git(work, "commit", "-q", "-m", f"chore: publish {version.version} release", env=env)
             git(work, "tag", "-a", "-m", f"Release {version.version}", version.version, env=env)
+        if keep_existing and _holds(dest, work):
+            return dest
         old = None
         if dest.exists():
             old = recipes_dir / f".{spec.recipe}.old-{os.getpid()}"
@@ -400,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", action="append", default=[],
                         help="build only this recipe (repeatable; default: all)")
     parser.add_argument("--no-images", action="store_true", help="skip docker import")
+    parser.add_argument("--keep-existing", action="store_true",
+                        help="keep a repository that already holds the expected tags")
     args = parser.parse_args(argv)
     sources = sorted(p.parent for p in RECIPES_SRC.glob("*/recipe.json"))
     if args.recipe:
@@ -410,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for source in sources:
             spec = load_spec(source)
-            repo = build_repo(spec, args.recipes_dir.resolve())
+            repo = build_repo(spec, args.recipes_dir.resolve(),
+                              keep_existing=args.keep_existing)
             imported = [] if args.no_images else build_images(spec)
             tags = ", ".join(v.version for v in spec.versions)
             print(f"{spec.recipe}: {repo} (tags {tags}); imported {imported or 'nothing'}")

@@ -21,7 +21,7 @@ stop() {  # stop NAME: TERM the process group, wait, then KILL
   rm -f "$pidfile"
 }
 
-for name in bridge forge flower beat worker-runs worker-infra worker-alerts; do stop "$name"; done
+for name in bridge forge keycloak flower beat worker-runs worker-infra worker-alerts; do stop "$name"; done
 # Services that `make up` had to start itself (never ones that were already running).
 if [ -f "$RUN_DIR/redis.pid" ]; then stop redis; fi
 if [ -f "$RUN_DIR/dockerd.pid" ]; then stop dockerd; fi

@@ -4,7 +4,12 @@
 # and pid files in RUN_DIR (default ./run). `make down` stops them by pid.
 # Also the forge bridge (webhooks, CCCI_BRIDGE_LISTEN, default 127.0.0.1:8787) and, unless
 # CCCI_FORGE_URL names another forge, a local Gitea stand-in (127.0.0.1:FORGE_PORT, default
-# 3300) holding the example recipe with an open PR #1, so the demo can show the forge.
+# 3300) holding the example recipe with an open PR #1, so the demo can show the forge; and,
+# unless CCCI_KEYCLOAK_URL names another, a Keycloak admin API stand-in for per-run realms
+# (127.0.0.1:KEYCLOAK_PORT, default 8180). The infra worker deploys the keycloak and traefik
+# stand-in recipes as live-warm apps when it starts.
+# On the first start it runs the demo: a cold run that seeds the custom-html canonical, then
+# a quick run on a PR commit (CCCI_DEMO=0 skips it; rm run/demo.done runs it again).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,14 +50,22 @@ if ! grep -q '^CCCI_WEBHOOK_SECRET=' "$env_file"; then  # env files of older ver
     echo "FAKE_FORGE_MAINTAINER_TOKEN=$maintainer_token"
   } >>"$env_file"
 fi
+KEYCLOAK_PORT=${KEYCLOAK_PORT:-8180}
+if ! grep -q '^CCCI_KEYCLOAK_URL=' "$env_file"; then
+  {
+    echo "CCCI_KEYCLOAK_URL=${CCCI_KEYCLOAK_URL:-http://127.0.0.1:$KEYCLOAK_PORT}"
+    echo "CCCI_KEYCLOAK_ADMIN_USER=${CCCI_KEYCLOAK_ADMIN_USER:-admin}"
+    echo "CCCI_KEYCLOAK_ADMIN_PASSWORD=${CCCI_KEYCLOAK_ADMIN_PASSWORD:-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(18))')}"
+  } >>"$env_file"
+fi
 set -a
 # shellcheck disable=SC1090
 . "$env_file"
 set +a
 mkdir -p "$CCCI_STATE_DIR"
 
-echo "up: building the example recipes into $CCCI_RECIPES_DIR"
-.venv/bin/python examples/make_recipes.py --recipes-dir "$CCCI_RECIPES_DIR"
+echo "up: building the example recipes into $CCCI_RECIPES_DIR (kept when they hold their tags)"
+.venv/bin/python examples/make_recipes.py --recipes-dir "$CCCI_RECIPES_DIR" --keep-existing
 
 start() {  # start NAME CMD...: run CMD in its own process group, unless already running
   local name=$1; shift
@@ -67,6 +80,14 @@ start() {  # start NAME CMD...: run CMD in its own process group, unless already
 }
 
 PY=$ROOT/.venv/bin/python
+local_keycloak=""
+if [ "$CCCI_KEYCLOAK_URL" = "http://127.0.0.1:$KEYCLOAK_PORT" ]; then
+  local_keycloak=1
+  kc_password_file="$RUN_DIR/keycloak-admin-password"
+  (umask 077; printf '%s' "$CCCI_KEYCLOAK_ADMIN_PASSWORD" >"$kc_password_file")
+  start keycloak "$PY" tests/fake_keycloak.py --port "$KEYCLOAK_PORT" \
+    --user "$CCCI_KEYCLOAK_ADMIN_USER" --password-file "$kc_password_file"
+fi
 start worker-runs "$PY" -m workers.runs
 start worker-infra "$PY" -m workers.infra
 start worker-alerts "$PY" -m workers.alerts
@@ -76,6 +97,7 @@ FLOWER_BASIC_AUTH="$CCCI_FLOWER_USER:$CCCI_FLOWER_PASSWORD" \
   --address=127.0.0.1 --port=5555 --enable_events=False
 start bridge "$PY" -m workers.bridge
 processes=(worker-runs worker-infra worker-alerts beat flower bridge)
+[ -n "$local_keycloak" ] && processes+=(keycloak)
 local_forge=""
 if [ "$CCCI_FORGE_URL" = "http://127.0.0.1:$FORGE_PORT" ]; then
   local_forge=1
@@ -120,14 +142,28 @@ for name in "${processes[@]}"; do
     exit 3
   fi
 done
+CCCI=$ROOT/.venv/bin/ccci
+if [ "${CCCI_DEMO:-1}" != "0" ] && [ ! -f "$RUN_DIR/demo.done" ]; then
+  echo
+  echo "up: the demo, 1/2: a cold run of custom-html on latest; green, it seeds the canonical"
+  "$CCCI" cold custom-html --wait || echo "up: the demo's cold run did not pass (see above)"
+  echo
+  echo "up: the demo, 2/2: a PR commit (make pr-commit), then a quick run on it"
+  sha=$("$PY" scripts/pr_commit.py custom-html)
+  "$CCCI" quick custom-html "$sha" --wait || echo "up: the demo's quick run did not pass (see above)"
+  touch "$RUN_DIR/demo.done"
+  echo
+fi
 cat <<MSG
 up: ccci-tasks is running.
   Flower:   http://127.0.0.1:5555  (user $CCCI_FLOWER_USER, password in $env_file)
   bridge:   http://$CCCI_BRIDGE_LISTEN/hooks/forge  (forge webhooks, signed with CCCI_WEBHOOK_SECRET)
   forge:    $CCCI_FORGE_URL  (owner $CCCI_FORGE_OWNER${local_forge:+; a local Gitea stand-in: $CCCI_FORGE_OWNER/custom-html has an open PR #1})
+  keycloak: $CCCI_KEYCLOAK_URL  (admin API for per-run realms${local_keycloak:+; a local stand-in})
   logs:     $RUN_DIR/logs/
-  settings: $env_file
-  try:      set -a; . $env_file; set +a; .venv/bin/ccci status
+  settings: $env_file  (the ccci command finds it; no need to source it)
+  try:      .venv/bin/ccci status; .venv/bin/ccci runs list; .venv/bin/ccci runs show <run id>
+            sha=\$(make -s pr-commit); .venv/bin/ccci quick custom-html \$sha --wait
   stop:     make down
 MSG
 if [ -n "$local_forge" ]; then

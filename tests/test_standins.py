@@ -140,3 +140,4 @@ def test_traefik_versions(platform: SwarmPlatform, traefik: str) -> None:
     _deploy_unhealthy(platform, traefik, "3.0.2+v3.1.2", meta)
     assert platform.volumes(traefik) == []
     _deploy_healthy(platform, traefik, "3.0.1+v3.1.1", meta)  # a version-only rollback works
+    _deploy_healthy(platform, traefik, "3.0.3+v3.1.3", meta)  # the newest is good again
