@@ -298,6 +298,10 @@ for i = 6, #ARGV do
 end
 
 local out = {}
+-- the resources of runs that wait earlier in the FIFO: a later run may not take one that
+-- conflicts with them, so a waiting exclusive request is not starved by a stream of shared
+-- ones (and the reverse)
+local reserved = {}
 for _, id in ipairs(redis.call('LRANGE', pending, 0, -1)) do
   local key = spec_prefix .. id
   if redis.call('EXISTS', key) == 0 or redis.call('ZSCORE', leases, id)
@@ -312,8 +316,14 @@ for _, id in ipairs(redis.call('LRANGE', pending, 0, -1)) do
       for _, h in ipairs(held) do
         if conflict(r, h) then fits = false end
       end
+      for _, h in ipairs(reserved) do
+        if conflict(r, h) then fits = false end
+      end
     end
     if needs_slot and slots_used >= max_tests then fits = false end
+    if not fits then
+      for _, r in ipairs(want) do reserved[#reserved + 1] = r end
+    end
     if fits then
       local token = redis.call('INCR', fence)
       local floor = math.floor(now * 1000)

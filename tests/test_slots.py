@@ -224,6 +224,24 @@ def test_infra_locks_shared_by_runs_exclusive_for_reconcile(
     assert ids(slots.admit()) == [r3.run_id]
 
 
+def test_waiting_reconcile_is_not_starved_by_dependent_runs(
+    client: redis.Redis, clock: FakeClock
+) -> None:
+    """A reconcile waiting for the runs that share its app keeps its place: runs that depend
+    on the app and come after it wait behind it."""
+    slots = Slots(client, max_tests=3, ttl_s=60, clock=clock)
+    first = slots.enqueue(run("cold", "a", "slot", "infra:keycloak:shared"))
+    assert ids(slots.admit()) == [first.run_id]
+    rec = slots.enqueue(run("reconcile", "keycloak", "infra:keycloak:excl"))
+    later = slots.enqueue(run("cold", "b", "slot", "infra:keycloak:shared"))
+    other = slots.enqueue(run("cold", "c"))
+    assert ids(slots.admit()) == [other.run_id], "the later dependent run waits its turn"
+    slots.release(first.run_id)
+    assert ids(slots.admit()) == [rec.run_id]
+    slots.release(rec.run_id)
+    assert ids(slots.admit()) == [later.run_id]
+
+
 def test_all_or_none(client: redis.Redis, clock: FakeClock) -> None:
     """A run that needs a free slot and a busy canonical takes neither."""
     slots = Slots(client, max_tests=2, ttl_s=60, clock=clock)
