@@ -43,6 +43,7 @@ from ccci_tasks.state import atomic
 from ccci_tasks.state.canonical import recipe_dir
 from ccci_tasks.state.clock import compact, iso, utc_now
 from ccci_tasks.state.voltar import (
+    STAMP_DIR,
     VolumeEntry,
     check_archive,
     restore_dirs,
@@ -312,6 +313,6 @@ def restore(
         what = f"snapshot of {recipe}"
         volumes = app_volumes(platform, domain)
         _refuse_if_deployed(platform, domain, "restore")
-        restore_dirs(volumes, current, manifest.volumes, what)
+        restore_dirs(volumes, current, manifest.volumes, what, stamp_dir=root / STAMP_DIR)
     log.info("restored %s into %s: %d volume(s)", what, domain, len(manifest.volumes))
     return manifest
