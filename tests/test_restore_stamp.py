@@ -47,9 +47,13 @@ def full_listing(root: Path) -> list[Row]:
 
 
 def fill(root: Path, files: int = 300) -> None:
-    """The snapshot test data plus a file that a same-size rewrite will target."""
+    """The snapshot test data, a file that a same-size rewrite will target, a sparse file."""
     populate(root, files=files, big_mib=0)
     (root / "d01" / "s1" / "same.txt").write_bytes(b"A" * 64)
+    with open(root / "sparse.img", "wb") as handle:
+        handle.write(b"head" * 1024)
+        handle.seek(64 << 20)
+        handle.write(b"tail" * 1024)
 
 
 class Volume:
@@ -112,6 +116,9 @@ def _mutate(root: Path) -> None:
     os.link(root / "d00" / "s5" / "f8.txt", root / "d00" / "s5" / "another-name")  # new link
     os.setxattr(root / "d00" / "s0" / "f2.txt", "user.ccci", b"changed")  # xattr
     _forge_same_size(root)
+    with open(root / "sparse.img", "r+b") as handle:  # write into the hole of a sparse file
+        handle.seek(32 << 20)
+        handle.write(b"middle")
     (root / "d00" / "s6").rename(root / "moved")  # a directory moved away
     (root / "empty-dir").rmdir()
     (root / "empty-dir").write_text("now a file")  # a directory replaced by a file
@@ -137,6 +144,7 @@ def test_incremental_restore_equals_the_snapshot(volume: Volume) -> None:
     assert os.stat(volume.root / "hard").st_ino == os.stat(
         volume.root / "d00" / "s0" / "f1.txt").st_ino
     assert second.kept > 250 and second.extracted < 40, second
+    assert os.stat(volume.root / "sparse.img").st_blocks * 512 < 8 << 20  # still sparse
 
     third = volume.restore()  # nothing changed since: nothing to do
     assert (third.mode, third.extracted, third.removed) == ("incremental", 0, 0)

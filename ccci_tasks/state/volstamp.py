@@ -145,10 +145,6 @@ class RestorePlan:
     extract: tuple[str, ...]  # archive names, in archive order
     kept: int  # entries left as they are
 
-    @property
-    def touched(self) -> int:
-        return len(self.remove) + len(self.extract)
-
 
 def _parent(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else ROOT
