@@ -89,6 +89,7 @@ __all__ = [
     "docker_errors",
     "is_converged",
     "parse_timestamp",
+    "startup_left_s",
     "vanished_tasks",
 ]
 
@@ -101,6 +102,9 @@ OBSERVE_EVERY_S: Final = 2.0
 FALLBACK_POLL_S: Final = 0.5
 MIN_POLL_S: Final = 0.05  # right after a change, while tasks move between states
 READY_POLL_S: Final = 0.05  # how often a readiness probe runs while the app boots
+# A service no readiness probe covers has no sign of being up but that it keeps running: its
+# youngest task must have run this long, so one that dies on start is seen failing.
+UNPROBED_STARTUP_S: Final = 1.0
 EVENTS_SLACK_S: Final = 5.0
 DEFAULT_STOP_GRACE_S: Final = 10.0  # Docker's default when a service sets none
 UNDEPLOY_POLL_S: Final = 0.25
@@ -208,6 +212,7 @@ class ServiceDetail:
     last_failed_task_id: str | None = None
     last_failed_container_id: str | None = None
     stopping: tuple[Stopping, ...] = ()
+    running_since_ns: int = 0  # engine time the youngest current running task started
 
     def describe(self) -> str:
         svc = self.service
@@ -243,6 +248,21 @@ def vanished_tasks(since: DeployedState, now: DeployedState) -> list[tuple[str, 
         for ref in svc.tasks
         if ref not in running.get(svc.name, set())
     ]
+
+
+def startup_left_s(
+    details: list[ServiceDetail], probed: frozenset[str], stack: str, now_ns: int,
+    startup_s: float = UNPROBED_STARTUP_S,
+) -> float:
+    """How long until every service outside ``probed`` (short names, e.g. ``app``) has had
+    its youngest running task up for ``startup_s`` (engine clock); 0 when they all have."""
+    left = 0.0
+    for detail in details:
+        if detail.service.name.removeprefix(stack + "_") in probed:
+            continue
+        age_s = (now_ns - detail.running_since_ns) / 1e9
+        left = max(left, startup_s - age_s)
+    return max(0.0, left)
 
 
 class DockerState:
@@ -318,6 +338,9 @@ class DockerState:
             None,
         )
         newest = tasks[-1] if tasks else None
+        running_since = max(
+            (parse_timestamp(t["Status"].get("Timestamp")) for t in running), default=0
+        )
         stopping = tuple(
             Stopping(_task_ref(t), _grace_s(t))
             for t in tasks
@@ -353,6 +376,7 @@ class DockerState:
             last_failed_task_id=str(last_failed["ID"]) if last_failed else None,
             last_failed_container_id=container,
             stopping=stopping,
+            running_since_ns=running_since,
         )
 
     def observe(self, domain: str) -> tuple[DeployedState, list[ServiceDetail]]:
@@ -484,6 +508,7 @@ class DockerState:
         timeout_s: float,
         *,
         ready: Readiness | None = None,
+        probed: frozenset[str] = frozenset(),
         observe_every_s: float = OBSERVE_EVERY_S,
     ) -> DeployedState:
         """Wait until every service runs its desired replicas, its update settled, and
@@ -497,6 +522,10 @@ class DockerState:
         failing, so a crash loop fails fast (``DeployFailed`` with the last task error), as
         does a missing image; ``WaitTimeout`` names each service's running/desired, its last
         task state and error, and what the readiness probe last saw.
+
+        ``probed`` names the services (``app``) whose being up ``ready`` tells; every other
+        service's youngest task must also have run ``UNPROBED_STARTUP_S``, so a task that
+        dies on start is caught here. Later deaths are for ``still_running``.
         """
         deadline = time.monotonic() + timeout_s
         stopping: set[str] = set()
@@ -504,8 +533,9 @@ class DockerState:
         details: list[ServiceDetail] = []
         waiting_for: str | None = None
         backoff = MIN_POLL_S
-        with StackEvents(self.client, stack_name(domain),
-                         max_s=timeout_s + EVENTS_SLACK_S) as events:
+        stack = stack_name(domain)
+        up_since: float | None = None  # when this wait first saw the tasks run and the app up
+        with StackEvents(self.client, stack, max_s=timeout_s + EVENTS_SLACK_S) as events:
             woken, observed_at = True, -math.inf
             while True:
                 every = observe_every_s if events.streaming else FALLBACK_POLL_S
@@ -519,14 +549,23 @@ class DockerState:
                     converged = is_converged(state)
                 if converged:
                     waiting_for = ready() if ready is not None else None
-                    if waiting_for is None:
-                        fresh, details = self.observe(domain)  # never return a stale state
-                        self.check_failed(details)
-                        if is_converged(fresh):
-                            return fresh
-                        state, observed_at = fresh, time.monotonic()
                     nap = READY_POLL_S
+                    if waiting_for is None:
+                        up_since = time.monotonic() if up_since is None else up_since
+                        # The engine's clock, but never longer than the same time on ours.
+                        left = min(startup_left_s(details, probed, stack, time.time_ns()),
+                                   up_since + UNPROBED_STARTUP_S - time.monotonic())
+                        if left > 0:
+                            waiting_for = f"services outside {sorted(probed)} to stay up"
+                            nap = left
+                        else:
+                            fresh, details = self.observe(domain)  # never a stale state
+                            self.check_failed(details)
+                            if is_converged(fresh):
+                                return fresh
+                            state, observed_at = fresh, time.monotonic()
                 else:
+                    up_since = None
                     # Task states follow container events by a moment and have no events of
                     # their own: look again soon after a change, then less and less often.
                     nap = backoff
@@ -536,8 +575,8 @@ class DockerState:
                     seen = "; ".join(d.describe() for d in details) or "no services deployed"
                     if waiting_for is not None:
                         seen += f"; the app is not up: {waiting_for}"
-                    raise WaitTimeout(f"{domain} (stack {stack_name(domain)}) to converge",
-                                      timeout_s, seen)
+                    raise WaitTimeout(f"{domain} (stack {stack}) to converge", timeout_s,
+                                      seen)
                 woken = events.wait(min(nap, remaining))
                 if woken:
                     backoff = MIN_POLL_S

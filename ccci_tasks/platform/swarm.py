@@ -479,7 +479,8 @@ class SwarmPlatform:
 
     def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
         """Converged (see ``DockerState.wait_converged``) and the app's port accepts."""
-        return self.state.wait_converged(domain, timeout_s, ready=self.listening(domain))
+        return self.state.wait_converged(domain, timeout_s, ready=self.listening(domain),
+                                         probed=frozenset({APP_SERVICE}))
 
     def still_running(self, domain: str, since: DeployedState) -> None:
         self.state.still_running(validate_domain(domain), since)
