@@ -1,111 +1,226 @@
-"""`make bench`: our snapshot vs GNU tar, and (with a running system) quick vs cold.
+"""`make bench`: quick vs cold, our overhead over the app's own costs, snapshot and restore.
 
-Machines here are noisy, so every figure is reported next to its baseline measured in the
-same run, and as a ratio. Nothing here is a pass/fail test.
+Everything is measured in one run on a private system (its own redis-server, worker process,
+state root and base domain; see ``bench/system.py``), so the figures are comparable with each
+other although the machine is noisy. Nothing here is a pass/fail test: the goals are printed
+with the figures and written to ``bench/results/bench-<UTC time>.json`` (path printed).
+
+Per example recipe (custom-html; slow-html, 30 s first boot; stubborn-html, ignores SIGTERM
+with a 10 s stop grace and a 20 s first boot):
+
+1. seed the canonical with a cold run on latest (it promotes);
+2. a PR commit that changes the served page (the GREETING default in compose.yml);
+3. a steady-state cold run of that commit (a canonical exists, so its upgrade tier runs), then
+   a first quick run of it and three more (they restore incrementally, as every later one
+   does; the median one is reported);
+4. the app's own costs with plain ``docker service`` commands (``bench/appcost.py``).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
-import shutil
+import platform as host
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from ccci_tasks.platform.base import VolumeInfo
-from ccci_tasks.state.voltar import restore_dirs, snapshot_dirs
+from bench import appcost, lanes, snapshots
+from bench.system import REPO, BenchSystem
 
-FILES = 2000
-BIG_BYTES = 64 * 2**20
-REPEAT = 3
-
-
-def _volume(root: Path) -> Path:
-    data = root / "_data"
-    for i in range(FILES):
-        d = data / f"d{i % 40}" / f"e{i % 7}"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"f{i}.txt").write_bytes(os.urandom(256))
-    (data / "big.bin").write_bytes(os.urandom(BIG_BYTES))
-    return data
+RESULTS = REPO / "bench" / "results"
+RECIPES = ("custom-html", "slow-html", "stubborn-html")
+GOAL_RATIO = {"custom-html": 0.35, "slow-html": 0.2, "stubborn-html": 0.25}
+GOAL_OVERHEAD_S = 2.0
+GOAL_ORCHESTRATION_S = 0.020
+GOAL_TAR_RATIO = 1.0
+QUICK_REPEAT = 3  # steady-state quick runs per recipe and mode; the median one is reported
 
 
-def _best(fn: object) -> float:
-    times = []
-    for _ in range(REPEAT):
-        t0 = time.perf_counter()
-        fn()  # type: ignore[operator]
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def bench_snapshot() -> None:
-    with tempfile.TemporaryDirectory(prefix="ccci-bench-") as tmp:
-        root = Path(tmp)
-        data = _volume(root / "vol")
-        volume = VolumeInfo(name="data", mountpoint=str(data))
-        out = root / "out"
-
-        def ours() -> None:
-            shutil.rmtree(out, ignore_errors=True)
-            out.mkdir()
-            snapshot_dirs([volume], out)
-
-        def gnu_tar() -> None:
-            subprocess.run(["tar", "-C", str(data), "-cf", str(root / "plain.tar"), "."],
-                           check=True)
-            subprocess.run(["sha256sum", str(root / "plain.tar")], check=True,
-                           capture_output=True)
-
-        t_ours, t_tar = _best(ours), _best(gnu_tar)
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        made = snapshot_dirs([volume], out)
-        t_restore = _best(lambda: restore_dirs([volume], out, made))
-        size = sum(e.size_bytes for e in made)
-        print(f"snapshot of {FILES} files + {BIG_BYTES >> 20} MiB ({size >> 20} MiB tar), "
-              f"best of {REPEAT}:")
-        print(f"  ours (tar + sha256 + re-check): {t_ours:6.2f} s")
-        print(f"  GNU tar + sha256sum:            {t_tar:6.2f} s")
-        print(f"  ratio ours / GNU tar:           {t_ours / t_tar:6.2f}")
-        print(f"  restore (verify + clear + untar): {t_restore:6.2f} s")
-
-
-def bench_lanes() -> None:
-    """Quick vs cold on the running system (`make up`), if there is one."""
-    from ccci_tasks.celery_app import app
-
-    try:
-        workers = app.control.ping(timeout=1.0) or []
-    except Exception:
-        workers = []
-    if not any(name.startswith("runs@") for reply in workers for name in reply):
-        print("quick vs cold: skipped (no runs worker answers; start the system with make up)")
-        return
+def _pr(recipes_dir: Path, recipe: str) -> str:
     from ccci_tasks.platform.recipes import RecipeRepo
-    from ccci_tasks.runs import wait
-    from ccci_tasks.tasks import cold_run, quick_run
 
-    t0 = time.perf_counter()
-    cold = wait(cold_run.delay("custom-html").id, 900)
-    t_cold = time.perf_counter() - t0
-    repo = RecipeRepo(Path(os.environ.get("CCCI_RECIPES_DIR", "recipes")) / "custom-html",
-                      "custom-html")
-    sha = repo.commit(repo.latest() or "HEAD")
-    t0 = time.perf_counter()
-    quick = wait(quick_run.delay("custom-html", sha).id, 900)
-    t_quick = time.perf_counter() - t0
-    print("custom-html lanes on the running system:")
-    print(f"  cold run (with promotion): {t_cold:6.1f} s  verdict {cold.verdict}")
-    print(f"  quick run:                 {t_quick:6.1f} s  verdict {quick.verdict}")
-    print(f"  ratio quick / cold:        {t_quick / t_cold:6.2f}")
+    latest = RecipeRepo(recipes_dir / recipe, recipe).latest()
+    assert latest is not None
+    return lanes.pr_commit(recipes_dir / recipe, latest, f"GREETING:-Hello from {recipe}",
+                           "GREETING:-Hello from a PR")
 
 
-def main() -> int:
-    bench_snapshot()
-    bench_lanes()
+def _check(figures: lanes.RunFigures, what: str) -> dict[str, Any]:
+    if figures.verdict != "pass":
+        raise SystemExit(f"bench: {what} was {figures.verdict}: {figures.reason}")
+    print(f"  {what:28s} {figures.wall_s:7.2f} s", flush=True)
+    return figures.to_json()
+
+
+def _median_run(recipe: str, ref: str, what: str) -> dict[str, Any]:
+    """``QUICK_REPEAT`` quick runs; the one with the median wall time, with all wall times."""
+    runs = sorted((_check(lanes.run("quick", recipe, ref), what) for _ in range(QUICK_REPEAT)),
+                  key=lambda r: float(r["wall_s"]))
+    return {**runs[len(runs) // 2], "all_wall_s": [r["wall_s"] for r in runs]}
+
+
+def _still_running_cost(recipe: str) -> dict[str, Any]:
+    """What one ``still_running`` check costs on a deployed app (the canonical, reattached)."""
+    from ccci_tasks.config import get_settings
+    from ccci_tasks.naming import warm_domain
+    from ccci_tasks.platform.swarm import SwarmPlatform
+
+    settings = get_settings()
+    platform = SwarmPlatform(settings)
+    domain = warm_domain(recipe, settings.base_domain)
+    platform.deploy(domain)
+    state = platform.wait_converged(domain, 120)
+    times = []
+    for _ in range(10):
+        started = time.perf_counter()
+        platform.still_running(domain, state)
+        times.append(time.perf_counter() - started)
+    platform.undeploy(domain, graceful=False)
+    return {"best_s": min(times), "median_s": statistics.median(times)}
+
+
+def measure_lanes(system: BenchSystem) -> dict[str, Any]:
+    recipes_dir = Path(system.env["CCCI_RECIPES_DIR"])
+    results: dict[str, Any] = {}
+    system.start_workers()
+    prs = {}
+    for recipe in RECIPES:
+        print(f"{recipe}:", flush=True)
+        entry: dict[str, Any] = {}
+        entry["seed"] = _check(lanes.run("cold", recipe, None), "seed (cold on latest)")
+        prs[recipe] = _pr(recipes_dir, recipe)
+        entry["pr"] = prs[recipe]
+        entry["cold"] = _check(lanes.run("cold", recipe, prs[recipe]), "cold, PR commit")
+        entry["quick_first"] = _check(lanes.run("quick", recipe, prs[recipe]),
+                                      "quick, PR commit (1st)")
+        entry["quick"] = _median_run(recipe, prs[recipe], "quick, PR commit")
+        results[recipe] = entry
+    system.stop_workers()
+    for recipe in RECIPES:
+        print(f"{recipe}: the app's own costs (plain docker service)", flush=True)
+        results[recipe]["app"] = appcost.measure(recipes_dir, recipe, system.base)
+    results["still_running"] = _still_running_cost("custom-html")
+    return results
+
+
+def _app_floor(app: dict[str, Any]) -> float:
+    """The app's own share of a quick run: reattach (boot), upgrade (stop + boot); the lane
+    stops it at its end without grace (its data is restored next), which costs the app
+    nothing."""
+    boot, stop = app["warm_boot_s"]["median"], app["stop_s"]["median"]
+    return boot + stop + boot
+
+
+def goals(lanes_figures: dict[str, Any] | None, snap: dict[str, Any] | None
+          ) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def goal(name: str, value: float, limit: float, at_most: bool = True) -> None:
+        met = value <= limit if at_most else value >= limit
+        out.append({"goal": name, "value": round(value, 4),
+                    "limit": f"{'<=' if at_most else '>='} {limit}", "met": met})
+
+    if lanes_figures is not None:
+        gaps = []
+        for recipe in RECIPES:
+            r = lanes_figures[recipe]
+            cold = r["cold"]["wall_s"]
+            goal(f"{recipe}: quick/cold", r["quick"]["wall_s"] / cold, GOAL_RATIO[recipe])
+            goal(f"{recipe}: quick beyond the app's costs (s)",
+                 r["quick"]["wall_s"] - _app_floor(r["app"]), GOAL_OVERHEAD_S)
+            gaps += [r[k]["orchestration_per_step_s"] for k in ("cold", "quick_first", "quick")]
+        goal("orchestration per step (s), mean over measured runs", statistics.mean(gaps),
+             GOAL_ORCHESTRATION_S)
+    if snap is not None:
+        goal("snapshot: GNU tar + sha256sum / ours", snap["ratio_snapshot"], GOAL_TAR_RATIO,
+             at_most=False)
+        goal("restore after a quick run: GNU / ours", snap["ratio_restore_after_quick"],
+             GOAL_TAR_RATIO, at_most=False)
+        goal("full restore: GNU / ours", snap["ratio_restore_full"], GOAL_TAR_RATIO,
+             at_most=False)
+    return out
+
+
+def table(lanes_figures: dict[str, Any] | None, snap: dict[str, Any] | None,
+          met: list[dict[str, Any]]) -> str:
+    lines = []
+    if lanes_figures is not None:
+        lines.append(f"{'recipe':14s} {'cold':>6s} {'quick':>6s} {'q/c':>5s} {'ours':>5s} "
+                     f"{'boot':>5s} {'stop':>5s} "
+                     f"{'sw-rm':>5s} {'sw-upd':>6s} {'queue':>5s} {'orch':>6s}")
+        for recipe in RECIPES:
+            r = lanes_figures[recipe]
+            cold, quick = (r[k]["wall_s"] for k in ("cold", "quick"))
+            app = r["app"]
+            ours = quick - _app_floor(app)
+            lines.append(
+                f"{recipe:14s} {cold:6.2f} {quick:6.2f} {quick / cold:5.2f} {ours:5.2f} "
+                f"{app['warm_boot_s']['median']:5.2f} {app['stop_s']['median']:5.2f} "
+                f"{app['swarm_rm_s']['median']:5.2f} {app['swarm_update_s']['median']:6.2f} "
+                f"{r['quick']['queue_to_first_step_s']:5.3f} "
+                f"{1000 * r['quick']['orchestration_per_step_s']:4.1f}ms")
+        lines.append(
+            "  seconds. cold, quick: submit to verdict (a steady-state cold run: the canonical "
+            "exists, so its upgrade tier runs; a quick run on a PR commit that changes the app). "
+            "ours: quick minus the app's own costs (boot + stop + boot). boot, stop: the app's "
+            "warm boot "
+            "and graceful stop (plain docker). sw-rm, sw-upd: plain swarm removal and stock "
+            "stop-first update, for reference. queue: submit to first step. orch: orchestration "
+            "per step.")
+        for recipe in RECIPES:
+            r = lanes_figures[recipe]
+            steps = "  ".join(f"{s['name']} {s['duration_s']:.2f}" for s in r["quick"]["steps"])
+            lines.append(f"{recipe} quick steps: {steps}")
+        sr = lanes_figures["still_running"]
+        lines.append(f"still_running check: {1000 * sr['median_s']:.1f} ms")
+    if snap is not None:
+        lines.append(
+            f"snapshot of {snap['files']} files + {snap['big_mib']} MiB: ours "
+            f"{snap['snapshot_ours']['best_s']:.2f} s, GNU tar + sha256sum "
+            f"{snap['snapshot_gnu']['best_s']:.2f} s; restore after a quick run "
+            f"{snap['restore_after_quick_ours']['best_s']:.2f} s "
+            f"({snap['restore_after_quick_ours']['how']}), full "
+            f"{snap['restore_full_ours']['best_s']:.2f} s, GNU sha256sum + empty + untar "
+            f"{snap['restore_gnu']['best_s']:.2f} s")
+    for g in met:
+        lines.append(f"[{'met' if g['met'] else 'MISSED':6s}] {g['goal']}: {g['value']} "
+                     f"(goal {g['limit']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("lanes", "snapshots"), default=None)
+    args = parser.parse_args(argv)
+    started = datetime.now(UTC)
+    figures: dict[str, Any] = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "host": {"cpus": os.cpu_count(), "load_before": os.getloadavg(),
+                 "python": host.python_version(),
+                 "docker": subprocess.run(["docker", "version", "--format",
+                                           "{{.Server.Version}}"], capture_output=True,
+                                          text=True, check=False).stdout.strip()},
+    }
+    snap = lanes_figures = None
+    if args.only in (None, "snapshots"):
+        print("snapshot and restore vs GNU tar + sha256sum ...", flush=True)
+        snap = figures["snapshots"] = snapshots.run()
+    if args.only in (None, "lanes"):
+        with BenchSystem() as system:
+            lanes_figures = figures["lanes"] = measure_lanes(system)
+    figures["goals"] = goals(lanes_figures, snap)
+    figures["load_after"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"bench-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    print(table(lanes_figures, snap, figures["goals"]))
+    print(f"figures written to {out}")
     return 0
 
 

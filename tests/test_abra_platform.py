@@ -67,6 +67,10 @@ class InMemoryDockerState:
         self.calls.append(("wait_undeployed", domain))
         self.deployed_domains.discard(domain)
 
+    def kill_containers(self, domain: str) -> list[str]:
+        self.calls.append(("kill_containers", domain))
+        return []
+
     def remove_volumes(self, domain: str) -> list[str]:
         self.calls.append(("remove_volumes", domain))
         return []
@@ -362,15 +366,25 @@ def test_undeploy_of_an_undeployed_app_runs_no_abra(env: Env) -> None:
     assert env.state.calls == [("wait_undeployed", DOMAIN)]
 
 
+def test_non_graceful_undeploy_kills_the_containers(env: Env) -> None:
+    """undeploy(graceful=False) runs the same abra command, then kills the stack's containers
+    (services gone) before it waits for them to be gone."""
+    env.state.deployed_domains.add(DOMAIN)
+    env.platform().undeploy(DOMAIN, graceful=False)
+    assert env.argvs() == [[FAKE, "app", "undeploy", DOMAIN, "--no-input"]]
+    assert env.state.calls == [("kill_containers", DOMAIN), ("wait_undeployed", DOMAIN)]
+
+
 def test_remove_undeploys_then_deletes_volumes_secrets_and_env_file(env: Env) -> None:
-    """remove = abra undeploy, wait, remove volumes and secrets, delete the env file."""
+    """remove = abra undeploy, kill the containers (no graceful stop), wait, remove volumes and
+    secrets, delete the env file."""
     platform = env.platform()
     platform.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
     env.state.deployed_domains.add(DOMAIN)
     platform.remove(DOMAIN)
     assert env.argvs()[1:] == [[FAKE, "app", "undeploy", DOMAIN, "--no-input"]]
-    assert env.state.calls == [("wait_undeployed", DOMAIN), ("remove_volumes", DOMAIN),
-                               ("remove_secrets", DOMAIN)]
+    assert env.state.calls == [("kill_containers", DOMAIN), ("wait_undeployed", DOMAIN),
+                               ("remove_volumes", DOMAIN), ("remove_secrets", DOMAIN)]
     assert not env.env_file().exists()
 
 

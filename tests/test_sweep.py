@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shelve
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,8 +50,12 @@ def state() -> Path:
     return Path(TEST_ENV["CCCI_STATE_DIR"])
 
 
+TESTS: dict[str, Path] = {}
+
+
 def recipe_tests() -> Path:
-    return Path(TEST_ENV["CCCI_TESTS_DIR"])
+    """The module's own tests dir: only the recipes the sweep tests are about are enrolled."""
+    return TESTS["dir"]
 
 
 def ccci(*args: str, timeout_s: float = 900) -> tuple[int, Any]:
@@ -88,45 +93,44 @@ def swept(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
     from ccci_tasks.tasks import cold_run, quick_run
 
     recipes = tmp_path_factory.mktemp("sweep-recipes")
+    TESTS["dir"] = tmp_path_factory.mktemp("sweep-tests")
     for name in (GREEN, "traefik"):
         session_copy(example_recipes / name, recipes)
+        shutil.copytree(Path(TEST_ENV["CCCI_TESTS_DIR"]) / name, recipe_tests() / name)
     keep_tags_upto(recipes / "traefik", "3.0.1+v3.1.1")
     red = clone(recipes, RED)
     clone(recipes, OLD)
     env = {"CCCI_RECIPES_DIR": str(recipes), "CCCI_INFRA_APPS": "traefik",
+           "CCCI_TESTS_DIR": str(recipe_tests()),
            "CCCI_LEASE_TTL_S": "10", "CCCI_JANITOR_INTERVAL_S": "2"}
-    try:
-        with private_system(workers, swarm, redis_server, "sweep", **env) as own:
-            for name in (GREEN, RED, OLD):  # seed the canonicals
-                seeded = wait(cold_run.delay(name).id, 300)
-                assert seeded.verdict == "pass", (name, seeded.reason)
-            (recipe_tests() / OLD / "recipe_meta.py").write_text("WARM_CANONICAL = False\n")
-            broken = make_commit(red, "2.0.0+2.0", {"compose.yml": (
-                "ccci/custom-html:2.0", "ccci/custom-html:9.9-missing")}, "broken-release")
-            subprocess.run([*GIT, "-C", str(red), "tag", "3.0.0+3.0", broken], check=True)
-            red_before = fingerprint(state(), RED)
-            sha = make_commit(recipes / GREEN, "2.0.0+2.0", {"compose.yml": (
-                "Hello from custom-html", "Hello from a PR in the sweep")}, "pr-sweep")
-            with Watcher(swarm) as watcher:
-                out: dict[str, Any] = {}
+    with private_system(workers, swarm, redis_server, "sweep", **env) as own:
+        for name in (GREEN, RED, OLD):  # seed the canonicals
+            seeded = wait(cold_run.delay(name).id, 300)
+            assert seeded.verdict == "pass", (name, seeded.reason)
+        (recipe_tests() / OLD / "recipe_meta.py").write_text("WARM_CANONICAL = False\n")
+        broken = make_commit(red, "2.0.0+2.0", {"compose.yml": (
+            "ccci/custom-html:2.0", "ccci/custom-html:9.9-missing")}, "broken-release")
+        subprocess.run([*GIT, "-C", str(red), "tag", "3.0.0+3.0", broken], check=True)
+        red_before = fingerprint(state(), RED)
+        sha = make_commit(recipes / GREEN, "2.0.0+2.0", {"compose.yml": (
+            "Hello from custom-html", "Hello from a PR in the sweep")}, "pr-sweep")
+        with Watcher(swarm) as watcher:
+            out: dict[str, Any] = {}
 
-                def sweep_cli() -> None:
-                    out["sweep"] = ccci("sweep", "--wait", "--json")
+            def sweep_cli() -> None:
+                out["sweep"] = ccci("sweep", "--wait", "--json")
 
-                first = threading.Thread(target=sweep_cli)
-                first.start()
-                wait_until(lambda: [r for r in sweep_reports() if r.extra.get("recipes")],
-                           300, "the sweep's cold runs to start")
-                quick_id = quick_run.delay(GREEN, sha).id
-                second = ccci("sweep", "--wait", "--json", timeout_s=60)
-                first.join(timeout=900)
-                quick = wait(quick_id, 300)
-            code, report = out["sweep"]
-            yield Swept(own, (code, report), quick, second, watcher.most, red_before,
-                        own.logdir / "beat-schedule")
-    finally:
-        for name in (RED, OLD):
-            (recipe_tests() / name / "recipe_meta.py").unlink(missing_ok=True)
+            first = threading.Thread(target=sweep_cli)
+            first.start()
+            wait_until(lambda: [r for r in sweep_reports() if r.extra.get("recipes")],
+                       300, "the sweep's cold runs to start")
+            quick_id = quick_run.delay(GREEN, sha).id
+            second = ccci("sweep", "--wait", "--json", timeout_s=60)
+            first.join(timeout=900)
+            quick = wait(quick_id, 300)
+        code, report = out["sweep"]
+        yield Swept(own, (code, report), quick, second, watcher.most, red_before,
+                    own.logdir / "beat-schedule")
 
 
 def test_sweep_reports_every_recipe_and_exits_red(swept: Swept) -> None:

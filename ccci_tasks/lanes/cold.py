@@ -162,6 +162,7 @@ def install(env: StepEnv, ctx: RunCtx) -> str:
     _deploy_target(env, ctx)
     state = common.converge(env, _domain(ctx), "install")
     common.assert_reconverged(state, "install")
+    common.remember_converged(env, ctx, state)
     return f"installed {ctx.ref or ctx.plan.get('target_version')}"
 
 
@@ -182,7 +183,7 @@ def upgrade_tier(env: StepEnv, ctx: RunCtx) -> str:
     common.assert_serving(env, _domain(ctx), f"upgrade base {base}")
     _deploy_target(env, ctx)
     target = None if ctx.ref else ctx.plan.get("target_version")
-    detail = common.assert_upgraded(env, _domain(ctx), before, ctx.ref, target)
+    detail = common.assert_upgraded(env, _domain(ctx), before, ctx.ref, target, ctx)
     overlay = common.run_overlay(env, ctx, "upgrade")
     return f"{base} -> {ctx.ref or ctx.plan.get('target_version')}: {detail}; {overlay}"
 

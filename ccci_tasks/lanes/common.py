@@ -52,11 +52,43 @@ def assert_reconverged(state: DeployedState, what: str) -> None:
         raise RunFailed(f"{what}: not reconverged: {why}")
 
 
+CONVERGED_FIELD = "converged"  # report field: the app's state when it last converged
+
+
+def remember_converged(env: StepEnv, ctx: RunCtx, state: DeployedState) -> None:
+    """Keep the converged state (its running tasks) for ``assert_still_running``."""
+    from ccci_tasks.state import reports
+
+    reports.set_fields(env.settings.state_dir, ctx.run_id,
+                       **{CONVERGED_FIELD: state.to_json()})
+
+
+def assert_still_running(env: StepEnv, ctx: RunCtx) -> str:
+    """Right before a run is green: every task that ran when the app last converged still
+    runs (a task that died a few seconds after it started is named, and the run is red)."""
+    from ccci_tasks.state import reports
+
+    assert ctx.domain is not None
+    report = reports.load_report(env.settings.state_dir, ctx.run_id)
+    saved = report.extra.get(CONVERGED_FIELD) if report is not None else None
+    if not saved:
+        return "no converged state to compare with"
+    since = DeployedState.from_json(saved)
+    try:
+        env.platform.still_running(ctx.domain, since)
+    except DeployFailed as exc:
+        raise RunFailed(f"the app did not stay up: {exc}") from exc
+    return "every task of the converged app still runs"
+
+
 def assert_upgraded(
-    env: StepEnv, domain: str, before: DeployedState, ref: str | None, target: str | None
+    env: StepEnv, domain: str, before: DeployedState, ref: str | None, target: str | None,
+    ctx: RunCtx | None = None,
 ) -> str:
     """Generic UPGRADE (R6.4): reconverged + version moved + serving."""
     state = converge(env, domain, "upgrade")
+    if ctx is not None:
+        remember_converged(env, ctx, state)
     assert_reconverged(state, "upgrade")
     short = env.repo.short_sha(ref) if (ref is not None and env.repo is not None) else None
     moved, why = probes.version_moved(before, state, short, target)
@@ -114,6 +146,9 @@ def run_overlay(env: StepEnv, ctx: RunCtx, op: str) -> str:
         "CCCI_BASE_URL": env.platform.base_url(ctx.domain),
         "CCCI_OP": op,
         "CCCI_RUN_ID": ctx.run_id,
+        # Overlays are plain pytest files: no third-party plugin autoload (it costs up to a
+        # second per run); a recipe that needs a plugin names it with -p in its tests.
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
     }
     if ctx.realm is not None:
         child_env["CCCI_REALM"] = ctx.realm
@@ -143,4 +178,6 @@ def overlay_upgrade(env: StepEnv, ctx: RunCtx) -> str:
 
 
 def overlay_custom(env: StepEnv, ctx: RunCtx) -> str:
-    return run_overlay(env, ctx, "custom")
+    """The custom tests, then the last check before green: the app stayed up."""
+    detail = run_overlay(env, ctx, "custom")
+    return f"{detail}; {assert_still_running(env, ctx)}"

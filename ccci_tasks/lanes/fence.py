@@ -110,5 +110,8 @@ class FencedPlatform:
     def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
         return self.inner.wait_converged(domain, timeout_s)
 
+    def still_running(self, domain: str, since: DeployedState) -> None:
+        self.inner.still_running(domain, since)
+
     def base_url(self, domain: str) -> str:
         return self.inner.base_url(domain)

@@ -161,7 +161,7 @@ def upgrade(env: StepEnv, ctx: RunCtx) -> str:
 def assert_upgrade(env: StepEnv, ctx: RunCtx) -> str:
     """Generic UPGRADE (R6.4): reconverged + version moved + serving."""
     before = DeployedState(domain=_warm(ctx), stack="", version=_known_good(ctx))
-    return common.assert_upgraded(env, _warm(ctx), before, ctx.ref, None)
+    return common.assert_upgraded(env, _warm(ctx), before, ctx.ref, None, ctx)
 
 
 def restore(env: StepEnv, ctx: RunCtx) -> str:

@@ -237,10 +237,14 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
     lane = get_lane(ctx.lane)
     state = settings.state_dir
     report = reports.load_report(state, ctx.run_id)
+    slots = Slots.from_settings(settings)
     if report is None or report.finished:
         _stop_chain(task)
+        # Its end was cut off between the verdict and the release: finish that part.
+        if report is not None and slots.release(ctx.run_id, ctx.token):
+            slots.forget(ctx.run_id)
+            dispatch(settings)
         return {"step": name, "stopped": "the run has ended"}
-    slots = Slots.from_settings(settings)
     deliveries = _deliveries(slots, ctx.run_id, name, undo)
     fence = Fence(slots, ctx.run_id, ctx.token, journal_path(state, ctx.run_id))
     if not fence.renew():

@@ -35,10 +35,17 @@ Command lines (``<abra>`` is ``CCCI_ABRA_BIN``, ``<server>`` is ``CCCI_ABRA_SERV
 
   then ``<abra> app deploy <domain> --chaos --no-input --no-domain-checks --no-converge-checks``.
 * undeploy: ``<abra> app undeploy <domain> --no-input`` (only when something is deployed), then
-  ``DockerState.wait_undeployed``.
-* remove: the undeploy above, then ``DockerState.remove_volumes`` and ``remove_secrets`` and the
-  env file is deleted. ``abra app remove`` is not used (its flags are unverified); this is the
-  documented safe fallback.
+  ``DockerState.wait_undeployed``. Not graceful (``undeploy(domain, graceful=False)``): the same
+  command line; while it runs, the stack's containers are killed (SIGKILL) through the Docker
+  engine as soon as its services are gone (``DockerState.kill_containers``), so neither abra
+  nor the wait holds for the containers' stop grace periods.
+* remove: the non-graceful undeploy above, then ``DockerState.remove_volumes`` and
+  ``remove_secrets`` and the env file is deleted. ``abra app remove`` is not used (its flags
+  are unverified); this is the documented safe fallback.
+* convergence: ``DockerState.wait_converged`` without a readiness probe (probes go through
+  Traefik, whose answer cannot tell a booting app from a missing route), so on this platform
+  "converged" means the tasks run (for a recipe with a healthcheck: are healthy); a task that
+  dies later is named by ``still_running``.
 
 Flags: ``app new --server/--domain/--secrets``, ``app deploy --chaos/--force/
 --no-domain-checks``, the global ``--no-input`` and the ``app deploy <domain> [version]`` /
@@ -70,6 +77,8 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, cast
@@ -126,6 +135,7 @@ ABRA_TIMEOUT_S: Final = 600.0  # app new (clones the recipe), undeploy
 ABRA_DEPLOY_TIMEOUT_S: Final = 3000.0  # below the step hard time limit (3600 s)
 GIT_TIMEOUT_S: Final = 120.0
 UNDEPLOY_WAIT_S: Final = 300.0
+KILL_POLL_S: Final = 0.1
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 ENV_KIND: Final = "CCCI_KIND"
@@ -525,16 +535,40 @@ class AbraPlatform:
         return self.state.deployed(domain)
 
     def undeploy(self, domain: str, *, graceful: bool = True) -> None:
-        """``abra app undeploy`` when deployed, then wait until the services are gone."""
+        """``abra app undeploy`` when deployed, then wait until services and containers are
+        gone. Not graceful: the containers are killed once the services are gone."""
         validate_domain(domain)
         if self.state.deployed(domain).is_deployed:
-            self._abra(undeploy_argv(self.abra, domain))
+            argv = undeploy_argv(self.abra, domain)
+            if graceful:
+                self._abra(argv)
+            else:
+                self._abra_killing(argv, domain)
+        if not graceful:
+            self.state.kill_containers(domain)  # also what an earlier undeploy left
         self.state.wait_undeployed(domain, UNDEPLOY_WAIT_S)
 
+    def _abra_killing(self, argv: list[str], domain: str) -> None:
+        """Run abra; meanwhile kill the stack's containers as soon as its services are gone.
+
+        abra may itself wait for the stack's tasks to end; killing them lets it return
+        without the stop grace periods. Never kills while a service exists (swarm would
+        start a replacement).
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="abra") as pool:
+            running = pool.submit(self._abra, argv)
+            killed = False
+            while not wait_futures([running], timeout=KILL_POLL_S).done:
+                if not killed and not self.state.deployed(domain).is_deployed:
+                    self.state.kill_containers(domain)
+                    killed = True
+            running.result()
+
     def remove(self, domain: str) -> None:
-        """Undeploy, then delete the stack's volumes and secrets and the app's env file."""
+        """Undeploy without a graceful stop, then delete the stack's volumes and secrets and
+        the app's env file."""
         validate_domain(domain)
-        self.undeploy(domain)
+        self.undeploy(domain, graceful=False)
         self.state.remove_volumes(domain)
         self.state.remove_secrets(domain)
         path = self.layout.env_file(domain)
@@ -551,6 +585,9 @@ class AbraPlatform:
 
     def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
         return self.state.wait_converged(validate_domain(domain), timeout_s)
+
+    def still_running(self, domain: str, since: DeployedState) -> None:
+        self.state.still_running(validate_domain(domain), since)
 
     def base_url(self, domain: str) -> str:
         """``https://<domain>``: probes go through Traefik on the server."""

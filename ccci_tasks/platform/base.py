@@ -7,10 +7,20 @@ Observed state comes back as plain frozen dataclasses, so decisions about it are
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+from ccci_tasks.errors import InvalidInput
 
 Kind = Literal["cold", "warm", "infra"]
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """One running task of a service and the container it runs in."""
+
+    task_id: str
+    container_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,7 @@ class ServiceState:
     update_state: str | None = None  # UpdateStatus.State, None when never updated
     last_error: str | None = None  # error of the newest failed/rejected task, if any
     failed_tasks: int = 0  # tasks failed or rejected since the current deploy
+    tasks: tuple[TaskRef, ...] = ()  # the running tasks of the current spec
 
     @property
     def settled(self) -> bool:
@@ -43,6 +54,30 @@ class DeployedState:
     @property
     def is_deployed(self) -> bool:
         return bool(self.services)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (e.g. to carry the converged state from one step to a later one)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> DeployedState:
+        """The inverse of ``to_json``; ``InvalidInput`` names what is wrong."""
+        try:
+            services = tuple(
+                ServiceState(
+                    **{
+                        **svc,
+                        "tasks": tuple(TaskRef(**task) for task in svc.get("tasks") or ()),
+                    }
+                )
+                for svc in data.get("services") or ()
+            )
+            return cls(**{**data, "services": services})
+        except (AttributeError, TypeError) as exc:
+            raise InvalidInput(
+                f"not a DeployedState as DeployedState.to_json() writes it: {exc}; "
+                f"got {str(data)[:200]!r}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -83,15 +118,17 @@ class Platform(Protocol):
         ...
 
     def undeploy(self, domain: str, *, graceful: bool = True) -> None:
-        """Remove the app's services and wait until they are gone. Keeps volumes.
+        """Remove the app's services and wait until services and containers are gone.
 
-        ``graceful=False`` stops the containers at once (no stop grace period): for data that
-        is discarded or restored from a snapshot next.
+        Keeps volumes. ``graceful``: every container gets its stop signal and its stop grace
+        period, as on any stop (before a snapshot, an in-place upgrade, a reconcile). Not
+        graceful: the containers are killed at once (SIGKILL), for data that is thrown away
+        or restored from a snapshot right after.
         """
         ...
 
     def remove(self, domain: str) -> None:
-        """Undeploy, then delete the app's volumes, secrets and env file."""
+        """Undeploy without a graceful stop, then delete volumes, secrets and the env file."""
         ...
 
     def volumes(self, domain: str) -> list[VolumeInfo]:
@@ -107,10 +144,21 @@ class Platform(Protocol):
         ...
 
     def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
-        """Wait until every service runs its desired replicas and its update settled.
+        """Wait until every service runs its desired replicas, its update settled, and the app
+        is up (swarm platform: its loopback port accepts connections).
 
         Raises ``DeployFailed`` early when a task is rejected for a missing image or a
         service keeps failing, and ``WaitTimeout`` (naming the last state seen) otherwise.
+        The returned state names the running tasks, for ``still_running``.
+        """
+        ...
+
+    def still_running(self, domain: str, since: DeployedState) -> None:
+        """Raise ``DeployFailed`` when a task running in ``since`` has died or been replaced.
+
+        ``since`` is what ``wait_converged`` returned. Cheap (one observation); call it right
+        before a run is declared green, so an app that died after it started is named (the
+        service, its task error and its last log lines) instead of passing.
         """
         ...
 

@@ -23,15 +23,38 @@ rejected because its image is missing (no registry can fix that: the recipe's im
 wrong), or a service has failed ``CRASH_LOOP_FAILURES`` tasks since the deploy (a crash loop).
 Docker keeps at most 5 old tasks per slot, so the count saturates there.
 
-Converged means every service runs its desired replicas of the current spec and its update
-settled (no update status, ``completed`` or ``rollback_completed``), and that this held for
-``STABLE_S`` (see ``wait_converged``), so a fresh deploy that dies seconds after starting is
-caught as a crash loop instead of passing for converged.
+Converged means every service runs its desired replicas of the current spec, its update
+settled (no update status, ``completed`` or ``rollback_completed``), and the platform's
+readiness probe (if it gives one) says the app is up.
+
+Watching instead of waiting
+---------------------------
+``wait_converged`` holds no fixed window. It observes the engine whenever the engine reports a
+change of the stack (``engine_events.StackEvents``: service and container events), and at a
+slow period otherwise (a faster one when the event stream is unavailable); it probes the
+platform's readiness often while the tasks run but the app is not up yet. A fresh deploy whose
+task dies a few seconds after it started, before the app is up, is therefore still seen dying,
+restarting and dying again: a crash loop (R6.7). A task that dies *after* the app came up is
+caught by ``still_running``, which compares the running tasks (ids and containers) with the
+ones ``wait_converged`` returned; the lane calls it right before it declares a run green.
+
+Stopping replaced tasks without swarm's delay
+---------------------------------------------
+When an update replaces a task, swarm's agent first takes the task out of the service's load
+balancer and waits a hard-coded 2 s (``defaultGossipConvergeDelay``) before it sends the
+stop signal. No CI app serves traffic through that balancer, so ``wait_converged`` stops a
+task whose desired state is already ``shutdown`` itself, at once, exactly as swarm would: the
+container's stop signal, then SIGKILL after the service's stop grace period. Swarm starts the
+new task as soon as the old one stopped (stop-first), and its own stop later finds the
+container gone.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,22 +67,47 @@ from docker.errors import DockerException, NotFound
 
 from ccci_tasks import constants
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import DeployFailed, PlatformError, WaitTimeout
+from ccci_tasks.errors import DeployFailed, InvalidInput, PlatformError, WaitTimeout
 from ccci_tasks.naming import stack_name, validate_domain, validate_run_hex
-from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, ServiceState, VolumeInfo
+from ccci_tasks.platform.base import (
+    AppInfo,
+    DeployedState,
+    Kind,
+    ServiceState,
+    TaskRef,
+    VolumeInfo,
+)
+from ccci_tasks.platform.engine_events import StackEvents
 
 __all__ = [
     "CRASH_LOOP_FAILURES",
-    "STABLE_S",
     "DockerState",
+    "Readiness",
     "ServiceDetail",
+    "Stopping",
     "docker_client",
     "docker_errors",
+    "is_converged",
     "parse_timestamp",
+    "startup_left_s",
+    "vanished_tasks",
 ]
 
+log = logging.getLogger(__name__)
+
 CRASH_LOOP_FAILURES: Final = 3
-STABLE_S: Final = 5.0  # like swarm's default update monitor period
+# How often the engine is observed without an event: rarely while the event stream works
+# (events wake the waiter), often when it does not.
+OBSERVE_EVERY_S: Final = 2.0
+FALLBACK_POLL_S: Final = 0.5
+MIN_POLL_S: Final = 0.05  # right after a change, while tasks move between states
+READY_POLL_S: Final = 0.05  # how often a readiness probe runs while the app boots
+# A service no readiness probe covers has no sign of being up but that it keeps running: its
+# youngest task must have run this long, so one that dies on start is seen failing.
+UNPROBED_STARTUP_S: Final = 1.0
+EVENTS_SLACK_S: Final = 5.0
+DEFAULT_STOP_GRACE_S: Final = 10.0  # Docker's default when a service sets none
+UNDEPLOY_POLL_S: Final = 0.25
 APP_SERVICE: Final = "app"
 REMOVE_VOLUME_TIMEOUT_S: Final = 60.0
 LOG_TAIL_LINES: Final = 5
@@ -74,6 +122,8 @@ _TS_RE: Final = re.compile(
 )
 
 T = TypeVar("T")
+# A readiness probe: None when the app is up, else what it saw (for messages).
+Readiness = Callable[[], str | None]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -132,6 +182,25 @@ def _task_is_current(task: dict[str, Any], template: dict[str, Any]) -> bool:
     )
 
 
+def _grace_s(task: dict[str, Any]) -> float:
+    """The stop grace period of a task's container spec, in seconds."""
+    grace_ns = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("StopGracePeriod")
+    return grace_ns / 1e9 if isinstance(grace_ns, int) else DEFAULT_STOP_GRACE_S
+
+
+def _task_ref(task: dict[str, Any]) -> TaskRef:
+    container = (task.get("Status") or {}).get("ContainerStatus") or {}
+    return TaskRef(str(task["ID"]), container.get("ContainerID") or None)
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """A task swarm wants stopped (desired state past ``running``) whose container still runs."""
+
+    task: TaskRef
+    grace_s: float
+
+
 @dataclass(frozen=True)
 class ServiceDetail:
     """What ``DeployedState`` does not carry but fail-fast decisions and messages need."""
@@ -142,6 +211,7 @@ class ServiceDetail:
     last_task_error: str | None = None  # Err of the newest task
     last_failed_task_id: str | None = None
     last_failed_container_id: str | None = None
+    stopping: tuple[Stopping, ...] = ()
     running_since_ns: int = 0  # engine time the youngest current running task started
 
     def describe(self) -> str:
@@ -162,11 +232,49 @@ class ServiceDetail:
 # --------------------------------------------------------------------------- DockerState
 
 
-class DockerState:
-    """Read-mostly view of the stacks on one Docker engine."""
+def is_converged(state: DeployedState) -> bool:
+    """Every service runs its desired replicas of the current spec and its update settled."""
+    return state.is_deployed and all(
+        s.running == s.desired and s.settled for s in state.services
+    )
 
-    def __init__(self, client: docker.DockerClient) -> None:
+
+def vanished_tasks(since: DeployedState, now: DeployedState) -> list[tuple[str, TaskRef]]:
+    """The tasks running in ``since`` that do not run (in the same container) in ``now``."""
+    running = {svc.name: set(svc.tasks) for svc in now.services}
+    return [
+        (svc.name, ref)
+        for svc in since.services
+        for ref in svc.tasks
+        if ref not in running.get(svc.name, set())
+    ]
+
+
+def startup_left_s(
+    details: list[ServiceDetail], probed: frozenset[str], stack: str, now_ns: int,
+    startup_s: float = UNPROBED_STARTUP_S,
+) -> float:
+    """How long until every service outside ``probed`` (short names, e.g. ``app``) has had
+    its youngest running task up for ``startup_s`` (engine clock); 0 when they all have."""
+    left = 0.0
+    for detail in details:
+        if detail.service.name.removeprefix(stack + "_") in probed:
+            continue
+        age_s = (now_ns - detail.running_since_ns) / 1e9
+        left = max(left, startup_s - age_s)
+    return max(0.0, left)
+
+
+class DockerState:
+    """Read-mostly view of the stacks on one Docker engine.
+
+    ``hasten_stops``: while waiting for convergence, stop the containers of replaced tasks
+    at once instead of after swarm's 2 s load-balancer delay (see the module docstring).
+    """
+
+    def __init__(self, client: docker.DockerClient, *, hasten_stops: bool = True) -> None:
         self.client = client
+        self.hasten_stops = hasten_stops
 
     def _call(self, doing: str, fn: Callable[[], T]) -> T:
         with docker_errors(doing):
@@ -233,6 +341,12 @@ class DockerState:
         running_since = max(
             (parse_timestamp(t["Status"].get("Timestamp")) for t in running), default=0
         )
+        stopping = tuple(
+            Stopping(_task_ref(t), _grace_s(t))
+            for t in tasks
+            if t.get("DesiredState") in ("shutdown", "remove")
+            and t["Status"].get("State") == "running"
+        )
         state = ServiceState(
             name=name,
             desired=desired,
@@ -245,6 +359,7 @@ class DockerState:
                 else None
             ),
             failed_tasks=len(failed),
+            tasks=tuple(_task_ref(t) for t in running),
         )
         container = (
             ((last_failed["Status"].get("ContainerStatus") or {}).get("ContainerID") or None)
@@ -260,6 +375,7 @@ class DockerState:
             ),
             last_failed_task_id=str(last_failed["ID"]) if last_failed else None,
             last_failed_container_id=container,
+            stopping=stopping,
             running_since_ns=running_since,
         )
 
@@ -365,67 +481,166 @@ class DockerState:
                     f"{svc.last_error}" + (f"; last log lines: {logs}" if logs else "")
                 )
 
+    def _hasten(self, details: list[ServiceDetail], started: set[str]) -> None:
+        """Stop replaced tasks' containers now, each with its own stop grace (in a thread)."""
+        for detail in details:
+            for stop in detail.stopping:
+                cid = stop.task.container_id
+                if cid is None or cid in started:
+                    continue
+                started.add(cid)
+                log.info("stopping replaced task %s (container %s, grace %.0f s)",
+                         stop.task.task_id[:12], cid[:12], stop.grace_s)
+                threading.Thread(
+                    target=self._stop_quietly, args=(cid, stop.grace_s),
+                    name=f"stop-{cid[:12]}", daemon=True,
+                ).start()
+
+    def _stop_quietly(self, container_id: str, grace_s: float) -> None:
+        try:
+            self.client.api.stop(container_id, timeout=max(1, math.ceil(grace_s)))
+        except (DockerException, OSError) as exc:  # gone already, or swarm got there first
+            log.debug("stop of %s: %s", container_id[:12], exc)
+
     def wait_converged(
         self,
         domain: str,
         timeout_s: float,
-        poll_s: float = 0.5,
-        stable_s: float = STABLE_S,
+        *,
+        ready: Readiness | None = None,
+        probed: frozenset[str] = frozenset(),
+        observe_every_s: float = OBSERVE_EVERY_S,
     ) -> DeployedState:
-        """Wait until every service runs its desired replicas and its update settled.
+        """Wait until every service runs its desired replicas, its update settled, and
+        ``ready`` (if given) says the app is up; return the state (with its running tasks).
 
-        The state must also hold ``stable_s``: every current task has been running that
-        long (by the engine's clock), or this wait saw it converged that long. So a fresh
-        deploy whose task dies a few seconds after starting is not taken for converged
-        (an update gets the same from swarm's update monitor, so it seldom waits extra).
-        ``DeployFailed`` early for a missing image or a crash loop; ``WaitTimeout`` naming
-        each service's running/desired and last task state/error otherwise.
+        No fixed window. While tasks move (not converged) the engine is observed right after
+        each event of the stack and then at a period that grows from ``MIN_POLL_S`` (task
+        states have no events of their own); once the tasks run, it is observed on events and
+        every ``observe_every_s`` (``FALLBACK_POLL_S`` without the event stream), and ``ready``
+        is probed every ``READY_POLL_S``. A task that dies before the app is up is seen
+        failing, so a crash loop fails fast (``DeployFailed`` with the last task error), as
+        does a missing image; ``WaitTimeout`` names each service's running/desired, its last
+        task state and error, and what the readiness probe last saw.
+
+        ``probed`` names the services (``app``) whose being up ``ready`` tells; every other
+        service's youngest task must also have run ``UNPROBED_STARTUP_S``, so a task that
+        dies on start is caught here. Later deaths are for ``still_running``.
         """
         deadline = time.monotonic() + timeout_s
-        converged_since: float | None = None
-        while True:
-            state, details = self.observe(domain)
-            self.check_failed(details)
-            if state.is_deployed and all(
-                s.running == s.desired and s.settled for s in state.services
-            ):
-                now = time.monotonic()
-                converged_since = now if converged_since is None else converged_since
-                youngest = max((d.running_since_ns for d in details), default=0)
-                if (
-                    time.time_ns() - youngest >= stable_s * 1e9
-                    or now - converged_since >= stable_s
-                ):
-                    return state
-            else:
-                converged_since = None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                seen = "; ".join(d.describe() for d in details) or "no services deployed"
-                raise WaitTimeout(f"{domain} (stack {state.stack}) to converge", timeout_s, seen)
-            time.sleep(min(poll_s, remaining))
+        stopping: set[str] = set()
+        state: DeployedState | None = None
+        details: list[ServiceDetail] = []
+        waiting_for: str | None = None
+        backoff = MIN_POLL_S
+        stack = stack_name(domain)
+        up_since: float | None = None  # when this wait first saw the tasks run and the app up
+        with StackEvents(self.client, stack, max_s=timeout_s + EVENTS_SLACK_S) as events:
+            woken, observed_at = True, -math.inf
+            while True:
+                every = observe_every_s if events.streaming else FALLBACK_POLL_S
+                converged = state is not None and is_converged(state)
+                if woken or not converged or time.monotonic() - observed_at >= every:
+                    state, details = self.observe(domain)
+                    observed_at = time.monotonic()
+                    self.check_failed(details)
+                    if self.hasten_stops:
+                        self._hasten(details, stopping)
+                    converged = is_converged(state)
+                if converged:
+                    waiting_for = ready() if ready is not None else None
+                    nap = READY_POLL_S
+                    if waiting_for is None:
+                        up_since = time.monotonic() if up_since is None else up_since
+                        # The engine's clock, but never longer than the same time on ours.
+                        left = min(startup_left_s(details, probed, stack, time.time_ns()),
+                                   up_since + UNPROBED_STARTUP_S - time.monotonic())
+                        if left > 0:
+                            waiting_for = f"services outside {sorted(probed)} to stay up"
+                            nap = left
+                        else:
+                            fresh, details = self.observe(domain)  # never a stale state
+                            self.check_failed(details)
+                            if is_converged(fresh):
+                                return fresh
+                            state, observed_at = fresh, time.monotonic()
+                else:
+                    up_since = None
+                    # Task states follow container events by a moment and have no events of
+                    # their own: look again soon after a change, then less and less often.
+                    nap = backoff
+                    backoff = min(backoff * 2, every)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = "; ".join(d.describe() for d in details) or "no services deployed"
+                    if waiting_for is not None:
+                        seen += f"; the app is not up: {waiting_for}"
+                    raise WaitTimeout(f"{domain} (stack {stack}) to converge", timeout_s,
+                                      seen)
+                woken = events.wait(min(nap, remaining))
+                if woken:
+                    backoff = MIN_POLL_S
 
-    def wait_undeployed(self, domain: str, timeout_s: float, poll_s: float = 0.3) -> None:
+    def still_running(self, domain: str, since: DeployedState) -> None:
+        """Raise ``DeployFailed`` when a task running in ``since`` died or was replaced."""
+        if not any(svc.tasks for svc in since.services):
+            raise InvalidInput(
+                f"still_running({domain}) needs the state wait_converged returned (it names "
+                f"the running tasks); got one without tasks: {since!r}"
+            )
+        now, _ = self.observe(domain)
+        gone = vanished_tasks(since, now)
+        if not gone:
+            return
+        raise DeployFailed(
+            f"{domain}: " + "; ".join(self._describe_gone(name, ref) for name, ref in gone)
+            + "; the app died or was restarted after it had come up"
+        )
+
+    def _describe_gone(self, service: str, ref: TaskRef) -> str:
+        """What became of a task that was running: its state, error, exit code and logs."""
+        container = ref.container_id[:12] if ref.container_id else "none"
+        what = f"service {service}: task {ref.task_id[:12]} (container {container})"
+        try:
+            task = self.client.api.inspect_task(ref.task_id)
+        except NotFound:
+            return f"{what} that was running is gone (swarm pruned it)"
+        except (DockerException, OSError) as exc:
+            return f"{what} that was running cannot be inspected: {exc}"
+        status = task.get("Status") or {}
+        exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
+        text = f"{what} that was running is now {status.get('State')}"
+        if status.get("Err"):
+            text += f" ({status['Err']})"
+        if exit_code is not None and status.get("State") != "running":
+            text += f", exit code {exit_code}"
+        logs = self._tail_logs(ref.container_id)
+        return text + (f"; last log lines: {logs}" if logs else "")
+
+    def wait_undeployed(self, domain: str, timeout_s: float,
+                        poll_s: float = UNDEPLOY_POLL_S) -> None:
         """Wait until the stack's services and their containers are gone (volumes free)."""
         stack = stack_name(domain)
         label = f"{constants.STACK_NAMESPACE_LABEL}={stack}"
         deadline = time.monotonic() + timeout_s
-        while True:
-            services = self._services(stack)
-            containers = self._call(
-                f"listing the containers of stack {stack}",
-                lambda: self.client.api.containers(all=True, filters={"label": label}),
-            )
-            if not services and not containers:
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                seen = (
-                    f"services {[s['Spec']['Name'] for s in services]}, "
-                    f"containers {[c.get('Names') for c in containers]}"
+        with StackEvents(self.client, stack, max_s=timeout_s + EVENTS_SLACK_S) as events:
+            while True:
+                services = self._services(stack)
+                containers = self._call(
+                    f"listing the containers of stack {stack}",
+                    lambda: self.client.api.containers(all=True, filters={"label": label}),
                 )
-                raise WaitTimeout(f"stack {stack} of {domain} to be removed", timeout_s, seen)
-            time.sleep(min(poll_s, remaining))
+                if not services and not containers:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = (
+                        f"services {[s['Spec']['Name'] for s in services]}, "
+                        f"containers {[c.get('Names') for c in containers]}"
+                    )
+                    raise WaitTimeout(f"stack {stack} of {domain} to be removed", timeout_s,
+                                      seen)
+                events.wait(min(poll_s, remaining))
 
     # --- removal ----------------------------------------------------------------------
 
@@ -460,6 +675,34 @@ class DockerState:
                     f"cannot reach the Docker engine stopping container {cid[:12]}: {exc}"
                 ) from exc
         return removed
+
+    def kill_containers(self, domain: str) -> list[str]:
+        """Kill (SIGKILL, no grace) and remove the stack's containers once its services are gone.
+
+        For data that is discarded or restored right after. Does nothing while any service
+        of the stack still exists (swarm would start a replacement).
+        """
+        stack = stack_name(domain)
+        if self._services(stack):
+            return []
+        label = f"{constants.STACK_NAMESPACE_LABEL}={stack}"
+        containers = self._call(
+            f"listing the containers of stack {stack}",
+            lambda: self.client.api.containers(all=True, filters={"label": label}),
+        )
+        killed = []
+        for container in cast(list[dict[str, Any]], containers):
+            cid = str(container["Id"])
+            try:
+                self.client.api.remove_container(cid, force=True)
+                killed.append(cid)
+            except DockerException:
+                continue  # the swarm agent got there first (gone, or being removed)
+            except OSError as exc:
+                raise PlatformError(
+                    f"cannot reach the Docker engine killing container {cid[:12]}: {exc}"
+                ) from exc
+        return killed
 
     def remove_volumes(self, domain: str, timeout_s: float = REMOVE_VOLUME_TIMEOUT_S) -> list[str]:
         """Delete the stack's volumes (retrying while a dying container holds one)."""

@@ -17,6 +17,16 @@ and, for a chaos deploy, ``coop-cloud.<stack>.chaos-version`` (the short sha) on
 service. Everything else (``${VAR}`` interpolation included) is left to ``docker stack deploy``,
 which gets a minimal environment: ``PATH``/``HOME``/``DOCKER_HOST``, the env file, and
 ``DOMAIN``, ``STACK_NAME``, ``CCCI_HTTP_PORT``.
+
+Rendering also sets ``deploy.update_config.monitor`` to ``UPDATE_MONITOR`` on every service
+whose recipe does not set it. Swarm's default (5 s) keeps an update ``updating`` for that long
+after the new task runs, only to watch for a failure; ``wait_converged`` watches for failures
+itself (events, crash-loop counting, ``still_running``), so the default is dead time on every
+upgrade. A recipe that sets its own monitor keeps it.
+
+The app is up when its loopback port accepts a TCP connection: ``wait_converged`` waits for
+that too (the recipe contract says the app serves HTTP on ``127.0.0.1:${CCCI_HTTP_PORT}``), so
+a fresh task that dies before it serves is seen crash-looping instead of passing for converged.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from ccci_tasks.naming import (
     validate_version,
 )
 from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
-from ccci_tasks.platform.docker_state import STABLE_S, DockerState, docker_client
+from ccci_tasks.platform.docker_state import DockerState, Readiness, docker_client
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state.atomic import file_lock, write_text
@@ -59,6 +69,7 @@ __all__ = [
     "APP_SERVICE",
     "KEEP_DEPLOY_DIRS",
     "PORT_RANGE",
+    "UPDATE_MONITOR",
     "SwarmPlatform",
     "interpolate",
     "render_compose",
@@ -73,6 +84,8 @@ UNDEPLOY_TIMEOUT_S: Final = 120.0
 GIT_TIMEOUT_S: Final = 60.0
 DEFAULT_COMPOSE_FILE: Final = "compose.yml"
 RENDERED_PREFIX: Final = "ccci-rendered."
+UPDATE_MONITOR: Final = "1ms"  # see the module docstring
+CONNECT_TIMEOUT_S: Final = 0.5
 
 _COMPOSE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.ya?ml")
 _VAR_RE: Final = re.compile(
@@ -164,6 +177,9 @@ def render_compose(
         if name == APP_SERVICE:
             ours.update(app_labels)
         deploy["labels"] = _merge_labels(deploy.get("labels"), ours, env)
+        update = dict(deploy.get("update_config") or {})
+        update.setdefault("monitor", UPDATE_MONITOR)
+        deploy["update_config"] = update
         service["deploy"] = deploy
         service["labels"] = _merge_labels(service.get("labels"), ccci_labels, env)
         services[name] = service
@@ -188,16 +204,9 @@ def render_compose(
 class SwarmPlatform:
     """``Platform`` on the local Docker engine in swarm mode."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        client: docker.DockerClient | None = None,
-        *,
-        stable_s: float = STABLE_S,
-    ) -> None:
+    def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
         self.settings = settings
         self._client = client
-        self.stable_s = stable_s  # see DockerState.wait_converged
         self._state: DockerState | None = None
 
     # --- plumbing ---------------------------------------------------------------------
@@ -414,15 +423,23 @@ class SwarmPlatform:
         return self.deployed(domain)
 
     def undeploy(self, domain: str, *, graceful: bool = True) -> None:
-        """``docker stack rm`` and wait until services and containers are gone."""
-        stack = stack_name(domain)
+        """``docker stack rm``, then wait until services and containers are gone.
+
+        Graceful: each container gets its stop signal and stop grace period. Not graceful:
+        the containers are killed at once (SIGKILL) and removed.
+        """
+        stack = stack_name(validate_domain(domain))
         self._run(["docker", "stack", "rm", stack], timeout_s=STACK_RM_TIMEOUT_S)
-        self.state.stop_orphan_containers(domain, None if graceful else 0)
+        if graceful:
+            self.state.stop_orphan_containers(domain)
+        else:
+            self.state.kill_containers(domain)
         self.state.wait_undeployed(domain, UNDEPLOY_TIMEOUT_S)
 
     def remove(self, domain: str) -> None:
-        """Undeploy, then delete volumes, secrets, the env file and the deploy dirs."""
-        self.undeploy(domain, graceful=False)  # the data is deleted next
+        """Undeploy without a graceful stop (the data goes next), then delete volumes,
+        secrets, the env file and the deploy dirs."""
+        self.undeploy(domain, graceful=False)
         self.state.remove_volumes(domain)
         self.state.remove_secrets(domain)
         self.env_path(domain).unlink(missing_ok=True)
@@ -461,7 +478,25 @@ class SwarmPlatform:
         return [apps[d] for d in sorted(apps)]
 
     def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
-        return self.state.wait_converged(domain, timeout_s, stable_s=self.stable_s)
+        """Converged (see ``DockerState.wait_converged``) and the app's port accepts."""
+        return self.state.wait_converged(domain, timeout_s, ready=self.listening(domain),
+                                         probed=frozenset({APP_SERVICE}))
+
+    def still_running(self, domain: str, since: DeployedState) -> None:
+        self.state.still_running(validate_domain(domain), since)
+
+    def listening(self, domain: str) -> Readiness:
+        """A readiness probe: None once ``127.0.0.1:<CCCI_HTTP_PORT>`` accepts a connection."""
+        address = ("127.0.0.1", int(self.base_url(domain).rsplit(":", 1)[1]))
+
+        def probe() -> str | None:
+            try:
+                with socket.create_connection(address, timeout=CONNECT_TIMEOUT_S):
+                    return None
+            except OSError as exc:
+                return f"127.0.0.1:{address[1]} does not accept connections ({exc})"
+
+        return probe
 
     def base_url(self, domain: str) -> str:
         port = self.read_env(domain).get("CCCI_HTTP_PORT", "")

@@ -43,6 +43,7 @@ from ccci_tasks.state import atomic
 from ccci_tasks.state.canonical import recipe_dir
 from ccci_tasks.state.clock import compact, iso, utc_now
 from ccci_tasks.state.voltar import (
+    STAMP_DIR,
     VolumeEntry,
     check_archive,
     restore_dirs,
@@ -320,6 +321,6 @@ def restore(
         _refuse_if_deployed(platform, domain, "restore")
         if guard is not None:
             guard(f"restore the snapshot of {recipe} into {domain}")
-        restore_dirs(volumes, current, manifest.volumes, what)
+        restore_dirs(volumes, current, manifest.volumes, what, stamp_dir=root / STAMP_DIR)
     log.info("restored %s into %s: %d volume(s)", what, domain, len(manifest.volumes))
     return manifest

@@ -6,9 +6,12 @@
 # - Every boot rewrites /data/www/index.html with the version and $GREETING, and appends a
 #   line to /data/www/boots.txt; everything else on the volume is left alone.
 # - FAIL_AFTER_WRITE=1 writes /data/www/broken.txt and exits 1 (a crash-looping build).
+# - IGNORE_SIGTERM=1 ignores SIGTERM and SIGINT, like an app that does not handle signals: a
+#   stop then takes the whole stop grace period and ends with SIGKILL.
 set -eu
 
 VERSION="$(cat /etc/ccci-version)"
+NAME="${VERSION%% *}"  # the recipe: custom-html, or a variant built from this script
 PORT="${CCCI_HTTP_PORT:?CCCI_HTTP_PORT is not set: the platform must give the app a port}"
 GREETING="${GREETING:-Hello from custom-html}"
 INIT_DELAY="${INIT_DELAY:-3}"
@@ -17,15 +20,19 @@ MARKER=/data/.initialised
 child=""
 
 stop() {
-    echo "custom-html: stopping"
+    echo "$NAME: stopping"
     if [ -n "$child" ]; then kill "$child" 2>/dev/null || true; fi
     exit 0
 }
-trap stop TERM INT
+if [ "${IGNORE_SIGTERM:-0}" = "1" ]; then
+    trap '' TERM INT
+else
+    trap stop TERM INT
+fi
 
 mkdir -p "$WWW"
 if [ ! -f "$MARKER" ]; then
-    echo "custom-html: first boot on an empty volume, initialising for ${INIT_DELAY} s"
+    echo "$NAME: first boot on an empty volume, initialising for ${INIT_DELAY} s"
     sleep "$INIT_DELAY" &
     child=$!
     wait "$child"
@@ -35,7 +42,7 @@ fi
 
 if [ "${FAIL_AFTER_WRITE:-0}" = "1" ]; then
     echo "broken by FAIL_AFTER_WRITE=1 in $VERSION" > "$WWW/broken.txt"
-    echo "custom-html: FAIL_AFTER_WRITE=1: wrote $WWW/broken.txt, exiting 1" >&2
+    echo "$NAME: FAIL_AFTER_WRITE=1: wrote $WWW/broken.txt, exiting 1" >&2
     exit 1
 fi
 
@@ -54,10 +61,10 @@ cat > "$WWW/index.html.tmp" <<HTML
 HTML
 mv "$WWW/index.html.tmp" "$WWW/index.html"
 
-echo "custom-html: $VERSION serving $WWW on 127.0.0.1:$PORT"
+echo "$NAME: $VERSION serving $WWW on 127.0.0.1:$PORT"
 httpd -f -v -p "127.0.0.1:$PORT" -h "$WWW" &
 child=$!
 status=0
 wait "$child" || status=$?
-echo "custom-html: httpd exited $status" >&2
+echo "$NAME: httpd exited $status" >&2
 exit "$status"
