@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 
 from ccci_tasks import probes
 from ccci_tasks.errors import DeployFailed, KeycloakError, RunFailed, WaitTimeout
 from ccci_tasks.lanes.model import RunCtx, StepEnv
 from ccci_tasks.platform.base import DeployedState
+from ccci_tasks.proc import run
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +156,9 @@ def run_overlay(env: StepEnv, ctx: RunCtx, op: str) -> str:
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
             "--rootdir", str(test_file.parent), str(test_file)]
     try:
-        done = subprocess.run(
-            argv, cwd=test_file.parent, env=child_env, capture_output=True, text=True,
-            timeout=OVERLAY_TIMEOUT_S, check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
+        done = run(argv, timeout_s=OVERLAY_TIMEOUT_S, text=True, cwd=test_file.parent,
+                   env=child_env, check=False)
+    except WaitTimeout as exc:
         raise RunFailed(f"test_{op}.py did not finish within {OVERLAY_TIMEOUT_S} s") from exc
     summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     if done.returncode != 0:

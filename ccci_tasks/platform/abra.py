@@ -91,7 +91,6 @@ from ccci_tasks.errors import (
     ConfigError,
     InvalidInput,
     PlatformError,
-    WaitTimeout,
 )
 from ccci_tasks.naming import (
     stack_name,
@@ -105,6 +104,7 @@ from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
 from ccci_tasks.platform.docker_state import DockerState, docker_client
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.proc import run
 from ccci_tasks.versions import is_version
 
 __all__ = [
@@ -125,7 +125,6 @@ __all__ = [
     "run_command",
     "subprocess_env",
     "undeploy_argv",
-    "validate_run_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ ENV_RECIPE: Final = "CCCI_RECIPE"
 # Where an env file names its recipe: ours first, then abra's (newer ``RECIPE``, older ``TYPE``).
 RECIPE_KEYS: Final = (ENV_RECIPE, "RECIPE", "TYPE")
 
-_RUN_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_RUN_DIR_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _SERVER_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
 _SHA_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
@@ -152,9 +151,10 @@ _SHA_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 # --------------------------------------------------------------------------- names
 
 
-def validate_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is safe as a directory name (a uuid or a 6-hex run id)."""
-    if not isinstance(run_id, str) or not _RUN_ID_RE.fullmatch(run_id):
+def _run_dir_name(run_id: str) -> str:
+    """``run_id`` as the name of the run's own ABRA_DIR folder: any run id (a uuid, as
+    ``naming.validate_run_id`` checks them) or other safe name of up to 64 characters."""
+    if not isinstance(run_id, str) or not _RUN_DIR_RE.fullmatch(run_id):
         raise InvalidInput(
             f"run id {run_id!r} is invalid: it must match ^[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}$; "
             "give the Celery task id of the run"
@@ -341,25 +341,10 @@ def run_command(
     """
     argv = [str(a) for a in argv]
     log.info("running %s (ABRA_DIR=%s)", shlex.join(argv), env.get("ABRA_DIR", "-"))
-    try:
-        proc = subprocess.run(
-            argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, errors="replace", timeout=timeout_s, check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        tail = _text(exc.stderr).strip().splitlines()[-3:]
-        raise WaitTimeout(
-            f"`{shlex.join(argv)}` to finish", timeout_s,
-            " | ".join(tail) or "no output on stderr",
-        ) from exc
-    except OSError as exc:
-        raise PlatformError(
-            f"cannot run {argv[0]}: {exc}; install it or set CCCI_ABRA_BIN to its path"
-        ) from exc
-    if proc.returncode != 0:
-        # stderr only: ``app new --secrets`` prints generated secrets on stdout.
-        raise CommandFailed(argv, proc.returncode, proc.stderr or "")
-    return proc
+    # CommandFailed carries stderr only: ``app new --secrets`` prints generated secrets on
+    # stdout.
+    return run(argv, timeout_s=timeout_s, text=True, env=env, cwd=cwd,
+               hint="install it or set CCCI_ABRA_BIN to its path")
 
 
 def _succeeds(argv: Sequence[str], *, env: Mapping[str, str], timeout_s: float) -> bool:
@@ -387,7 +372,7 @@ class AbraPlatform:
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
-        self.run_id = None if run_id is None else validate_run_id(run_id)
+        self.run_id = None if run_id is None else _run_dir_name(run_id)
         self.layout = AbraLayout(
             root=Path(settings.abra_root), run_id=self.run_id,
             server=_validate_server(settings.abra_server),

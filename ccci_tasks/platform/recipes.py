@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
 from ccci_tasks.naming import validate_recipe, validate_ref, validate_version
+from ccci_tasks.proc import run
 from ccci_tasks.versions import is_version, parse_version
 from ccci_tasks.versions import latest as latest_version
 
@@ -123,17 +124,8 @@ class RecipeRepo:
             raise self._missing()
         argv = ["git", "-C", str(self.path), *args]
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"}
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, timeout=self.timeout_s, check=False, env=env
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise PlatformError(
-                f"{' '.join(argv)} did not finish within {self.timeout_s:g} s; "
-                "check the repository and the disk"
-            ) from exc
-        except OSError as exc:
-            raise PlatformError(f"cannot run git ({exc}); install git on the worker") from exc
+        proc = run(argv, timeout_s=self.timeout_s, env=env, check=False,
+                   hint="install git on the worker")
         if proc.returncode != 0 and b"not a git repository" in proc.stderr:
             raise self._missing()
         return proc

@@ -36,7 +36,6 @@ import random
 import re
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +47,7 @@ import yaml
 
 from ccci_tasks import constants
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
+from ccci_tasks.errors import AppNotFound, InvalidInput, PlatformError
 from ccci_tasks.naming import (
     stack_name,
     validate_domain,
@@ -61,6 +60,7 @@ from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
 from ccci_tasks.platform.docker_state import DockerState, Readiness, docker_client
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.proc import run
 from ccci_tasks.state.atomic import file_lock, write_text
 from ccci_tasks.versions import is_version
 from ccci_tasks.versions import latest as latest_version
@@ -303,14 +303,8 @@ class SwarmPlatform:
     def _newest_tag_reachable(self, repo: RecipeRepo, commit: str) -> str | None:
         argv = ["git", "-C", str(repo.path), "tag", "--merged", commit]
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
-        try:
-            proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False, env=env
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise PlatformError(f"{' '.join(argv)} failed: {exc}") from exc
-        if proc.returncode != 0:
-            raise CommandFailed(argv, proc.returncode, proc.stderr)
+        proc = run(argv, timeout_s=GIT_TIMEOUT_S, text=True, env=env,
+                   hint="install git on the worker")
         return latest_version(t for t in proc.stdout.split() if is_version(t))
 
     # --- Platform ---------------------------------------------------------------------
@@ -536,30 +530,17 @@ class SwarmPlatform:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> str:
-        """Run the docker CLI with a minimal environment; non-zero exit is CommandFailed."""
+        """Run the docker CLI with a minimal environment; non-zero exit is CommandFailed, a
+        slow one WaitTimeout (check the Docker engine)."""
         base = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             "HOME": os.environ.get("HOME") or str(self.settings.state_dir),
             "DOCKER_HOST": self.settings.docker_host,
         }
-        try:
-            proc = subprocess.run(
-                argv,
-                cwd=cwd,
-                env={**(env or {}), **base},
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise PlatformError(
-                f"{' '.join(argv)} did not finish within {timeout_s:g} s; check the Docker engine"
-            ) from exc
-        except OSError as exc:
-            raise PlatformError(f"cannot run {argv[0]} ({exc}); install the docker CLI") from exc
-        if proc.returncode != 0:
-            raise CommandFailed(argv, proc.returncode, proc.stderr)
+        # Detached: a docker call happens whole or not at all, even when the worker is
+        # stopped or killed while it runs (see ccci_tasks.proc).
+        proc = run(argv, timeout_s=timeout_s, text=True, cwd=cwd, env={**(env or {}), **base},
+                   hint="install the docker CLI", detached=True)
         return proc.stdout
 
     def _prune_deploy_dirs(self, root: Path) -> None:
