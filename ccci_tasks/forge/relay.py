@@ -12,7 +12,6 @@ A message still undelivered after ``GIVE_UP_S`` moves to ``forge/failed/`` and i
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Iterator
@@ -25,18 +24,17 @@ import redis
 
 from ccci_tasks import constants as c
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import AlertRelayError, BrokerError, ConfigError
+from ccci_tasks.errors import AlertRelayError, BrokerError
 from ccci_tasks.forge import outbox
 from ccci_tasks.forge.client import ForgeClient, forge_configured
+from ccci_tasks.push import DONE_TTL_S, Notify, push_once, target_key
 from ccci_tasks.state.clock import utc_now
 
 log = logging.getLogger(__name__)
 
-DONE_TTL_S: Final = 7 * 24 * 3600
 GIVE_UP_S: Final = DONE_TTL_S  # past this, a done-key may be gone: never retry that long
 LOCK_TTL_S: Final = 300  # longer than a stream's delivery (a few requests of <= 10 s each)
 
-Notify = Callable[[str, str, str], bool]  # (url, title, body) -> accepted
 ClientFactory = Callable[[Settings], ForgeClient]
 
 _RELEASE: Final = """
@@ -54,8 +52,9 @@ class StreamResult:
 
 
 def done_key(key: str, target: str | None = None) -> str:
-    suffix = f":{hashlib.sha256(target.encode()).hexdigest()[:16]}" if target else ""
-    return f"{c.KEY_FORGE_DONE}{key}{suffix}"
+    if target is not None:
+        return target_key(c.KEY_FORGE_DONE, key, target)
+    return f"{c.KEY_FORGE_DONE}{key}"
 
 
 @contextmanager
@@ -106,28 +105,9 @@ def _send_notify(
             f"notification {item.key} stays pending: no targets (set CCCI_NOTIFY_URLS)"
         )
     title, body = str(item.payload.get("title", "")), str(item.payload.get("body", ""))
-    failures: list[str] = []
-    for index, url in enumerate(urls, start=1):
-        key = done_key(item.key, url)
-        if client.exists(key):
-            continue
-        try:
-            accepted = notify(url, title, body)
-        except ConfigError:
-            failures.append(f"target {index}: not a valid Apprise URL (check CCCI_NOTIFY_URLS)")
-            continue
-        except Exception as exc:  # Apprise plugins raise anything; the URL may hold a token
-            failures.append(f"target {index}: {type(exc).__name__}")
-            continue
-        if not accepted:
-            failures.append(f"target {index}: not accepted")
-            continue
-        client.set(key, "1", nx=True, ex=DONE_TTL_S)
-    if failures:
-        raise AlertRelayError(
-            f"notification {item.key} not taken by {len(failures)} of {len(urls)} "
-            f"target(s): {'; '.join(failures)}; it stays pending and is retried"
-        )
+    push_once(client, urls, prefix=c.KEY_FORGE_DONE, message=item.key, title=title,
+              body=body, what=f"notification {item.key}", setting="CCCI_NOTIFY_URLS",
+              notify=notify)
 
 
 def _send_forge(forge: ForgeClient, item: outbox.Item) -> None:

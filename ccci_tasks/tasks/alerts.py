@@ -20,28 +20,23 @@ written while the broker was down, or whose retries were lost, is relayed once i
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, Final
 
-import apprise
 import redis
 from celery import Task
 
 from ccci_tasks import constants as c
 from ccci_tasks.celery_app import app
 from ccci_tasks.config import Settings, get_settings
-from ccci_tasks.errors import AlertRelayError, BrokerError, ConfigError
+from ccci_tasks.errors import AlertRelayError, BrokerError
+from ccci_tasks.push import DONE_TTL_S, Notify, apprise_notify, push_once
 from ccci_tasks.state import alerts
 
 log = logging.getLogger(__name__)
 
-DONE_TTL_S: Final = 7 * 24 * 3600
 RETRY_BASE_S: Final = 2
-
-Notify = Callable[[str, str, str], bool]  # (url, title, body) -> accepted
 
 
 def retry_countdown_s(retries: int, settings: Settings) -> int:
@@ -49,21 +44,6 @@ def retry_countdown_s(retries: int, settings: Settings) -> int:
     timeout (a countdown longer than that would be redelivered while it waits)."""
     cap = max(1, min(settings.alert_retry_max_s, settings.visibility_timeout_s // 4))
     return int(min(cap, RETRY_BASE_S ** min(retries + 1, 20)))
-
-
-def apprise_notify(url: str, title: str, body: str) -> bool:
-    """Send through Apprise to one URL; False when Apprise says it was not delivered."""
-    sender = apprise.Apprise()
-    if not sender.add(url):
-        raise ConfigError(
-            "an alert URL in CCCI_ALERT_URLS is not a valid Apprise URL "
-            f"(scheme {url.split(':', 1)[0]!r}); see https://github.com/caronc/apprise/wiki"
-        )
-    return bool(sender.notify(title=title, body=body))
-
-
-def _target_key(alert_id: str, url: str) -> str:
-    return f"{c.KEY_RELAY_DONE}{alert_id}:{hashlib.sha256(url.encode()).hexdigest()[:16]}"
 
 
 def message(alert: alerts.Alert) -> tuple[str, str]:
@@ -100,28 +80,8 @@ def relay_one(
         log.warning("alert %s stays pending: no push targets (set CCCI_ALERT_URLS)", alert_id)
         return "no-targets"
     title, body = message(alert)
-    failures: list[str] = []
-    for index, url in enumerate(urls, start=1):
-        key = _target_key(alert_id, url)
-        if client.exists(key):
-            continue
-        try:
-            accepted = notify(url, title, body)
-        except ConfigError as exc:
-            failures.append(f"target {index}: {exc}")
-            continue
-        except Exception as exc:  # Apprise plugins raise anything; the URL may hold a token
-            failures.append(f"target {index}: {type(exc).__name__}")
-            continue
-        if not accepted:
-            failures.append(f"target {index}: not accepted")
-            continue
-        client.set(key, "1", nx=True, ex=DONE_TTL_S)
-    if failures:
-        raise AlertRelayError(
-            f"alert {alert_id} not relayed to {len(failures)} of {len(urls)} target(s): "
-            f"{'; '.join(failures)}; it stays pending and is retried"
-        )
+    push_once(client, urls, prefix=c.KEY_RELAY_DONE, message=alert_id, title=title, body=body,
+              what=f"alert {alert_id}", setting="CCCI_ALERT_URLS", notify=notify)
     client.set(done_key, "1", nx=True, ex=DONE_TTL_S)
     alerts.mark_seen(state_dir, alert_id)
     log.info("alert %s relayed to %d target(s) and moved to seen/", alert_id, len(urls))

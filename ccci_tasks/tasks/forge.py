@@ -26,7 +26,7 @@ from ccci_tasks.errors import AlertRelayError, BrokerError, ForgeError, Platform
 from ccci_tasks.forge import hooks, outbox, relay
 from ccci_tasks.forge.client import ForgeClient
 from ccci_tasks.forge.trigger import TriggerRequest, act, failed
-from ccci_tasks.tasks.alerts import apprise_notify
+from ccci_tasks.push import apprise_notify
 
 log = logging.getLogger(__name__)
 
