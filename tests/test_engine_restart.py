@@ -23,6 +23,8 @@ from faults import ours, private_system, wait_until
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 RECIPE = "custom-html"
+# The dockerd this module starts outlives the test (and its log file with it): kept here.
+STARTED: list[Any] = []
 
 
 def _engine_ready() -> bool:
@@ -39,8 +41,9 @@ def restart_dockerd() -> float:
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), 120, "dockerd to stop")
     log = open(SESSION_DIR / "dockerd-restarted.log", "ab")  # noqa: SIM115
-    subprocess.Popen([shutil.which("dockerd") or "dockerd"], stdout=log, stderr=log,
-                     start_new_session=True)
+    STARTED.append(log)
+    STARTED.append(subprocess.Popen([shutil.which("dockerd") or "dockerd"], stdout=log,
+                                    stderr=log, start_new_session=True))
     wait_until(_engine_ready, 120, "dockerd to answer with the swarm active", poll_s=0.5)
     return time.monotonic() - started
 

@@ -60,9 +60,12 @@ def test_only_green_cold_on_latest_of_enrolled_promotes(
 
 
 def _ctx(lane: str, promote: bool = False, deps: tuple[str, ...] = ()) -> RunCtx:
+    """A run context whose plan has what any lane reads (each reads its own keys)."""
+    plan = {"promote": promote, "known_good": "1.0.0+1.0", "outcome": "upgrade",
+            "snapshot_first": True, "current": "1.0.0+1.0", "target": "1.0.1+1.0",
+            "rollback_to": "1.0.0+1.0"}
     return RunCtx(run_id=RUN, lane=lane, recipe="custom-html", ref=None,
-                  domain="x.ci.localhost", token=7, deps=deps,
-                  plan={"promote": promote, "known_good": "1.0.0+1.0"})
+                  domain="x.ci.localhost", token=7, deps=deps, plan=plan)
 
 
 def test_registry_lists_each_lane_once_with_its_steps() -> None:

@@ -33,8 +33,8 @@ EXAMPLE_TESTS = Path(__file__).resolve().parent.parent / "examples" / "tests-rec
 
 @pytest.fixture
 def platform(settings: Any, clean_swarm: Any) -> SwarmPlatform:
-    """A SwarmPlatform with a short stable window, on the session swarm and state root."""
-    return SwarmPlatform(settings, client=clean_swarm, stable_s=1.0)
+    """A SwarmPlatform on the session swarm and state root."""
+    return SwarmPlatform(settings, client=clean_swarm)
 
 
 def _app(platform: SwarmPlatform, recipe: str, first: str) -> Iterator[str]:
