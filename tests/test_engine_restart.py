@@ -23,8 +23,6 @@ from faults import ours, private_system, wait_until
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 RECIPE = "custom-html"
-# The dockerd this module starts outlives the test (and its log file with it): kept here.
-STARTED: list[Any] = []
 
 
 def _engine_ready() -> bool:
@@ -40,10 +38,10 @@ def restart_dockerd() -> float:
     started = time.monotonic()
     os.kill(pid, signal.SIGTERM)
     wait_until(lambda: not Path(f"/proc/{pid}").exists(), 120, "dockerd to stop")
-    log = open(SESSION_DIR / "dockerd-restarted.log", "ab")  # noqa: SIM115
-    STARTED.append(log)
-    STARTED.append(subprocess.Popen([shutil.which("dockerd") or "dockerd"], stdout=log,
-                                    stderr=log, start_new_session=True))
+    with open(SESSION_DIR / "dockerd-restarted.log", "ab") as log:
+        # setsid -f: dockerd in a session of its own that outlives this test session.
+        subprocess.run(["setsid", "-f", shutil.which("dockerd") or "dockerd"], stdout=log,
+                       stderr=log, stdin=subprocess.DEVNULL, check=True, timeout=30)
     wait_until(_engine_ready, 120, "dockerd to answer with the swarm active", poll_s=0.5)
     return time.monotonic() - started
 
