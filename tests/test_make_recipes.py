@@ -96,3 +96,27 @@ def test_bad_behaviour_refused(tmp_path: Path, behaviour: dict[str, Any], expect
         "versions": [{"version": "1.0.0+1", "image_tag": "1", "behaviour": behaviour}]}))
     with pytest.raises(mr.BuildError, match=expected):
         mr.load_spec(source)
+
+
+def test_keep_existing_keeps_a_users_commits(tmp_path: Path) -> None:
+    """`--keep-existing` (what `make up` uses) keeps a repository that holds the expected
+    tags, with a user's own branch and commit; without it, or when a tag moved, it is
+    rebuilt."""
+    run = [sys.executable, str(SCRIPT), "--recipes-dir", str(tmp_path), "--recipe",
+           "custom-html", "--no-images"]
+    subprocess.run(run, check=True, capture_output=True, timeout=120)
+    repo = tmp_path / "custom-html"
+    git = ["git", "-C", str(repo), "-c", "user.name=u", "-c", "user.email=u@example.invalid"]
+    subprocess.run([*git, "checkout", "-q", "-b", "mine", "2.0.0+2.0"], check=True)
+    (repo / "README.md").write_text("my change\n")
+    subprocess.run([*git, "commit", "-qam", "my change"], check=True)
+    mine = subprocess.run([*git, "rev-parse", "mine"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    subprocess.run([*run, "--keep-existing"], check=True, capture_output=True, timeout=120)
+    assert subprocess.run([*git, "rev-parse", "mine"], capture_output=True, text=True,
+                          check=True).stdout.strip() == mine
+    subprocess.run([*git, "tag", "-f", "-a", "-m", "moved", "2.0.0+2.0", "mine"], check=True,
+                   capture_output=True)
+    subprocess.run([*run, "--keep-existing"], check=True, capture_output=True, timeout=120)
+    assert subprocess.run([*git, "rev-parse", "--verify", "-q", "mine"],
+                          capture_output=True, text=True).returncode != 0, "not rebuilt"
