@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
+from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError, WaitTimeout
 from ccci_tasks.platform.recipes import RecipeRepo
 
 BAD_REFS = ["--upload-pack=x", "$(id)", "a..b", "-x", "a b", "main;id", "`id`"]
@@ -246,12 +246,12 @@ def test_git_failure_is_command_failed(recipe: RecipeRepo, monkeypatch: pytest.M
     assert info.value.argv[0] == "git" and info.value.returncode == 128
 
 
-def test_git_timeout_is_platform_error(recipe: RecipeRepo, monkeypatch: pytest.MonkeyPatch) -> None:
-    """git running out of time becomes PlatformError naming the timeout."""
+def test_git_timeout_is_a_wait_timeout(recipe: RecipeRepo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """git running out of time becomes WaitTimeout naming the command and the timeout."""
 
     def slow(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
         raise subprocess.TimeoutExpired(argv, kwargs["timeout"])
 
     monkeypatch.setattr(subprocess, "run", slow)
-    with pytest.raises(PlatformError, match="within 60 s"):
+    with pytest.raises(WaitTimeout, match=r"timed out after 60 s waiting for `git -C .* tag"):
         recipe.versions()

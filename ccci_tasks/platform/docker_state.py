@@ -644,6 +644,34 @@ class DockerState:
 
     # --- removal ----------------------------------------------------------------------
 
+    def _orphan_containers(self, domain: str) -> list[dict[str, Any]]:
+        """The stack's containers once its services are gone (none while any service
+        exists: swarm would start a replacement)."""
+        stack = stack_name(domain)
+        if self._services(stack):
+            return []
+        label = f"{constants.STACK_NAMESPACE_LABEL}={stack}"
+        return cast(list[dict[str, Any]], self._call(
+            f"listing the containers of stack {stack}",
+            lambda: self.client.api.containers(all=True, filters={"label": label}),
+        ))
+
+    def _remove_each(self, domain: str, doing: str,
+                     remove: Callable[[dict[str, Any]], None]) -> list[str]:
+        done = []
+        for container in self._orphan_containers(domain):
+            cid = str(container["Id"])
+            try:
+                remove(container)
+                done.append(cid)
+            except DockerException:
+                continue  # the swarm agent got there first (gone, or being removed)
+            except OSError as exc:
+                raise PlatformError(
+                    f"cannot reach the Docker engine {doing} container {cid[:12]}: {exc}"
+                ) from exc
+        return done
+
     def stop_orphan_containers(self, domain: str, stop_timeout_s: int | None = None) -> list[str]:
         """Stop and remove the stack's containers once its services are gone.
 
@@ -652,29 +680,13 @@ class DockerState:
         container's own stop grace period) frees the volumes sooner. Does nothing while any
         service of the stack still exists.
         """
-        stack = stack_name(domain)
-        if self._services(stack):
-            return []
-        label = f"{constants.STACK_NAMESPACE_LABEL}={stack}"
-        containers = self._call(
-            f"listing the containers of stack {stack}",
-            lambda: self.client.api.containers(all=True, filters={"label": label}),
-        )
-        removed = []
-        for container in cast(list[dict[str, Any]], containers):
-            cid = str(container["Id"])
-            try:
-                if container.get("State") == "running":
-                    self.client.api.stop(cid, timeout=stop_timeout_s)
-                self.client.api.remove_container(cid)
-                removed.append(cid)
-            except DockerException:
-                continue  # the swarm agent got there first (gone, or being removed)
-            except OSError as exc:
-                raise PlatformError(
-                    f"cannot reach the Docker engine stopping container {cid[:12]}: {exc}"
-                ) from exc
-        return removed
+
+        def stop(container: dict[str, Any]) -> None:
+            if container.get("State") == "running":
+                self.client.api.stop(container["Id"], timeout=stop_timeout_s)
+            self.client.api.remove_container(container["Id"])
+
+        return self._remove_each(domain, "stopping", stop)
 
     def kill_containers(self, domain: str) -> list[str]:
         """Kill (SIGKILL, no grace) and remove the stack's containers once its services are gone.
@@ -682,27 +694,9 @@ class DockerState:
         For data that is discarded or restored right after. Does nothing while any service
         of the stack still exists (swarm would start a replacement).
         """
-        stack = stack_name(domain)
-        if self._services(stack):
-            return []
-        label = f"{constants.STACK_NAMESPACE_LABEL}={stack}"
-        containers = self._call(
-            f"listing the containers of stack {stack}",
-            lambda: self.client.api.containers(all=True, filters={"label": label}),
-        )
-        killed = []
-        for container in cast(list[dict[str, Any]], containers):
-            cid = str(container["Id"])
-            try:
-                self.client.api.remove_container(cid, force=True)
-                killed.append(cid)
-            except DockerException:
-                continue  # the swarm agent got there first (gone, or being removed)
-            except OSError as exc:
-                raise PlatformError(
-                    f"cannot reach the Docker engine killing container {cid[:12]}: {exc}"
-                ) from exc
-        return killed
+        return self._remove_each(
+            domain, "killing",
+            lambda container: self.client.api.remove_container(container["Id"], force=True))
 
     def remove_volumes(self, domain: str, timeout_s: float = REMOVE_VOLUME_TIMEOUT_S) -> list[str]:
         """Delete the stack's volumes (retrying while a dying container holds one)."""
