@@ -24,6 +24,14 @@ from recipe_commits import make_commit
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 RECIPE = "custom-html"
+HOLD = """
+
+def test_held_while_the_gate_exists():
+    import os, time
+    deadline = time.monotonic() + 120
+    while os.path.exists({gate!r}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+"""
 FLOWER_USER, FLOWER_PASSWORD = "ccci", "flower-" + os.urandom(6).hex()
 
 
@@ -117,27 +125,40 @@ def test_enqueue_watch_list_queued_and_running(seeded: Any, example_recipes: Pat
     sha = make_commit(example_recipes / RECIPE, "2.0.0+2.0",
                       {"compose.yml": ("Hello from custom-html", "Hello from the watch PR")},
                       "pr-watch")
-    first = ccci("quick", RECIPE, sha)
-    second = ccci("quick", RECIPE, sha, "--json")
-    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    first_id = first.stdout.split()[0]
-    assert f"follow it: ccci watch {first_id}" in first.stdout
-    second_id = json.loads(second.stdout)["run_id"]
+    # The first run's custom test waits while a gate file exists, so the pair is seen as
+    # running and queued however fast a quick run is.
+    custom = Path(TEST_ENV["CCCI_TESTS_DIR"]) / RECIPE / "test_custom.py"
+    original = custom.read_text()
+    gate = SESSION_DIR / "hold-watch"
+    gate.touch()
+    custom.write_text(original + HOLD.format(gate=str(gate)))
+    try:
+        first = ccci("quick", RECIPE, sha)
+        second = ccci("quick", RECIPE, sha, "--json")
+        assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+        first_id = first.stdout.split()[0]
+        assert f"follow it: ccci watch {first_id}" in first.stdout
+        second_id = json.loads(second.stdout)["run_id"]
 
-    def states() -> dict[str, str] | None:
-        rows = json.loads(ccci("runs", "list", "--json").stdout)
-        got = {r["run_id"]: r["state"] for r in rows if r["run_id"] in (first_id, second_id)}
-        return got if got.get(first_id) == "running" and got.get(second_id) == "queued" \
-            else None
+        def states() -> dict[str, str] | None:
+            rows = json.loads(ccci("runs", "list", "--json").stdout)
+            got = {r["run_id"]: r["state"] for r in rows
+                   if r["run_id"] in (first_id, second_id)}
+            return got if got.get(first_id) == "running" and got.get(second_id) == "queued" \
+                else None
 
-    wait_until(states, 60, "one run running and the other queued", poll_s=0.2)
-    listing = ccci("runs", "list").stdout
-    assert any(first_id in line and " running " in line for line in listing.splitlines())
-    assert any(second_id in line and " queued " in line for line in listing.splitlines())
+        wait_until(states, 60, "one run running and the other queued", poll_s=0.2)
+        listing = ccci("runs", "list").stdout.splitlines()
+        assert any(first_id in line and " running " in line for line in listing), listing
+        assert any(second_id in line and " queued " in line for line in listing), listing
+    finally:
+        custom.write_text(original)
+        gate.unlink(missing_ok=True)
+    assert ccci("watch", first_id).returncode == 0
     watched = ccci("watch", second_id)
     assert watched.returncode == 0, watched.stderr
     lines = watched.stdout.splitlines()
-    assert any("-> deploy_canonical" in line for line in lines)
+    assert any(" deploy_canonical" in line for line in lines)
     assert any(" ok   restore " in line and "s:" in line for line in lines)
     assert lines[-1].split()[2:4] == ["verdict", "pass"]
 
