@@ -9,7 +9,11 @@ The gates (all must be open, else nothing at all is removed):
 * the disk holding ``CCCI_PRUNE_PATH`` is used at or above ``CCCI_PRUNE_THRESHOLD_PCT``;
 * no run of this system is in flight (the caller names them, from the run slots);
 * no service on the engine is converging (any stack: running != desired replicas, or an update
-  that has not settled), since a deploy in progress may be about to use an image.
+  that has not settled), since a deploy in progress may be about to use an image. A service
+  that has been in that state with no task or spec change for ``STUCK_AFTER`` is stuck, not
+  converging (e.g. its task exited 0 under an on-failure restart policy when the engine
+  restarted, so nothing will ever start it again): it is named in the reason and does not
+  hold the prune back forever.
 
 What goes (the disk is the host's, so engine-wide), each older than ``CCCI_PRUNE_MIN_AGE_H``:
 
@@ -31,8 +35,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -55,6 +59,7 @@ from ccci_tasks.platform.engine_objects import (
 )
 
 __all__ = [
+    "STUCK_AFTER",
     "BuildCacheFact",
     "ContainerFact",
     "Facts",
@@ -72,6 +77,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BUILD_CACHE_SKIPPED_TYPES: Final = ("internal", "frontend")  # kept by a prune without --all
+# A service off its desired state with no task or spec change for this long is stuck, not
+# converging (no deploy in progress holds an image for half an hour without a task change).
+STUCK_AFTER: Final = timedelta(minutes=30)
 
 
 # --------------------------------------------------------------------------- facts
@@ -87,6 +95,9 @@ class Facts:
     containers: tuple[ContainerFact, ...]
     build_cache: tuple[BuildCacheFact, ...]
     build_cache_unsupported: str | None = None  # why this engine cannot prune by age
+    # service name -> the newest change of its tasks or spec; a service missing here is
+    # taken as changing now (converging while off its desired state)
+    service_changed: Mapping[str, datetime] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- plan
@@ -104,8 +115,8 @@ class PrunePlan:
     build_cache_skipped: str | None = None
 
 
-def _converging(service: ServiceState) -> str | None:
-    """Why ``service`` is converging, or ``None`` when it is settled."""
+def _off_state(service: ServiceState) -> str | None:
+    """How ``service`` is off its desired state, or ``None`` when it is settled."""
     if service.running != service.desired:
         return f"{service.name} ({service.running}/{service.desired} running)"
     if not service.settled:
@@ -113,27 +124,38 @@ def _converging(service: ServiceState) -> str | None:
     return None
 
 
-def _gates(facts: Facts) -> tuple[bool, str]:
+def _gates(facts: Facts, now: datetime) -> tuple[bool, str]:
     refused = []
     disk = f"disk {facts.disk_used_pct:g}% used"
     if facts.disk_used_pct < facts.threshold_pct:
         refused.append(f"{disk}, below the threshold of {facts.threshold_pct}%")
     if facts.in_flight:
         refused.append(f"run(s) in flight: {', '.join(facts.in_flight)}")
-    converging = [c for c in (_converging(s) for s in facts.services) if c]
+    converging, stuck = [], []
+    for service in facts.services:
+        off = _off_state(service)
+        if off is None:
+            continue
+        changed = facts.service_changed.get(service.name)
+        if changed is not None and now - changed > STUCK_AFTER:
+            minutes = int((now - changed).total_seconds() // 60)
+            stuck.append(f"{off[:-1]}, no change for {minutes} min)")
+        else:
+            converging.append(off)
     if converging:
         refused.append(f"service(s) converging: {', '.join(converging)}")
-    if refused:
-        return False, "; ".join(refused)
-    return True, (
+    why = "; ".join(refused) or (
         f"{disk}, at or above the threshold of {facts.threshold_pct}%; no run in flight; "
         "no service converging"
     )
+    if stuck:
+        why += f" (stuck, not waited for: {', '.join(stuck)})"
+    return not refused, why
 
 
 def plan(facts: Facts, min_age_h: float, now: datetime) -> PrunePlan:
     """What the prune may remove now: nothing unless every gate is open (pure)."""
-    allowed, why = _gates(facts)
+    allowed, why = _gates(facts, now)
     if not allowed:
         return PrunePlan(allowed=False, why=why, min_age_h=min_age_h)
     min_age = timedelta(hours=min_age_h)
@@ -201,6 +223,7 @@ def observe(settings: Settings, client: docker.DockerClient, in_flight: Sequence
         containers=engine.containers,
         build_cache=engine.build_cache,
         build_cache_unsupported=engine.build_cache_unsupported,
+        service_changed=engine.service_changed,
     )
 
 

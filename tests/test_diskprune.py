@@ -19,7 +19,7 @@ import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,6 +28,7 @@ from docker.types import Mount
 
 from ccci_tasks.config import Settings
 from ccci_tasks.diskprune import (
+    STUCK_AFTER,
     PrunePlan,
     act,
     disk_used_pct,
@@ -370,6 +371,15 @@ def test_refused_while_a_service_converges(swarm: Any, prune_env: Any) -> None:
         assert result["allowed"] is False
         assert f"{name} (0/1 running)" in result["why"]
         assert result["would_remove"]["images"] == result["would_remove"]["containers"] == []
+        # The engine's own task states date its last change: the same service, left alone for
+        # longer than STUCK_AFTER, is stuck and named, not waited for.
+        facts = observe(settings, swarm, [])
+        changed = facts.service_changed[name]
+        now = datetime.now(UTC)
+        assert timedelta(0) <= now - changed < timedelta(minutes=2), changed
+        later = plan(facts, 0, changed + STUCK_AFTER + timedelta(minutes=1))
+        assert f"{name} (0/1 running, no change for 31 min)" in later.why
+        assert name not in later.why.split("(stuck")[0]
     finally:
         service.remove()
 

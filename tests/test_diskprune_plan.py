@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ccci_tasks.diskprune import (
+    STUCK_AFTER,
     BuildCacheFact,
     ContainerFact,
     Facts,
@@ -104,6 +105,30 @@ def test_refused_plan_lists_nothing_and_names_every_closed_gate() -> None:
     assert result == PrunePlan(allowed=False, why=result.why, min_age_h=DAY_H)
     assert result.why == ("disk 50% used, below the threshold of 80%; run(s) in flight: "
                           "cold-1a2b3c; service(s) converging: x_app (0/1 running)")
+
+
+def test_a_stuck_service_is_named_and_does_not_hold_the_prune() -> None:
+    """A service off its desired state with no change for longer than STUCK_AFTER (a task that
+    exited 0 under on-failure when the engine restarted) is stuck: the prune goes ahead and
+    names it. One that changed within STUCK_AFTER, or whose changes are unknown, still
+    holds the prune back."""
+    dead, booting = svc("old_app", running=0), svc("new_app", running=0)
+    stuck_for = STUCK_AFTER + timedelta(minutes=12)
+    result = plan(facts(services=(dead,), service_changed={"old_app": NOW - stuck_for}),
+                  DAY_H, NOW)
+    assert result.allowed
+    assert f"stuck, not waited for: old_app (0/1 running, no change for " \
+        f"{int(stuck_for.total_seconds() // 60)} min)" in result.why
+    assert result.images == ("sha256:dangling",)
+    for changed in ({"old_app": NOW - stuck_for, "new_app": NOW - STUCK_AFTER},
+                    {"old_app": NOW - stuck_for}):
+        held = plan(facts(services=(dead, booting), service_changed=changed), DAY_H, NOW)
+        assert not held.allowed
+        assert held.why == ("service(s) converging: new_app (0/1 running) (stuck, not waited "
+                            "for: old_app (0/1 running, no change for 42 min))")
+    paused = svc("p_app", update="paused")
+    assert plan(facts(services=(paused,), service_changed={"p_app": NOW - stuck_for}),
+                DAY_H, NOW).allowed
 
 
 def test_allowed_plan_lists_one_of_each() -> None:

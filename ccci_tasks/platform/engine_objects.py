@@ -79,6 +79,7 @@ class EngineObjects:
     containers: tuple[ContainerFact, ...]
     build_cache: tuple[BuildCacheFact, ...]
     build_cache_unsupported: str | None  # why this engine cannot prune build cache by age
+    service_changed: dict[str, datetime]  # service name -> newest change of its spec or tasks
 
 
 # --------------------------------------------------------------------------- observe
@@ -202,7 +203,35 @@ def observe_engine(client: docker.DockerClient) -> EngineObjects:
     )
     with docker_errors("reading the engine's build cache"):
         build_cache, unsupported = _build_cache(client)
-    return EngineObjects(services, images, containers, build_cache, unsupported)
+    with docker_errors("listing the services' tasks on the engine"):
+        changed = _service_changed(client)
+    return EngineObjects(services, images, containers, build_cache, unsupported, changed)
+
+
+def _service_changed(client: docker.DockerClient) -> dict[str, datetime]:
+    """Each service's newest change: its spec or update status, or a task's state (one call
+    for the services, one for all their tasks)."""
+    names: dict[str, str] = {}
+    newest: dict[str, datetime] = {}
+
+    def seen(service_id: str, *values: Any) -> None:
+        for value in values:
+            moment = _moment(value)
+            if moment is not None and service_id in names:
+                name = names[service_id]
+                newest[name] = max(newest.get(name, moment), moment)
+
+    services = cast(list[dict[str, Any]], client.api.services())
+    for service in services:
+        names[str(service["ID"])] = str(service["Spec"]["Name"])
+    for service in services:
+        update = service.get("UpdateStatus") or {}
+        seen(str(service["ID"]), service.get("UpdatedAt"), update.get("StartedAt"),
+             update.get("CompletedAt"))
+    for task in cast(list[dict[str, Any]], client.api.tasks()):
+        seen(str(task.get("ServiceID") or ""), task.get("UpdatedAt"),
+             (task.get("Status") or {}).get("Timestamp"))
+    return newest
 
 
 # --------------------------------------------------------------------------- remove
