@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from ccci_tasks import probes
 from ccci_tasks.errors import DeployFailed, KeycloakError, RunFailed, WaitTimeout
@@ -133,6 +134,19 @@ def realm_delete(env: StepEnv, ctx: RunCtx) -> str:
     return f"deleted realm {ctx.realm}"
 
 
+def overlay_config_args(tests: Path) -> list[str]:
+    """Pytest options that keep an overlay to its recipe's own tests directory.
+
+    Without them pytest looks for its configuration upwards from the tests directory and may
+    take any project's (e.g. this checkout's ``pyproject.toml``, whose strict options and
+    plugin settings fail an overlay run without plugins), and loads ``conftest.py`` files of
+    the directories above. A ``pytest.ini`` next to the overlays is the recipe's own and used.
+    """
+    ini = tests / "pytest.ini"
+    return ["-c", str(ini) if ini.is_file() else os.devnull,
+            "--rootdir", str(tests), "--confcutdir", str(tests)]
+
+
 def run_overlay(env: StepEnv, ctx: RunCtx, op: str) -> str:
     """Run ``<tests>/<recipe>/test_<op>.py`` with pytest against the deployed app."""
     assert ctx.domain is not None
@@ -154,7 +168,7 @@ def run_overlay(env: StepEnv, ctx: RunCtx, op: str) -> str:
         child_env["CCCI_REALM"] = ctx.realm
         child_env["CCCI_KEYCLOAK_URL"] = env.settings.keycloak_url or ""
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-            "--rootdir", str(test_file.parent), str(test_file)]
+            *overlay_config_args(test_file.parent), str(test_file)]
     try:
         done = run(argv, timeout_s=OVERLAY_TIMEOUT_S, text=True, cwd=test_file.parent,
                    env=child_env, check=False)
