@@ -1,5 +1,5 @@
 # One entry point for the checks: CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: up down test lint bench bootstrap pr-commit
+.PHONY: up down reset test lint bench bootstrap pr-commit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -9,6 +9,10 @@ up:
 
 down:
 	scripts/down.sh
+
+# Start from scratch: down, this system's apps off the engine, run/ .state/ recipes/ gone.
+reset:
+	scripts/reset.sh
 
 test: bootstrap
 	.venv/bin/pytest

@@ -22,7 +22,10 @@ Outcomes (``InfraPlan.outcome``):
   (``versions.migration_flags``). Also held, with ``bump`` None or ``downgrade``, when the
   running version is no version tag at all or is newer than every tag: nothing is touched
   and an operator is told; likewise when the running version is no tag any more (a failed
-  upgrade could not be rolled back to it). Write an ``upgrade-held`` alert.
+  upgrade could not be rolled back to it), and when an app runs on the engine whose config
+  (its env file) is not in this state root (``configured`` false: e.g. the state root was
+  wiped while the app ran), since it can be neither probed nor redeployed as it was. Write
+  an ``upgrade-held`` alert.
 * ``upgrade`` (R2.2/R2.3): a patch or minor bump with clean notes. Record ``rollback_to``
   (the running version) as last_good, snapshot first when ``snapshot_first`` (stateful:
   undeploy, snapshot, deploy), deploy ``target``, health-check; unhealthy → roll back to
@@ -125,6 +128,7 @@ def plan_reconcile(
     *,
     stateful: bool,
     patterns: Sequence[str] = DEFAULT_MIGRATION_PATTERNS,
+    configured: bool = True,
 ) -> InfraPlan:
     """Decide one reconcile of live-warm ``app`` (rules in the module docstring).
 
@@ -155,6 +159,14 @@ def plan_reconcile(
             f"nothing runs and the recorded last-good {last_good} is no version tag any more; "
             f"deploying {newest_s} over its data could skip a migration: deploy a version by "
             "hand")
+
+    if not configured:
+        return InfraPlan(
+            app, "held", deployed, newest_s, newest_s,
+            f"{deployed} runs on the engine, but the app's config (its env file) is not in "
+            "this state root, so it can be neither probed nor redeployed as it was: restore "
+            "the state root (CCCI_STATE_DIR), or remove the app's stack and its volumes so "
+            "that the next reconcile deploys it afresh")
 
     current = _as_version(deployed)
     if current is None:

@@ -22,6 +22,8 @@ stop() {  # stop NAME: TERM the process group, wait, then KILL
 }
 
 for name in bridge forge keycloak flower beat worker-runs worker-infra worker-alerts; do stop "$name"; done
-# Services that `make up` had to start itself (never ones that were already running).
+# Services that `make up` had to start itself (never ones that were already running);
+# `make reset` keeps them until it has removed the system's apps from the engine.
+[ "${DOWN_KEEP_SERVICES:-0}" = 1 ] && exit 0
 if [ -f "$RUN_DIR/redis.pid" ]; then stop redis; fi
 if [ -f "$RUN_DIR/dockerd.pid" ]; then stop dockerd; fi

@@ -151,6 +151,25 @@ def test_record_that_differs_is_warned_and_running_is_the_fallback() -> None:
     assert _plan("10.1.1+26.0.6", ("10.1.1+26.0.6", "10.1.1+26.0.6"), KC[:3]).warnings == ()
 
 
+@pytest.mark.parametrize("deployed", ["11.0.0+27.0.1", "10.1.0+26.0.5", "10.2.0+26.1.0"])
+@pytest.mark.parametrize("recorded", [None, ("10.1.0+26.0.5", "10.1.0+26.0.5")])
+def test_an_app_running_without_its_config_is_held(
+    deployed: str, recorded: tuple[str, str | None] | None
+) -> None:
+    """An app that runs on the engine while its env file is gone from the state root (the
+    state root was wiped) is held, whatever runs and whatever was recorded: it can be neither
+    probed nor redeployed as it was, and the reason says what to do. Nothing running and no
+    config is a plain first deployment."""
+    state = None if recorded is None else _recorded("keycloak", *recorded)
+    plan = plan_reconcile("keycloak", deployed, state, KC, {}, stateful=True, configured=False)
+    assert (plan.outcome, plan.current, plan.target) == ("held", deployed, KC[-1])
+    assert not plan.touches_app
+    assert f"{deployed} runs on the engine, but the app's config (its env file)" in plan.why
+    assert "restore the state root (CCCI_STATE_DIR)" in plan.why
+    fresh = plan_reconcile("keycloak", None, None, KC, {}, stateful=True, configured=False)
+    assert (fresh.outcome, fresh.target) == ("deploy", KC[-1])
+
+
 def test_nothing_runs_with_older_last_good_says_plan_again() -> None:
     """Bringing back an older last-good says the upgrade is gated by the next plan."""
     plan = _plan(None, ("10.1.0+26.0.5", "10.1.0+26.0.5"), KC)

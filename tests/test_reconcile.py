@@ -265,6 +265,33 @@ def test_stateless_app_rolls_back_its_version_only(infra: Infra, swarm: Any) -> 
     assert alerts_of("rolled-back", "traefik")[-1].detail["recovered"] is True
 
 
+def test_app_running_without_its_env_file_is_held_untouched(infra: Infra, swarm: Any) -> None:
+    """The state root lost traefik's env file while traefik runs (e.g. the state root was
+    wiped, as a reset by hand does): the reconcile is held, exit 0, the running service is
+    not touched, and the upgrade-held alert says what to do. With the env file back, the
+    next reconcile finds it up to date."""
+    newest(infra, "traefik", TR_PATCH)
+    env_file = state_dir() / "apps" / f"warm-traefik.{TEST_BASE}.env"
+    aside = env_file.with_name(env_file.name + ".aside")
+    before = [(s.id, s.attrs["Version"]["Index"]) for s in services(swarm, "traefik")]
+    env_file.rename(aside)
+    try:
+        code, report = ccci("reconcile", "traefik", "--wait", "--json")
+        assert code == 0, report
+        assert (report["verdict"], report["outcome"]) == ("pass", "held")
+        assert [s["name"] for s in report["steps"]] == ["admit", "hold"]
+        assert [(s.id, s.attrs["Version"]["Index"]) for s in services(swarm, "traefik")] \
+            == before
+        assert not env_file.exists()
+        alert = alerts_of("upgrade-held", "traefik")[-1]
+        assert "its env file) is not in this state root" in alert.detail_text()
+        assert "restore the state root (CCCI_STATE_DIR)" in alert.detail_text()
+    finally:
+        aside.rename(env_file)
+    code, report = ccci("reconcile", "traefik", "--wait", "--json")
+    assert (code, report["outcome"]) == (0, "up-to-date"), report
+
+
 def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: Any) -> None:
     """SIGKILL the infra worker in the middle of a stateful reconcile (the new version
     deployed and writing): after a restart and the janitor, keycloak runs last_good with its

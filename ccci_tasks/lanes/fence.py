@@ -104,6 +104,9 @@ class FencedPlatform:
     def deployed(self, domain: str) -> DeployedState:
         return self.inner.deployed(domain)
 
+    def has_config(self, domain: str) -> bool:
+        return self.inner.has_config(domain)
+
     def live_apps(self) -> list[AppInfo]:
         return self.inner.live_apps()
 

@@ -101,10 +101,12 @@ def observe_plan(settings: Settings, platform: Platform, app: str) -> InfraPlan:
     domain = naming.warm_domain(app, settings.base_domain)
     repo = recipe_repo(settings, app)
     meta = load_meta(settings.tests_dir, app)
-    return plan_reconcile(app, platform.deployed(domain).version,
+    deployed = platform.deployed(domain)
+    return plan_reconcile(app, deployed.version,
                           read_infra(settings.state_dir, app), repo.versions(),
                           repo.release_notes, stateful=meta.stateful,
-                          patterns=settings.migration_patterns)
+                          patterns=settings.migration_patterns,
+                          configured=not deployed.is_deployed or platform.has_config(domain))
 
 
 def plan(settings: Settings, spec: RunSpec) -> RunCtx:

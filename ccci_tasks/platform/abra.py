@@ -404,6 +404,9 @@ class AbraPlatform:
         prepare_layout(self.layout)
         run_command(argv, env=self._env(), timeout_s=timeout_s, cwd=self.abra_dir)
 
+    def has_config(self, domain: str) -> bool:
+        return self.layout.env_file(validate_domain(domain)).is_file()
+
     def _read_env_file(self, domain: str) -> dict[str, str]:
         path = self.layout.env_file(domain)
         try:

@@ -135,6 +135,14 @@ class Platform(Protocol):
         """The app's named volumes (they survive undeploy)."""
         ...
 
+    def has_config(self, domain: str) -> bool:
+        """Whether the app's env file exists (``new_app`` made it and nothing removed it).
+
+        An app that runs without it (e.g. its state root was wiped) can be neither probed nor
+        redeployed as it was.
+        """
+        ...
+
     def deployed(self, domain: str) -> DeployedState:
         """Observe what is deployed now."""
         ...

@@ -236,6 +236,9 @@ class SwarmPlatform:
     def repo(self, recipe: str) -> RecipeRepo:
         return RecipeRepo(self.settings.recipes_dir / validate_recipe(recipe), recipe)
 
+    def has_config(self, domain: str) -> bool:
+        return self.env_path(domain).is_file()
+
     def read_env(self, domain: str) -> dict[str, str]:
         """The app's env file; ``AppNotFound`` when the app was never created."""
         path = self.env_path(domain)
