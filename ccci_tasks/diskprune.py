@@ -13,7 +13,9 @@ The gates (all must be open, else nothing at all is removed):
   that has been in that state with no task or spec change for ``STUCK_AFTER`` is stuck, not
   converging (e.g. its task exited 0 under an on-failure restart policy when the engine
   restarted, so nothing will ever start it again): it is named in the reason and does not
-  hold the prune back forever.
+  hold the prune back forever. Nor does a service whose tasks crash-loop (``CRASH_LOOP_FAILURES``
+  tasks failed or rejected since its spec last changed, the rule ``wait_converged`` fails a
+  deploy by): its restarts change its tasks all the time, yet it converges to nothing.
 
 What goes (the disk is the host's, so engine-wide), each older than ``CCCI_PRUNE_MIN_AGE_H``:
 
@@ -46,7 +48,7 @@ import docker
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import ConfigError
 from ccci_tasks.platform.base import ServiceState
-from ccci_tasks.platform.docker_state import docker_client
+from ccci_tasks.platform.docker_state import CRASH_LOOP_FAILURES, docker_client
 from ccci_tasks.platform.engine_objects import (
     STOPPED_STATES,
     BuildCacheFact,
@@ -98,6 +100,8 @@ class Facts:
     # service name -> the newest change of its tasks or spec; a service missing here is
     # taken as changing now (converging while off its desired state)
     service_changed: Mapping[str, datetime] = field(default_factory=dict)
+    # service name -> its tasks failed or rejected since its spec last changed
+    service_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- plan
@@ -137,7 +141,11 @@ def _gates(facts: Facts, now: datetime) -> tuple[bool, str]:
         if off is None:
             continue
         changed = facts.service_changed.get(service.name)
-        if changed is not None and now - changed > STUCK_AFTER:
+        failures = facts.service_failures.get(service.name, 0)
+        if failures >= CRASH_LOOP_FAILURES:
+            stuck.append(f"{off[:-1]}, crash-looping: {failures} tasks failed since its "
+                         "last update)")
+        elif changed is not None and now - changed > STUCK_AFTER:
             minutes = int((now - changed).total_seconds() // 60)
             stuck.append(f"{off[:-1]}, no change for {minutes} min)")
         else:
@@ -224,6 +232,7 @@ def observe(settings: Settings, client: docker.DockerClient, in_flight: Sequence
         build_cache=engine.build_cache,
         build_cache_unsupported=engine.build_cache_unsupported,
         service_changed=engine.service_changed,
+        service_failures=engine.service_failures,
     )
 
 

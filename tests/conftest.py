@@ -16,7 +16,9 @@ and the worker processes always talk to the same Redis.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +47,12 @@ SESSION_DIR = Path(tempfile.mkdtemp(prefix="ccci-test-"))
 # A base domain of its own per session: two test sessions (or a test session beside `make up`)
 # can share one Docker engine, and neither reaps, counts or cleans up the other's apps.
 TEST_BASE = os.environ.get("CCCI_TEST_BASE") or f"t{os.urandom(3).hex()}.localhost"
+# Held for the whole session: a test base whose lock file nobody holds belongs to a session
+# that ended (or was killed), and the next session removes what it left on the engine.
+LIVE_DIR = Path(tempfile.gettempdir()) / "ccci-test-live"
+LIVE_DIR.mkdir(exist_ok=True)
+_LIVE_LOCK = open(LIVE_DIR / TEST_BASE, "a")  # noqa: SIM115 - held until the process ends
+fcntl.flock(_LIVE_LOCK, fcntl.LOCK_EX)
 REDIS_PORT = _free_port()
 PUSH_PORT = _free_port()  # the local push target (tests/push_receiver.py) listens here
 TEST_ENV: dict[str, str] = {
@@ -74,6 +82,10 @@ def need(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required service missing under CI=true: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _LIVE_LOCK.close()  # the session is over: a later session may remove what it left
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -177,6 +189,8 @@ def swarm() -> Iterator[Any]:
     import docker
 
     client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="auto")
+    for line in remove_stale_sessions(client):
+        print(f"removed what an ended test session left: {line}", file=sys.stderr)
     yield client
     client.close()
 
@@ -229,6 +243,76 @@ def remove_ccci_objects(client: Any) -> None:
     for volume in client.volumes.list(filters={"label": "ccci.kind"}):
         if ours(volume):
             gone(lambda v=volume: v.remove(force=True))
+
+
+_SESSION_BASE = re.compile(r"(?:^|\.)(t[0-9a-f]{6}\.localhost)$")
+# A session whose lock file is not on this machine (another /tmp) is taken as ended only once
+# its objects are older than any test session runs.
+_FOREIGN_AFTER_S = 2 * 3600
+
+
+def _session_live(base: str) -> bool:
+    """Whether the test session of ``base`` still runs on this machine."""
+    path = LIVE_DIR / base
+    if not path.exists():
+        return False
+    with open(path, "a") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(probe, fcntl.LOCK_UN)
+    return False
+
+
+def remove_stale_sessions(client: Any) -> list[str]:
+    """Remove the ccci services, containers and volumes that ended test sessions left behind
+    (a killed session never cleans up; its crash-looping app would confuse later sessions).
+    Only test bases (``t<6hex>.localhost``) of sessions not running now; never `make up`'s."""
+    import docker
+
+    from ccci_tasks.platform.docker_state import parse_timestamp
+
+    def stale(obj: Any) -> str | None:
+        attrs = obj.attrs
+        labels = (attrs.get("Spec", {}).get("Labels") or attrs.get("Labels")
+                  or attrs.get("Config", {}).get("Labels") or {})
+        domain = str(labels.get("ccci.domain", ""))
+        match = _SESSION_BASE.search(domain)
+        if match is None or match.group(1) == TEST_BASE or _session_live(match.group(1)):
+            return None
+        if not (LIVE_DIR / match.group(1)).exists():  # not a session of this machine
+            ns = parse_timestamp(str(attrs.get("CreatedAt") or attrs.get("Created") or ""))
+            if not ns or time.time() - ns / 1e9 < _FOREIGN_AFTER_S:
+                return None
+        return domain
+
+    removed = []
+    listings = (
+        ("service", lambda: client.services.list(filters={"label": "ccci.kind"})),
+        ("container", lambda: client.containers.list(all=True, filters={"label": "ccci.kind"})),
+        ("volume", lambda: client.volumes.list(filters={"label": "ccci.kind"})),
+    )
+    for kind, listing in listings:
+        # a removed service's container lets go of its volume a moment later
+        deadline = time.monotonic() + (30 if kind == "volume" else 0)
+        pending = [(obj, domain) for obj in listing() if (domain := stale(obj)) is not None]
+        while pending:
+            left = []
+            for obj, domain in pending:
+                try:
+                    obj.remove() if kind == "service" else obj.remove(force=True)
+                except docker.errors.NotFound:
+                    continue
+                except docker.errors.APIError:
+                    left.append((obj, domain))
+                    continue
+                removed.append(f"{kind} {obj.name} ({domain})")
+            if not left or time.monotonic() > deadline:
+                break
+            pending = left
+            time.sleep(0.5)
+    return removed
 
 
 @pytest.fixture

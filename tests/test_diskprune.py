@@ -385,6 +385,47 @@ def test_refused_while_a_service_converges(swarm: Any, prune_env: Any) -> None:
 
 
 @pytest.mark.docker
+def test_a_crash_looping_service_does_not_hold_the_prune(
+    swarm: Any, live_service: tuple[str, str, str], prune_env: Any
+) -> None:
+    """A service whose task exits non-zero and is restarted at once changes all the time, yet
+    converges to nothing: once the engine shows CRASH_LOOP_FAILURES failed tasks since its
+    spec, the plan names it crash-looping and it no longer closes the gate."""
+    from docker.types import RestartPolicy
+
+    from ccci_tasks.platform.docker_state import CRASH_LOOP_FAILURES
+
+    hexid, repo, _ = live_service
+    name = f"ccci-prune-loop-{hexid}"
+    settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=below_use(), CCCI_PRUNE_MIN_AGE_H="0")
+    service = swarm.services.create(
+        f"{repo}:live", command=["/bin/sh", "-c", "exit 3"], name=name,
+        labels={TEST_LABEL: hexid}, container_labels={TEST_LABEL: hexid},
+        restart_policy=RestartPolicy(condition="any", delay=100_000_000),
+    )
+    try:
+        deadline = time.monotonic() + CONVERGE_S
+        failures = 0
+        while time.monotonic() < deadline:
+            facts = observe(settings, swarm, [])
+            failures = facts.service_failures.get(name, 0)
+            down = any(s.name == name and s.running == 0 for s in facts.services)
+            if failures >= CRASH_LOOP_FAILURES and down:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"{name}: {failures} failed tasks after {CONVERGE_S} s")
+        # Its restarts are recent changes: without the failure count it would be converging.
+        assert datetime.now(UTC) - facts.service_changed[name] < STUCK_AFTER
+        result = plan(facts, 0, datetime.now(UTC))
+        converging, _, stuck = result.why.partition("(stuck, not waited for:")
+        assert name not in converging, result.why
+        assert f"{name} (0/1 running, crash-looping: " in stuck, result.why
+    finally:
+        service.remove()
+
+
+@pytest.mark.docker
 def test_task_count_fallback_agrees_with_the_engine(
     swarm: Any, live_service: tuple[str, str, str]
 ) -> None:

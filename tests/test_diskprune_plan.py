@@ -23,6 +23,7 @@ from ccci_tasks.diskprune import (
 )
 from ccci_tasks.errors import ConfigError
 from ccci_tasks.platform.base import ServiceState
+from ccci_tasks.platform.docker_state import CRASH_LOOP_FAILURES
 
 NOW = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
 DAY_H = 24.0
@@ -129,6 +130,27 @@ def test_a_stuck_service_is_named_and_does_not_hold_the_prune() -> None:
     paused = svc("p_app", update="paused")
     assert plan(facts(services=(paused,), service_changed={"p_app": NOW - stuck_for}),
                 DAY_H, NOW).allowed
+
+
+def test_a_crash_looping_service_is_named_and_does_not_hold_the_prune() -> None:
+    """A service whose tasks keep failing changes all the time, yet converges to nothing: from
+    CRASH_LOOP_FAILURES failed tasks since its spec last changed it is named as crash-looping
+    and does not hold the prune back; with fewer it is still converging."""
+    looping = svc("loop_app", running=0)
+    just_now = {"loop_app": NOW - timedelta(seconds=5)}
+    result = plan(facts(services=(looping,), service_changed=just_now,
+                        service_failures={"loop_app": CRASH_LOOP_FAILURES}), DAY_H, NOW)
+    assert result.allowed
+    assert (f"stuck, not waited for: loop_app (0/1 running, crash-looping: "
+            f"{CRASH_LOOP_FAILURES} tasks failed since its last update)") in result.why
+    assert result.images == ("sha256:dangling",)
+    held = plan(facts(services=(looping,), service_changed=just_now,
+                      service_failures={"loop_app": CRASH_LOOP_FAILURES - 1}), DAY_H, NOW)
+    assert not held.allowed
+    assert held.why == "service(s) converging: loop_app (0/1 running)"
+    settled = plan(facts(services=(svc("ok_app"),),
+                         service_failures={"ok_app": CRASH_LOOP_FAILURES + 4}), DAY_H, NOW)
+    assert settled.allowed and "stuck" not in settled.why
 
 
 def test_allowed_plan_lists_one_of_each() -> None:

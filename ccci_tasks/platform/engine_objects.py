@@ -10,7 +10,7 @@ be reached (``PlatformError``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
@@ -38,6 +38,7 @@ MIN_BUILD_PRUNE_API: Final = "1.39"  # filters on POST /build/prune
 MIN_SERVICE_STATUS_API: Final = "1.41"  # GET /services?status=true
 _NO_TAG: Final = "<none>:<none>"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)  # a time Docker left unset
+_FAILED_TASK_STATES: Final = ("failed", "rejected")
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class EngineObjects:
     build_cache: tuple[BuildCacheFact, ...]
     build_cache_unsupported: str | None  # why this engine cannot prune build cache by age
     service_changed: dict[str, datetime]  # service name -> newest change of its spec or tasks
+    # service name -> tasks failed or rejected since its spec last changed (a crash loop)
+    service_failures: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- observe
@@ -204,15 +207,21 @@ def observe_engine(client: docker.DockerClient) -> EngineObjects:
     with docker_errors("reading the engine's build cache"):
         build_cache, unsupported = _build_cache(client)
     with docker_errors("listing the services' tasks on the engine"):
-        changed = _service_changed(client)
-    return EngineObjects(services, images, containers, build_cache, unsupported, changed)
+        changed, failures = _service_changes(client)
+    return EngineObjects(services, images, containers, build_cache, unsupported, changed,
+                         failures)
 
 
-def _service_changed(client: docker.DockerClient) -> dict[str, datetime]:
-    """Each service's newest change: its spec or update status, or a task's state (one call
-    for the services, one for all their tasks)."""
+def _service_changes(
+    client: docker.DockerClient,
+) -> tuple[dict[str, datetime], dict[str, int]]:
+    """Each service's newest change (its spec or update status, or a task's state) and how
+    many of its tasks failed or were rejected since its spec last changed (one call for the
+    services, one for all their tasks)."""
     names: dict[str, str] = {}
+    spec_at: dict[str, datetime] = {}
     newest: dict[str, datetime] = {}
+    failures: dict[str, int] = {}
 
     def seen(service_id: str, *values: Any) -> None:
         for value in values:
@@ -228,10 +237,17 @@ def _service_changed(client: docker.DockerClient) -> dict[str, datetime]:
         update = service.get("UpdateStatus") or {}
         seen(str(service["ID"]), service.get("UpdatedAt"), update.get("StartedAt"),
              update.get("CompletedAt"))
+        spec_at[str(service["ID"])] = _moment(service.get("UpdatedAt")) or _EPOCH
     for task in cast(list[dict[str, Any]], client.api.tasks()):
-        seen(str(task.get("ServiceID") or ""), task.get("UpdatedAt"),
-             (task.get("Status") or {}).get("Timestamp"))
-    return newest
+        service_id = str(task.get("ServiceID") or "")
+        status = task.get("Status") or {}
+        seen(service_id, task.get("UpdatedAt"), status.get("Timestamp"))
+        created = _moment(task.get("CreatedAt")) or _EPOCH
+        if (service_id in names and status.get("State") in _FAILED_TASK_STATES
+                and created >= spec_at[service_id]):
+            name = names[service_id]
+            failures[name] = failures.get(name, 0) + 1
+    return newest, failures
 
 
 # --------------------------------------------------------------------------- remove
