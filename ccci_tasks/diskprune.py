@@ -100,8 +100,6 @@ class Facts:
     # service name -> the newest change of its tasks or spec; a service missing here is
     # taken as changing now (converging while off its desired state)
     service_changed: Mapping[str, datetime] = field(default_factory=dict)
-    # service name -> its tasks failed or rejected since its spec last changed
-    service_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- plan
@@ -141,10 +139,9 @@ def _gates(facts: Facts, now: datetime) -> tuple[bool, str]:
         if off is None:
             continue
         changed = facts.service_changed.get(service.name)
-        failures = facts.service_failures.get(service.name, 0)
-        if failures >= CRASH_LOOP_FAILURES:
-            stuck.append(f"{off[:-1]}, crash-looping: {failures} tasks failed since its "
-                         "last update)")
+        if service.failed_tasks >= CRASH_LOOP_FAILURES:  # counted since its spec changed
+            stuck.append(f"{off[:-1]}, crash-looping: {service.failed_tasks} tasks failed "
+                         "since its last update)")
         elif changed is not None and now - changed > STUCK_AFTER:
             minutes = int((now - changed).total_seconds() // 60)
             stuck.append(f"{off[:-1]}, no change for {minutes} min)")
@@ -232,7 +229,6 @@ def observe(settings: Settings, client: docker.DockerClient, in_flight: Sequence
         build_cache=engine.build_cache,
         build_cache_unsupported=engine.build_cache_unsupported,
         service_changed=engine.service_changed,
-        service_failures=engine.service_failures,
     )
 
 

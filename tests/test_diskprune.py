@@ -408,9 +408,9 @@ def test_a_crash_looping_service_does_not_hold_the_prune(
         failures = 0
         while time.monotonic() < deadline:
             facts = observe(settings, swarm, [])
-            failures = facts.service_failures.get(name, 0)
-            down = any(s.name == name and s.running == 0 for s in facts.services)
-            if failures >= CRASH_LOOP_FAILURES and down:
+            state = next((s for s in facts.services if s.name == name), None)
+            failures = state.failed_tasks if state else 0
+            if failures >= CRASH_LOOP_FAILURES and state is not None and state.running == 0:
                 break
             time.sleep(0.5)
         else:
@@ -433,7 +433,7 @@ def test_task_count_fallback_agrees_with_the_engine(
     from ccci_tasks.platform import engine_objects
 
     name = live_service[2]
-    by_status = {s.name: s for s in engine_objects._services(swarm)}
-    by_tasks = {s.name: s for s in engine_objects._services_from_tasks(swarm)}
+    by_status = {s.name: s for s in engine_objects._services(swarm, with_status=True)[0]}
+    by_tasks = {s.name: s for s in engine_objects._services(swarm, with_status=False)[0]}
     assert by_status[name] == by_tasks[name]
     assert (by_tasks[name].running, by_tasks[name].desired) == (1, 1)

@@ -51,10 +51,10 @@ def cache(cid: str, *, last_used_h: float | None = 48, created_h: float = 48, si
                           size_bytes=size, in_use=in_use, shared=shared)
 
 
-def svc(name: str, running: int = 1, desired: int = 1, update: str | None = None
-        ) -> ServiceState:
+def svc(name: str, running: int = 1, desired: int = 1, update: str | None = None,
+        failed: int = 0) -> ServiceState:
     return ServiceState(name=name, desired=desired, running=running, image="x:1",
-                        update_state=update)
+                        update_state=update, failed_tasks=failed)
 
 
 def facts(**changes: object) -> Facts:
@@ -136,20 +136,19 @@ def test_a_crash_looping_service_is_named_and_does_not_hold_the_prune() -> None:
     """A service whose tasks keep failing changes all the time, yet converges to nothing: from
     CRASH_LOOP_FAILURES failed tasks since its spec last changed it is named as crash-looping
     and does not hold the prune back; with fewer it is still converging."""
-    looping = svc("loop_app", running=0)
+    looping = svc("loop_app", running=0, failed=CRASH_LOOP_FAILURES)
     just_now = {"loop_app": NOW - timedelta(seconds=5)}
-    result = plan(facts(services=(looping,), service_changed=just_now,
-                        service_failures={"loop_app": CRASH_LOOP_FAILURES}), DAY_H, NOW)
+    result = plan(facts(services=(looping,), service_changed=just_now), DAY_H, NOW)
     assert result.allowed
     assert (f"stuck, not waited for: loop_app (0/1 running, crash-looping: "
             f"{CRASH_LOOP_FAILURES} tasks failed since its last update)") in result.why
     assert result.images == ("sha256:dangling",)
-    held = plan(facts(services=(looping,), service_changed=just_now,
-                      service_failures={"loop_app": CRASH_LOOP_FAILURES - 1}), DAY_H, NOW)
+    held = plan(facts(services=(replace(looping, failed_tasks=CRASH_LOOP_FAILURES - 1),),
+                      service_changed=just_now), DAY_H, NOW)
     assert not held.allowed
     assert held.why == "service(s) converging: loop_app (0/1 running)"
-    settled = plan(facts(services=(svc("ok_app"),),
-                         service_failures={"ok_app": CRASH_LOOP_FAILURES + 4}), DAY_H, NOW)
+    settled = plan(facts(services=(svc("ok_app", failed=CRASH_LOOP_FAILURES + 4),)), DAY_H,
+                   NOW)
     assert settled.allowed and "stuck" not in settled.why
 
 

@@ -81,6 +81,7 @@ from ccci_tasks.platform.engine_events import StackEvents
 
 __all__ = [
     "CRASH_LOOP_FAILURES",
+    "FAILED_TASK_STATES",
     "DockerState",
     "Readiness",
     "ServiceDetail",
@@ -111,7 +112,7 @@ UNDEPLOY_POLL_S: Final = 0.25
 APP_SERVICE: Final = "app"
 REMOVE_VOLUME_TIMEOUT_S: Final = 60.0
 LOG_TAIL_LINES: Final = 5
-_FAILED_STATES: Final = ("failed", "rejected")
+FAILED_TASK_STATES: Final = ("failed", "rejected")
 _MISSING_IMAGE_RE: Final = re.compile(
     r"no such image|pull access denied|manifest unknown|manifest for .* not found|"
     r"repository does not exist|not found: manifest",
@@ -324,7 +325,7 @@ class DockerState:
         failed = [
             t
             for t in current
-            if t["Status"].get("State") in _FAILED_STATES
+            if t["Status"].get("State") in FAILED_TASK_STATES
             and parse_timestamp(t["CreatedAt"]) >= anchor
         ]
         last_failed = failed[-1] if failed else None

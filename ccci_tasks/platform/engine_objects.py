@@ -10,7 +10,7 @@ be reached (``PlatformError``).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
@@ -19,7 +19,7 @@ from docker.errors import APIError, InvalidVersion, NotFound
 from docker.utils import version_lt
 
 from ccci_tasks.platform.base import ServiceState
-from ccci_tasks.platform.docker_state import docker_errors, parse_timestamp
+from ccci_tasks.platform.docker_state import FAILED_TASK_STATES, docker_errors, parse_timestamp
 
 __all__ = [
     "STOPPED_STATES",
@@ -38,7 +38,6 @@ MIN_BUILD_PRUNE_API: Final = "1.39"  # filters on POST /build/prune
 MIN_SERVICE_STATUS_API: Final = "1.41"  # GET /services?status=true
 _NO_TAG: Final = "<none>:<none>"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)  # a time Docker left unset
-_FAILED_TASK_STATES: Final = ("failed", "rejected")
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,6 @@ class EngineObjects:
     build_cache: tuple[BuildCacheFact, ...]
     build_cache_unsupported: str | None  # why this engine cannot prune build cache by age
     service_changed: dict[str, datetime]  # service name -> newest change of its spec or tasks
-    # service name -> tasks failed or rejected since its spec last changed (a crash loop)
-    service_failures: dict[str, int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- observe
@@ -100,42 +97,59 @@ def _real_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(sorted(t for t in tags or () if t and t != _NO_TAG))
 
 
-def _service_state(service: dict[str, Any], running: int, desired: int) -> ServiceState:
-    spec = service["Spec"]
-    image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
-    return ServiceState(
-        name=str(spec["Name"]),
-        desired=desired,
-        running=running,
-        image=str(image).split("@", 1)[0],
-        update_state=(service.get("UpdateStatus") or {}).get("State") or None,
-    )
+def _services(
+    client: docker.DockerClient, with_status: bool | None = None
+) -> tuple[tuple[ServiceState, ...], dict[str, datetime]]:
+    """Every service, and each one's newest change, from one service and one task listing.
 
-
-def _services(client: docker.DockerClient) -> tuple[ServiceState, ...]:
-    """Every service with its running/desired task counts (as ``docker service ls``)."""
-    if version_lt(client.api.api_version, MIN_SERVICE_STATUS_API):
-        return _services_from_tasks(client)
-    found = []
-    for service in cast(list[dict[str, Any]], client.api.services(status=True)):
-        status = service.get("ServiceStatus") or {}
-        running, desired = status.get("RunningTasks"), status.get("DesiredTasks")
-        found.append(_service_state(service, int(running or 0), int(desired or 0)))
-    return tuple(sorted(found, key=lambda s: s.name))
-
-
-def _services_from_tasks(client: docker.DockerClient) -> tuple[ServiceState, ...]:
-    """The same counts on engines older than API 1.41, from one task listing."""
-    services = cast(list[dict[str, Any]], client.api.services())
-    tasks = cast(list[dict[str, Any]], client.api.tasks(filters={"desired-state": "running"}))
-    found = []
+    Counts are the engine's own (``docker service ls``) where the engine reports them
+    (``with_status``; by default from API 1.41), else counted from the tasks. ``failed_tasks``
+    counts the tasks failed or rejected since the service's spec last changed (a crash loop).
+    The newest change is the latest of its spec, its update status and its tasks' states.
+    """
+    if with_status is None:
+        with_status = not version_lt(client.api.api_version, MIN_SERVICE_STATUS_API)
+    services = cast(list[dict[str, Any]], client.api.services(status=with_status))
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for task in cast(list[dict[str, Any]], client.api.tasks()):
+        tasks.setdefault(str(task.get("ServiceID") or ""), []).append(task)
+    found, changed = [], {}
     for service in services:
-        mine = [t for t in tasks if t.get("ServiceID") == service["ID"]]
-        running = sum(1 for t in mine if (t.get("Status") or {}).get("State") == "running")
-        mode = service["Spec"].get("Mode") or {}
-        desired = int(mode["Replicated"].get("Replicas", 1)) if "Replicated" in mode else len(mine)
-        found.append(_service_state(service, running, desired))
-    return tuple(sorted(found, key=lambda s: s.name))
+        spec = service["Spec"]
+        name = str(spec["Name"])
+        mine = tasks.get(str(service["ID"]), [])
+        update = service.get("UpdateStatus") or {}
+        spec_at = _moment(service.get("UpdatedAt")) or _EPOCH
+        moments = [_moment(v) for v in (service.get("UpdatedAt"), update.get("StartedAt"),
+                                        update.get("CompletedAt"))]
+        moments += [_moment(v) for t in mine
+                    for v in (t.get("UpdatedAt"), (t.get("Status") or {}).get("Timestamp"))]
+        known = [m for m in moments if m is not None]
+        if known:
+            changed[name] = max(known)
+        if with_status:
+            status = service.get("ServiceStatus") or {}
+            running = int(status.get("RunningTasks") or 0)
+            desired = int(status.get("DesiredTasks") or 0)
+        else:
+            current = [t for t in mine if t.get("DesiredState") == "running"]
+            running = sum(1 for t in current if (t.get("Status") or {}).get("State") == "running")
+            mode = spec.get("Mode") or {}
+            desired = (int(mode["Replicated"].get("Replicas", 1)) if "Replicated" in mode
+                       else len(current))
+        image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
+        found.append(ServiceState(
+            name=name,
+            desired=desired,
+            running=running,
+            image=str(image).split("@", 1)[0],
+            update_state=update.get("State") or None,
+            failed_tasks=sum(
+                1 for t in mine
+                if (t.get("Status") or {}).get("State") in FAILED_TASK_STATES
+                and (_moment(t.get("CreatedAt")) or _EPOCH) >= spec_at),
+        ))
+    return tuple(sorted(found, key=lambda s: s.name)), changed
 
 
 def _containers(
@@ -187,8 +201,8 @@ def _build_cache(client: docker.DockerClient) -> tuple[tuple[BuildCacheFact, ...
 
 def observe_engine(client: docker.DockerClient) -> EngineObjects:
     """Every service, image, container and build cache record on the engine."""
-    with docker_errors("listing the services on the engine"):
-        services = _services(client)
+    with docker_errors("listing the services and their tasks on the engine"):
+        services, changed = _services(client)
     with docker_errors("listing the containers on the engine"):
         listed = cast(list[dict[str, Any]], client.api.containers(all=True))
         containers = _containers(client, listed)
@@ -206,48 +220,7 @@ def observe_engine(client: docker.DockerClient) -> EngineObjects:
     )
     with docker_errors("reading the engine's build cache"):
         build_cache, unsupported = _build_cache(client)
-    with docker_errors("listing the services' tasks on the engine"):
-        changed, failures = _service_changes(client)
-    return EngineObjects(services, images, containers, build_cache, unsupported, changed,
-                         failures)
-
-
-def _service_changes(
-    client: docker.DockerClient,
-) -> tuple[dict[str, datetime], dict[str, int]]:
-    """Each service's newest change (its spec or update status, or a task's state) and how
-    many of its tasks failed or were rejected since its spec last changed (one call for the
-    services, one for all their tasks)."""
-    names: dict[str, str] = {}
-    spec_at: dict[str, datetime] = {}
-    newest: dict[str, datetime] = {}
-    failures: dict[str, int] = {}
-
-    def seen(service_id: str, *values: Any) -> None:
-        for value in values:
-            moment = _moment(value)
-            if moment is not None and service_id in names:
-                name = names[service_id]
-                newest[name] = max(newest.get(name, moment), moment)
-
-    services = cast(list[dict[str, Any]], client.api.services())
-    for service in services:
-        names[str(service["ID"])] = str(service["Spec"]["Name"])
-    for service in services:
-        update = service.get("UpdateStatus") or {}
-        seen(str(service["ID"]), service.get("UpdatedAt"), update.get("StartedAt"),
-             update.get("CompletedAt"))
-        spec_at[str(service["ID"])] = _moment(service.get("UpdatedAt")) or _EPOCH
-    for task in cast(list[dict[str, Any]], client.api.tasks()):
-        service_id = str(task.get("ServiceID") or "")
-        status = task.get("Status") or {}
-        seen(service_id, task.get("UpdatedAt"), status.get("Timestamp"))
-        created = _moment(task.get("CreatedAt")) or _EPOCH
-        if (service_id in names and status.get("State") in _FAILED_TASK_STATES
-                and created >= spec_at[service_id]):
-            name = names[service_id]
-            failures[name] = failures.get(name, 0) + 1
-    return newest, failures
+    return EngineObjects(services, images, containers, build_cache, unsupported, changed)
 
 
 # --------------------------------------------------------------------------- remove
