@@ -206,12 +206,17 @@ def example_recipes(swarm: Any) -> Path:
     return dest
 
 
-def ours(obj: Any) -> bool:
-    """Objects of the test system: labelled by ccci with a domain under the test base."""
+def ccci_domain(obj: Any) -> str:
+    """The ``ccci.domain`` label of a service, container or volume ("" when unlabelled)."""
     attrs = obj.attrs
     labels = (attrs.get("Spec", {}).get("Labels") or attrs.get("Labels")
               or attrs.get("Config", {}).get("Labels") or {})
-    domain = labels.get("ccci.domain", "")
+    return str(labels.get("ccci.domain", ""))
+
+
+def ours(obj: Any) -> bool:
+    """Objects of the test system: labelled by ccci with a domain under the test base."""
+    domain = ccci_domain(obj)
     return domain == TEST_BASE or domain.endswith("." + TEST_BASE)
 
 
@@ -274,15 +279,13 @@ def remove_stale_sessions(client: Any) -> list[str]:
     from ccci_tasks.platform.docker_state import parse_timestamp
 
     def stale(obj: Any) -> str | None:
-        attrs = obj.attrs
-        labels = (attrs.get("Spec", {}).get("Labels") or attrs.get("Labels")
-                  or attrs.get("Config", {}).get("Labels") or {})
-        domain = str(labels.get("ccci.domain", ""))
+        domain = ccci_domain(obj)
         match = _SESSION_BASE.search(domain)
         if match is None or match.group(1) == TEST_BASE or _session_live(match.group(1)):
             return None
         if not (LIVE_DIR / match.group(1)).exists():  # not a session of this machine
-            ns = parse_timestamp(str(attrs.get("CreatedAt") or attrs.get("Created") or ""))
+            ns = parse_timestamp(str(obj.attrs.get("CreatedAt") or obj.attrs.get("Created")
+                                     or ""))
             if not ns or time.time() - ns / 1e9 < _FOREIGN_AFTER_S:
                 return None
         return domain
