@@ -173,7 +173,10 @@ def run_overlay(env: StepEnv, ctx: RunCtx, op: str) -> str:
         done = run(argv, timeout_s=OVERLAY_TIMEOUT_S, text=True, cwd=test_file.parent,
                    env=child_env, check=False)
     except WaitTimeout as exc:
+        env.output.section(f"test_{op}.py (pytest, cut off)", str(exc))
         raise RunFailed(f"test_{op}.py did not finish within {OVERLAY_TIMEOUT_S} s") from exc
+    printed = done.stdout + (f"\n{done.stderr}" if done.stderr.strip() else "")
+    env.output.section(f"test_{op}.py (pytest, exit {done.returncode})", printed)
     summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     if done.returncode != 0:
         tail = " | ".join(done.stdout.strip().splitlines()[-8:])
