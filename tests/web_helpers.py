@@ -30,10 +30,9 @@ from ccci_tasks.state.outputs import StepOutput
 @contextmanager
 def bridge_process(name: str, **env: str) -> Iterator[str]:
     """The bridge on a free loopback port with ``TEST_ENV`` + ``env``; yields its URL."""
-    port = _free_port()
-    listen = f"127.0.0.1:{port}"
-    full = {**os.environ, **TEST_ENV, "PYTHONPATH": str(REPO), "CCCI_BRIDGE_LISTEN": listen,
-            **env}
+    listen = env.get("CCCI_BRIDGE_LISTEN") or f"127.0.0.1:{_free_port()}"
+    full = {**os.environ, **TEST_ENV, "PYTHONPATH": str(REPO), **env,
+            "CCCI_BRIDGE_LISTEN": listen}
     log = SESSION_DIR / f"bridge-{name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, "-m", "workers.bridge"], cwd=REPO, env=full,
