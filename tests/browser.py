@@ -49,3 +49,12 @@ def chromium(profile_dir: Path, *, width: int = 1100, height: int = 1400) -> Ite
         yield driver
     finally:
         driver.quit()
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    """The rendered text of an element, read in one script (a live page swaps its parts:
+    an element found first and read later may be gone by then)."""
+    text = driver.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.innerText : '';",
+        element_id)
+    return str(text)

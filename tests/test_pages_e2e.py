@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from browser import chromium
+from browser import chromium, text_of
 from conftest import (
     BRIDGE_PORT,
     FORGE_BOT,
@@ -54,10 +54,13 @@ import sys
 import time
 
 
-def test_the_pr_keeps_its_greeting():
+def test_held_while_the_gate_exists():
     deadline = time.monotonic() + 120
     while os.path.exists({gate!r}) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_the_pr_keeps_its_greeting():
     token = {token!r}
     print("connecting with forge token " + token[:6], end="")
     print(token[6:] + " and hook secret " + {secret!r})
@@ -215,9 +218,9 @@ def test_red_pr_run_links_comments_once_and_hides_secrets(
         if s.labels.get("lane") == "quick" and s.labels.get("verdict") == "fail"}
     assert metrics["ccci_runs_total"].value >= 1
 
-    with chromium(SESSION_DIR / "chromium-failed") as browser:
+    with chromium(SESSION_DIR / "chromium-failed", width=1000, height=1700) as browser:
         browser.get(page_url)
-        assert "overlay_custom" in browser.find_element("id", "failing-tail").text \
+        assert "overlay_custom" in text_of(browser, "failing-tail") \
             or browser.find_element("id", "failing-tail").is_displayed()
         browser.save_screenshot(str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
@@ -234,19 +237,19 @@ def test_running_page_shows_next_steps_live(seeded: Any, forge: Any, bridge: str
     with chromium(SESSION_DIR / "chromium-live") as browser:
         browser.get(f"{BASE}/runs/{run_id}")
         browser.execute_script("window.__notReloaded = true;")
-        timeline = browser.find_element("id", "timeline").text
+        timeline = text_of(browser, "timeline")
         assert "overlay_custom" in timeline and "running" in timeline
         assert "restore" not in timeline
         gated_overlay.unlink()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            text = browser.find_element("id", "run").text
+            text = text_of(browser, "run")
             if "Failed" in text and "restore" in text:
                 break
             time.sleep(0.2)
         else:
             raise AssertionError(f"the page never showed the end: {text[:1500]}")
         assert browser.execute_script("return window.__notReloaded === true;")
-        rows = browser.find_element("id", "timeline").text
+        rows = text_of(browser, "timeline")
         assert "overlay_custom" in rows and "FAIL" in rows and "undo" in rows
     assert _wait_run(run_id).verdict == "fail"

@@ -239,3 +239,13 @@ def test_pages_are_public_without_auth_settings(site: str) -> None:
     """Without CCCI_WEB_USER/PASSWORD every page and the metrics answer without credentials."""
     for path in ("/runs", f"/runs/{PASS_ID}", f"/runs/{PASS_ID}.json", "/metrics"):
         assert get(site + path).status_code == 200
+
+
+def test_service_logs_come_in_time_order() -> None:
+    """A service's tasks' log lines, read task after task, are put back in time order
+    (Docker trims the fraction's zeros: the times do not sort as text)."""
+    from ccci_tasks.platform.service_logs import _in_time_order
+
+    lines = ["2026-12-04T19:06:06.78Z b", "  continued", "2026-12-04T19:06:02.8Z a",
+             "2026-12-04T19:06:06.789Z c"]
+    assert _in_time_order(lines) == [lines[2], lines[0], lines[1], lines[3]]

@@ -362,12 +362,13 @@ def _stack_logs(settings: Settings, ctx: RunCtx, output: StepOutput) -> None:
     try:
         logs = get_platform(settings).service_logs(ctx.domain, STACK_LOG_LINES)
     except Exception as exc:  # the step's own failure matters more
-        output.section(f"service logs of {ctx.domain}", f"unavailable: {exc}")
+        output.section(f"service logs of {ctx.domain}", f"unavailable: {exc}", first=True)
         return
     if not logs:
-        output.section(f"service logs of {ctx.domain}", "no service is deployed")
-    for service, text in logs.items():
-        output.section(f"{service}: last {STACK_LOG_LINES} log lines", text or "(no output)")
+        output.section(f"service logs of {ctx.domain}", "no service is deployed", first=True)
+    for service, text in reversed(logs.items()):
+        output.section(f"{service}: last {STACK_LOG_LINES} log lines", text or "(no output)",
+                       first=True)
 
 
 def _keep_output(settings: Settings, ctx: RunCtx, name: str, task_id: str | None, undo: bool,

@@ -15,7 +15,7 @@ import docker
 from ccci_tasks import constants
 from ccci_tasks.errors import InvalidInput
 from ccci_tasks.naming import stack_name, validate_domain
-from ccci_tasks.platform.docker_state import docker_errors
+from ccci_tasks.platform.docker_state import docker_errors, parse_timestamp
 
 MAX_TAIL_LINES: Final = 10_000
 
@@ -25,6 +25,14 @@ def _text(chunks: Any) -> str:
         chunks = [chunks]
     parts = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in chunks]
     return "".join(parts)
+
+
+def _in_time_order(lines: list[str]) -> list[str]:
+    keyed, last = [], 0
+    for line in lines:
+        last = parse_timestamp(line.split(" ", 1)[0]) or last
+        keyed.append((last, line))
+    return [line for _, line in sorted(keyed, key=lambda pair: pair[0])]
 
 
 def stack_logs(client: docker.DockerClient, domain: str, tail: int) -> dict[str, str]:
@@ -47,6 +55,8 @@ def stack_logs(client: docker.DockerClient, domain: str, tail: int) -> dict[str,
             raw = client.api.service_logs(service["ID"], stdout=True, stderr=True,
                                           timestamps=True, tail=tail)
             text = _text(raw)
-        lines = text.splitlines()
+        # A service's tasks are read one after the other: in time order again (stable for
+        # lines without a timestamp, which keep their place after the line before).
+        lines = _in_time_order(text.splitlines())
         found[name] = "\n".join(lines[-tail:])
     return found

@@ -39,12 +39,13 @@ class StepOutput:
 
     sections: list[tuple[str, str]] = field(default_factory=list)
 
-    def section(self, title: str, text: str) -> None:
-        """Add a titled piece of output (e.g. ``test_custom.py (pytest)``)."""
+    def section(self, title: str, text: str, *, first: bool = False) -> None:
+        """Add a titled piece of output (e.g. ``test_custom.py (pytest)``); ``first`` puts it
+        before the others (the stack's logs go before what the step printed)."""
         if len(self.sections) < MAX_SECTIONS:
             # Keep the memory bounded: a section is cut again at ``keep``, after redaction.
-            kept = _tail_chars(text, 4 * MAX_STEP_OUTPUT_CHARS)
-            self.sections.append((" ".join(title.split()), kept))
+            kept = (" ".join(title.split()), _tail_chars(text, 4 * MAX_STEP_OUTPUT_CHARS))
+            self.sections.insert(0 if first else len(self.sections), kept)
 
     def render(self) -> str:
         return "".join(f"== {title}\n{text.rstrip()}\n\n" for title, text in self.sections)
