@@ -126,6 +126,7 @@ def _safe_ref(value: object) -> bool:
 
 
 def _refuse(settings: Settings, run_id: str, lane: str, reason: str) -> Submitted:
+    reason = redact.for_settings(settings).text(reason)
     ended = reports.end_report(settings.state_dir, run_id, "error", reason)
     if ended is not None:
         hooks.run_finished(settings, ended)
