@@ -36,7 +36,7 @@ from conftest import (
 from faults import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from recipe_commits import make_commit
-from web_helpers import bridge_process
+from web_support import bridge_process
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
-from web_helpers import FakeStep, make_run
+from web_support import FakeStep, make_run
 
 from ccci_tasks.config import Settings
 from ccci_tasks.forge import hooks, messages, outbox
@@ -50,7 +50,7 @@ def test_a_red_run_from_a_pr_gets_one_comment(tmp_path: Path) -> None:
         assert "log 99" in body and "log 50" not in body  # the last 40 lines only
         assert "````\n" in body  # a fence longer than the output's ```
         assert TOKEN not in body and "***" in body
-        hooks.run_finished(settings, report)
+        hooks._finished(settings, report)  # the hook again: a redelivery
         assert [i.key for i in outbox.pending(tmp_path)].count(f"{report.run_id}-verdict") == 1
 
 

@@ -1,7 +1,7 @@
 """Run pages, their JSON and /metrics, served by the real bridge process over a state root of
 run reports written the way workers write them: pass, fail (with its undo), error, running.
 
-No Docker: the reports and step outputs are made by ``web_helpers.make_run``; the broker is
+No Docker: the reports and step outputs are made by ``web_support.make_run``; the broker is
 the session's Redis (metrics read the slots and the queue from it).
 """
 
@@ -21,7 +21,7 @@ import httpx
 import pytest
 from conftest import FORGE_ENV, REPO, SESSION_DIR, TEST_ENV
 from prometheus_client.parser import text_string_to_metric_families
-from web_helpers import FakeStep, bridge_process, make_run
+from web_support import FakeStep, bridge_process, make_run
 
 from ccci_tasks.state import canonical
 from ccci_tasks.state.clock import iso, utc_now
@@ -146,8 +146,8 @@ def test_json_is_the_report_with_step_output(site: str, state: Path) -> None:
     assert ASSERTION in failing["output"] and "token was ***" in failing["output"]
     assert TOKEN not in answer.text and HOOK_SECRET not in answer.text
     assert doc["state"] == "finished" and doc["duration_s"] > 0
-    brief = get(f"{site}/runs/{FAIL_ID}.json", params={"output": "0"}).json()
-    assert "output" not in brief["steps"][0]
+    short = get(f"{site}/runs/{FAIL_ID}.json", params={"output": "0"}).json()
+    assert "output" not in short["steps"][0]
     whole = get(f"{site}/runs/{FAIL_ID}/steps/2.txt")
     assert whole.text == failing["output"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from browser import chromium, text_of
 from conftest import SESSION_DIR
-from web_helpers import FakeStep, bridge_process, make_run
+from web_support import FakeStep, bridge_process, make_run
 
 from ccci_tasks.redact import Redactor
 from ccci_tasks.state import outputs, reports

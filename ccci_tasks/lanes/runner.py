@@ -34,7 +34,7 @@ from ccci_tasks.lanes import get_lane
 from ccci_tasks.lanes.fence import Fence, FencedPlatform, journal_path
 from ccci_tasks.lanes.model import Failure, Lane, Outcome, Park, RunCtx, RunSkipped, StepEnv
 from ccci_tasks.lanes.recipes import recipe_repo
-from ccci_tasks.platform import get_platform
+from ccci_tasks.platform import Platform, get_platform
 from ccci_tasks.redact import Redactor
 from ccci_tasks.slots import RunSpec, Slots
 from ccci_tasks.state import outputs, reports
@@ -276,7 +276,7 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
             except LeaseLost:
                 raise
             except Exception:
-                _stack_logs(settings, ctx, output)
+                _stack_logs(env.platform, ctx, output)
                 raise
     except LeaseLost as exc:
         log.warning("run %s step %s stopped: %s", ctx.run_id, name, exc)
@@ -356,12 +356,12 @@ def run_redactor(settings: Settings, domain: str | None, recipe: str | None) -> 
     return redact.for_run(settings, platform, domains)
 
 
-def _stack_logs(settings: Settings, ctx: RunCtx, output: StepOutput) -> None:
+def _stack_logs(platform: Platform, ctx: RunCtx, output: StepOutput) -> None:
     """A failed step keeps the last log lines of every service of its stack."""
     if ctx.domain is None:
         return
     try:
-        logs = get_platform(settings).service_logs(ctx.domain, STACK_LOG_LINES)
+        logs = platform.service_logs(ctx.domain, STACK_LOG_LINES)
     except Exception as exc:  # the step's own failure matters more
         output.section(f"service logs of {ctx.domain}", f"unavailable: {exc}", first=True)
         return
