@@ -13,6 +13,9 @@ if ! command -v busybox >/dev/null || ! file -L "$(command -v busybox)" 2>/dev/n
   [ -x /bin/busybox ] && file /bin/busybox 2>/dev/null | grep -q static || need_pkgs+=(busybox-static)
 fi
 command -v file >/dev/null || need_pkgs+=(file)
+# The run pages are tested in a real browser (headless Chromium driven by selenium).
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "bootstrap: missing system packages: ${need_pkgs[*]}; install them as root (apt-get install -y ${need_pkgs[*]})" >&2

@@ -9,11 +9,8 @@ itself, the tests fire ``forge_sweep`` (what beat does every 60 s) after a verdi
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +21,12 @@ from conftest import (
     BRIDGE_PORT,
     FORGE_BOT,
     FORGE_OWNER,
-    REPO,
-    SESSION_DIR,
     TEST_ENV,
     flush_redis,
     remove_ccci_objects,
 )
 from recipe_commits import make_commit
+from web_support import bridge_process
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -90,30 +86,8 @@ def seeded(workers: Any, swarm: Any, example_recipes: Path, redis_server: str) -
 @pytest.fixture(scope="module")
 def bridge(redis_server: str) -> Iterator[str]:
     """The bridge process on BRIDGE_PORT, as `make up` and the systemd unit start it."""
-    import httpx
-
-    log = SESSION_DIR / "bridge.log"
-    env = {**os.environ, **TEST_ENV, "PYTHONPATH": str(REPO)}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.bridge"], cwd=REPO, env=env,
-                                stdout=out, stderr=out, start_new_session=True)
-    url = f"http://127.0.0.1:{BRIDGE_PORT}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"bridge exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"bridge not up within 30 s: {log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with bridge_process("forge", CCCI_BRIDGE_LISTEN=f"127.0.0.1:{BRIDGE_PORT}") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, BrokerError, InvalidInput
 from ccci_tasks.forge import messages, outbox
 from ccci_tasks.forge.client import ForgeClient, validate_name, validate_sha
-from ccci_tasks.forge.hooks import catalogue_repo
+from ccci_tasks.forge.hooks import catalogue_repo, remember_pull
 from ccci_tasks.naming import validate_recipe, validate_ref, validate_run_id
 from ccci_tasks.platform.recipes import validate_fetch_url
 
@@ -145,6 +145,8 @@ def act(
     except (InvalidInput, AppNotFound) as exc:
         return failed(settings, request, f"cannot fetch the PR head: {exc}")
     # PlatformError (git failed, timed out, the branch moved): the caller retries.
+    remember_pull(settings.state_dir, request.run_id, request.owner, request.recipe,
+                  request.number)  # before the run exists: its verdict comment needs it
     _publish_once(client, request, sha, enqueue)
     reply(settings, request, "queued",
           messages.queued_comment(request.lane, request.recipe, sha, request.run_id))

@@ -176,9 +176,12 @@ class HealthHandler(tornado.web.RequestHandler):
 
 
 def make_app(bridge: Bridge, executor: ThreadPoolExecutor) -> tornado.web.Application:
+    from ccci_tasks import web
+
     handlers: list[Any] = [
         (HOOK_PATH, HookHandler, {"bridge": bridge, "executor": executor}),
         ("/healthz", HealthHandler),
+        *web.handlers(bridge.settings, executor),  # run pages and metrics (R14)
     ]
     return tornado.web.Application(handlers)
 
@@ -196,7 +199,8 @@ async def _serve(bridge: Bridge, host: str, port: int, ready: Callable[[], None]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("bridge: forge webhooks at http://%s:%d%s", host, port, HOOK_PATH)
+        log.info("bridge: forge webhooks at http://%s:%d%s, run pages at %s/runs", host, port,
+                 HOOK_PATH, bridge.settings.public_base_url)
         if ready is not None:
             ready()
         await stop.wait()

@@ -104,6 +104,7 @@ from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
 from ccci_tasks.platform.docker_state import DockerState, docker_client
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.platform.service_logs import stack_logs
 from ccci_tasks.proc import run
 from ccci_tasks.versions import is_version
 
@@ -580,6 +581,13 @@ class AbraPlatform:
     def base_url(self, domain: str) -> str:
         """``https://<domain>``: probes go through Traefik on the server."""
         return f"https://{validate_domain(domain)}"
+
+    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+        """Through Docker, like the rest of the state (``abra app logs`` follows)."""
+        return stack_logs(self.state.client, domain, tail)
+
+    def secret_values(self, domain: str) -> list[str]:
+        return []
 
     def _env_file_apps(self) -> list[AppInfo]:
         """Apps whose env file carries a valid ``CCCI_KIND`` (others are not ours)."""

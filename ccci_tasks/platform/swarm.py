@@ -60,6 +60,7 @@ from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
 from ccci_tasks.platform.docker_state import DockerState, Readiness, docker_client
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.platform.service_logs import stack_logs
 from ccci_tasks.proc import run
 from ccci_tasks.state.atomic import file_lock, write_text
 from ccci_tasks.versions import is_version
@@ -503,6 +504,12 @@ class SwarmPlatform:
                 "re-create it with new_app"
             )
         return f"http://127.0.0.1:{port}"
+
+    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+        return stack_logs(self.client, domain, tail)
+
+    def secret_values(self, domain: str) -> list[str]:
+        return []
 
     # --- helpers ----------------------------------------------------------------------
 
