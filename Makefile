@@ -19,7 +19,7 @@ test: bootstrap
 
 lint: bootstrap
 	.venv/bin/ruff check .
-	.venv/bin/mypy --strict ccci_tasks
+	.venv/bin/mypy --strict ccci_tasks ccci_rig
 
 bench: bootstrap
 	scripts/services.sh
