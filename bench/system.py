@@ -58,7 +58,6 @@ class BenchSystem:
             "CCCI_BASE_DOMAIN": self.base,
             "CCCI_MAX_TESTS": "1",
             "CCCI_INFRA_APPS": "",
-            "CCCI_BEAT_SCHEDULE_FILE": str(self.root / "beat" / "schedule"),
         }
         self._redis: subprocess.Popen[bytes] | None = None
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
