@@ -300,19 +300,28 @@ class Node:
 
 def reap(netns_name: str) -> None:
     """Stop a node known only by its namespace (one whose starter is gone): its run dir is
-    read from its dockerd's command line; with no dockerd left, what is left in the namespace
-    is ended and the namespace deleted."""
+    read from its dockerd's or containerd's command line; with neither left, what is left in
+    the namespace is ended and the namespace deleted."""
     name = netns_name.removeprefix("ccci-")
     for pid in netns.pids(netns_name):
-        argv = cmdline(pid)
-        if argv and argv[0].endswith("dockerd") and "--pidfile" in argv:
-            Node(name, Path(argv[argv.index("--pidfile") + 1]).parent).stop()
+        run_dir = _run_dir_of(cmdline(pid))
+        if run_dir is not None:
+            Node(name, run_dir).stop()
             return
     ident = netns.identity(netns_name) if netns.exists(netns_name) else None
     for pid in netns.pids(netns_name):
         if netns.of_pid(pid) == ident:
             terminate(pid, 10)
     netns.delete(netns_name)
+
+
+def _run_dir_of(argv: list[str]) -> Path | None:
+    """The run dir named by a node's dockerd (its pid file) or containerd (its config)."""
+    for flag, up in (("--pidfile", 1), ("--config", 3)):  # <run>/exec/containerd/x.toml
+        if argv and argv[0].endswith(("dockerd", "containerd")) and flag in argv[:-1]:
+            path = Path(argv[argv.index(flag) + 1])
+            return path.parents[up - 1]
+    return None
 
 
 def _pipe(first: list[str], second: list[str], timeout_s: float, what: str) -> None:

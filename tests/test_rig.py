@@ -73,12 +73,17 @@ def main_bridge_container_runs() -> str:
 
 
 @pytest.fixture(scope="module")
-def node(swarm: Any, example_recipes: Path, redis_server: str) -> Iterator[Node]:
-    """One node of this session, relaying the session Redis, with the example image."""
+def capable(swarm: Any, example_recipes: Path) -> None:
+    """This machine can run a node (root, ip, nsenter, dockerd); else skip, or fail in CI."""
     try:
         check_capabilities()
     except RigUnavailable as exc:
         need(str(exc))
+
+
+@pytest.fixture(scope="module")
+def node(capable: None, redis_server: str) -> Iterator[Node]:
+    """One node of this session, relaying the session Redis, with the example image."""
     for name in reap_ended_sessions_nodes():
         print(f"stopped the node an ended test session left: {name}", file=sys.stderr)
     with running(node_name("b"), SESSION_DIR / "nodes" / "b", [REDIS_PORT]) as started:
@@ -210,20 +215,74 @@ def test_start_stop_leaves_the_host_engine_and_docker0_intact(node: Node) -> Non
         assert other.swarm()["LocalNodeState"] == "active"
         assert docker0() == bridge
         assert "inet " in main_bridge_container_runs()
-        netns_name, inside = other.netns, nsmod.pids(other.netns)
+        inside = nsmod.pids(other.netns)
         assert inside
         began = time.monotonic()
     stopped_s = time.monotonic() - began
     print(f"second node: started in {started_s:.1f} s, stopped in {stopped_s:.1f} s")
     assert docker0() == bridge
     assert "inet " in main_bridge_container_runs()
-    assert netns_name not in nsmod.names()
+    assert_gone(other, inside)
+    other.stop()
+
+
+def assert_gone(node: Node, inside: list[int]) -> None:
+    """Nothing of ``node`` is left: namespace, processes, mounts, files but its logs."""
+    assert node.netns not in nsmod.names()
     assert not [pid for pid in inside if Path(f"/proc/{pid}/status").exists()
                 and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()]
-    mounts = Path("/proc/self/mountinfo").read_text()
-    assert str(run_dir) + "/" not in mounts
-    assert sorted(p.name for p in run_dir.iterdir()) == ["logs"]
-    Node(node_name("c"), run_dir).stop()
+    assert str(node.run_dir) + "/" not in Path("/proc/self/mountinfo").read_text()
+    assert sorted(p.name for p in node.run_dir.iterdir()) == ["logs"]
+
+
+def started_with_an_app(name: str, run_dir: Path) -> tuple[Node, list[int]]:
+    """A node serving one host-network app; its processes."""
+    node = Node(name, run_dir)
+    try:
+        node.start()
+        node.copy_images([IMAGE])
+        port = _free_port()
+        deploy(node, "leftover", port)
+        probe = [sys.executable, "-c", PROBE, f"http://127.0.0.1:{port}/"]
+        deadline = time.monotonic() + 60
+        while node.run(probe, timeout_s=30, check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the node's app never answered"
+            time.sleep(0.5)
+    except BaseException:
+        node.stop()
+        raise
+    return node, nsmod.pids(node.netns)
+
+
+def test_stop_cleans_up_after_a_killed_engine(capable: None) -> None:
+    """The node's dockerd SIGKILLed with an app running (its containerd, shim and app left
+    behind): stop still ends them all and removes the mounts, the namespace and the files."""
+    node, inside = started_with_an_app(node_name("k"), SESSION_DIR / "nodes" / "k")
+    try:
+        pid = node.dockerd_pid()
+        assert pid is not None
+        os.kill(pid, 9)
+        node.stop()
+        assert_gone(node, inside)
+    finally:
+        node.stop()
+
+
+def test_a_node_left_by_an_ended_session_is_reaped(node: Node) -> None:
+    """A node whose test session ended without stopping it (its engine and app still running)
+    is found by its namespace's name and stopped whole by the next session."""
+    from conftest import LIVE_DIR
+
+    base = f"t{os.urandom(3).hex()}"
+    (LIVE_DIR / f"{base}.localhost").touch()  # its session took the lock and is gone
+    left, inside = started_with_an_app(f"{base}-x", SESSION_DIR / "nodes" / "x")
+    try:
+        assert left.netns in reap_ended_sessions_nodes()
+        assert_gone(left, inside)
+        assert node.netns in nsmod.names() and node.swarm()["LocalNodeState"] == "active"
+    finally:
+        left.stop()
+        (LIVE_DIR / f"{base}.localhost").unlink(missing_ok=True)
 
 
 def test_recipe_images_lists_every_tags_images(example_recipes: Path) -> None:
