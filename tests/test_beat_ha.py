@@ -207,3 +207,45 @@ def test_a_flushed_broker_does_not_stop_beat(timeline: Timeline) -> None:
     after = timeline.between("flush", "end")
     assert len({s.pid for s in after}) == 1, after
     assert {s.task for s in after} >= {"ccci.infra.janitor"}
+
+
+def test_the_nightly_crontab_read_back_from_redis_keeps_the_timezone(
+        redis_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nightly entry stored in Redis and read back by a beat is still CCCI_NIGHTLY_AT in
+    CCCI_TIMEZONE: due at the same moment as the crontab of beat_schedule.py."""
+    import redis
+    from pydantic import SecretStr
+    from redbeat.schedulers import RedBeatSchedulerEntry
+
+    from beat_schedule import beat_schedule
+    from ccci_tasks.celery_app import create_app
+    from ccci_tasks.config import Settings, get_settings
+    from ccci_tasks.constants import KEY_BEAT_PREFIX
+
+    url = f"redis://127.0.0.1:{REDIS_PORT}/2"
+    monkeypatch.setenv("CCCI_TIMEZONE", "Europe/Berlin")
+    monkeypatch.setenv("CCCI_NIGHTLY_AT", "02:30")
+    get_settings.cache_clear()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        settings = Settings(broker_url=SecretStr(url))
+        app = create_app(settings)
+        last = datetime(2026, 1, 20, 12, 0, tzinfo=UTC)
+        set_last_run(app, "nightly_sweep", last)
+        stored = RedBeatSchedulerEntry.from_key(KEY_BEAT_PREFIX + "nightly_sweep", app=app)
+        fresh = beat_schedule(settings)["nightly_sweep"]["schedule"]
+        fresh.app = app
+        assert str(stored.schedule.tz) == "Europe/Berlin"
+
+        def next_after(schedule: Any, when: datetime) -> datetime:
+            start, delta, _ = schedule.remaining_delta(when)
+            return start + delta  # type: ignore[no-any-return]
+
+        due = next_after(stored.schedule, stored.last_run_at)
+        assert due == next_after(fresh, last)
+        assert due.astimezone(UTC) == datetime(2026, 1, 21, 1, 30, tzinfo=UTC)  # 02:30 CET
+    finally:
+        client.flushdb()
+        client.close()
+        get_settings.cache_clear()
