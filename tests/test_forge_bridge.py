@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import yaml
@@ -115,6 +116,25 @@ def test_everything_else_is_ignored(bridge_parts: tuple[Bridge, Recorder], body:
     bridge, recorder = bridge_parts
     answer = bridge.handle(headers(body, event=event), body)
     assert answer.status == 200 and answer.text.startswith("ignored: ") and why in answer.text
+    assert recorder.published == []
+
+
+def test_form_encoded_delivery_is_400_saying_to_send_json(
+    bridge_parts: tuple[Bridge, Recorder]
+) -> None:
+    """Gitea's other content type (body ``payload=<json>``, the signature over the JSON) is
+    answered 400 saying to set the webhook's content type to application/json; signed over
+    anything else it is 401; nothing is enqueued either way."""
+    bridge, recorder = bridge_parts
+    payload = comment_body()
+    form = urlencode({"payload": payload.decode()}).encode()
+    hdrs = {**headers(payload), "Content-Type": "application/x-www-form-urlencoded"}
+    answer = bridge.handle(hdrs, form)
+    assert answer.status == 400
+    assert "application/x-www-form-urlencoded" in answer.text
+    assert "set the webhook's content type to application/json" in answer.text
+    assert bridge.handle({**hdrs, "X-Gitea-Signature": events.sign(SECRET.encode(), form)},
+                         form).status == 401
     assert recorder.published == []
 
 
