@@ -260,10 +260,10 @@ def test_a_run_directory_goes_when_its_run_ends(env: Env, tmp_path: Path,
     """The run-finished hook (what end_run and the janitor call once a verdict is written)
     deletes <abra root>/runs/<run id>/ with its recipe checkout; the shared servers/ and
     catalogue/, and another run's directory, stay."""
+    from pydantic import SecretStr
+
     from ccci_tasks import hooks
     from ccci_tasks.state import reports
-
-    from pydantic import SecretStr
 
     # No forge and no notification targets: only the platform's hook has work here.
     settings = env.settings.model_copy(update={"platform": "abra", "forge_url": None,
