@@ -1,5 +1,5 @@
 # One entry point for the checks: CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: up down reset test lint bench bootstrap pr-commit
+.PHONY: up down reset test lint bench bench-broker bootstrap pr-commit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -19,11 +19,16 @@ test: bootstrap
 
 lint: bootstrap
 	.venv/bin/ruff check .
-	.venv/bin/mypy --strict ccci_tasks
+	.venv/bin/mypy --strict ccci_tasks ccci_rig
 
 bench: bootstrap
 	scripts/services.sh
 	.venv/bin/python -m bench
+
+# What the broker costs per run and per host (Redis commands, bytes, memory); about 6 minutes.
+bench-broker: bootstrap
+	scripts/services.sh
+	.venv/bin/python -m bench.broker
 
 # A PR-like commit in a recipe of the local system; prints its sha for `ccci quick`.
 RECIPE ?= custom-html

@@ -2,8 +2,10 @@
 
 Entries name tasks by their registered names, so this module imports no task code.
 Crontabs are evaluated in ``CCCI_TIMEZONE`` (default UTC, which has no DST gaps).
-The schedule file (``CCCI_BEAT_SCHEDULE_FILE``) must be on persistent storage: it keeps
-each entry's last run, which is how beat catches up a run missed while it was down.
+Beat's scheduler (``ccci_tasks.beat``, RedBeat) keeps each entry's last run in Redis, which is
+how a run missed while every beat was down is caught up once, by whichever beat fires; beat may
+run on several hosts and each entry fires once. A new entry first fires one interval after beat
+starts (a crontab: at its next time).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ REALM_REAP_EVERY_S = 900  # orphaned realms cost nothing but clutter: every 15 m
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     hour, minute = (int(part) for part in settings.nightly_at.split(":"))
     return {
-        # R8: every night at CCCI_NIGHTLY_AT in CCCI_TIMEZONE (the app's timezone). The
-        # schedule file keeps its last run, so a night missed while beat was down runs
-        # once when beat is back.
+        # R8: every night at CCCI_NIGHTLY_AT in CCCI_TIMEZONE (the app's timezone). Its last
+        # run is kept in Redis, so a night missed while beat was down runs once when beat is
+        # back.
         "nightly_sweep": {
             "task": "ccci.infra.nightly_sweep",
             "schedule": crontab(hour=hour, minute=minute),

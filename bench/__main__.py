@@ -42,15 +42,6 @@ GOAL_TAR_RATIO = 1.0
 QUICK_REPEAT = 3  # steady-state quick runs per recipe and mode; the median one is reported
 
 
-def _pr(recipes_dir: Path, recipe: str) -> str:
-    from ccci_tasks.platform.recipes import RecipeRepo
-
-    latest = RecipeRepo(recipes_dir / recipe, recipe).latest()
-    assert latest is not None
-    return lanes.pr_commit(recipes_dir / recipe, latest, f"GREETING:-Hello from {recipe}",
-                           "GREETING:-Hello from a PR")
-
-
 def _check(figures: lanes.RunFigures, what: str) -> dict[str, Any]:
     if figures.verdict != "pass":
         raise SystemExit(f"bench: {what} was {figures.verdict}: {figures.reason}")
@@ -94,7 +85,7 @@ def measure_lanes(system: BenchSystem) -> dict[str, Any]:
         print(f"{recipe}:", flush=True)
         entry: dict[str, Any] = {}
         entry["seed"] = _check(lanes.run("cold", recipe, None), "seed (cold on latest)")
-        prs[recipe] = _pr(recipes_dir, recipe)
+        prs[recipe] = lanes.pr_on_latest(recipes_dir, recipe)
         entry["pr"] = prs[recipe]
         entry["cold"] = _check(lanes.run("cold", recipe, prs[recipe]), "cold, PR commit")
         entry["quick_first"] = _check(lanes.run("quick", recipe, prs[recipe]),

@@ -71,6 +71,16 @@ def pr_commit(repo: Path, base: str, old: str, new: str) -> str:
                 **ident)
 
 
+def pr_on_latest(recipes_dir: Path, recipe: str) -> str:
+    """A PR commit on the recipe's newest tag that changes the served page."""
+    from ccci_tasks.platform.recipes import RecipeRepo
+
+    latest = RecipeRepo(recipes_dir / recipe, recipe).latest()
+    assert latest is not None
+    return pr_commit(recipes_dir / recipe, latest, f"GREETING:-Hello from {recipe}",
+                     "GREETING:-Hello from a PR")
+
+
 def _wait_released(run_id: str) -> None:
     """The verdict is written just before the run gives its slot back: wait for that too, so
     the next run (or a worker restart) never meets a slot still held."""

@@ -58,7 +58,6 @@ class BenchSystem:
             "CCCI_BASE_DOMAIN": self.base,
             "CCCI_MAX_TESTS": "1",
             "CCCI_INFRA_APPS": "",
-            "CCCI_BEAT_SCHEDULE_FILE": str(self.root / "beat" / "schedule"),
         }
         self._redis: subprocess.Popen[bytes] | None = None
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
@@ -109,17 +108,18 @@ class BenchSystem:
 
     # --- workers ----------------------------------------------------------------------
 
-    def start_workers(self, **extra: str) -> None:
-        """The runs worker and the side-queue worker (submissions), with ``extra`` env."""
+    def start_workers(self, roles: tuple[str, ...] = ("runs", "alerts"), **extra: str) -> None:
+        """Worker roles (default: the runs worker and the side-queue worker, which takes the
+        submissions), with ``extra`` env."""
         self.stop_workers()
         env = {**os.environ, **self.env, **extra, "PYTHONPATH": str(REPO)}
-        for role in ("runs", "alerts"):
+        for role in roles:
             name = f"{role}-bench{os.getpid()}"
             argv = [sys.executable, "-m", f"workers.{role}", f"--hostname={name}@%h"]
             with open(self.root / "logs" / f"{role}.log", "ab") as log:
                 self._workers[role] = subprocess.Popen(
                     argv, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
-        for role in ("runs", "alerts"):
+        for role in roles:
             self._wait_ready(f"{role}-bench{os.getpid()}@{socket.gethostname()}")
 
     def _wait_ready(self, hostname: str) -> None:

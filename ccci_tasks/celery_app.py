@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.beat import PersistentScheduler
 from kombu.entity import Queue
 
 from ccci_tasks import constants as c
@@ -59,9 +58,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "timezone": settings.timezone,
         "enable_utc": True,
-        "beat_schedule_filename": str(settings.beat_schedule_path),
-        "beat_sync_every": 1,
-        "beat_scheduler": "ccci_tasks.celery_app:Scheduler",
+        # Beat: RedBeat with our resilience (ccci_tasks.beat), its keys under ccci:beat:.
+        "beat_scheduler": "ccci_tasks.beat:Scheduler",
+        "beat_max_loop_interval": settings.beat_max_interval_s,
+        "redbeat_redis_url": broker,
+        "redbeat_redis_options": {},  # not the broker's transport options
+        "redbeat_key_prefix": c.KEY_BEAT_PREFIX,
+        "redbeat_lock_key": c.KEY_BEAT_LOCK,
+        "redbeat_lock_timeout": settings.beat_lock_timeout_s,
         "worker_hijack_root_logger": False,
     }
 
@@ -74,16 +78,6 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     celery.conf.beat_schedule = beat_schedule(settings)
     return celery
-
-
-class Scheduler(PersistentScheduler):  # type: ignore[misc]
-    """celery beat's persistent scheduler, creating the schedule file's folder first."""
-
-    def setup_schedule(self) -> None:
-        from pathlib import Path
-
-        Path(self.schedule_filename).parent.mkdir(parents=True, exist_ok=True)
-        super().setup_schedule()
 
 
 app = create_app()

@@ -54,7 +54,10 @@ class Settings(BaseSettings):
     sweep_max_age_h: float = Field(default=25, gt=0)
     sweep_watchdog_s: int = Field(default=3600, ge=1)
     sweep_min_interval_h: float = Field(default=12, ge=0)
-    beat_schedule_file: Path | None = None  # default: <state_dir>/beat/celerybeat-schedule
+    # Beat may run on several hosts: the one holding a lock in the broker fires. It renews the
+    # lock at least every max interval; a lock not renewed for the timeout passes to another.
+    beat_max_interval_s: int = Field(default=10, ge=1)
+    beat_lock_timeout_s: int = Field(default=60, ge=3)
 
     # Run slots (MAX_TESTS) and the janitor.
     lease_ttl_s: int = Field(default=300, ge=5)
@@ -167,16 +170,18 @@ class Settings(BaseSettings):
                 f"step_soft_time_limit_s ({self.step_soft_time_limit_s}) must be below "
                 f"step_hard_time_limit_s ({self.step_hard_time_limit_s})"
             )
+        if self.beat_lock_timeout_s < 3 * self.beat_max_interval_s:
+            raise ValueError(
+                f"beat_lock_timeout_s ({self.beat_lock_timeout_s}) must be at least 3 x "
+                f"beat_max_interval_s ({self.beat_max_interval_s}), or the beat that fires "
+                "loses its lock between two ticks"
+            )
         if self.visibility_timeout_s <= self.step_hard_time_limit_s:
             raise ValueError(
                 f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed "
                 f"step_hard_time_limit_s ({self.step_hard_time_limit_s}), or long steps run twice"
             )
         return self
-
-    @property
-    def beat_schedule_path(self) -> Path:
-        return self.beat_schedule_file or self.state_dir / "beat" / "celerybeat-schedule"
 
     @property
     def abra_root(self) -> Path:

@@ -31,6 +31,10 @@ KEY_FENCE: Final = REDIS_PREFIX + "slots:fence"  # counter: fencing tokens only 
 KEY_DELIVERIES: Final = REDIS_PREFIX + "deliveries:"  # + run_id:step -> deliveries of a step
 KEY_RELAY_DONE: Final = REDIS_PREFIX + "relay:done:"  # + alert id -> 1 (idempotency)
 KEY_SWEEP_LAST: Final = REDIS_PREFIX + "sweep:last-success"
+# celery beat (RedBeat): + entry name -> hash {definition, meta: last run}; + ":schedule" zset
+# and ":statics" set; the lock held by the one beat that fires.
+KEY_BEAT_PREFIX: Final = REDIS_PREFIX + "beat:"
+KEY_BEAT_LOCK: Final = KEY_BEAT_PREFIX + "lock"
 # The forge bridge (R11).
 KEY_FORGE_DELIVERY: Final = REDIS_PREFIX + "forge:delivery:"  # + webhook delivery id -> run id
 KEY_FORGE_ENQUEUED: Final = REDIS_PREFIX + "forge:enqueued:"  # + run id -> 1 (run published)

@@ -13,6 +13,9 @@ if ! command -v busybox >/dev/null || ! file -L "$(command -v busybox)" 2>/dev/n
   [ -x /bin/busybox ] && file /bin/busybox 2>/dev/null | grep -q static || need_pkgs+=(busybox-static)
 fi
 command -v file >/dev/null || need_pkgs+=(file)
+# The several-hosts rig (ccci_rig, scripts/node.sh): network namespaces and nsenter.
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 # The run pages are tested in a real browser (headless Chromium driven by selenium).
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)

@@ -91,6 +91,8 @@ fi
 start worker-runs "$PY" -m workers.runs
 start worker-infra "$PY" -m workers.infra
 start worker-alerts "$PY" -m workers.alerts
+# Beat keeps its schedule and lock in Redis (ccci_tasks/beat.py): another host's beat on the
+# same broker would stand by and take over, never fire twice.
 start beat "$PY" -m celery -A ccci_tasks.celery_app beat --loglevel=INFO
 FLOWER_BASIC_AUTH="$CCCI_FLOWER_USER:$CCCI_FLOWER_PASSWORD" \
   start flower "$PY" -m celery -A ccci_tasks.celery_app flower \

@@ -66,7 +66,9 @@ TEST_ENV: dict[str, str] = {
     "CCCI_LEASE_START_GRACE_S": "60",
     "CCCI_JANITOR_INTERVAL_S": "5",
     "CCCI_ALERT_RETRY_MAX_S": "4",
-    "CCCI_BEAT_SCHEDULE_FILE": str(SESSION_DIR / "beat" / "schedule"),
+    # A beat killed by a test hands its lock on within seconds, not a minute.
+    "CCCI_BEAT_MAX_INTERVAL_S": "2",
+    "CCCI_BEAT_LOCK_TIMEOUT_S": "6",
     "CCCI_ALERT_URLS": f"json://127.0.0.1:{PUSH_PORT}/alerts",
     "CCCI_INFRA_APPS": "",  # tests that reconcile live-warm apps set it themselves
 }
@@ -366,7 +368,7 @@ class Workers:
     def start(self, role: str) -> None:
         if role == "beat":
             argv = [sys.executable, "-m", "celery", "-A", "ccci_tasks.celery_app", "beat",
-                    "--loglevel=INFO", "-s", str(self.logdir / "beat-schedule")]
+                    "--loglevel=INFO"]
         else:
             argv = [sys.executable, "-m", f"workers.{role}", f"--hostname={role}-{self.name}@%h"]
         with open(self.logdir / f"{role}.log", "ab") as log:

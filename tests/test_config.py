@@ -45,6 +45,8 @@ def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CCCI_BASE_DOMAIN", "bad domain", "bad domain"),
         ("CCCI_PLATFORM", "k8s", "platform"),
         ("CCCI_VISIBILITY_TIMEOUT_S", "600", "visibility_timeout_s"),
+        ("CCCI_BEAT_LOCK_TIMEOUT_S", "5", r"beat_lock_timeout_s \(5\) must be at least 3 x "
+                                          r"beat_max_interval_s \(2\)"),
     ],
 )
 def test_bad_settings_name_the_value(
@@ -69,6 +71,21 @@ def test_visibility_timeout_exceeds_hard_limit() -> None:
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
     assert conf["result_extended"] and conf["enable_utc"]
+
+
+def test_beat_schedule_and_lock_live_in_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beat fires through RedBeat on the broker, its keys under ccci:beat:, renewing its lock
+    every CCCI_BEAT_MAX_INTERVAL_S and holding it CCCI_BEAT_LOCK_TIMEOUT_S."""
+    monkeypatch.setenv("CCCI_BEAT_MAX_INTERVAL_S", "7")
+    monkeypatch.setenv("CCCI_BEAT_LOCK_TIMEOUT_S", "30")
+    settings = Settings()
+    conf = celery_config(settings)
+    assert conf["beat_scheduler"] == "ccci_tasks.beat:Scheduler"
+    assert conf["redbeat_redis_url"] == settings.broker_url.get_secret_value()
+    assert conf["redbeat_redis_options"] == {}
+    assert conf["redbeat_key_prefix"] == "ccci:beat:"
+    assert conf["redbeat_lock_key"] == "ccci:beat:lock"
+    assert (conf["beat_max_loop_interval"], conf["redbeat_lock_timeout"]) == (7, 30)
 
 
 def test_routes_cover_every_queue() -> None:

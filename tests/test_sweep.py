@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shelve
 import shutil
 import signal
 import subprocess
@@ -43,7 +42,6 @@ class Swept:
     second: tuple[int, Any]
     most_live: int
     red_before: dict[str, str]
-    beat_schedule: Path
 
 
 def state() -> Path:
@@ -129,8 +127,7 @@ def swept(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
             first.join(timeout=900)
             quick = wait(quick_id, 300)
         code, report = out["sweep"]
-        yield Swept(own, (code, report), quick, second, watcher.most, red_before,
-                    own.logdir / "beat-schedule")
+        yield Swept(own, (code, report), quick, second, watcher.most, red_before)
 
 
 def test_sweep_reports_every_recipe_and_exits_red(swept: Swept) -> None:
@@ -191,10 +188,12 @@ def test_second_sweep_is_skipped(swept: Swept) -> None:
 # --------------------------------------------------------------------------- beat
 
 
-def _set_last_run(schedule: Path, entry: str, when: datetime) -> None:
-    with shelve.open(str(schedule), writeback=True) as db:
-        db["entries"][entry].last_run_at = when
-        db.sync()
+def _set_last_run(entry: str, when: datetime) -> None:
+    from beats import set_last_run
+
+    from ccci_tasks.celery_app import app
+
+    set_last_run(app, entry, when)
 
 
 def _last_sweep_at(when: datetime) -> None:
@@ -212,14 +211,13 @@ def _nightly_at(now: datetime) -> datetime:
 
 
 def test_beat_catches_up_a_missed_night_and_only_then(swept: Swept) -> None:
-    """Beat started with a schedule file whose nightly entry last ran two days ago fires a
+    """Beat started with the nightly entry last run two days ago (kept in the broker) fires a
     sweep within a minute; beat started right after a completed sweep fires none."""
     beat = swept.workers
-    schedule = swept.beat_schedule
     now = datetime.now(UTC)
     beat.kill("beat", signal.SIGTERM)
     before = {r.run_id for r in sweep_reports()}
-    _set_last_run(schedule, "nightly_sweep", now - timedelta(days=2))
+    _set_last_run("nightly_sweep", now - timedelta(days=2))
     _last_sweep_at(now - timedelta(days=2))
     beat.start("beat")
     fired = wait_until(lambda: [r for r in sweep_reports() if r.run_id not in before],
@@ -230,7 +228,7 @@ def test_beat_catches_up_a_missed_night_and_only_then(swept: Swept) -> None:
     assert "skipped" not in done.extra, done.reason
 
     beat.kill("beat", signal.SIGTERM)
-    _set_last_run(schedule, "nightly_sweep", _nightly_at(datetime.now(UTC)) + timedelta(minutes=1))
+    _set_last_run("nightly_sweep", _nightly_at(datetime.now(UTC)) + timedelta(minutes=1))
     before = {r.run_id for r in sweep_reports()}
     beat.start("beat")
     time.sleep(60)
