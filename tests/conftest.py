@@ -222,6 +222,11 @@ def ours(obj: Any) -> bool:
     return domain == TEST_BASE or domain.endswith("." + TEST_BASE)
 
 
+def _containers(client: Any) -> list[Any]:
+    """Every ccci-labelled container, from one listing (sparse: not inspected one by one)."""
+    return list(client.containers.list(all=True, sparse=True, filters={"label": "ccci.kind"}))
+
+
 def remove_ccci_objects(client: Any) -> None:
     """Remove the test system's ccci-labelled services and volumes (test isolation).
 
@@ -237,14 +242,15 @@ def remove_ccci_objects(client: Any) -> None:
         if ours(service):
             gone(service.remove)
     # Stop the stacks' containers ourselves instead of waiting for swarm to do it.
-    for container in client.containers.list(all=True, filters={"label": "ccci.kind"}):
+    # sparse: no inspection per container, which fails when another session's container
+    # goes between the listing and its inspection
+    for container in _containers(client):
         if ours(container):
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if not [c for c in client.containers.list(all=True, filters={"label": "ccci.kind"})
-                if ours(c)]:
+        if not [c for c in _containers(client) if ours(c)]:
             break
         time.sleep(0.3)
     for volume in client.volumes.list(filters={"label": "ccci.kind"}):
@@ -286,8 +292,10 @@ def remove_stale_sessions(client: Any) -> list[str]:
         if match is None or match.group(1) == TEST_BASE or _session_live(match.group(1)):
             return None
         if not (LIVE_DIR / match.group(1)).exists():  # not a session of this machine
-            ns = parse_timestamp(str(obj.attrs.get("CreatedAt") or obj.attrs.get("Created")
-                                     or ""))
+            created = obj.attrs.get("CreatedAt") or obj.attrs.get("Created") or ""
+            # a sparse container listing gives epoch seconds, inspections an RFC 3339 string
+            ns = (int(created) * 10**9 if isinstance(created, int)
+                  else parse_timestamp(str(created)))
             if not ns or time.time() - ns / 1e9 < _FOREIGN_AFTER_S:
                 return None
         return domain
@@ -295,7 +303,7 @@ def remove_stale_sessions(client: Any) -> list[str]:
     removed = []
     listings = (
         ("service", lambda: client.services.list(filters={"label": "ccci.kind"})),
-        ("container", lambda: client.containers.list(all=True, filters={"label": "ccci.kind"})),
+        ("container", lambda: _containers(client)),
         ("volume", lambda: client.volumes.list(filters={"label": "ccci.kind"})),
     )
     for kind, listing in listings:
