@@ -17,6 +17,7 @@ from typing import Any
 
 from celery import Celery
 from celery.beat import PersistentScheduler
+from celery.signals import worker_init
 from kombu.entity import Queue
 
 from ccci_tasks import constants as c
@@ -87,3 +88,11 @@ class Scheduler(PersistentScheduler):  # type: ignore[misc]
 
 
 app = create_app()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _arm_failpoints(**_: Any) -> None:
+    """A worker started as ``celery worker`` arms (or refuses) its failpoints too."""
+    from ccci_tasks import failpoints
+
+    failpoints.refuse_or_load()
