@@ -87,7 +87,8 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,
             owner: intents.Owner | None = None) -> str | None:
     """Finish or undo a pending change of the canonical; None when there is none.
 
-    A ``promote`` whose new snapshot is in place gets its registry written (finished). Then,
+    A ``promote`` whose new snapshot is in place (of its version, and not the one it
+    replaces) gets its registry written (finished). Then,
     whatever the change was, the canonical is undeployed and its volumes get the known-good
     snapshot back; with no usable snapshot the half-made canonical is removed. The intent
     record goes only once that is done. ``guard`` is the caller's fence check; ``owner`` the
@@ -119,7 +120,8 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,
     except SnapshotError as exc:
         log.warning("canonical of %s: %s", recipe, exc)
     if intent is not None and intent.kind == "promote" and manifest is not None \
-            and manifest.version == intent.detail.get("version"):
+            and manifest.version == intent.detail.get("version") \
+            and manifest.taken_at != intent.detail.get("replaces"):
         guard(f"write the registry of {recipe} at {manifest.version}")
         canonical.write_registry(state, canonical.Canonical(
             recipe=recipe, domain=warm, version=manifest.version,

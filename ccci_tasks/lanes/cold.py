@@ -202,8 +202,12 @@ def promote_deploy(env: StepEnv, ctx: RunCtx) -> str:
     first = canon.recover(settings, env.platform, ctx.recipe, env.fence.check, env.fence.owner)
     fresh = canon.usable(settings, ctx.recipe).registry is None
     assert env.repo is not None
+    current = warmsnap.read_current(settings.state_dir, ctx.recipe) if not fresh else None
+    # "replaces": the snapshot this promotion replaces, so a cut-off one is finished only
+    # when a new snapshot is current (the old one may well be of the same version).
     canon.mark_dirty(settings, ctx.recipe, env.fence.owner, env.fence.check, kind="promote",
-                     version=target, commit=env.repo.commit(target))
+                     version=target, commit=env.repo.commit(target),
+                     replaces=current.taken_at if current else "")
     if fresh:
         env.platform.remove(warm)  # never build a known-good on data nobody vouches for
     env.platform.new_app(ctx.recipe, warm, target, kind="warm", run=None)
