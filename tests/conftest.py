@@ -364,11 +364,13 @@ class Workers:
         self.logdir.mkdir(exist_ok=True)
 
     def start(self, role: str) -> None:
+        """Start ``role``; a second worker of a role is named with a digit (``runs2``)."""
         if role == "beat":
             argv = [sys.executable, "-m", "celery", "-A", "ccci_tasks.celery_app", "beat",
                     "--loglevel=INFO", "-s", str(self.logdir / "beat-schedule")]
         else:
-            argv = [sys.executable, "-m", f"workers.{role}", f"--hostname={role}-{self.name}@%h"]
+            argv = [sys.executable, "-m", f"workers.{role.rstrip('0123456789')}",
+                    f"--hostname={role}-{self.name}@%h"]
         with open(self.logdir / f"{role}.log", "ab") as log:
             self.procs[role] = subprocess.Popen(
                 argv, cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True,

@@ -21,16 +21,16 @@ import contextlib
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TEST_ENV, Workers
 from faults import (
+    EngineEvents,
+    PidWatch,
     Watcher,
     dir_listing,
     fingerprint,
@@ -114,54 +114,6 @@ def _fired(run_id: str) -> dict[str, Any] | None:
             if record.get("run_id") == run_id:
                 return record
     return None
-
-
-class PidWatch:
-    """Notes when a process vanished (or became a zombie), polling every 20 ms."""
-
-    def __init__(self, pid: int) -> None:
-        from ccci_tasks import stonith
-
-        self.pid, self.start = pid, stonith.proc_start(pid)
-        self.gone_at: datetime | None = None
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        from ccci_tasks import stonith
-        from ccci_tasks.state.clock import utc_now
-
-        while self.gone_at is None:
-            try:
-                raw = Path(f"/proc/{self.pid}/stat").read_bytes()
-                state = raw[raw.rfind(b")") + 2:].split()[0]
-                alive = state not in (b"Z", b"X") and stonith.proc_start(self.pid) == self.start
-            except OSError:
-                alive = False
-            if not alive:
-                self.gone_at = utc_now()
-            time.sleep(0.02)
-
-
-class EngineEvents:
-    """Docker engine events that name the canonical's stack, seen in a thread."""
-
-    def __init__(self, swarm: Any, stack: str) -> None:
-        self.seen: list[dict[str, Any]] = []
-        self._stream = swarm.events(decode=True)
-        self._stack = stack
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        with contextlib.suppress(Exception):  # the stream closes at the end
-            for event in self._stream:
-                attrs = (event.get("Actor") or {}).get("Attributes") or {}
-                if any(self._stack in str(v) for v in attrs.values()):
-                    self.seen.append(event)
-
-    def close(self) -> None:
-        self._stream.close()
 
 
 def _intents() -> list[str]:
