@@ -283,7 +283,8 @@ class PidWatch:
 
 
 class EngineEvents:
-    """Docker engine events that name the canonical's stack, seen in a thread."""
+    """Docker engine events that name a stack, seen in a thread (a running container's
+    health probes are no change and are left out)."""
 
     def __init__(self, swarm: Any, stack: str) -> None:
         self.seen: list[dict[str, Any]] = []
@@ -296,6 +297,9 @@ class EngineEvents:
         with contextlib.suppress(Exception):  # the stream closes at the end
             for event in self._stream:
                 attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                action = str(event.get("Action") or event.get("status") or "")
+                if action.startswith(("exec_", "health_status")):
+                    continue
                 if any(self._stack in str(v) for v in attrs.values()):
                     self.seen.append(event)
 
