@@ -11,7 +11,9 @@ process that acted for it on this host is killed, and found gone:
   lease gone also sees the record; the lease in the broker names the holder too (node, pid,
   start), for ``ccci status`` and for the other hosts;
 * the commands it started (docker, git, abra, tar, overlay tests): each is recorded the same
-  way while it runs, and carries ``CCCI_FENCED_RUN=<run_id>:<token>`` in its environment, so
+  way while it runs, and carries ``CCCI_FENCED_RUN=<system>:<run_id>:<token>`` in its
+  environment (``<system>``: a digest of the state root, so two systems on one host never
+  take each other's commands for their own), so
   even one started a moment before its parent died (or whose record was never written) is
   found by a scan of ``/proc``. Docker calls run in a session of their own (``proc``), so
   killing the step's process alone would leave them running.
@@ -100,6 +102,17 @@ class _Current:
     token: int
     node: str
 
+    @property
+    def tag(self) -> str:
+        return f"{system_id(self.root.parent)}:{self.run_id}:{self.token}"
+
+
+def system_id(state_dir: Path) -> str:
+    """Which system a tagged command belongs to: a digest of its state root."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
+
 
 _current: _Current | None = None
 
@@ -147,7 +160,7 @@ def tagged_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
     if current is None:
         return dict(env) if env is not None else None
     out = dict(os.environ if env is None else env)
-    out[ENV_TAG] = f"{current.run_id}:{current.token}"
+    out[ENV_TAG] = current.tag
     return out
 
 
@@ -214,9 +227,9 @@ def _records(root: Path, node: str) -> Iterator[tuple[Path, Holder]]:
         yield path, holder
 
 
-def _tagged() -> Iterator[tuple[int, str, int]]:
-    """(pid, run_id, token) of every process on this host that carries the run tag."""
-    needle = ENV_TAG.encode() + b"="
+def _tagged(state_dir: Path) -> Iterator[tuple[int, str, int]]:
+    """(pid, run_id, token) of every process on this host that carries this system's tag."""
+    needle = f"{ENV_TAG}={system_id(state_dir)}:".encode()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -228,7 +241,7 @@ def _tagged() -> Iterator[tuple[int, str, int]]:
             continue
         for var in environ.split(b"\0"):
             if var.startswith(needle):
-                run_id, _, token = var[len(needle):].decode(errors="replace").partition(":")
+                run_id, _, token = var[len(needle):].decode(errors="replace").rpartition(":")
                 if token.isdigit():
                     yield int(entry.name), run_id, int(token)
 
@@ -248,7 +261,7 @@ def stale_processes(state_dir: Path, node: str, live: set[tuple[str, int]]) -> l
         records = (victims[key].records if key in victims else ()) + (path,)
         victims[key] = Victim(holder.run_id, holder.token, holder.pid, holder.start,
                               f"{holder.kind} {holder.what}", records)
-    for pid, run_id, token in _tagged():
+    for pid, run_id, token in _tagged(state_dir):
         if (run_id, token) in live or pid == os.getpid():
             continue
         start = proc_start(pid)

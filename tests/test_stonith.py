@@ -130,17 +130,20 @@ def test_kill_stale_kills_a_stopped_holder_and_a_detached_tagged_command(
 ) -> None:
     """A stopped process recorded as a dead run's holder and a command of that run started
     in a session of its own (only its tag names it) are SIGKILLed and found gone, with a
-    note each; the holder record goes."""
+    note each; the holder record goes. A command tagged by another system is left alone."""
     holder = _sleeper()
     os.kill(holder.pid, signal.SIGSTOP)
     start = stonith.proc_start(holder.pid)
     assert start is not None
     path = _record(state_dir, RUN, 7, holder.pid, start)
-    command = _sleeper({**os.environ, stonith.ENV_TAG: f"{RUN}:7"})
+    command = _sleeper({**os.environ,
+                        stonith.ENV_TAG: f"{stonith.system_id(state_dir)}:{RUN}:7"})
+    other_system = _sleeper({**os.environ, stonith.ENV_TAG: f"0123456789ab:{RUN}:7"})
     try:
         time.sleep(0.1)
         done = stonith.kill_stale(state_dir, "n1", live=set())
         assert _gone(holder) and _gone(command)
+        assert not _gone(other_system, 0.3), "a command of another system was killed"
         assert {k["pid"] for k in done.killed} == {holder.pid, command.pid}
         assert not done.stuck_runs and not done.problems
         assert not path.exists()
@@ -148,7 +151,7 @@ def test_kill_stale_kills_a_stopped_holder_and_a_detached_tagged_command(
         assert {n["pid"] for n in notes} == {holder.pid, command.pid}
         assert all(n["gone_at"] >= n["killed_at"] for n in notes)
     finally:
-        for proc in (holder, command):
+        for proc in (holder, command, other_system):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
@@ -188,7 +191,7 @@ def test_holding_records_the_step_and_tags_its_commands(state_dir: Path) -> None
         out = run(["sh", "-c", f'echo "${stonith.ENV_TAG}"; ls {state_dir / "holders" / RUN}'],
                   timeout_s=10, text=True)
         tag, *files = out.stdout.split()
-        assert tag == f"{RUN}:9" and len(files) == 2, out.stdout
+        assert tag == f"{stonith.system_id(state_dir)}:{RUN}:9" and len(files) == 2, out.stdout
     assert not (state_dir / "holders" / RUN).exists()
     outside = run(["sh", "-c", f'echo "${stonith.ENV_TAG}"'], timeout_s=10, text=True)
     assert outside.stdout.strip() == ""
