@@ -151,6 +151,19 @@ def holding(state_dir: Path, node: str, run_id: str, token: int, step: str) -> I
         yield f"{node} {pid} {start}"
     finally:
         _current = before
+        _drop(path)  # gone already after ``release``
+
+
+def release(run_id: str) -> None:
+    """This process stops acting for ``run_id`` (its step is ending the run or parking it):
+    its record goes now, before the lease does, so the janitor never kills a process that
+    is only telling the hooks or admitting the next runs."""
+    global _current
+    current = _current
+    if current is None or current.run_id != run_id:
+        return
+    _current = None
+    for path in (current.root / run_id).glob(f"{os.getpid()}-*.json"):
         _drop(path)
 
 

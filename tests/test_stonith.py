@@ -221,3 +221,16 @@ def test_intent_records_change_only_by_their_owner(state_dir: Path) -> None:
     assert intents.clear_intent(state_dir, "canon:custom-html", owner=intents.Owner(OTHER, 6))
     intents.write_intent(state_dir, _intent(RUN, 5))
     assert intents.clear_intent(state_dir, "canon:custom-html", owner=None)
+
+
+def test_release_drops_the_record_of_its_own_run_only(state_dir: Path) -> None:
+    """A step ending (or parking) its run drops its record before the lease goes; a release
+    for another run (ended by a dispatch inside this step) keeps it."""
+    folder = state_dir / "holders" / RUN
+    with stonith.holding(state_dir, "n1", RUN, 9, "realm_delete"):
+        stonith.release(OTHER)
+        assert len(list(folder.glob("*.json"))) == 1
+        stonith.release(RUN)
+        assert not folder.exists()
+        assert stonith.tagged_env({}) == {}
+    assert not folder.exists()

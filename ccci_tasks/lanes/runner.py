@@ -303,6 +303,7 @@ def _run_step(
                         time.monotonic() - t0, True, detail, undo=undo)
     if isinstance(result, Park):
         _stop_chain(task)
+        stonith.release(ctx.run_id)
         if slots.park(ctx.run_id, ctx.token) and lane.ready(settings, ctx.run_id):
             resume(settings, ctx.run_id)  # its children were quicker than its parking
         return {"step": name, "parked": detail}
@@ -404,6 +405,7 @@ def end_run(
                     run_id, verdict)
         return
     ended = reports.end_report(state, run_id, verdict, reason) if report is not None else None
+    stonith.release(run_id)
     slots.end(run_id, token)
     if ended is not None:
         hooks.run_finished(settings, ended)
