@@ -3,7 +3,8 @@
 On a private system (``soakfaults.SoakSystem``: its own redis-server, state root, base domain,
 workers, a short lease and a 1 s janitor) the custom-html canonical is seeded, then each run
 (quick on a PR head, or cold on latest, which promotes) gets one fault of the selected kinds
-(``soakfaults.KINDS``) at a random moment. After each run the soak waits for its verdict and
+(``soakfaults.KINDS``, each as often as the others, in a random order) at a random moment
+of a random step. After each run the soak waits for its verdict and
 for the system to be quiet, and checks:
 
 * ``known_goods_lost`` - the canonical is not usable, its snapshot does not verify, or its
@@ -41,6 +42,12 @@ from bench.soakfaults import KINDS, POINTS, SoakSystem, restart_dockerd
 from bench.system import REPO
 
 RECIPE = "custom-html"
+# Where a fault lands: a step of the lane (cold runs on latest promote).
+STEPS = {"quick": ("verify", "deploy_canonical", "health_check", "upgrade", "assert_upgrade",
+                   "overlay_upgrade", "overlay_custom", "restore", "realm_delete"),
+         "cold": ("new_app", "install", "health_check", "overlay_install", "upgrade_tier",
+                  "teardown", "promote_deploy", "promote_health", "promote_undeploy",
+                  "promote_snapshot")}
 BAD = ("known_goods_lost", "max_tests_violations", "runs_left_running", "stale_actions",
        "left_live")
 
@@ -100,10 +107,19 @@ def _until(check: Any, timeout_s: float, poll_s: float = 0.2) -> Any:
 
 
 def _submit(lane: str, pr: str) -> str:
+    """Queue the run the way the bridge does; a broker just restarted may refuse once."""
     from ccci_tasks.tasks import cold_run, quick_run
 
-    result = quick_run.delay(RECIPE, pr) if lane == "quick" else cold_run.delay(RECIPE, None)
-    return str(result.id)
+    task = quick_run if lane == "quick" else cold_run
+    args = (RECIPE, pr) if lane == "quick" else (RECIPE, None)
+    for attempt in range(10):
+        try:
+            return str(task.delay(*args).id)
+        except Exception:
+            if attempt == 9:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def _quiet(system: SoakSystem) -> str:
@@ -253,8 +269,11 @@ def one_run(system: SoakSystem, rng: random.Random, lane: str, kind: str, pr: st
         pid = record["pid"]
         row["fired"] = pid is not None
     else:
-        row["at_s"] = round(rng.uniform(0.5, 12 if lane == "quick" else 25), 2)
-        time.sleep(row["at_s"])
+        # At a random step of the lane, a random moment into it: every window gets hit.
+        row["at_step"] = rng.choice(STEPS[lane])
+        _until(lambda: (r := _report(run_id)) and (r.finished or (
+            r.current is not None and r.current.name == row["at_step"])), 300, 0.05)
+        time.sleep(rng.uniform(0, 1.0))
         row["hit"] = not ((r := _report(run_id)) is not None and r.finished)
         row.update(_inject(system, kind, rng))
     report = _until(lambda: (r := _report(run_id)) and r.finished and r,
@@ -322,7 +341,9 @@ def soak(runs: int, kinds: tuple[str, ...], seed: int, ttl_s: int, janitor_s: in
         rows: list[dict[str, Any]] = []
         with Watcher(system) as watcher:
             for i in range(runs):
-                lane, kind = rng.choice(("quick", "cold")), rng.choice(kinds)
+                if i % len(kinds) == 0:  # each kind as often as the others
+                    order = rng.sample(kinds, len(kinds))
+                lane, kind = rng.choice(("quick", "cold")), order[i % len(kinds)]
                 row = one_run(system, rng, lane, kind, pr)
                 print(f"soak {i + 1}/{runs}: {lane:5} {kind:15} {row.get('point', ''):38} "
                       f"{row['verdict']} {row['reason'][:60]}", flush=True)

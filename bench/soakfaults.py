@@ -64,6 +64,25 @@ class SoakSystem(BenchSystem):
         if role != "beat":
             self._wait_ready(f"{role}-soak{os.getpid()}@{socket.gethostname()}")
 
+    def _wait_ready(self, hostname: str) -> None:
+        """As the bench's, but a broker that was just restarted may drop the first pings."""
+        from ccci_tasks.celery_app import app
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            for role, proc in self._workers.items():
+                if proc.poll() is not None:
+                    raise SystemExit(f"soak: worker {role} exited {proc.returncode}; see "
+                                     f"{self.root / 'logs'}")
+            try:
+                replies = app.control.ping(timeout=1.0) or []
+            except Exception:  # a dead pooled connection: the next ping opens a new one
+                time.sleep(0.5)
+                continue
+            if any(hostname in reply for reply in replies):
+                return
+        raise SystemExit(f"soak: worker {hostname} did not answer in 90 s")
+
     def start_all(self) -> None:
         for role in ROLES:
             self.start(role)
