@@ -35,7 +35,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Final
@@ -259,33 +259,39 @@ def _tagged(state_dir: Path) -> Iterator[tuple[int, str, int]]:
                     yield int(entry.name), run_id, int(token)
 
 
-def stale_processes(state_dir: Path, node: str, live: set[tuple[str, int]]) -> list[Victim]:
+def stale_processes(state_dir: Path, node: str, live: Callable[[], Set[tuple[str, int]]]
+                    ) -> list[Victim]:
     """Every process of this node acting for a run that holds no live lease with its token.
-    Records of processes already gone are dropped."""
+
+    The processes are found first, the live leases read after (``live``): a record or a tag
+    exists only once its run was admitted with that token, and a lost lease never comes
+    back, so a process seen before the read whose lease is not live then is stale; one that
+    started acting for a run admitted meanwhile is never taken for stale. Records of
+    processes already gone are dropped."""
     root = holders_root(state_dir)
-    victims: dict[tuple[int, int], Victim] = {}
+    found: dict[tuple[int, int], Victim] = {}
     for path, holder in _records(root, node):
-        if (holder.run_id, holder.token) in live:
-            continue
         if not _alive(holder.pid, holder.start):
             _drop(path)
             continue
         key = (holder.pid, holder.start)
-        records = (victims[key].records if key in victims else ()) + (path,)
-        victims[key] = Victim(holder.run_id, holder.token, holder.pid, holder.start,
-                              f"{holder.kind} {holder.what}", records)
+        records = (found[key].records if key in found else ()) + (path,)
+        found[key] = Victim(holder.run_id, holder.token, holder.pid, holder.start,
+                            f"{holder.kind} {holder.what}", records)
     for pid, run_id, token in _tagged(state_dir):
-        if (run_id, token) in live or pid == os.getpid():
-            continue
         start = proc_start(pid)
-        if start is None or (pid, start) in victims:
+        if pid == os.getpid() or start is None or (pid, start) in found:
             continue
-        victims[(pid, start)] = Victim(run_id, token, pid, start, "command (tagged)")
-    return list(victims.values())
+        found[(pid, start)] = Victim(run_id, token, pid, start, "command (tagged)")
+    if not found:
+        return []
+    owners = live()
+    return [v for v in found.values() if (v.run_id, v.token) not in owners]
 
 
 def kill_stale(
-    state_dir: Path, node: str, live: set[tuple[str, int]], timeout_s: float = KILL_WAIT_S,
+    state_dir: Path, node: str, live: Callable[[], Set[tuple[str, int]]],
+    timeout_s: float = KILL_WAIT_S,
 ) -> Killed:
     """SIGKILL every stale process (``stale_processes``) and wait until each is gone; see
     the module docstring."""

@@ -141,7 +141,7 @@ def test_kill_stale_kills_a_stopped_holder_and_a_detached_tagged_command(
     other_system = _sleeper({**os.environ, stonith.ENV_TAG: f"0123456789ab:{RUN}:7"})
     try:
         time.sleep(0.1)
-        done = stonith.kill_stale(state_dir, "n1", live=set())
+        done = stonith.kill_stale(state_dir, "n1", live=set)
         assert _gone(holder) and _gone(command)
         assert not _gone(other_system, 0.3), "a command of another system was killed"
         assert {k["pid"] for k in done.killed} == {holder.pid, command.pid}
@@ -169,7 +169,7 @@ def test_kill_stale_spares_live_runs_recycled_pids_and_other_nodes(state_dir: Pa
                              (stonith.proc_start(recycled.pid) or 0) + 1)
         _record(state_dir, OTHER, 4, foreign.pid, stonith.proc_start(foreign.pid) or 0,
                 node="n2")
-        done = stonith.kill_stale(state_dir, "n1", live={(RUN, 3)})
+        done = stonith.kill_stale(state_dir, "n1", live=lambda: {(RUN, 3)})
         assert done.killed == []
         assert not _gone(live, 0.3) and not _gone(recycled, 0.1) and not _gone(foreign, 0.1)
         assert not stale_path.exists(), "the record of a process that is gone stays"

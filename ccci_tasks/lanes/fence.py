@@ -96,7 +96,7 @@ def live_owners(slots: Slots) -> set[tuple[str, int]]:
 def reap_stale(settings: Settings, slots: Slots) -> stonith.Killed:
     """Kill every process of this node that acts for a run without a live lease, and wait
     until they are gone (``stonith.kill_stale``)."""
-    return stonith.kill_stale(settings.state_dir, settings.node, live_owners(slots))
+    return stonith.kill_stale(settings.state_dir, settings.node, lambda: live_owners(slots))
 
 
 def take_over(settings: Settings, slots: Slots, intent: intents.Intent) -> None:
