@@ -188,8 +188,11 @@ def test_holding_records_the_step_and_tags_its_commands(state_dir: Path) -> None
         node, pid, start = holder.split()
         assert (node, int(pid)) == ("n1", os.getpid())
         assert (state_dir / "holders" / RUN / f"{pid}-{start}.json").is_file()
-        out = run(["sh", "-c", f'echo "${stonith.ENV_TAG}"; ls {state_dir / "holders" / RUN}'],
-                  timeout_s=10, text=True)
+        folder = state_dir / "holders" / RUN
+        # The command's record is written just after it started: it waits for it (5 s).
+        script = (f'for i in $(seq 100); do ls {folder} | grep -q "^$$-" && break; '
+                  f'sleep 0.05; done; echo "${stonith.ENV_TAG}"; ls {folder}')
+        out = run(["sh", "-c", script], timeout_s=10, text=True)
         tag, *files = out.stdout.split()
         assert tag == f"{stonith.system_id(state_dir)}:{RUN}:9" and len(files) == 2, out.stdout
     assert not (state_dir / "holders" / RUN).exists()
@@ -234,3 +237,46 @@ def test_release_drops_the_record_of_its_own_run_only(state_dir: Path) -> None:
         assert not folder.exists()
         assert stonith.tagged_env({}) == {}
     assert not folder.exists()
+
+
+# --------------------------------------------------------------------------- several nodes
+
+
+@pytest.mark.docker
+def test_a_dead_run_last_held_on_another_node_waits_for_that_nodes_janitor(
+    redis_url: str, settings: object, swarm: object
+) -> None:
+    """A reaped run whose lease names another node as its holder keeps its resources (this
+    node cannot kill that node's processes) and the janitor says whom it waits for; once
+    the holder is this node's, the same round cleans it up and frees them."""
+    import uuid
+
+    import redis
+
+    from ccci_tasks import constants as c
+    from ccci_tasks.config import Settings
+    from ccci_tasks.lanes import janitor
+    from ccci_tasks.platform import get_platform
+    from ccci_tasks.slots import RunSpec, Slots
+
+    assert isinstance(settings, Settings)
+    slots = Slots.from_settings(settings)
+    client = redis.Redis.from_url(redis_url)
+    platform = get_platform(settings)
+
+    def dead_run(node: str) -> str:
+        spec = slots.enqueue(RunSpec(str(uuid.uuid4()), "cold", "custom-html",
+                                     resources=("slot",)))
+        (admitted,) = slots.admit()
+        assert slots.renew(spec.run_id, admitted.token, f"{node} 1 1")
+        client.zadd(c.KEY_SLOTS, {spec.run_id: 1.0})  # its lease ran out long ago
+        return spec.run_id
+
+    other = dead_run("elsewhere")
+    report = janitor.run(settings, platform)
+    assert [x.state for x in slots.occupying() if x.run_id == other] == ["reaping"]
+    assert any(f"run {other} was last held on node elsewhere" in p for p in report.problems)
+    client.hset(c.KEY_RUN_SPEC + other, "holder", f"{settings.node} 1 1")
+    report = janitor.run(settings, platform)
+    assert [r["run_id"] for r in report.recovered] == [other]
+    assert slots.occupying() == []
