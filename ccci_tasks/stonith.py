@@ -9,14 +9,14 @@ process that acted for it on this host is killed, and found gone:
   kind, what, at}`` (``start``: field 22 of ``/proc/<pid>/stat``, so a recycled pid is never
   taken for it), written *before* the step's first lease check, so a janitor that sees the
   lease gone also sees the record; the lease in the broker names the holder too (node, pid,
-  start), for ``ccci status`` and for the other hosts;
+  start), for the other hosts;
 * the commands it started (docker, git, abra, tar, overlay tests): each is recorded the same
   way while it runs, and carries ``CCCI_FENCED_RUN=<system>:<run_id>:<token>`` in its
   environment (``<system>``: a digest of the state root, so two systems on one host never
-  take each other's commands for their own), so
-  even one started a moment before its parent died (or whose record was never written) is
-  found by a scan of ``/proc``. Docker calls run in a session of their own (``proc``), so
-  killing the step's process alone would leave them running.
+  take each other's commands for their own), so even one started a moment before its parent
+  died (or whose record was never written) is found by a scan of ``/proc``. Docker calls run
+  in a session of their own (``proc``), so killing the step's process alone would leave them
+  running.
 
 ``kill_stale`` (the janitor, every round, before it reaps or repairs anything) SIGKILLs every
 such process of a run that no longer holds a live lease with that token (SIGKILL ends a

@@ -203,6 +203,7 @@ KILLED = [
     ("quick", "mid-restore=kill"),
     ("quick", "before-engine-change@upgrade=kill"),
     ("cold", "before-snapshot-swap=kill"),
+    ("quick", "before-verdict=kill"),
 ]
 
 
