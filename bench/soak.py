@@ -106,6 +106,12 @@ def _until(check: Any, timeout_s: float, poll_s: float = 0.2) -> Any:
         time.sleep(poll_s)
 
 
+def _reached(report: Any, step: str) -> bool:
+    """The run is in ``step`` now, or past it (a short step is over between two polls)."""
+    current = report.current.name if report.current is not None else None
+    return current == step or step in {s.name for s in report.steps}
+
+
 def _submit(lane: str, pr: str) -> str:
     """Queue the run the way the bridge does; a broker just restarted may refuse once."""
     from ccci_tasks.tasks import cold_run, quick_run
@@ -271,8 +277,8 @@ def one_run(system: SoakSystem, rng: random.Random, lane: str, kind: str, pr: st
     else:
         # At a random step of the lane, a random moment into it: every window gets hit.
         row["at_step"] = rng.choice(STEPS[lane])
-        _until(lambda: (r := _report(run_id)) and (r.finished or (
-            r.current is not None and r.current.name == row["at_step"])), 300, 0.05)
+        _until(lambda: (r := _report(run_id)) and (r.finished or _reached(r, row["at_step"])),
+               300, 0.02)
         time.sleep(rng.uniform(0, 1.0))
         row["hit"] = not ((r := _report(run_id)) is not None and r.finished)
         row.update(_inject(system, kind, rng))
