@@ -376,6 +376,19 @@ class Workers:
                 argv, cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True,
             )
 
+    def restart(self, role: str, **env: str) -> None:
+        """Kill ``role`` and start it again with ``env`` added (for this start only)."""
+        self.kill(role)
+        saved = dict(self.env)
+        self.env.update(env)
+        try:
+            self.start(role)
+        finally:
+            self.env.clear()
+            self.env.update(saved)
+        if role != "beat":
+            self.wait_ready((role,))
+
     def hostname(self, role: str) -> str:
         return f"{role}-{self.name}@{socket.gethostname()}"
 

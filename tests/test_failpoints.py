@@ -96,16 +96,6 @@ def _report(run_id: str) -> Any:
     return load_report(_state(), run_id)
 
 
-def _restart_runs(system: Workers, failpoints: str) -> None:
-    system.kill("runs")
-    system.env["CCCI_FAILPOINTS"] = failpoints
-    try:
-        system.start("runs")
-    finally:
-        system.env.pop("CCCI_FAILPOINTS", None)
-    system.wait_ready(("runs",))
-
-
 def _fired(run_id: str) -> dict[str, Any] | None:
     folder = _state() / "failpoints"
     for path in folder.glob("*.json") if folder.is_dir() else ():
@@ -153,7 +143,7 @@ def test_paused_at_a_failpoint_is_dead_before_the_next_admission_and_never_acts(
     from ccci_tasks.config import get_settings
 
     state = _state()
-    _restart_runs(system, points)
+    system.restart("runs", CCCI_FAILPOINTS=points)
     before = _known_good(swarm)
     with Watcher(swarm) as watcher:
         first = _quick(pr_sha) if lane == "quick" else _cold()
@@ -216,7 +206,7 @@ def test_killed_at_a_failpoint_leaves_the_known_good_and_the_next_run_green(
     redelivery makes of the run, the known-good is intact afterwards, nothing stays live,
     and the next quick run passes."""
     state = _state()
-    _restart_runs(system, points)
+    system.restart("runs", CCCI_FAILPOINTS=points)
     before = _known_good(swarm)
     with Watcher(swarm) as watcher:
         first = _quick(pr_sha) if lane == "quick" else _cold()

@@ -142,12 +142,7 @@ def test_reconcile_paused_at_a_failpoint_is_dead_before_the_next_and_never_acts(
     (_data(swarm) / "marker.txt").write_text(f"before {points}\n")
     session_copy(example_recipes / APP, recipes)
     keep_tags_upto(recipes / APP, newest)
-    system.kill("infra")
-    system.env["CCCI_FAILPOINTS"] = points
-    try:
-        system.start("infra")
-    finally:
-        system.env.pop("CCCI_FAILPOINTS", None)
+    system.restart("infra", CCCI_FAILPOINTS=points)
     fired = wait_until(_fired, WAIT_S, f"the start-up reconcile to reach {points}")
     pid, first = int(fired["pid"]), str(fired["run_id"])
     watch = PidWatch(pid)
