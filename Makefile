@@ -1,5 +1,5 @@
 # One entry point for the checks: CI (.ci/run) runs `make lint` and `make test`.
-.PHONY: up down reset test lint bench bench-broker bootstrap pr-commit
+.PHONY: up down reset test lint bench bench-broker soak bootstrap pr-commit
 
 bootstrap:
 	scripts/bootstrap.sh
@@ -29,6 +29,15 @@ bench: bootstrap
 bench-broker: bootstrap
 	scripts/services.sh
 	.venv/bin/python -m bench.broker
+
+# N quick and cold runs, each hit by one random fault of FAULTS (comma-separated, or all:
+# sigkill, sigstop, failpoint, flushall, broker-restart, dockerd-restart). dockerd-restart
+# restarts this machine's one Docker engine: leave it out where others use the engine.
+N ?= 10
+FAULTS ?= all
+soak: bootstrap
+	scripts/services.sh
+	.venv/bin/python -m bench.soak --runs $(N) --faults $(FAULTS)
 
 # A PR-like commit in a recipe of the local system; prints its sha for `ccci quick`.
 RECIPE ?= custom-html

@@ -46,7 +46,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": 60.0,
         },
         "janitor": {
-            "task": "ccci.infra.janitor",
+            "task": "ccci.alerts.janitor",
             "schedule": float(settings.janitor_interval_s),
         },
         "realm_reap": {

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_init
 from kombu.entity import Queue
 
 from ccci_tasks import constants as c
@@ -81,3 +82,11 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _arm_failpoints(**_: Any) -> None:
+    """A worker started as ``celery worker`` arms (or refuses) its failpoints too."""
+    from ccci_tasks import failpoints
+
+    failpoints.refuse_or_load()

@@ -19,6 +19,16 @@ from ccci_tasks.errors import ConfigError
 from ccci_tasks.versions import DEFAULT_MIGRATION_PATTERNS
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_NODE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def default_node() -> str:
+    """The hostname's first label, lowercased, other characters as '-'."""
+    import socket
+
+    label = socket.gethostname().split(".")[0].lower()
+    name = re.sub(r"[^a-z0-9-]", "-", label).strip("-")[:63]
+    return name or "localhost"
 
 
 class Settings(BaseSettings):
@@ -96,6 +106,10 @@ class Settings(BaseSettings):
     step_hard_time_limit_s: int = Field(default=3600, ge=10)
     visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
 
+    # This host's name when several hosts share one broker (R15): leases name it, and a
+    # host's janitor kills only its own processes. Default: the hostname, made [a-z0-9-].
+    node: str = Field(default_factory=lambda: default_node())
+
     docker_host: str = "unix:///var/run/docker.sock"
     abra_bin: str = "abra"
     abra_server: str = "default"
@@ -110,6 +124,14 @@ class Settings(BaseSettings):
         from ccci_tasks.naming import validate_domain
 
         return validate_domain(value)
+
+    @field_validator("node")
+    @classmethod
+    def _node_ok(cls, value: str) -> str:
+        if not _NODE.fullmatch(value):
+            raise ValueError(f"node {value!r} is invalid: expected 1-63 of [a-z0-9-], not "
+                             "starting with '-' (set CCCI_NODE)")
+        return value
 
     @field_validator("infra_apps")
     @classmethod

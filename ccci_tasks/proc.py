@@ -10,6 +10,10 @@ process group (SIGSTOP, SIGKILL) then neither freezes nor cuts it off halfway. T
 for short engine calls (``docker stack deploy`` either happens or not; the janitor deals with
 the result), and wrong for work whose half-done state matters and that must die with its
 worker (a tar extracting into a volume: its intent record gets it redone).
+
+Inside a step every command carries the run's tag and is recorded while it runs
+(``stonith``), so the janitor can kill it with the step's process once the run's lease is
+gone: detached means it survives its worker, not the fence.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from ccci_tasks import stonith
 from ccci_tasks.errors import CommandFailed, PlatformError, WaitTimeout
 
 log = logging.getLogger(__name__)
@@ -63,18 +68,27 @@ def run(
     args = [str(a) for a in argv]
     log.debug("running %s", shlex.join(args))
     try:
-        proc = subprocess.run(
-            args, env=dict(env) if env is not None else None, cwd=cwd,
-            stdin=subprocess.DEVNULL, capture_output=True, text=text,
-            errors="replace" if text else None, timeout=timeout_s, check=False,
-            start_new_session=detached,
+        proc = subprocess.Popen(
+            args, env=stonith.tagged_env(env), cwd=cwd, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text,
+            errors="replace" if text else None, start_new_session=detached,
         )
-    except subprocess.TimeoutExpired as exc:
-        raise WaitTimeout(f"`{shlex.join(args)}` to finish", timeout_s,
-                          _tail(exc.stderr) or "no output on stderr") from exc
     except OSError as exc:
         raise PlatformError(f"cannot run {args[0]} ({exc})" + (f"; {hint}" if hint else "")
                             ) from exc
-    if check and proc.returncode != 0:
-        raise CommandFailed(args, proc.returncode, _tail(proc.stderr, 5))
-    return proc
+    record = stonith.command_started(proc.pid, " ".join(args[:3]))
+    try:
+        with proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, stderr = proc.communicate()
+                raise WaitTimeout(f"`{shlex.join(args)}` to finish", timeout_s,
+                                  _tail(stderr) or "no output on stderr") from None
+    finally:
+        stonith.command_ended(record)
+    done = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    if check and done.returncode != 0:
+        raise CommandFailed(args, done.returncode, _tail(done.stderr, 5))
+    return done

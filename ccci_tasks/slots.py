@@ -197,7 +197,7 @@ class RunSpec:
 
     @classmethod
     def _from_hash(cls, raw: Mapping[str, str]) -> RunSpec:
-        data: dict[str, Any] = {k: v for k, v in raw.items() if k != "started"}
+        data: dict[str, Any] = {k: v for k, v in raw.items() if k not in ("started", "holder")}
         try:
             if "enqueued_at" in data:
                 data["enqueued_at"] = float(data["enqueued_at"])
@@ -219,6 +219,12 @@ class Lease:
     spec: RunSpec | None
     state: str = "live"
     started: bool = True
+    holder: str | None = None  # "<node> <pid> <start>" of the step acting for it, if any
+
+    @property
+    def node(self) -> str | None:
+        """The node whose process last acted for the run."""
+        return self.holder.split()[0] if self.holder else None
 
 
 # --- Lua ----------------------------------------------------------------------------------
@@ -343,14 +349,16 @@ end
 return out
 """
 
-# ARGV: 3 ttl, 4 run_id, 5 token. Returns 1 if the run holds a live lease with that token
-# (then extended to now + ttl, which starts the TTL at the first renewal), else 0.
+# ARGV: 3 ttl, 4 run_id, 5 token, 6 holder ('' = unchanged). Returns 1 if the run holds a
+# live lease with that token (then extended to now + ttl, which starts the TTL at the first
+# renewal, and the holder "<node> <pid> <start>" recorded), else 0.
 _LUA_RENEW = _LUA_PROLOGUE + """
-local ttl, id, token = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local ttl, id, token, holder = tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6]
 local score = redis.call('ZSCORE', leases, id)
 if not score or tonumber(score) <= now then return 0 end
 local key = spec_prefix .. id
 if redis.call('HGET', key, 'token') ~= token then return 0 end
+if holder ~= nil and holder ~= '' then redis.call('HSET', key, 'holder', holder) end
 local started = redis.call('HGET', key, 'started')
 if started == '1' and tonumber(score) > now + ttl then return 1 end
 redis.call('ZADD', leases, now + ttl, id)
@@ -358,13 +366,19 @@ redis.call('HSET', key, 'started', 1)
 return 1
 """
 
-# ARGV: 3 run_id, 4 token ('' = any). Returns 1 if a live lease was dropped, else 0.
+# ARGV: 3 run_id, 4 token ('' = any), 5 forget ('1': the spec goes too). Returns 1 if a live
+# lease was dropped, else 0 and nothing changed. ``end`` forgets in the same step, so a stale
+# end never frees (or forgets) what the janitor is still cleaning up (R13.1).
 _LUA_RELEASE = _LUA_PROLOGUE + """
-local id, token = ARGV[3], ARGV[4]
+local id, token, forget = ARGV[3], ARGV[4], ARGV[5]
 if not redis.call('ZSCORE', leases, id) then return 0 end
 if token ~= '' and redis.call('HGET', spec_prefix .. id, 'token') ~= token then return 0 end
 redis.call('ZREM', leases, id)
-redis.call('HDEL', spec_prefix .. id, 'token', 'started')
+if forget == '1' then
+  redis.call('DEL', spec_prefix .. id)
+else
+  redis.call('HDEL', spec_prefix .. id, 'token', 'started', 'holder')
+end
 return 1
 """
 
@@ -374,7 +388,7 @@ local id, token = ARGV[3], ARGV[4]
 if not redis.call('ZSCORE', leases, id) then return 0 end
 if redis.call('HGET', spec_prefix .. id, 'token') ~= token then return 0 end
 redis.call('ZREM', leases, id)
-redis.call('HDEL', spec_prefix .. id, 'token', 'started')
+redis.call('HDEL', spec_prefix .. id, 'token', 'started', 'holder')
 redis.call('LPUSH', pending, id)
 return 1
 """
@@ -386,7 +400,7 @@ local id, token = ARGV[3], ARGV[4]
 if not redis.call('ZSCORE', leases, id) then return 0 end
 if redis.call('HGET', spec_prefix .. id, 'token') ~= token then return 0 end
 redis.call('ZREM', leases, id)
-redis.call('HDEL', spec_prefix .. id, 'token', 'started')
+redis.call('HDEL', spec_prefix .. id, 'token', 'started', 'holder')
 redis.call('SADD', KEYS[3] .. ':parked', id)
 return 1
 """
@@ -408,7 +422,7 @@ local out = {}
 for _, id in ipairs(redis.call('ZRANGE', expired, 0, -1)) do
   local key = spec_prefix .. id
   if redis.call('HGET', key, 'started') == '0' then
-    redis.call('HDEL', key, 'token', 'started')
+    redis.call('HDEL', key, 'token', 'started', 'holder')
     redis.call('LPUSH', pending, id)
   else
     out[#out + 1] = {id, redis.call('HGETALL', key)}
@@ -650,22 +664,32 @@ class Slots:
                      spec.recipe, spec.token)
         return admitted
 
-    def renew(self, run_id: str, token: int) -> bool:
-        """Check the run's lease and extend it to now + ttl (the fence check).
+    def renew(self, run_id: str, token: int, holder: str = "") -> bool:
+        """Check the run's lease and extend it to now + ttl (the fence check); with
+        ``holder`` (``"<node> <pid> <start>"``), record who acts for the run now.
 
         False when the run holds no live lease with this token (expired, released, flushed
         or re-admitted): a lost lease is never revived here.
         """
         rid = validate_run_id(run_id)
         return int(self._call("renew", f"renewing the lease of run {rid}", self._ttl_s, rid,
-                              int(token))) == 1
+                              int(token), holder)) == 1
+
+    def end(self, run_id: str, token: int) -> bool:
+        """The run ended: drop its lease and forget its spec in one step, only while it
+        holds its live lease with ``token``. False (and nothing changed) otherwise."""
+        rid = validate_run_id(run_id)
+        ended = int(self._call("release", f"ending run {rid}", rid, int(token), "1")) == 1
+        if ended:
+            log.info("run %s released its resources and was forgotten", rid)
+        return ended
 
     def release(self, run_id: str, token: int | None = None) -> bool:
         """Drop the run's live lease (with ``token``: only if it still holds that token).
         True if a live lease was dropped. The spec is kept until ``forget``."""
         rid = validate_run_id(run_id)
         released = int(self._call("release", f"releasing the lease of run {rid}", rid,
-                                  "" if token is None else int(token))) == 1
+                                  "" if token is None else int(token), "0")) == 1
         if released:
             log.info("run %s released its resources", rid)
         return released
@@ -707,7 +731,7 @@ class Slots:
             run_id, score, state, raw = _s(item[0]), float(_s(item[1])), _s(item[2]), item[3]
             fields_ = _pairs(raw)
             out.append(Lease(run_id, score, self._spec_or_none(run_id, fields_), state,
-                             fields_.get("started", "1") == "1"))
+                             fields_.get("started", "1") == "1", fields_.get("holder")))
         return out
 
     def leases(self) -> list[Lease]:

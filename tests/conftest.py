@@ -374,15 +374,30 @@ class Workers:
         self.logdir.mkdir(exist_ok=True)
 
     def start(self, role: str) -> None:
+        """Start ``role``; a second worker of a role is named with a digit (``runs2``)."""
         if role == "beat":
             argv = [sys.executable, "-m", "celery", "-A", "ccci_tasks.celery_app", "beat",
                     "--loglevel=INFO"]
         else:
-            argv = [sys.executable, "-m", f"workers.{role}", f"--hostname={role}-{self.name}@%h"]
+            argv = [sys.executable, "-m", f"workers.{role.rstrip('0123456789')}",
+                    f"--hostname={role}-{self.name}@%h"]
         with open(self.logdir / f"{role}.log", "ab") as log:
             self.procs[role] = subprocess.Popen(
                 argv, cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True,
             )
+
+    def restart(self, role: str, **env: str) -> None:
+        """Kill ``role`` and start it again with ``env`` added (for this start only)."""
+        self.kill(role)
+        saved = dict(self.env)
+        self.env.update(env)
+        try:
+            self.start(role)
+        finally:
+            self.env.clear()
+            self.env.update(saved)
+        if role != "beat":
+            self.wait_ready((role,))
 
     def hostname(self, role: str) -> str:
         return f"{role}-{self.name}@{socket.gethostname()}"

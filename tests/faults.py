@@ -15,6 +15,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -252,3 +253,55 @@ def wait_quiet(swarm: Any, state: Path, timeout_s: float) -> float:
         time.sleep(0.3)
         left = quiet(swarm, state)
     return time.monotonic() - started
+
+
+class PidWatch:
+    """Notes when a process vanished (or became a zombie), polling every 20 ms."""
+
+    def __init__(self, pid: int) -> None:
+        from ccci_tasks import stonith
+
+        self.pid, self.start = pid, stonith.proc_start(pid)
+        self.gone_at: datetime | None = None
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        from ccci_tasks import stonith
+        from ccci_tasks.state.clock import utc_now
+
+        while self.gone_at is None:
+            try:
+                raw = Path(f"/proc/{self.pid}/stat").read_bytes()
+                state = raw[raw.rfind(b")") + 2:].split()[0]
+                alive = state not in (b"Z", b"X") and stonith.proc_start(self.pid) == self.start
+            except OSError:
+                alive = False
+            if not alive:
+                self.gone_at = utc_now()
+            time.sleep(0.02)
+
+
+class EngineEvents:
+    """Docker engine events that name a stack, seen in a thread (a running container's
+    health probes are no change and are left out)."""
+
+    def __init__(self, swarm: Any, stack: str) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self._stream = swarm.events(decode=True)
+        self._stack = stack
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        with contextlib.suppress(Exception):  # the stream closes at the end
+            for event in self._stream:
+                attrs = (event.get("Actor") or {}).get("Attributes") or {}
+                action = str(event.get("Action") or event.get("status") or "")
+                if action.startswith(("exec_", "health_status")):
+                    continue
+                if any(self._stack in str(v) for v in attrs.values()):
+                    self.seen.append(event)
+
+    def close(self) -> None:
+        self._stream.close()

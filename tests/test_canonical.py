@@ -69,7 +69,8 @@ def test_write_validates_before_writing(tmp_path: Path) -> None:
 
 def test_reserved_names_are_never_recipes(tmp_path: Path) -> None:
     """The reserved top-level folders cannot hold a registry and are skipped by listing."""
-    assert {"apps", "alerts", "runs", "infra", "beat", "abra", "intents"} <= set(RESERVED_NAMES)
+    assert {"apps", "alerts", "runs", "infra", "beat", "abra", "intents", "holders",
+            "failpoints"} <= set(RESERVED_NAMES)
     for name in RESERVED_NAMES:
         with pytest.raises(InvalidInput, match="reserved"):
             registry_path(tmp_path, name)

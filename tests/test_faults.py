@@ -22,6 +22,7 @@ import pytest
 import redis
 from conftest import TEST_ENV, Workers
 from faults import (
+    PidWatch,
     Watcher,
     fingerprint,
     live_stacks,
@@ -106,6 +107,12 @@ def _at_step(state: Path, run_id: str, names: tuple[str, ...], timeout_s: float 
         return None
 
     return wait_until(current, timeout_s, f"run {run_id} to reach {names}", poll_s=0.05)
+
+
+def utc() -> Any:
+    from ccci_tasks.state.clock import utc_now
+
+    return utc_now()
 
 
 def _runs_pgid(system: Workers) -> int:
@@ -260,49 +267,93 @@ def test_restore_killed_halfway_is_finished_before_the_next_run_deploys(
     assert volumes_match_snapshot(swarm, state, RECIPE) == []
 
 
-def test_worker_stopped_past_its_lease_acts_no_more(
-    system: Workers, swarm: Any, state: Path, pr_sha: str
-) -> None:
-    """SIGSTOP the runs worker inside a quick run's deploy for longer than the lease, with
-    a second run queued, then SIGCONT: the stopped run makes no platform call after losing
-    its lease, its report gets no step after its verdict, and the second run passes without
-    being reaped; the known-good is intact."""
-    from ccci_tasks.lanes.fence import journal_path
-
-    before = fingerprint(state, RECIPE)
-    with Watcher(swarm) as watcher:
-        first = _quick(pr_sha)
-        wait_until(lambda: (_report(state, first) or None) and _report(state, first).admitted_at,
-                   60, "the first run to be admitted")
-        second = _quick(pr_sha)
-        wait_until(lambda: _report(state, second), 60, "the second run to be queued")
-        _at_step(state, first, ("deploy_canonical",))
-        os.killpg(_runs_pgid(system), signal.SIGSTOP)  # inside the deploy
-        stopped_at = time.monotonic()
-        steps_at_stop = [s.name for s in _report(state, first).steps]
+def _holder_of(state: Path, run_id: str) -> tuple[int, str] | None:
+    """(pid, step) of the process running a step of the run now, from its holder record."""
+    for path in (state / "holders" / run_id).glob("*.json"):
         try:
-            dead = wait_until(lambda: (_report(state, first).verdict and _report(state, first)),
-                              TTL_S + 30, "the janitor to reap the stopped run")
-            wait_until(lambda: _report(state, second).admitted_at, 60,
-                       "the second run to be admitted")
-            time.sleep(2)
-        finally:
-            os.killpg(_runs_pgid(system), signal.SIGCONT)
-        print(f"stopped {time.monotonic() - stopped_at:.1f} s")
-        later = _wait(second)
-    assert dead.verdict == "error" and "crashed" in (dead.reason or "")
-    assert later.verdict == "pass", later.reason
-    assert "crashed" not in (later.reason or "")
-    final = _report(state, first)
-    assert final.finished_at == dead.finished_at
-    assert all(step.started_at < final.finished_at for step in final.steps)
-    assert [s.name for s in final.steps] == steps_at_stop, "a step was recorded after the stop"
-    calls = [json.loads(line) for line in
-             journal_path(state, first).read_text().splitlines()]
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("kind") == "step":
+            return int(record["pid"]), str(record["what"])
+    return None
+
+
+def _chaos_version(swarm: Any) -> str | None:
+    """The chaos-version label of the canonical's app service, if deployed."""
+    for service in _warm_services(swarm):
+        for key, value in (service.attrs["Spec"].get("Labels") or {}).items():
+            if key.endswith(".chaos-version"):
+                return str(value)
+    return None
+
+
+def test_worker_stopped_past_its_lease_acts_no_more(
+    system: Workers, swarm: Any, state: Path, pr_sha: str, example_recipes: Path
+) -> None:
+    """SIGSTOP a whole runs worker (master and pool) while it runs a step of a quick run,
+    with a second runs worker up and a run of another PR head queued for the same
+    canonical. The resources really change hands during the stop: past the lease the
+    janitor SIGKILLs the stopped step (noted) before the second run is admitted, and the
+    second run deploys its own head on the other worker while the first is still stopped.
+    After SIGCONT the stopped run writes nothing more to its journal or report, the second
+    run passes with its head deployed to the end, and the known-good is intact."""
+    from ccci_tasks import stonith
+    from ccci_tasks.lanes.fence import journal_path
     from ccci_tasks.state.clock import parse_iso
 
-    after = [c for c in calls if parse_iso(c["ts"]) > final.finished_at]
-    assert all(not c["allowed"] for c in after), after
+    other = make_commit(example_recipes / RECIPE, "2.0.0+2.0",
+                        {"compose.yml": ("Hello from custom-html", "Hello from the next PR")},
+                        f"pr-next-{time.monotonic_ns()}")
+    system.start("runs2")
+    system.wait_ready(("runs2",))
+    before = fingerprint(state, RECIPE)
+    try:
+        with Watcher(swarm) as watcher:
+            first = _quick(pr_sha)
+            stopped = None
+            for _ in range(5):  # stop it inside a step (not between two)
+                _at_step(state, first, ("deploy_canonical", "health_check", "realm_create",
+                                        "upgrade", "assert_upgrade"))
+                found = wait_until(lambda: _holder_of(state, first), 30, "a step's holder")
+                group = os.getpgid(found[0])
+                os.killpg(group, signal.SIGSTOP)
+                if _holder_of(state, first) == found:
+                    stopped = found
+                    break
+                os.killpg(group, signal.SIGCONT)
+            assert stopped is not None, "could not stop the worker inside a step"
+            pid, step = stopped
+            stop_at = utc()
+            watch = PidWatch(pid)
+            lines_at_stop = journal_path(state, first).read_text().splitlines()
+            at_stop = _report(state, first)
+            steps_at_stop = [s.name for s in at_stop.steps]
+            second = _quick(other)
+            try:
+                wait_until(lambda: any(n["pid"] == pid for n in stonith.killed_notes(state)),
+                           CLEANUP_S, f"the janitor to kill the stopped pid {pid}")
+                # The second run deploys its head while the first worker is still stopped.
+                wait_until(lambda: other.startswith(_chaos_version(swarm) or "-"),
+                           CLEANUP_S + 60, "the second run's head live on the canonical")
+                assert watch.gone_at is not None
+            finally:
+                os.killpg(group, signal.SIGCONT)
+            later = _wait(second)
+            time.sleep(2)
+    finally:
+        system.kill("runs2")
+        del system.procs["runs2"]
+    dead = _report(state, first)
+    assert dead.verdict == "error" and "crashed" in (dead.reason or ""), dead.reason
+    assert later.verdict == "pass", later.reason
+    assert watch.gone_at < _report(state, second).admitted_at
+    assert [s.name for s in dead.steps] == steps_at_stop, "a step was recorded after the stop"
+    # Stopped inside that step (its holder record was there before and after the stop).
+    assert at_stop.current is None or at_stop.current.name == step
+    lines = journal_path(state, first).read_text().splitlines()
+    assert lines == lines_at_stop, "the stopped run tried to act after its stop"
+    assert all(parse_iso(json.loads(x)["ts"]) < stop_at for x in lines)
     assert watcher.most <= 1
     wait_quiet(swarm, state, CLEANUP_S)
     assert fingerprint(state, RECIPE) == before

@@ -234,13 +234,33 @@ def test_missing_repository(tmp_path: Path) -> None:
         RecipeRepo(tmp_path, "demo").versions()
 
 
+class _GitStandIn:
+    """Stands in for the git process (``subprocess.Popen``): exits 128, or never finishes."""
+
+    hangs = False
+
+    def __init__(self, argv: list[str], **kwargs: Any) -> None:
+        self.args, self.pid, self.returncode = argv, 0, 128
+        self._killed = False
+
+    def communicate(self, timeout: float | None = None) -> tuple[bytes, bytes]:
+        if self.hangs and not self._killed:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        return b"", b"fatal: boom\n"
+
+    def kill(self) -> None:
+        self._killed = True
+
+    def __enter__(self) -> _GitStandIn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 def test_git_failure_is_command_failed(recipe: RecipeRepo, monkeypatch: pytest.MonkeyPatch) -> None:
     """git exiting non-zero becomes CommandFailed carrying argv and stderr."""
-
-    def failing(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.CompletedProcess(argv, 128, b"", b"fatal: boom\n")
-
-    monkeypatch.setattr(subprocess, "run", failing)
+    monkeypatch.setattr(subprocess, "Popen", _GitStandIn)
     with pytest.raises(CommandFailed, match="boom") as info:
         recipe.versions()
     assert info.value.argv[0] == "git" and info.value.returncode == 128
@@ -248,10 +268,7 @@ def test_git_failure_is_command_failed(recipe: RecipeRepo, monkeypatch: pytest.M
 
 def test_git_timeout_is_a_wait_timeout(recipe: RecipeRepo, monkeypatch: pytest.MonkeyPatch) -> None:
     """git running out of time becomes WaitTimeout naming the command and the timeout."""
-
-    def slow(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-        raise subprocess.TimeoutExpired(argv, kwargs["timeout"])
-
-    monkeypatch.setattr(subprocess, "run", slow)
+    monkeypatch.setattr(_GitStandIn, "hangs", True)
+    monkeypatch.setattr(subprocess, "Popen", _GitStandIn)
     with pytest.raises(WaitTimeout, match=r"timed out after 60 s waiting for `git -C .* tag"):
         recipe.versions()

@@ -621,3 +621,32 @@ def test_from_settings_hides_password() -> None:
     with pytest.raises(BrokerError, match=f"127.0.0.1:{port}/3") as info:
         slots.renew(str(uuid.uuid4()), 1)
     assert "hunter2pw" not in str(info.value)
+
+
+# --- ends and holders ---------------------------------------------------------------------
+
+
+def test_end_releases_and_forgets_in_one_step_only_with_the_live_token(
+    client: redis.Redis, clock: FakeClock
+) -> None:
+    """A stale end (old token, or after the lease expired and the janitor took the run)
+    frees nothing and forgets nothing; the end with the live token does both at once. The
+    holder a renewal names is on the lease, and its node readable."""
+    slots = Slots(client, max_tests=1, ttl_s=10, clock=clock)
+    first = slots.enqueue(run())
+    slots.admit()
+    token = tok(slots, first.run_id)
+    assert slots.renew(first.run_id, token, "n1 123 456")
+    lease = slots.occupying()[0]
+    assert lease.holder == "n1 123 456" and lease.node == "n1"
+    assert not slots.end(first.run_id, token - 1)
+    assert slots.spec(first.run_id) is not None and slots.holds(first.run_id, token)
+    clock.advance(11)
+    assert slots.reap_expired() and not slots.end(first.run_id, token)
+    assert slots.spec(first.run_id) is not None, "a stale end forgot a run being reaped"
+    assert [x.state for x in slots.occupying()] == ["reaping"]
+    assert slots.finish_reap(first.run_id)
+    second = slots.enqueue(run())
+    slots.admit()
+    assert slots.end(second.run_id, tok(slots, second.run_id))
+    assert slots.spec(second.run_id) is None and slots.occupying() == []

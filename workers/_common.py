@@ -34,7 +34,11 @@ class Role:
 
 
 def main(role: Role) -> None:
-    """Start the worker in this process (blocks until it stops)."""
+    """Start the worker in this process (blocks until it stops). Failpoints are armed here,
+    or the start is refused (exit 2) when they are malformed or set in production."""
+    from ccci_tasks import failpoints
+
+    failpoints.refuse_or_load()
     from ccci_tasks.celery_app import app
 
     app.worker_main(argv=[*role.argv(), *sys.argv[1:]])

@@ -1,4 +1,4 @@
-"""The infra worker: warm reconcile, realm reap, prune, janitor, sweep. Concurrency 1."""
+"""The infra worker: warm reconcile, realm reap, prune, sweep. Concurrency 1."""
 
 from ccci_tasks.constants import QUEUE_INFRA
 from workers._common import Role, main

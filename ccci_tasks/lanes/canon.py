@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ccci_tasks import naming
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, RegistryError, SnapshotError, StateError
+from ccci_tasks.lanes import fence
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
 from ccci_tasks.state.alerts import write_alert
@@ -82,13 +83,17 @@ def quarantine(settings: Settings, recipe: str, reason: str) -> None:
         log.error("could not write the snapshot-corrupt alert of %s: %s", recipe, exc)
 
 
-def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard) -> str | None:
+def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,
+            owner: intents.Owner | None = None) -> str | None:
     """Finish or undo a pending change of the canonical; None when there is none.
 
-    A ``promote`` whose new snapshot is in place gets its registry written (finished). Then,
+    A ``promote`` whose new snapshot is in place (of its version, and not the one it
+    replaces) gets its registry written (finished). Then,
     whatever the change was, the canonical is undeployed and its volumes get the known-good
     snapshot back; with no usable snapshot the half-made canonical is removed. The intent
-    record goes only once that is done. ``guard`` is the caller's fence check.
+    record goes only once that is done. ``guard`` is the caller's fence check; ``owner`` the
+    run that calls (``None``: the janitor, after the kill). A run that finds another run's
+    record takes it over only once that run is dead (``fence.take_over``).
     """
     state = settings.state_dir
     res = resource(recipe)
@@ -102,6 +107,11 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard) -
         unreadable = False
     if intent is None and not unreadable:
         return None
+    take_over = owner is None or intent is None or intent.owner != owner
+    if owner is not None and intent is not None and intent.owner != owner:
+        from ccci_tasks.slots import Slots
+
+        fence.take_over(settings, Slots.from_settings(settings), intent)
     warm = naming.warm_domain(recipe, settings.base_domain)
     done: list[str] = []
     manifest = None
@@ -110,7 +120,8 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard) -
     except SnapshotError as exc:
         log.warning("canonical of %s: %s", recipe, exc)
     if intent is not None and intent.kind == "promote" and manifest is not None \
-            and manifest.version == intent.detail.get("version"):
+            and manifest.version == intent.detail.get("version") \
+            and manifest.taken_at != intent.detail.get("replaces"):
         guard(f"write the registry of {recipe} at {manifest.version}")
         canonical.write_registry(state, canonical.Canonical(
             recipe=recipe, domain=warm, version=manifest.version,
@@ -124,13 +135,17 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard) -
     else:
         platform.remove(warm)
         done.append(f"removed {warm} (no usable known-good snapshot to restore)")
-    intents.clear_intent(state, res)
+    guard(f"clear the intent record of {recipe}")
+    intents.clear_intent(state, res, owner=owner, take_over=take_over)
     return "; ".join(done)
 
 
-def mark_dirty(settings: Settings, recipe: str, run_id: str, *, kind: intents.Kind = "dirty",
-               **detail: str) -> None:
-    """Record, before touching it, that the canonical's data may change."""
+def mark_dirty(settings: Settings, recipe: str, owner: intents.Owner, guard: Guard, *,
+               kind: intents.Kind = "dirty", **detail: str) -> None:
+    """Record, before touching it, that the canonical's data may change (after ``guard``,
+    the caller's fence check)."""
     warm = naming.warm_domain(recipe, settings.base_domain)
+    guard(f"record that the canonical of {recipe} may change ({kind})")
     intents.write_intent(settings.state_dir, intents.Intent(
-        resource=resource(recipe), kind=kind, run_id=run_id, domain=warm, detail=dict(detail)))
+        resource=resource(recipe), kind=kind, run_id=owner.run_id, domain=warm,
+        detail=dict(detail), token=owner.token))

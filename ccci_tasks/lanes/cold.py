@@ -199,11 +199,15 @@ def promote_deploy(env: StepEnv, ctx: RunCtx) -> str:
     when there is no usable known-good to start from."""
     target = str(ctx.plan["target_version"])
     warm, settings = _warm(ctx), env.settings
-    first = canon.recover(settings, env.platform, ctx.recipe, env.fence.check)
+    first = canon.recover(settings, env.platform, ctx.recipe, env.fence.check, env.fence.owner)
     fresh = canon.usable(settings, ctx.recipe).registry is None
     assert env.repo is not None
-    canon.mark_dirty(settings, ctx.recipe, ctx.run_id, kind="promote", version=target,
-                     commit=env.repo.commit(target))
+    current = warmsnap.read_current(settings.state_dir, ctx.recipe) if not fresh else None
+    # "replaces": the snapshot this promotion replaces, so a cut-off one is finished only
+    # when a new snapshot is current (the old one may well be of the same version).
+    canon.mark_dirty(settings, ctx.recipe, env.fence.owner, env.fence.check, kind="promote",
+                     version=target, commit=env.repo.commit(target),
+                     replaces=current.taken_at if current else "")
     if fresh:
         env.platform.remove(warm)  # never build a known-good on data nobody vouches for
     env.platform.new_app(ctx.recipe, warm, target, kind="warm", run=None)
@@ -235,13 +239,14 @@ def promote_snapshot(env: StepEnv, ctx: RunCtx) -> str:
         status="known-good", ts=datetime.now(UTC).isoformat(timespec="seconds"),
     ))
     canonical.clear_quarantine(settings.state_dir, ctx.recipe)
-    intents.clear_intent(settings.state_dir, canon.resource(ctx.recipe))
+    intents.clear_intent(settings.state_dir, canon.resource(ctx.recipe), owner=env.fence.owner)
     return f"canonical {ctx.recipe} is now {target} ({len(manifest.volumes)} volumes); promoted"
 
 
 def restore(env: StepEnv, ctx: RunCtx) -> str:
     """Undo a failed promotion: the old known-good back (or the half-made canonical gone)."""
-    done = canon.recover(env.settings, env.platform, ctx.recipe, env.fence.check)
+    done = canon.recover(env.settings, env.platform, ctx.recipe, env.fence.check,
+                         env.fence.owner)
     return done or "the canonical was not touched"
 
 

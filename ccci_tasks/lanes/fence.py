@@ -7,6 +7,12 @@ janitor owns the cleanup. ``FencedPlatform`` puts the check in front of every mu
 ``Platform`` call. Every checked action is appended to the run's journal
 (``<state>/runs/<run_id>.calls``: one JSON line per attempt, allowed or refused), so an
 operator can see what a run did to the engine and when.
+
+A check is not a guard on the act: a step can stop right after it. So a step also records
+itself as the run's holder (``stonith``), and before anything hands a dead run's resources
+to another run its processes are killed (``reap_stale``: the janitor each round, and a run
+that ``take_over``s an intent record left by another). ``check`` is where the
+``before-engine-change`` failpoint fires: right after it passed, right before the change.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ccci_tasks.errors import BrokerError, LeaseLost
+from ccci_tasks import failpoints, stonith
+from ccci_tasks.errors import BrokerError, LeaseLost, StateError
 from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, Platform, VolumeInfo
+from ccci_tasks.state import intents
 from ccci_tasks.state.clock import iso, utc_now
 
 if TYPE_CHECKING:
+    from ccci_tasks.config import Settings
     from ccci_tasks.slots import Slots
 
 log = logging.getLogger(__name__)
@@ -49,8 +58,15 @@ class Fence:
             log.warning("run %s: cannot renew its lease: %s", self.run_id, exc)
             return False
 
+    @property
+    def owner(self) -> intents.Owner:
+        """Who this step is, for the intent records it writes."""
+        return intents.Owner(self.run_id, self.token)
+
     def check(self, doing: str) -> None:
-        """Raise ``LeaseLost`` unless the run still holds its lease; journal the attempt."""
+        """Raise ``LeaseLost`` unless the run still holds its lease; journal the attempt.
+        Every change to the engine, a volume, a snapshot, a registry or an intent record
+        comes right after one of these."""
         allowed = self.renew()
         self._write(doing, allowed)
         if not allowed:
@@ -58,6 +74,7 @@ class Fence:
                 f"run {self.run_id} no longer holds its lease (token {self.token}): refusing "
                 f"to {doing}; the janitor cleans up after it"
             )
+        failpoints.fire("before-engine-change")
 
     def _write(self, doing: str, allowed: bool) -> None:
         if self._journal is None:
@@ -68,6 +85,32 @@ class Fence:
                 handle.write(line + "\n")
         except OSError as exc:
             log.warning("run %s: cannot write its journal: %s", self.run_id, exc)
+
+
+def live_owners(slots: Slots) -> set[tuple[str, int]]:
+    """(run id, token) of every run that holds a live lease now."""
+    return {(lease.run_id, lease.spec.token) for lease in slots.occupying()
+            if lease.state == "live" and lease.spec is not None}
+
+
+def reap_stale(settings: Settings, slots: Slots) -> stonith.Killed:
+    """Kill every process of this node that acts for a run without a live lease, and wait
+    until they are gone (``stonith.kill_stale``)."""
+    return stonith.kill_stale(settings.state_dir, settings.node, lambda: live_owners(slots))
+
+
+def take_over(settings: Settings, slots: Slots, intent: intents.Intent) -> None:
+    """A run that holds a resource finds an intent record another run left: that run must
+    hold no live lease, and its processes on this node are killed first. Raises otherwise
+    (``IntentOwned``, or ``StateError`` when a process will not die)."""
+    if (intent.run_id, intent.token) in live_owners(slots):
+        raise intents.IntentOwned(
+            f"the intent record of {intent.resource} belongs to run {intent.run_id} (token "
+            f"{intent.token}), which still holds its lease; refusing to take it over"
+        )
+    killed = reap_stale(settings, slots)
+    if intent.run_id in killed.stuck_runs:
+        raise StateError("; ".join(killed.problems))
 
 
 class FencedPlatform:

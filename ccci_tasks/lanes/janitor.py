@@ -1,7 +1,12 @@
 """The janitor: the engine and the state root reconciled with what Redis promised.
 
-Each round (beat, every ``CCCI_JANITOR_INTERVAL_S``, on the infra queue):
+Each round (beat, every ``CCCI_JANITOR_INTERVAL_S``, on the alerts queue: never in a pool
+that runs lane steps, so a stopped step cannot hold up the round that must kill it):
 
+0. STONITH (R13.1): every process of this node that acts for a run without a live lease (a
+   step stopped or stuck past its lease, the commands it started) is SIGKILLed and found
+   gone (``fence.reap_stale``); a run whose process will not die keeps its resources, and
+   a run last held on another node waits for that node's janitor (or for ``node_lost``);
 1. runs whose lease expired are reaped: their report ends ``error`` ("crashed"), an alert is
    written, and their lane's ``recover`` cleans up what they left (their cold app, their
    canonical put back to known-good through its intent record, their realm); only when that
@@ -31,7 +36,7 @@ from typing import Any, Literal
 from ccci_tasks import naming
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput
-from ccci_tasks.lanes import LANES, canon, get_lane, reconcile, runner
+from ccci_tasks.lanes import LANES, canon, fence, get_lane, reconcile, runner
 from ccci_tasks.lanes.model import run_hex
 from ccci_tasks.platform.base import AppInfo, Platform
 from ccci_tasks.slots import SLOT, Lease, RunSpec, Slots
@@ -58,6 +63,7 @@ class JanitorReport:
     lost: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)
+    killed: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,9 +147,26 @@ def _mark_crashed(settings: Settings, spec: RunSpec, report: JanitorReport) -> N
         report.crashed.append(spec.run_id)
 
 
+def node_lost(settings: Settings, node: str) -> bool:
+    """Whether ``node`` is declared lost, so that its dead runs may be cleaned up from here.
+    Several hosts are not run yet (R15): no node is ever lost, and another node's dead run
+    waits for that node's own janitor, which kills its processes first."""
+    return False
+
+
 def _recover_reaped(settings: Settings, platform: Platform, slots: Slots,
-                    report: JanitorReport) -> None:
-    for run_id, spec in slots.reaping():
+                    report: JanitorReport, stuck: set[str]) -> None:
+    for lease in slots.occupying():
+        if lease.state != "reaping":
+            continue
+        run_id, spec = lease.run_id, lease.spec
+        if run_id in stuck:
+            continue  # its process is not gone yet: its resources stay held
+        node = lease.node
+        if node is not None and node != settings.node and not node_lost(settings, node):
+            report.problems.append(f"run {run_id} was last held on node {node}: waiting for "
+                                   "that node's janitor to kill what is left of it")
+            continue
         if spec is None:
             slots.finish_reap(run_id)
             continue
@@ -190,17 +213,24 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
     state = settings.state_dir
     report = JanitorReport()
     slots.reap_expired()
+    killed = fence.reap_stale(settings, slots)
+    report.killed, report.problems = killed.killed, list(killed.problems)
     for _, spec in slots.reaping():  # newly reaped, and those an earlier round left
         if spec is not None and spec.lane != "janitor":
             _mark_crashed(settings, spec, report)
-    _recover_reaped(settings, platform, slots, report)
+    _recover_reaped(settings, platform, slots, report, killed.stuck_runs)
 
     apps = platform.live_apps()
     occupying = slots.occupying()
     pending = intents.pending_resources(state)
     dirty = [r.removeprefix("canon:") for r in pending if r.startswith("canon:")]
     infra_dirty = [r.removeprefix("infra:") for r in pending if r.startswith("infra:")]
-    for action in plan(apps, occupying, dirty, settings.base_domain, infra_dirty):
+    actions = plan(apps, occupying, dirty, settings.base_domain, infra_dirty)
+    if killed.stuck_runs and actions:  # whose they are is not known: none this round
+        report.problems.append(f"{len(actions)} clean-up action(s) wait until every stale "
+                               "process is gone")
+        actions = []
+    for action in actions:
         log.warning("janitor: %s %s (%s)", action.kind, action.domain, action.why)
         try:
             _act(settings, platform, slots, action)

@@ -131,7 +131,8 @@ def verify(env: StepEnv, ctx: RunCtx) -> str:
         raise
     detail = (f"known-good {manifest.version}: {len(manifest.volumes)} volume tar(s) match "
               "their sha256")
-    recovered = canon_mod.recover(settings, env.platform, ctx.recipe, env.fence.check)
+    recovered = canon_mod.recover(settings, env.platform, ctx.recipe, env.fence.check,
+                                  env.fence.owner)
     if recovered:
         detail += f"; first {recovered}"
     return detail
@@ -139,7 +140,7 @@ def verify(env: StepEnv, ctx: RunCtx) -> str:
 
 def deploy_canonical(env: StepEnv, ctx: RunCtx) -> str:
     """Warm boot (R6.1): reattach the canonical's kept volume at its known-good version."""
-    canon_mod.mark_dirty(env.settings, ctx.recipe, ctx.run_id)
+    canon_mod.mark_dirty(env.settings, ctx.recipe, env.fence.owner, env.fence.check)
     env.platform.deploy(_warm(ctx), version=_known_good(ctx))
     state = env.platform.wait_converged(_warm(ctx), env.meta.deploy_timeout)
     return f"{_warm(ctx)} up at known-good {state.version}"
@@ -167,7 +168,8 @@ def assert_upgrade(env: StepEnv, ctx: RunCtx) -> str:
 def restore(env: StepEnv, ctx: RunCtx) -> str:
     """Stop the canonical at once (its data is replaced next) and put the known-good data
     back, pass or fail; the volumes are kept."""
-    done = canon_mod.recover(env.settings, env.platform, ctx.recipe, env.fence.check)
+    done = canon_mod.recover(env.settings, env.platform, ctx.recipe, env.fence.check,
+                             env.fence.owner)
     if env.platform.deployed(_warm(ctx)).is_deployed:
         env.platform.undeploy(_warm(ctx), graceful=False)
         done = (done + "; " if done else "") + f"undeployed {_warm(ctx)}"

@@ -189,8 +189,10 @@ def roll_back(settings: Settings, platform: Platform, app: str, guard: Guard) ->
     return "; ".join(done)
 
 
-def finish_rollback(settings: Settings, app: str, recovered: bool, why: str) -> Outcome:
-    """After a rollback (done or failed): state, alerts, the intent, the outcome."""
+def finish_rollback(settings: Settings, app: str, recovered: bool, why: str,
+                    owner: intents.Owner | None) -> Outcome:
+    """After a rollback (done or failed): state, alerts, the intent, the outcome. ``owner``:
+    the run (``None``: the janitor, after the kill)."""
     intent = intents.read_intent(settings.state_dir, resource(app))
     assert intent is not None
     attempted, last = str(intent.detail["to"]), str(intent.detail["from"])
@@ -207,7 +209,7 @@ def finish_rollback(settings: Settings, app: str, recovered: bool, why: str) -> 
     except CcciError as exc:
         log.error("could not write the alerts of %s: %s", app, exc)
     if recovered:
-        intents.clear_intent(settings.state_dir, resource(app))
+        intents.clear_intent(settings.state_dir, resource(app), owner=owner)
     reason = f"rolled back: {attempted} failed; {last} runs again" if recovered else \
         f"rolled back, but the rollback failed: {why}"
     return Outcome(summary, "fail" if recovered else "error", reason)
@@ -252,7 +254,7 @@ def mark(env: StepEnv, ctx: RunCtx) -> str:
     intents.write_intent(env.settings.state_dir, intents.Intent(
         resource=resource(ctx.recipe), kind="reconcile", run_id=ctx.run_id,
         domain=_domain(ctx), detail={"from": p["current"], "to": p["target"],
-                                     "snapshot": False}))
+                                     "snapshot": False}, token=ctx.token))
     _record(env.settings, ctx.recipe, _domain(ctx), p["current"], p["rollback_to"], "ok")
     return f"upgrading {p['current']} -> {p['target']} ({p.get('bump')}); last good " \
            f"{p['rollback_to']}"
@@ -271,9 +273,10 @@ def snapshot(env: StepEnv, ctx: RunCtx) -> str:
                                  base=infra_dir(state, ctx.recipe), guard=env.fence.check)
     intent = intents.read_intent(state, resource(ctx.recipe))
     assert intent is not None
+    env.fence.check(f"record the snapshot of {ctx.recipe} in its intent record")
     intents.write_intent(state, intents.Intent(
-        resource=intent.resource, kind=intent.kind, run_id=intent.run_id,
-        domain=intent.domain, detail={**intent.detail, "snapshot": True}))
+        resource=intent.resource, kind=intent.kind, run_id=ctx.run_id,
+        domain=intent.domain, detail={**intent.detail, "snapshot": True}, token=ctx.token))
     return f"snapshot of {p['current']}: {len(manifest.volumes)} volume(s)"
 
 
@@ -296,7 +299,7 @@ def record(env: StepEnv, ctx: RunCtx) -> str:
     target = str(p["target"])
     env.fence.check(f"record {target} as the last good of {ctx.recipe}")
     _record(env.settings, ctx.recipe, _domain(ctx), target, target, "ok")
-    intents.clear_intent(env.settings.state_dir, resource(ctx.recipe))
+    intents.clear_intent(env.settings.state_dir, resource(ctx.recipe), owner=env.fence.owner)
     outcome = OUTCOME_OF[p["outcome"]]
     _fields(env, ctx, outcome)
     return f"{outcome}: {ctx.recipe} runs {target}, recorded as last good"
@@ -305,10 +308,11 @@ def record(env: StepEnv, ctx: RunCtx) -> str:
 def rollback(env: StepEnv, ctx: RunCtx) -> str:
     if intents.read_intent(env.settings.state_dir, resource(ctx.recipe)) is None:
         p = _plan(ctx)  # a verify: nothing was changed, nothing recorded
+        env.fence.check(f"record the rollback of {ctx.recipe} to {p['rollback_to']}")
         intents.write_intent(env.settings.state_dir, intents.Intent(
             resource=resource(ctx.recipe), kind="reconcile", run_id=ctx.run_id,
             domain=_domain(ctx), detail={"from": p["rollback_to"], "to": p["target"],
-                                         "snapshot": False}))
+                                         "snapshot": False}, token=ctx.token))
     return roll_back(env.settings, env.platform, ctx.recipe, env.fence.check)
 
 
@@ -318,7 +322,7 @@ def rollback_record(env: StepEnv, ctx: RunCtx) -> Outcome:
     recovered = bool(undone) and undone[-1].ok
     why = undone[-1].detail if undone else "the rollback did not run"
     env.fence.check(f"record the rollback of {ctx.recipe}")
-    outcome = finish_rollback(env.settings, ctx.recipe, recovered, why)
+    outcome = finish_rollback(env.settings, ctx.recipe, recovered, why, env.fence.owner)
     _fields(env, ctx, "rolled-back")
     return outcome
 
@@ -354,14 +358,15 @@ def recover_app(settings: Settings, platform: Platform, app: str) -> list[str]:
     except CcciError as exc:
         intent = intents.read_intent(settings.state_dir, resource(app))
         if intent is not None and not intent.detail.get("alerted"):
-            intents.write_intent(settings.state_dir, intents.Intent(
+            intents.janitor_write(settings.state_dir, intents.Intent(
                 resource=intent.resource, kind=intent.kind, run_id=intent.run_id,
-                domain=intent.domain, detail={**intent.detail, "alerted": True}))
+                domain=intent.domain, detail={**intent.detail, "alerted": True},
+                token=intent.token))
             write_alert(settings.state_dir, "restore-failed", app,
                         f"{app}: rolling back a cut-off reconcile failed; retried each "
                         "janitor round", str(exc))
         raise
-    finish_rollback(settings, app, True, done)
+    finish_rollback(settings, app, True, done, None)
     return [done]
 
 

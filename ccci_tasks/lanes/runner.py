@@ -27,7 +27,7 @@ from typing import Any
 from celery import Task, chain
 
 from ccci_tasks import constants as c
-from ccci_tasks import hooks, naming, redact
+from ccci_tasks import failpoints, hooks, naming, redact, stonith
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError, LeaseLost, PlatformError
 from ccci_tasks.lanes import get_lane
@@ -245,15 +245,26 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
     if report is None or report.finished:
         _stop_chain(task)
         # Its end was cut off between the verdict and the release: finish that part.
-        if report is not None and slots.release(ctx.run_id, ctx.token):
-            slots.forget(ctx.run_id)
+        if report is not None and slots.end(ctx.run_id, ctx.token):
             dispatch(settings)
         return {"step": name, "stopped": "the run has ended"}
     deliveries = _deliveries(slots, ctx.run_id, name, undo)
     fence = Fence(slots, ctx.run_id, ctx.token, journal_path(state, ctx.run_id))
-    if not fence.renew():
-        _stop_chain(task)
-        return {"step": name, "stopped": "the run lost its lease; the janitor cleans up"}
+    # Recorded as the run's holder before the first check (so whoever sees the lease gone
+    # also sees this process, and kills it before the resources change hands).
+    with stonith.holding(state, settings.node, ctx.run_id, ctx.token, name) as holder, \
+            failpoints.in_step(ctx.run_id, name):
+        if not slots.renew(ctx.run_id, ctx.token, holder):
+            _stop_chain(task)
+            return {"step": name, "stopped": "the run lost its lease; the janitor cleans up"}
+        return _run_step(task, settings, lane, ctx, name, fence, deliveries, undo=undo)
+
+
+def _run_step(
+    task: Task, settings: Settings, lane: Lane, ctx: RunCtx, name: str, fence: Fence,
+    deliveries: int, *, undo: bool,
+) -> Any:
+    state, slots = settings.state_dir, fence.slots
     started_at, t0 = utc_now(), time.monotonic()
     reports.start_step(state, ctx.run_id, name, task.request.id, started_at, undo=undo)
     if not task.request.called_directly:
@@ -310,6 +321,7 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
                         time.monotonic() - t0, True, detail, undo=undo)
     if isinstance(result, Park):
         _stop_chain(task)
+        stonith.release(ctx.run_id)
         if slots.park(ctx.run_id, ctx.token) and lane.ready(settings, ctx.run_id):
             resume(settings, ctx.run_id)  # its children were quicker than its parking
         return {"step": name, "parked": detail}
@@ -443,11 +455,12 @@ def child_finished(settings: Settings, child: reports.RunReport) -> None:
 
 
 def end_run(
-    settings: Settings, run_id: str, token: int | None, verdict: str, reason: str | None,
+    settings: Settings, run_id: str, token: int, verdict: str, reason: str | None,
     *, dispatch_next: bool = True,
 ) -> None:
-    """Write the verdict (the first one wins), release the resources, tell the hooks, admit
-    the next runs. Idempotent."""
+    """While the run still holds its lease: write the verdict (the first one wins), release
+    its resources and forget it (one broker step that checks the token), tell the hooks,
+    admit the next runs. Idempotent; a run that lost its lease is left to the janitor."""
     state = settings.state_dir
     report = reports.load_report(state, run_id)
     if report is not None and report.reason and not report.finished:
@@ -455,10 +468,15 @@ def end_run(
         reason = f"{report.reason}; {reason}" if reason else report.reason
     if reason and report is not None:
         reason = run_redactor(settings, report.domain, report.recipe).text(reason)
-    ended = reports.end_report(state, run_id, verdict, reason) if report is not None else None
+    failpoints.fire("before-verdict")
     slots = Slots.from_settings(settings)
-    slots.release(run_id, token)
-    slots.forget(run_id)
+    if not slots.renew(run_id, token):
+        log.warning("run %s lost its lease before its verdict %s; the janitor ends it",
+                    run_id, verdict)
+        return
+    ended = reports.end_report(state, run_id, verdict, reason) if report is not None else None
+    stonith.release(run_id)
+    slots.end(run_id, token)
     if ended is not None:
         hooks.run_finished(settings, ended)
     if dispatch_next:

@@ -25,7 +25,7 @@ STATUSES: Final = ("known-good", "seeding")
 # Top-level names under the state root that are never recipes.
 RESERVED_NAMES: Final = (
     "apps", "alerts", "runs", "infra", "beat", "abra", "intents", "forge", "notify", "outbox",
-    "sweep",
+    "sweep", "holders", "failpoints",
 )
 QUARANTINE_FILE: Final = "quarantine.json"
 

@@ -4,11 +4,17 @@ Before a step does something that must be finished or undone if it is cut off (d
 onto a canonical, clearing a volume for a restore, swapping in a new known-good), it writes an
 intent record for the resource it changes; the record goes only once the result is verified.
 Whoever next touches the resource (a run, a promotion, the janitor) finds the record and
-finishes or undoes the change first. One record per resource: the resources are exclusive,
-so there is never a second writer.
+finishes or undoes the change first. One record per resource.
 
-``<state>/intents/<resource>.json`` = ``{resource, kind, run_id, domain, detail, ts}``, written
-atomically. ``kind``:
+A record names its owner: the run and the fencing token that wrote it (R13.1). Only the
+owner changes or clears it (``owner=Owner(run_id, token)``); the janitor after it killed the
+owner's processes (``owner=None``), and a run that holds the resource and made sure the
+owner is dead (``take_over=True``, see ``lanes.fence.take_over``) may too. Anyone else gets
+``IntentOwned`` and nothing changes: a step that woke up after its lease was gone cannot
+undo what the new owner recorded. Compare and write happen under one lock.
+
+``<state>/intents/<resource>.json`` = ``{resource, kind, run_id, token, domain, detail, ts}``,
+written atomically. ``kind``:
 
 * ``dirty`` - the app's volumes may differ from its known-good snapshot (a run deployed onto
   them, or a restore was cut off): undo = undeploy and restore the snapshot;
@@ -32,6 +38,7 @@ from ccci_tasks.state import atomic
 from ccci_tasks.state.clock import iso, utc_now
 
 INTENTS_DIR: Final = "intents"
+LOCK_FILE: Final = ".lock"
 Kind = Literal["dirty", "promote", "reconcile"]
 KINDS: Final = ("dirty", "promote", "reconcile")
 _RESOURCE_RE: Final = re.compile(r"(canon|infra):[a-z0-9][a-z0-9_-]{0,62}")
@@ -44,6 +51,18 @@ def validate_intent_resource(resource: str) -> str:
     return resource
 
 
+class IntentOwned(StateError):
+    """An intent record belongs to another run: this one may not change it."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who may change an intent record: a run with its fencing token."""
+
+    run_id: str
+    token: int
+
+
 @dataclass(frozen=True)
 class Intent:
     resource: str
@@ -52,6 +71,11 @@ class Intent:
     domain: str
     detail: dict[str, Any] = field(default_factory=dict)
     ts: str = field(default_factory=lambda: iso(utc_now()))
+    token: int = 0
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.run_id, self.token)
 
     def __post_init__(self) -> None:
         validate_intent_resource(self.resource)
@@ -74,9 +98,34 @@ def intent_path(state_dir: Path, resource: str) -> Path:
     return intents_dir(state_dir) / f"{validate_intent_resource(resource).replace(':', '-')}.json"
 
 
-def write_intent(state_dir: Path, intent: Intent) -> None:
-    """Record the intent (atomically, replacing an older one of the same resource)."""
-    atomic.write_json(intent_path(state_dir, intent.resource), asdict(intent))
+def _check_owner(state_dir: Path, resource: str, owner: Owner | None, take_over: bool,
+                 doing: str) -> Intent | None:
+    try:
+        current = read_intent(state_dir, resource)
+    except StateError:
+        return None  # an unreadable record is replaced by whoever holds the resource
+    if current is None or owner is None or take_over or current.owner == owner:
+        return current
+    raise IntentOwned(
+        f"run {owner.run_id} (token {owner.token}) may not {doing} the intent record of "
+        f"{resource}: it belongs to run {current.run_id} (token {current.token}); a step "
+        "that lost its lease changes nothing"
+    )
+
+
+def write_intent(state_dir: Path, intent: Intent, *, take_over: bool = False) -> None:
+    """Record the intent (atomically) for its owner (``intent.run_id``/``token``). An
+    existing record of another owner is replaced only with ``take_over`` (see the module
+    docstring); the janitor uses ``janitor_write``."""
+    with atomic.file_lock(intents_dir(state_dir) / LOCK_FILE):
+        _check_owner(state_dir, intent.resource, intent.owner, take_over, "write")
+        atomic.write_json(intent_path(state_dir, intent.resource), asdict(intent))
+
+
+def janitor_write(state_dir: Path, intent: Intent) -> None:
+    """The janitor, after the kill, rewrites a record (e.g. to note it alerted)."""
+    with atomic.file_lock(intents_dir(state_dir) / LOCK_FILE):
+        atomic.write_json(intent_path(state_dir, intent.resource), asdict(intent))
 
 
 def read_intent(state_dir: Path, resource: str) -> Intent | None:
@@ -90,20 +139,28 @@ def read_intent(state_dir: Path, resource: str) -> Intent | None:
     except (OSError, ValueError) as exc:
         raise StateError(f"{path}: unreadable intent record: {exc}") from exc
     try:
+        token = raw.get("token", 0)
+        if isinstance(token, bool) or not isinstance(token, int):
+            raise TypeError(f"token {token!r} is not an integer")
         return Intent(resource=raw["resource"], kind=cast(Kind, raw["kind"]),
                       run_id=raw["run_id"], domain=raw["domain"],
-                      detail=dict(raw.get("detail") or {}), ts=str(raw.get("ts", "")))
-    except (KeyError, TypeError, InvalidInput) as exc:
+                      detail=dict(raw.get("detail") or {}), ts=str(raw.get("ts", "")),
+                      token=token)
+    except (KeyError, TypeError, AttributeError, InvalidInput) as exc:
         raise StateError(f"{path}: invalid intent record: {exc}") from exc
 
 
-def clear_intent(state_dir: Path, resource: str) -> bool:
-    """The change is verified done or undone: drop the record. True if there was one."""
+def clear_intent(state_dir: Path, resource: str, *, owner: Owner | None,
+                 take_over: bool = False) -> bool:
+    """The change is verified done or undone: drop the record. True if there was one.
+    ``owner``: the run clearing it (``None``: the janitor, after the kill)."""
     path = intent_path(state_dir, resource)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
+    with atomic.file_lock(intents_dir(state_dir) / LOCK_FILE):
+        _check_owner(state_dir, resource, owner, take_over, "clear")
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
     atomic.fsync_dir(path.parent)
     return True
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, Literal
 
+from ccci_tasks import failpoints, stonith
 from ccci_tasks.errors import IntegrityError, SnapshotError, UnsafeArchive
 from ccci_tasks.platform.base import VolumeInfo
 from ccci_tasks.state import volstamp
@@ -161,7 +162,8 @@ def snapshot_dir(volume: VolumeInfo, dest_dir: Path) -> VolumeEntry:
     with tempfile.TemporaryFile() as stderr:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as out, subprocess.Popen(
-            [TAR, "-C", str(source), *TAR_CREATE], stdout=subprocess.PIPE, stderr=stderr
+            [TAR, "-C", str(source), *TAR_CREATE], stdout=subprocess.PIPE, stderr=stderr,
+            env=stonith.tagged_env(None),
         ) as proc:
             assert proc.stdout is not None
             writeback = _Writeback(out.fileno())
@@ -336,18 +338,36 @@ def _extract(volume: VolumeInfo, tar_path: Path, names: Sequence[str] | None = N
         if names is None:
             argv = [TAR, "-C", str(target), *TAR_EXTRACT]
             with open(tar_path, "rb") as source:
-                result = subprocess.run(argv, stdin=source, stderr=stderr, check=False)
+                result = subprocess.run(argv, stdin=source, stderr=stderr, check=False,
+                                        env=stonith.tagged_env(None))
         else:
             feed.write(b"".join(os.fsencode(n) + b"\0" for n in names))
             feed.seek(0)
             argv = [TAR, "-C", str(target), *(a for a in TAR_EXTRACT if a != "--file=-"),
                     f"--file={tar_path}", *TAR_BY_NAME, "--files-from=-"]
-            result = subprocess.run(argv, stdin=feed, stderr=stderr, check=False)
+            result = subprocess.run(argv, stdin=feed, stderr=stderr, check=False,
+                                    env=stonith.tagged_env(None))
         if result.returncode != 0:
             raise SnapshotError(
                 f"volume {volume.name}: untar into {target} exited {result.returncode}: "
                 f"{_tail(stderr)}; the volume is partly restored"
             )
+
+
+def _extract_halves(volume: VolumeInfo, tar_path: Path, names: Sequence[str],
+                    members: Sequence[Member]) -> None:
+    """Extract ``names`` in two calls with the ``mid-restore`` failpoint between them (only
+    while it is armed). The second call takes the first half's directories again, so their
+    modes and times end as the tar has them."""
+    half = len(names) // 2
+    first, second = list(names[:half]), list(names[half:])
+    if first:
+        _extract(volume, tar_path, first)
+    failpoints.fire("mid-restore")
+    dirs = {m.name for m in members if m.kind == "d"}
+    again = [n for n in first if n in dirs] + second
+    if again:
+        _extract(volume, tar_path, again)
 
 
 def _remove(root: Path, paths: Sequence[str]) -> None:
@@ -380,14 +400,19 @@ def _restore_volume(
             current = volstamp.scan(root)
             plan = volstamp.plan_restore(members, stamp.entries, current)
             _remove(root, plan.remove)
-            if plan.extract:
+            if failpoints.armed("mid-restore"):
+                _extract_halves(volume, tar_path, plan.extract, members)
+            elif plan.extract:
                 _extract(volume, tar_path, plan.extract)
             result = Restored(entry.name, "incremental", None, len(plan.extract),
                               len(plan.remove), plan.kept)
         else:
             removed = sum(1 for _ in root.iterdir())
             clear_dir(root)
-            _extract(volume, tar_path)
+            if failpoints.armed("mid-restore"):
+                _extract_halves(volume, tar_path, [m.name for m in members], members)
+            else:
+                _extract(volume, tar_path)
             result = Restored(entry.name, "full", why, len(members), removed, 0)
     except OSError as exc:
         raise SnapshotError(

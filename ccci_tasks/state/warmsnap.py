@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ccci_tasks import failpoints
 from ccci_tasks.errors import SnapshotError, SnapshotRefused
 from ccci_tasks.naming import stack_name, validate_domain, validate_recipe, validate_version
 from ccci_tasks.platform.base import Platform, VolumeInfo
@@ -257,6 +258,7 @@ def snapshot(
             _refuse_if_deployed(platform, domain, "keep a snapshot of")
             if guard is not None:
                 guard(f"swap in the new known-good snapshot of {recipe}")
+            failpoints.fire("before-snapshot-swap")
             os.rename(work, final)
             atomic.fsync_dir(root)
             _swap(root, final.name, snap_id)

@@ -59,7 +59,9 @@ STEP_TASKS: dict[str, Task] = {
 }
 
 
-@app.task(name=c.task_name(c.QUEUE_INFRA, "janitor"))  # type: ignore[untyped-decorator]
+# On the side queue: the infra pool runs reconcile steps, and a stopped step there must not
+# hold up the round that kills it.
+@app.task(name=c.task_name(c.QUEUE_ALERTS, "janitor"))  # type: ignore[untyped-decorator]
 def janitor() -> dict[str, Any]:
     """Clean up after dead and forgotten runs, end lost reports, admit queued runs."""
     settings = get_settings()
