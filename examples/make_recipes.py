@@ -14,8 +14,10 @@ as data::
       "versions": [                          # oldest first
         {"version": "1.0.0+1.0", "image_tag": "1.0", "notes": "release notes text",
          "behaviour": {"health": "missing"},   # optional: this version's own behaviour
-         "overlay": "v1.0"},                   # optional: a tree copied over the files from
-        ...                                    # this version on (overlays add up)
+         "overlay": "v1.0",                    # optional: a tree copied over the files from
+                                               # this version on (overlays add up)
+         "append": {"migrations.sql": "migrations/2.sql"}},  # optional: appended to a file
+        ...                                                   # from this version on
       ]
     }
 
@@ -102,6 +104,7 @@ class VersionSpec:
     notes: str
     behaviour: tuple[tuple[str, str], ...] = ()
     overlay: Path | None = None  # copied over the files from this version on
+    append: tuple[tuple[str, Path], ...] = ()  # (file of the tree, text appended to it)
 
     def behaviour_file(self) -> bytes:
         return "".join(f"{k}={v}\n" for k, v in self.behaviour).encode()
@@ -163,8 +166,11 @@ def _version(raw: dict[str, Any], defaults: dict[str, str], where: str,
     if behaviour.get("write") and not behaviour.get("data_dir"):
         raise BuildError(f"{where} {raw['version']}: behaviour 'write' needs a 'data_dir'")
     overlay = (source / str(raw["overlay"])).resolve() if raw.get("overlay") else None
+    append = tuple((str(target), (source / str(text)).resolve())
+                   for target, text in (raw.get("append") or {}).items())
     return VersionSpec(str(raw["version"]), str(raw.get("image_tag", "")),
-                       str(raw.get("notes", "")), tuple(sorted(behaviour.items())), overlay)
+                       str(raw.get("notes", "")), tuple(sorted(behaviour.items())), overlay,
+                       append)
 
 
 def load_spec(source: Path) -> RecipeSpec:
@@ -195,6 +201,7 @@ def load_spec(source: Path) -> RecipeSpec:
         raise BuildError(f"{path}: no versions listed")
     missing = [str(p) for p in (*spec.files, *(v.overlay for v in spec.versions if v.overlay))
                if not p.is_dir()]
+    missing += [str(p) for v in spec.versions for _, p in v.append if not p.is_file()]
     if spec.entrypoint is not None and not spec.entrypoint.is_file():
         missing.append(str(spec.entrypoint))
     if missing:
@@ -269,6 +276,12 @@ def _write_tree(spec: RecipeSpec, version: VersionSpec, work: Path) -> None:
             dst.write_text(render(src.read_text(encoding="utf-8"), spec, version),
                            encoding="utf-8")
             dst.chmod(src.stat().st_mode & 0o777)
+    for earlier in upto:
+        for target, text in earlier.append:
+            dst = work / target
+            before = dst.read_text(encoding="utf-8").rstrip("\n") + "\n\n" if dst.exists() else ""
+            dst.write_text(before + render(text.read_text(encoding="utf-8"), spec, version),
+                           encoding="utf-8")
 
 
 def _tag_commits(repo: Path) -> dict[str, str]:
