@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ccci_tasks.errors import BrokerError, LeaseLost
-from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, Platform, VolumeInfo
+from ccci_tasks.platform.base import (
+    AppInfo,
+    DeployedState,
+    Kind,
+    Platform,
+    StopReport,
+    VolumeInfo,
+)
 from ccci_tasks.state.clock import iso, utc_now
 
 if TYPE_CHECKING:
@@ -90,9 +97,9 @@ class FencedPlatform:
         self.fence.check(f"deploy {what} of {domain}")
         return self.inner.deploy(domain, version, chaos_ref)
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
+    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
         self.fence.check(f"undeploy {domain}" + ("" if graceful else " (no graceful stop)"))
-        self.inner.undeploy(domain, graceful=graceful)
+        return self.inner.undeploy(domain, graceful=graceful)
 
     def remove(self, domain: str) -> None:
         self.fence.check(f"remove {domain} with its volumes")
@@ -118,3 +125,6 @@ class FencedPlatform:
 
     def base_url(self, domain: str) -> str:
         return self.inner.base_url(domain)
+
+    def secret_values(self, domain: str) -> list[str]:
+        return self.inner.secret_values(domain)
