@@ -67,8 +67,8 @@ class InMemoryDockerState:
         self.calls.append(("wait_undeployed", domain))
         self.deployed_domains.discard(domain)
 
-    class client:  # noqa: N801 - the engine's event stream is not there: a stop is unwatched
-        class api:  # noqa: N801
+    class client:  # the engine's event stream is not there: a stop is unwatched
+        class api:
             @staticmethod
             def events(**kwargs: Any) -> Any:
                 import docker

@@ -85,7 +85,9 @@ def quarantine(settings: Settings, recipe: str, reason: str) -> None:
 def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard) -> str | None:
     """Finish or undo a pending change of the canonical; None when there is none.
 
-    A ``promote`` whose new snapshot is in place gets its registry written (finished). Then,
+    A ``promote`` whose new snapshot is in place (its version, and not the snapshot the
+    promotion set out to replace: a re-promotion of the same version) gets its registry
+    written (finished). Then,
     whatever the change was, the canonical is undeployed and its volumes get the known-good
     snapshot back; with no usable snapshot the half-made canonical is removed. The intent
     record goes only once that is done. ``guard`` is the caller's fence check.
@@ -110,7 +112,8 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard) -
     except SnapshotError as exc:
         log.warning("canonical of %s: %s", recipe, exc)
     if intent is not None and intent.kind == "promote" and manifest is not None \
-            and manifest.version == intent.detail.get("version"):
+            and manifest.version == intent.detail.get("version") \
+            and manifest.taken_at != intent.detail.get("replaces"):
         guard(f"write the registry of {recipe} at {manifest.version}")
         canonical.write_registry(state, canonical.Canonical(
             recipe=recipe, domain=warm, version=manifest.version,
@@ -130,7 +133,15 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard) -
 
 def mark_dirty(settings: Settings, recipe: str, run_id: str, *, kind: intents.Kind = "dirty",
                **detail: str) -> None:
-    """Record, before touching it, that the canonical's data may change."""
+    """Record, before touching it, that the canonical's data may change. A promotion also
+    records which snapshot it replaces (``replaces``: its ``taken_at``), so an undo can tell
+    a new snapshot of the same version from the old one."""
     warm = naming.warm_domain(recipe, settings.base_domain)
+    if kind == "promote":
+        try:
+            current = warmsnap.read_current(settings.state_dir, recipe)
+        except SnapshotError:
+            current = None
+        detail = {**detail, "replaces": current.taken_at if current is not None else ""}
     intents.write_intent(settings.state_dir, intents.Intent(
         resource=resource(recipe), kind=kind, run_id=run_id, domain=warm, detail=dict(detail)))
