@@ -197,11 +197,12 @@ def swarm() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def example_recipes(swarm: Any) -> Path:
-    """The example recipe repositories (git tags per version) and their images."""
+    """The example recipe repositories (git tags per version) and their images (the Debian
+    image of the PostgreSQL recipes takes about a minute the first time on a host)."""
     dest = Path(TEST_ENV["CCCI_RECIPES_DIR"])
     subprocess.run(
         [sys.executable, str(REPO / "examples" / "make_recipes.py"), "--recipes-dir", str(dest)],
-        check=True, timeout=300, cwd=REPO,
+        check=True, timeout=1200, cwd=REPO,
     )
     return dest
 
