@@ -57,6 +57,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -238,6 +239,7 @@ class ServiceDetail:
     last_failed_container_id: str | None = None
     stopping: tuple[Stopping, ...] = ()
     running_since_ns: int = 0  # engine time the youngest current running task started
+    healthchecked: bool = False  # swarm holds its tasks "starting" until a healthcheck passes
 
     def describe(self) -> str:
         svc = self.service
@@ -282,10 +284,11 @@ def startup_left_s(
     startup_s: float = UNPROBED_STARTUP_S,
 ) -> float:
     """How long until every service outside ``probed`` (short names, e.g. ``app``) has had
-    its youngest running task up for ``startup_s`` (engine clock); 0 when they all have."""
+    its youngest running task up for ``startup_s`` (engine clock); 0 when they all have.
+    A service with a healthcheck is up once swarm calls its task running (healthy)."""
     left = 0.0
     for detail in details:
-        if detail.service.name.removeprefix(stack + "_") in probed:
+        if detail.healthchecked or detail.service.name.removeprefix(stack + "_") in probed:
             continue
         age_s = (now_ns - detail.running_since_ns) / 1e9
         left = max(left, startup_s - age_s)
@@ -353,7 +356,8 @@ class DockerState:
         return progress, failed
 
     def _detail(self, service: dict[str, Any], tasks: list[dict[str, Any]],
-                failed: list[dict[str, Any]], counts: tuple[int, int]) -> ServiceDetail:
+                failed: list[dict[str, Any]], counts: tuple[int, int],
+                healthchecked: bool = False) -> ServiceDetail:
         spec = service["Spec"]
         name = str(spec["Name"])
         template = spec.get("TaskTemplate") or {}
@@ -414,6 +418,7 @@ class DockerState:
             last_failed_container_id=container,
             stopping=stopping,
             running_since_ns=running_since,
+            healthchecked=healthchecked,
         )
 
     def observe(self, domain: str) -> tuple[DeployedState, list[ServiceDetail]]:
@@ -424,7 +429,7 @@ class DockerState:
                  for s in services]
         seen = [self._progress(svc, its) for svc, its in zip(services, tasks, strict=True)]
         counts = counted_failures([progress for progress, _ in seen])
-        details = [self._detail(svc, its, failed, counts[progress.name])
+        details = [self._detail(svc, its, failed, counts[progress.name], progress.healthchecked)
                    for svc, its, (progress, failed) in zip(services, tasks, seen, strict=True)]
         version = chaos = None
         by_name = {s["Spec"]["Name"]: s for s in services}
@@ -566,8 +571,9 @@ class DockerState:
         task state and error, and what the readiness probe last saw.
 
         ``probed`` names the services (``app``) whose being up ``ready`` tells; every other
-        service's youngest task must also have run ``UNPROBED_STARTUP_S``, so a task that
-        dies on start is caught here. Later deaths are for ``still_running``.
+        service without a healthcheck (swarm's healthy is its readiness) must also have had
+        its youngest task run ``UNPROBED_STARTUP_S``, so a task that dies on start is caught
+        here. Later deaths are for ``still_running``.
         """
         deadline = time.monotonic() + timeout_s
         stopping: set[str] = set()
@@ -700,19 +706,27 @@ class DockerState:
 
     def _remove_each(self, domain: str, doing: str,
                      remove: Callable[[dict[str, Any]], None]) -> list[str]:
-        done = []
-        for container in self._orphan_containers(domain):
+        """``remove`` each orphan container of the stack, all at once (a stop waits for its
+        own grace period, never for the others'); the ids removed."""
+
+        def one(container: dict[str, Any]) -> str | None:
             cid = str(container["Id"])
             try:
                 remove(container)
-                done.append(cid)
             except DockerException:
-                continue  # the swarm agent got there first (gone, or being removed)
+                return None  # the swarm agent got there first (gone, or being removed)
             except OSError as exc:
                 raise PlatformError(
                     f"cannot reach the Docker engine {doing} container {cid[:12]}: {exc}"
                 ) from exc
-        return done
+            return cid
+
+        containers = self._orphan_containers(domain)
+        if len(containers) <= 1:
+            return [cid for cid in map(one, containers) if cid is not None]
+        with ThreadPoolExecutor(max_workers=min(8, len(containers)),
+                                thread_name_prefix="remove") as pool:
+            return [cid for cid in pool.map(one, containers) if cid is not None]
 
     def stop_orphan_containers(self, domain: str, stop_timeout_s: int | None = None,
                                graces: Mapping[str, float] | None = None) -> list[str]:

@@ -1,12 +1,12 @@
 """A small app on PostgreSQL, shaped like the apps Co-op Cloud recipes run.
 
-On boot it connects to its database with the password from its Docker secret and exits (1)
-when the database does not accept the connection yet, as many real apps do: the platform
-restarts it. Then it applies the migrations of ``$MIGRATIONS_FILE`` it has not applied yet, in
-order, each recorded in ``schema_migrations``; a migration that fails makes it exit (1), so
-it keeps failing until the migration is fixed. ``APP_MODE=worker`` does not migrate: it waits
-for every migration to be applied (exiting 1 while one is pending), then records a heartbeat
-every few seconds.
+On boot it connects to its database with the password from its Docker secret, trying for
+``$DB_WAIT_S`` seconds, and exits (1) when the database does not accept the connection by
+then, as many real apps do: the platform restarts it. Then it applies the migrations of
+``$MIGRATIONS_FILE`` it has not applied yet, in order, each recorded in ``schema_migrations``;
+a migration that fails makes it exit (1), so it keeps failing until the migration is fixed.
+``APP_MODE=worker`` does not migrate: it waits for every migration to be applied (exiting 1
+while one is pending), then records a heartbeat every few seconds.
 
 The app records each boot in ``boots`` and serves on ``127.0.0.1:$CCCI_HTTP_PORT`` (host
 network): ``GET /`` answers JSON with its version, the migrations applied and pending, and the
@@ -38,16 +38,22 @@ def log(message):
 
 
 def connect():
+    """A connection to the database; tries for $DB_WAIT_S seconds (default: once), then exits."""
     with open(os.environ["DB_PASSWORD_FILE"], encoding="utf-8") as handle:
         password = handle.readline().strip()
-    try:
-        return psycopg2.connect(
-            host=os.environ.get("DB_HOST", "127.0.0.1"), port=int(os.environ["DB_PORT"]),
-            dbname=os.environ["DB_NAME"], user=os.environ["DB_USER"], password=password,
-            connect_timeout=3, application_name=os.environ.get("APP_MODE", "app"))
-    except psycopg2.OperationalError as exc:
-        log(f"the database is not ready ({' '.join(str(exc).split())}); exiting")
-        sys.exit(1)
+    deadline = time.monotonic() + float(os.environ.get("DB_WAIT_S", "0"))
+    while True:
+        try:
+            return psycopg2.connect(
+                host=os.environ.get("DB_HOST", "127.0.0.1"), port=int(os.environ["DB_PORT"]),
+                dbname=os.environ["DB_NAME"], user=os.environ["DB_USER"], password=password,
+                connect_timeout=3, application_name=os.environ.get("APP_MODE", "app"))
+        except psycopg2.OperationalError as exc:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            log(f"the database is not ready ({' '.join(str(exc).split())}); exiting")
+            sys.exit(1)
 
 
 def read_migrations():
