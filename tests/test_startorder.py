@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ccci_tasks.errors import UncleanStop
@@ -101,3 +103,69 @@ def test_only_a_killed_container_with_a_volume_is_unclean() -> None:
         StopReport(True, (db_ok,), watched=False).require_clean("warm-x", "snapshot")
     with pytest.raises(UncleanStop, match="not watched"):
         StopReport(False).require_clean("warm-x", "snapshot")
+
+
+# --------------------------------------------------------------------------- the disk prune
+
+
+def _service(sid: str, name: str, stack: str, healthcheck: bool) -> dict[str, Any]:
+    container: dict[str, Any] = {"Image": "ccci/debian-pg:15"}
+    if healthcheck:
+        container["Healthcheck"] = {"Test": ["CMD", "pg_isready"]}
+    return {"ID": sid, "UpdatedAt": "2026-01-01T00:00:00Z",
+            "Spec": {"Name": name, "Labels": {"com.docker.stack.namespace": stack},
+                     "Mode": {"Replicated": {"Replicas": 1}},
+                     "TaskTemplate": {"ContainerSpec": container}},
+            "ServiceStatus": {"RunningTasks": 0, "DesiredTasks": 1}}
+
+
+def _task(sid: str, state: str, at_s: int, desired: str = "running") -> dict[str, Any]:
+    stamp = f"2026-01-01T00:00:{at_s:02d}Z"
+    return {"ServiceID": sid, "CreatedAt": stamp, "UpdatedAt": stamp, "DesiredState": desired,
+            "Status": {"State": state, "Timestamp": stamp}}
+
+
+class _Api:
+    api_version = "1.41"
+
+    def __init__(self, services: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> None:
+        self._services, self._tasks = services, tasks
+
+    def services(self, status: bool = False) -> list[dict[str, Any]]:
+        return self._services
+
+    def tasks(self) -> list[dict[str, Any]]:
+        return self._tasks
+
+
+class _Client:
+    def __init__(self, services: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> None:
+        self.api = _Api(services, tasks)
+
+
+@pytest.mark.parametrize(
+    ("db_tasks", "crash_looping"),
+    [
+        ([("starting", 1)], False),  # the database still starts: the app is converging
+        ([("running", 1)], True),  # it runs since before the app's failures: a crash loop
+        ([("running", 20)], False),  # it came up after them: start order
+    ],
+)
+def test_the_prune_names_a_crash_loop_by_the_same_rule(
+    db_tasks: list[tuple[str, int]], crash_looping: bool
+) -> None:
+    """The disk prune's "crash-looping" (which does not hold the prune back) uses the start-
+    order rule too: an app restarting while its database starts is converging."""
+    from datetime import UTC, datetime
+
+    from ccci_tasks.diskprune import Facts, _gates
+    from ccci_tasks.platform.engine_objects import _services
+
+    services = [_service("a", "s_app", "s", False), _service("d", "s_db", "s", True)]
+    tasks = [_task("a", "failed", t) for t in (5, 7, 9)] + [_task("d", s, t) for s, t in db_tasks]
+    found, changed = _services(_Client(services, tasks), with_status=True)  # type: ignore[arg-type]
+    app = next(s for s in found if s.name == "s_app")
+    assert (app.failed_tasks, app.start_failures) == ((3, 0) if crash_looping else (0, 3))
+    facts = Facts(90.0, 80, (), found, (), (), (), None, changed)
+    _, why = _gates(facts, datetime(2026, 1, 1, 0, 1, tzinfo=UTC))
+    assert ("crash-looping" in why) is crash_looping, why
