@@ -82,7 +82,12 @@ class DeployFailed(PlatformError):
 
 class UncleanStop(PlatformError):
     """A graceful stop had to kill a container (or could not be watched): its volumes may
-    hold data as after a crash, so no snapshot is taken of them (R12.3)."""
+    hold data as after a crash, so no snapshot is taken of them (R12.3). ``killed``: a
+    container was seen killed (the app's fault), not merely unwatched."""
+
+    def __init__(self, message: str, *, killed: bool = False) -> None:
+        super().__init__(message)
+        self.killed = killed
 
 
 class AppNotFound(PlatformError):

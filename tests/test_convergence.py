@@ -296,7 +296,7 @@ def test_an_upgrade_stops_the_old_task_gracefully_and_returns_the_new_one(
 
 
 def _stubborn(platform: SwarmPlatform, example_recipes: Path, grace: str) -> str:
-    """A stubborn-html app (takes 8 s to stop) with a short first boot and ``grace``."""
+    """A stubborn-html app that ignores SIGTERM, with a short first boot and ``grace``."""
     recipe = "stubborn-html"
     head = commit_on(example_recipes / recipe, "1.1.0+1.1", "compose.yml",
                      replace_once("stop_grace_period: 10s", f"stop_grace_period: {grace}"),
@@ -304,7 +304,7 @@ def _stubborn(platform: SwarmPlatform, example_recipes: Path, grace: str) -> str
     domain = cold_domain(recipe, new_run_hex(), TEST_BASE)
     platform.new_app(recipe, domain, kind="cold", run=None)
     env = platform.env_path(domain)
-    env.write_text(set_keys(env.read_text(), {"INIT_DELAY": "0"}))
+    env.write_text(set_keys(env.read_text(), {"INIT_DELAY": "0", "IGNORE_SIGTERM": "1"}))
     platform.deploy(domain, chaos_ref=head)
     platform.wait_converged(domain, 60)
     return domain
@@ -315,7 +315,7 @@ def _stubborn(platform: SwarmPlatform, example_recipes: Path, grace: str) -> str
 def test_undeploy_waits_for_the_grace_only_when_graceful(
     platform: SwarmPlatform, example_recipes: Path
 ) -> None:
-    """An app that takes 8 s to stop: a graceful undeploy lasts its stop grace period (4 s); a
+    """An app that ignores SIGTERM: a graceful undeploy lasts its stop grace period (4 s); a
     non-graceful one kills it at once; both end with no service and no container left."""
     domain = _stubborn(platform, example_recipes, "4s")
     label = f"{constants.STACK_NAMESPACE_LABEL}={stack_name(domain)}"

@@ -126,7 +126,7 @@ secrets:
 
 def _tree(tmp_path: Path, app: str = APP, db: str = DB) -> Path:
     tree = tmp_path / "tree"
-    tree.mkdir()
+    tree.mkdir(parents=True)
     (tree / "compose.yml").write_text(app)
     (tree / "compose.db.yml").write_text(db)
     (tree / "entry.sh").write_text("#!/bin/sh\n")
@@ -143,10 +143,14 @@ def _check(tree: Path, sample: str = SAMPLE, **env: str) -> list[str]:
 
 def test_a_well_formed_stack_needs_its_declared_secret(tmp_path: Path) -> None:
     """The external secret named the Co-op Cloud way is the one to create; an abra.sh
-    version of it wins."""
+    version of it wins; a version variable with a default may be unset."""
     tree = _tree(tmp_path)
     assert _check(tree) == ["s_ci_db_password_v1"]
     assert _check(tree, SECRET_DB_PASSWORD_VERSION="v7") == ["s_ci_db_password_v7"]
+    defaulted = _tree(tmp_path / "d", APP.replace("${ENTRY_VERSION}", "${ENTRY_V_VERSION:-v1}"),
+                      DB.replace("${SECRET_DB_PASSWORD_VERSION}",
+                                 "${SECRET_DB_PASSWORD_VERSION:-v1}"))
+    assert _check(defaulted) == ["s_ci_db_password_v1"]
 
 
 @pytest.mark.parametrize(

@@ -112,7 +112,8 @@ def undo(ctx: RunCtx, failure: Failure) -> tuple[str, ...]:
 
 def failure(ctx: RunCtx, step: str, exc: BaseException) -> Failure:
     if isinstance(exc, UncleanStop):  # R12.3: its data is not fit to be the known-good
-        return Failure(step, "fail", f"promotion refused: {exc}; known-good unchanged")
+        return Failure(step, "fail" if exc.killed else "error",
+                       f"promotion refused: {exc}; known-good unchanged")
     if step in PROMOTE_STEPS:
         return Failure(step, "pass", f"green, but promotion failed at {step}: {exc}; "
                                      "known-good unchanged")

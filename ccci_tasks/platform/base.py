@@ -124,6 +124,10 @@ class StopReport:
                 f"cannot {doing} of {domain}: its stop was not watched (graceful "
                 f"{self.graceful}, engine events read {self.watched}), so nothing says every "
                 "container exited by itself")
+        if not self.stops:
+            raise UncleanStop(
+                f"cannot {doing} of {domain}: no container of it was running when it was "
+                "stopped, so nothing says how its data was left (a stop cut off and retried?)")
         bad = self.unclean
         if bad:
             raise UncleanStop(
@@ -131,7 +135,8 @@ class StopReport:
                 + "; ".join(s.describe() for s in bad)
                 + "; its data may be inconsistent (as after a crash). Make the service stop "
                 "within its stop_grace_period (a database needs its fast-shutdown signal, "
-                "e.g. stop_signal: SIGINT for PostgreSQL) or give it a longer one")
+                "e.g. stop_signal: SIGINT for PostgreSQL) or give it a longer one",
+                killed=True)
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ def check_stack(
                     _inside(tree, str(obj["file"]), compose.where(section, str(key), "file"),
                             section[:-1])
                 name = str(obj.get("name") or "")
-                unset = [v for v in referenced(name) if v not in env]
+                unset = [v for v in referenced(name, required_only=True) if v not in env]
                 if section == "secrets" and obj.get("external"):
                     secret = _external(str(key), name, unset, where, env, declared, stack)
                     needed[secret.docker_name] = secret

@@ -36,10 +36,12 @@ def interpolate(text: str, env: Mapping[str, str]) -> str:
     return _VAR_RE.sub(repl, text)
 
 
-def referenced(text: str) -> list[str]:
-    """The variable names ``text`` refers to (``$VAR``, ``${VAR...}``), in order."""
+def referenced(text: str, *, required_only: bool = False) -> list[str]:
+    """The variable names ``text`` refers to (``$VAR``, ``${VAR...}``), in order; with
+    ``required_only``, not those with a default (``${VAR:-x}``, ``${VAR-x}``)."""
     return [m.group("braced") or m.group("named") for m in _VAR_RE.finditer(text)
-            if not m.group("escaped")]
+            if not m.group("escaped")
+            and not (required_only and (m.group("op") or "").endswith("-"))]
 
 
 def parse_line(line: str) -> tuple[str, str, bool] | None:
