@@ -22,6 +22,7 @@ MARKER=/data/.initialised
 child=""
 
 stop() {
+    trap '' TERM INT  # a second stop signal (swarm's after ours) must not start it again
     echo "$NAME: stopping"
     if [ -n "$child" ]; then kill "$child" 2>/dev/null || true; fi
     sleep "${STOP_DELAY:-0}"
