@@ -5,10 +5,12 @@ from __future__ import annotations
 from ccci_tasks.config import Settings
 from ccci_tasks.platform.base import (
     AppInfo,
+    ContainerStop,
     DeployedState,
     Kind,
     Platform,
     ServiceState,
+    StopReport,
     VolumeInfo,
 )
 
@@ -26,10 +28,12 @@ def get_platform(settings: Settings, run_id: str | None = None) -> Platform:
 
 __all__ = [
     "AppInfo",
+    "ContainerStop",
     "DeployedState",
     "Kind",
     "Platform",
     "ServiceState",
+    "StopReport",
     "VolumeInfo",
     "get_platform",
 ]
