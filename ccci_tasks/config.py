@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     bridge_listen: str = "127.0.0.1:8787"
 
+    # Run pages and metrics (R14), served by the bridge: where people reach them (commit
+    # status links; default http://<bridge_listen>), and optional basic auth (both or none).
+    public_url: str | None = None
+    web_user: str | None = None
+    web_password: SecretStr | None = None
+
     # Per-step time limits. The Redis visibility timeout must exceed the hard limit,
     # or a long step is redelivered while it still runs (see docs/decisions.md).
     step_soft_time_limit_s: int = Field(default=3300, ge=10)
@@ -128,6 +134,32 @@ class Settings(BaseSettings):
                 raise ValueError(f"migration pattern {pattern!r} is not a regex: {exc}") from exc
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_ok(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if (parts.scheme not in ("http", "https") or not parts.hostname or parts.query
+                or parts.fragment or parts.username is not None):
+            raise ValueError(
+                f"public_url {value!r} must be an http(s) URL without credentials, query or "
+                "fragment, e.g. https://ci.example.org (where the run pages are reached)"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _web_auth_whole(self) -> Settings:
+        password = self.web_password.get_secret_value() if self.web_password else ""
+        if bool(self.web_user) != bool(password):
+            raise ValueError(
+                "set both CCCI_WEB_USER and CCCI_WEB_PASSWORD (basic auth for the run pages "
+                "and metrics) or neither (public pages)"
+            )
+        return self
+
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:
         if self.step_soft_time_limit_s >= self.step_hard_time_limit_s:
@@ -149,6 +181,15 @@ class Settings(BaseSettings):
     @property
     def abra_root(self) -> Path:
         return self.abra_dir or self.state_dir / "abra"
+
+    @property
+    def public_base_url(self) -> str:
+        """Where the run pages are reached: CCCI_PUBLIC_URL, else http://<bridge listen>."""
+        return self.public_url or f"http://{self.bridge_listen}"
+
+    def run_url(self, run_id: str) -> str:
+        """The page of one run (the ``target_url`` of its commit statuses)."""
+        return f"{self.public_base_url}/runs/{run_id}"
 
     def alert_url_list(self) -> list[str]:
         return self.alert_urls.get_secret_value().split()

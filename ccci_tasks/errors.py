@@ -22,6 +22,8 @@ seen, and what to do.
     │   ├── KeycloakError     the Keycloak admin API failed
     │   ├── AlertRelayError   a push target did not take an alert
     │   └── ForgeError        the Gitea/Forgejo API failed or refused
+    │       └── ForgeAccessError  the forge token cannot see a repository (a 404 where
+    │                             the repository must exist): a misconfiguration
     └── StateError            the state root holds something unusable
         ├── RegistryError     canonical.json unreadable or inconsistent
         └── SnapshotError     a snapshot cannot be taken or restored
@@ -127,6 +129,12 @@ class ForgeError(InfraError):
     def __init__(self, message: str, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class ForgeAccessError(ForgeError):
+    """The forge token cannot see a repository the webhook came from (the forge answers 404
+    for what the token may not read). Retrying does not help; an operator must give the
+    token's user read access or fix CCCI_FORGE_OWNER / CCCI_FORGE_TOKEN."""
 
 
 class StateError(CcciError):

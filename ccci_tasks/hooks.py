@@ -28,10 +28,10 @@ def _queued_hooks() -> list[Hook]:
 
 
 def _finished_hooks() -> list[Hook]:
-    from ccci_tasks import forge
+    from ccci_tasks import forge, platform
     from ccci_tasks.lanes.runner import child_finished
 
-    return [child_finished, forge.run_finished]
+    return [child_finished, forge.run_finished, platform.run_finished]
 
 
 def _call(hooks: list[Hook], settings: Settings, report: RunReport, what: str) -> None:

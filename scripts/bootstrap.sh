@@ -13,6 +13,9 @@ if ! command -v busybox >/dev/null || ! file -L "$(command -v busybox)" 2>/dev/n
   [ -x /bin/busybox ] && file /bin/busybox 2>/dev/null | grep -q static || need_pkgs+=(busybox-static)
 fi
 command -v file >/dev/null || need_pkgs+=(file)
+# The run pages are tested in a real browser (headless Chromium driven by selenium).
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
 # The PostgreSQL example recipes: their image is made from Debian packages with mmdebstrap, and
 # the tests check its data offline with PostgreSQL's own tools (pg_controldata, pg_checksums,
 # pg_dump on a throwaway server); no cluster of the host's own is wanted.

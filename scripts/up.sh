@@ -143,14 +143,31 @@ for name in "${processes[@]}"; do
   fi
 done
 CCCI=$ROOT/.venv/bin/ccci
+PAGES=${CCCI_PUBLIC_URL:-http://$CCCI_BRIDGE_LISTEN}
+# demo_run WHAT ARGS...: run `ccci ARGS --wait --json` (steps live on stderr), then print the
+# verdict and the run's page.
+demo_run() {
+  local what=$1 report
+  shift
+  report=$("$CCCI" "$@" --wait --json) || echo "up: the demo's $what did not pass (see above)"
+  printf '%s' "$report" | "$PY" -c '
+import json, sys
+try:
+    report = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)
+what, pages = sys.argv[1], sys.argv[2]
+print("up: %s: verdict %s; its page: %s/runs/%s" % (what, report.get("verdict"), pages, report["run_id"]))
+' "$what" "$PAGES"
+}
 if [ "${CCCI_DEMO:-1}" != "0" ] && [ ! -f "$RUN_DIR/demo.done" ]; then
   echo
   echo "up: the demo, 1/2: a cold run of custom-html on latest; green, it seeds the canonical"
-  "$CCCI" cold custom-html --wait || echo "up: the demo's cold run did not pass (see above)"
+  demo_run "cold run" cold custom-html
   echo
   echo "up: the demo, 2/2: a PR commit (make pr-commit), then a quick run on it"
   sha=$("$PY" scripts/pr_commit.py custom-html)
-  "$CCCI" quick custom-html "$sha" --wait || echo "up: the demo's quick run did not pass (see above)"
+  demo_run "quick run" quick custom-html "$sha"
   touch "$RUN_DIR/demo.done"
   echo
 fi
@@ -158,6 +175,7 @@ cat <<MSG
 up: ccci-tasks is running.
   Flower:   http://127.0.0.1:5555  (user $CCCI_FLOWER_USER, password in $env_file)
   bridge:   http://$CCCI_BRIDGE_LISTEN/hooks/forge  (forge webhooks, signed with CCCI_WEBHOOK_SECRET)
+  runs:     $PAGES/runs  (each run's page; commit statuses link there)   metrics: $PAGES/metrics
   forge:    $CCCI_FORGE_URL  (owner $CCCI_FORGE_OWNER${local_forge:+; a local Gitea stand-in: $CCCI_FORGE_OWNER/custom-html has an open PR #1})
   keycloak: $CCCI_KEYCLOAK_URL  (admin API for per-run realms${local_keycloak:+; a local stand-in})
   logs:     $RUN_DIR/logs/

@@ -1,9 +1,18 @@
 """A Gitea/Forgejo stand-in: the API endpoints ccci uses, real git remotes, real webhooks.
 
-API (under ``/api/v1``, ``Authorization: token <t>`` required, else 401), as Gitea answers:
+API (under ``/api/v1``, ``Authorization: token <t>`` required, else 401), as Gitea answers
+(checked against Gitea's source, see docs/decisions.md "The forge stand-in follows Gitea"):
 
-* ``GET  /repos/{o}/{r}/pulls/{n}`` — ``{number, state, head: {ref, sha, repo: {clone_url}}}``;
-  the head sha is read from the head repository's branch on every request (a push moves it).
+* A repository the caller may not read (a private one, unless the caller is a site admin,
+  its owner or a collaborator) is 404 ``The target couldn't be found.`` on every route, as
+  Gitea's ``repoAssignment`` answers; ``GET /repos/{o}/{r}`` is the repository itself.
+* ``GET  /repos/{o}/{r}/pulls/{n}`` — shaped as Gitea's ``convert.ToAPIPullRequest``: ``base``
+  ``{label, ref, sha, repo}``; ``head.ref`` is ``refs/pull/<n>/head`` unless the head branch
+  still exists in a head repository that still exists (then the branch name); ``head.repo``
+  is null when the fork is gone, the base repository for an AGit PR (whose ``label`` is
+  empty); ``head.sha`` is the branch's, else that of ``refs/pull/<n>/head``. The base
+  repository keeps every PR's head as ``refs/pull/<n>/head``, updated from the head branch
+  whenever the forge looks (Gitea does it on every push), kept when the fork is deleted.
 * ``GET  /repos/{o}/{r}/collaborators/{user}/permission`` — ``{permission, role_name, user}``;
   404 for an unknown user, 403 unless the caller is a repo admin or asks about itself.
 * ``POST /repos/{o}/{r}/statuses/{sha}`` ``{state, context, description, target_url?}`` → 201;
@@ -14,7 +23,13 @@ API (under ``/api/v1``, ``Authorization: token <t>`` required, else 401), as Git
 * ``GET  /version`` (no token).
 
 Git: ``<url>/<owner>/<repo>.git`` serves the bare repository ``<git_root>/<owner>/<repo>.git``
-over git's dumb HTTP protocol (``git update-server-info`` is run before each ``info/refs``).
+over git's smart (and dumb) HTTP protocol, a private one only to a token that may read it
+(``tests/fake_forge_git.py``). Git requests are recorded in ``git_requests``.
+
+Webhooks carry Gitea's headers (``X-Gitea-*``, ``X-Gogs-*``, ``X-Hub-Signature[-256]``; Forgejo
+also ``X-Forgejo-*``), and either content type: ``json`` (the body is the payload) or
+``form`` (``payload=<json>``, form-encoded); the signature is always the HMAC of the JSON
+payload, as Gitea's ``services/webhook/deliver.go`` computes it.
 
 Everything received is recorded in order (``requests``); ``stop()`` closes the socket (the
 forge is down: connections are refused) and ``start()`` listens again on the same port with
@@ -32,6 +47,7 @@ import hmac
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -44,13 +60,16 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import fake_forge_git as githttp
 
 GIT_TIMEOUT_S = 30
 HOOK_TIMEOUT_S = 10
 _API = re.compile(r"/api/v1(/.*)")
 _REPO = r"/repos/(?P<owner>[^/]+)/(?P<repo>[^/]+)"
 ROUTES = [
+    ("GET", re.compile(_REPO), "get_repo"),
     ("GET", re.compile(_REPO + r"/pulls/(?P<n>\d+)"), "get_pull"),
     ("GET", re.compile(_REPO + r"/collaborators/(?P<user>[^/]+)/permission"), "get_permission"),
     ("POST", re.compile(_REPO + r"/statuses/(?P<sha>[0-9a-f]{40})"), "post_status"),
@@ -59,6 +78,7 @@ ROUTES = [
     ("GET", re.compile(_REPO + r"/issues/(?P<n>\d+)/comments"), "get_comments"),
 ]
 STATES = ("pending", "success", "error", "failure", "warning")
+NOT_FOUND = "The target couldn't be found."
 
 
 def _now() -> str:
@@ -68,6 +88,14 @@ def _now() -> str:
 def _git(*args: str) -> str:
     return subprocess.run(["git", *args], check=True, capture_output=True, text=True,
                           timeout=GIT_TIMEOUT_S).stdout.strip()
+
+
+def _ref_sha(bare: Path, ref: str) -> str:
+    """The commit ``ref`` names in ``bare``, or "" when there is no such ref."""
+    proc = subprocess.run(["git", "-C", str(bare), "rev-parse", "--verify", "--quiet",
+                           f"{ref}^{{commit}}"], capture_output=True, text=True,
+                          timeout=GIT_TIMEOUT_S, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -80,14 +108,16 @@ class Issue:
     title: str
     is_pull: bool
     state: str = "open"
-    head_ref: str | None = None
-    head_repo: tuple[str, str] | None = None  # (owner, repo) holding the head branch
+    head_ref: str | None = None  # the head branch (an AGit PR: its topic)
+    head_repo: tuple[str, str] | None = None  # (owner, repo) that held the head branch
+    flow: str = "github"  # or "agit": pushed to refs/for/<base>/<topic>, no branch
 
 
 @dataclass
 class Repo:
     owner: str
     name: str
+    private: bool = False
     issues: dict[int, Issue] = field(default_factory=dict)
     permissions: dict[str, str] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -113,6 +143,8 @@ class Delivery:
 
 
 class FakeForge:
+    received_type = Received
+
     def __init__(
         self,
         port: int,
@@ -136,6 +168,7 @@ class FakeForge:
         self.flavor = flavor
         self.repos: dict[tuple[str, str], Repo] = {}
         self.requests: list[Received] = []
+        self.git_requests: list[Received] = []
         self.deliveries: list[Delivery] = []
         self._ids = 0
         self._fail_writes = 0
@@ -170,14 +203,28 @@ class FakeForge:
     def clone_url(self, owner: str, name: str) -> str:
         return f"{self.url}/{owner}/{name}.git"
 
-    def add_repo(self, owner: str, name: str, source: Path | None = None) -> Repo:
+    def add_repo(self, owner: str, name: str, source: Path | None = None, *,
+                 private: bool = False) -> Repo:
         """A repository; with ``source``, its bare git repository is cloned from there."""
         bare = self.bare_path(owner, name)
         if source is not None and not bare.exists():
             bare.parent.mkdir(parents=True, exist_ok=True)
             _git("clone", "-q", "--bare", str(source), str(bare))
         with self._lock:
-            return self.repos.setdefault((owner, name), Repo(owner, name))
+            return self.repos.setdefault((owner, name), Repo(owner, name, private))
+
+    def delete_repo(self, owner: str, name: str) -> None:
+        """The repository (a contributor's fork, say) is deleted with its git data."""
+        with self._lock:
+            self.repos.pop((owner, name), None)
+        shutil.rmtree(self.bare_path(owner, name), ignore_errors=True)
+
+    def can_read(self, repo: Repo, user: str | None) -> bool:
+        """Gitea's read access: public, or a site admin, the owner, a collaborator."""
+        if not repo.private:
+            return True
+        return user is not None and (user in self.site_admins or user == repo.owner
+                                     or repo.permissions.get(user, "none") != "none")
 
     def set_permission(self, owner: str, name: str, user: str, permission: str) -> None:
         with self._lock:
@@ -186,9 +233,44 @@ class FakeForge:
 
     def add_pull(self, owner: str, name: str, number: int, head_ref: str,
                  head_repo: tuple[str, str] | None = None, state: str = "open") -> None:
+        """PR ``number`` from branch ``head_ref`` of ``head_repo`` (default: the base)."""
+        with self._lock:
+            issue = Issue(number, f"PR {number}", True, state, head_ref,
+                          head_repo or (owner, name))
+            self.repos[(owner, name)].issues[number] = issue
+        self._sync_pull_ref(owner, name, issue)
+
+    def agit_pull(self, owner: str, name: str, number: int, topic: str, pushed: str) -> None:
+        """An AGit-flow PR: the commit at branch ``pushed`` of the base repository is what
+        ``git push origin HEAD:refs/for/main/<topic>`` sent; as on the forge it becomes
+        ``refs/pull/<n>/head`` and no branch is left."""
+        bare = str(self.bare_path(owner, name))
+        sha = _git("-C", bare, "rev-parse", f"refs/heads/{pushed}^{{commit}}")
+        _git("-C", bare, "update-ref", f"refs/pull/{number}/head", sha)
+        _git("-C", bare, "update-ref", "-d", f"refs/heads/{pushed}")
         with self._lock:
             self.repos[(owner, name)].issues[number] = Issue(
-                number, f"PR {number}", True, state, head_ref, head_repo or (owner, name))
+                number, f"PR {number}", True, "open", topic, (owner, name), "agit")
+
+    def _sync_pull_ref(self, owner: str, name: str, issue: Issue) -> None:
+        """The base's ``refs/pull/<n>/head`` follows the head branch while both exist."""
+        if issue.flow != "github" or issue.head_ref is None or issue.head_repo is None:
+            return
+        head_bare = self.bare_path(*issue.head_repo)
+        if issue.head_repo not in self.repos or not head_bare.is_dir():
+            return  # the fork is gone: the ref keeps the last head
+        branch = f"refs/heads/{issue.head_ref}"
+        if not _ref_sha(head_bare, branch):
+            return  # the branch is gone: likewise
+        _git("-C", str(self.bare_path(owner, name)), "fetch", "-q", "--no-tags", "--",
+             str(head_bare), f"+{branch}:refs/pull/{issue.number}/head")
+
+    def sync_pull_refs(self, owner: str, name: str) -> None:
+        with self._lock:
+            repo = self.repos.get((owner, name))
+            issues = [i for i in repo.issues.values() if i.is_pull] if repo else []
+        for issue in issues:
+            self._sync_pull_ref(owner, name, issue)
 
     def add_issue(self, owner: str, name: str, number: int) -> None:
         with self._lock:
@@ -229,28 +311,56 @@ class FakeForge:
         return _git("-C", str(self.bare_path(owner, name)), "rev-parse",
                     f"refs/heads/{branch}^{{commit}}")
 
+    def pull_head(self, owner: str, name: str, number: int) -> str:
+        """The head of PR ``number`` as the base repository keeps it (refs/pull/<n>/head)."""
+        self.sync_pull_refs(owner, name)
+        return _ref_sha(self.bare_path(owner, name), f"refs/pull/{number}/head")
+
     # --- webhooks ---------------------------------------------------------------------
 
     def _user_json(self, user: str) -> dict[str, Any]:
         uid = int(hashlib.sha256(user.encode()).hexdigest()[:6], 16)
         return {"id": uid, "login": user, "username": user, "full_name": user}
 
+    @staticmethod
+    def _repo_id(owner: str, name: str) -> int:
+        return int(hashlib.sha256(f"{owner}/{name}".encode()).hexdigest()[:6], 16)
+
     def _repo_json(self, owner: str, name: str) -> dict[str, Any]:
-        return {"id": int(hashlib.sha256(f"{owner}/{name}".encode()).hexdigest()[:6], 16),
-                "name": name, "full_name": f"{owner}/{name}", "owner": self._user_json(owner),
-                "clone_url": self.clone_url(owner, name), "private": False}
+        repo = self.repos.get((owner, name))
+        return {"id": self._repo_id(owner, name), "name": name, "full_name": f"{owner}/{name}",
+                "owner": self._user_json(owner), "private": bool(repo and repo.private),
+                "html_url": f"{self.url}/{owner}/{name}",
+                "clone_url": self.clone_url(owner, name), "default_branch": "main"}
 
     def _pull_json(self, repo: Repo, issue: Issue) -> dict[str, Any]:
-        head_owner, head_name = issue.head_repo or (repo.owner, repo.name)
-        assert issue.head_ref is not None
-        sha = self.head_sha(head_owner, head_name, issue.head_ref)
+        """As Gitea's ``convert.ToAPIPullRequest`` builds it (see the module doc)."""
+        self._sync_pull_ref(repo.owner, repo.name, issue)
+        base_bare = self.bare_path(repo.owner, repo.name)
+        pull_ref = f"refs/pull/{issue.number}/head"
+        base_json = self._repo_json(repo.owner, repo.name)
+        head: dict[str, Any] = {"label": issue.head_ref or "", "ref": pull_ref, "sha": "",
+                                "repo_id": -1, "repo": None}
+        if issue.flow == "agit":
+            head.update(label="", sha=_ref_sha(base_bare, pull_ref),
+                        repo_id=base_json["id"], repo=base_json)
+        elif issue.head_repo is not None and issue.head_repo in self.repos:
+            head_bare = self.bare_path(*issue.head_repo)
+            head.update(repo_id=self._repo_id(*issue.head_repo),
+                        repo=self._repo_json(*issue.head_repo))
+            branch_sha = _ref_sha(head_bare, f"refs/heads/{issue.head_ref}")
+            if branch_sha:
+                head.update(ref=issue.head_ref, sha=branch_sha)
+            else:
+                head["sha"] = _ref_sha(head_bare, pull_ref)
+        if not head["sha"]:
+            head["sha"] = _ref_sha(base_bare, pull_ref)
         return {
             "id": issue.number, "number": issue.number, "title": issue.title,
             "state": issue.state, "merged": False,
-            "head": {"label": issue.head_ref, "ref": issue.head_ref, "sha": sha,
-                     "repo": self._repo_json(head_owner, head_name)},
-            "base": {"label": "main", "ref": "main",
-                     "repo": self._repo_json(repo.owner, repo.name)},
+            "head": head,
+            "base": {"label": "main", "ref": "main", "sha": _ref_sha(base_bare, "refs/heads/main"),
+                     "repo_id": base_json["id"], "repo": base_json},
         }
 
     def comment_payload(self, owner: str, name: str, number: int, user: str, body: str,
@@ -278,21 +388,35 @@ class FakeForge:
     def send_hook(self, body: bytes, *, event: str = "issue_comment",
                   delivery: str | None = None, secret: str | None = None,
                   signature: str | None = None, flavor: str | None = None,
-                  url: str | None = None) -> Delivery:
-        """POST a webhook as the forge does; ``signature`` overrides the computed one."""
+                  url: str | None = None, content_type: str = "json") -> Delivery:
+        """POST a webhook as the forge does; ``signature`` overrides the computed one.
+
+        ``body`` is the JSON payload; with ``content_type="form"`` it is sent form-encoded as
+        ``payload=<json>``. Either way the signature is the HMAC of the JSON payload.
+        """
         delivery = delivery or str(uuid.uuid4())
-        prefix = "X-Forgejo" if (flavor or self.flavor) == "forgejo" else "X-Gitea"
+        prefixes = ["X-Gitea", "X-Gogs"]
+        if (flavor or self.flavor) == "forgejo":
+            prefixes.insert(0, "X-Forgejo")
         secret = self.hook_secret if secret is None else secret
-        headers = {"Content-Type": "application/json", f"{prefix}-Delivery": delivery,
-                   f"{prefix}-Event": event,
-                   f"{prefix}-Event-Type": "pull_request_comment" if event == "issue_comment"
-                   else event}
+        kind = "pull_request_comment" if event == "issue_comment" else event
         sig = signature if signature is not None else (sign(secret, body) if secret else None)
-        if sig is not None:
-            headers[f"{prefix}-Signature"] = sig
+        headers = {"Content-Type": "application/json", "X-GitHub-Delivery": delivery,
+                   "X-GitHub-Event": event, "X-GitHub-Event-Type": kind}
+        for prefix in prefixes:
+            headers.update({f"{prefix}-Delivery": delivery, f"{prefix}-Event": event,
+                            f"{prefix}-Event-Type": kind})
+            if sig is not None:
+                headers[f"{prefix}-Signature"] = sig
+        if sig is not None and signature is None:
+            headers["X-Hub-Signature-256"] = "sha256=" + sig
+        data = body
+        if content_type == "form":
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+            data = urlencode({"payload": body.decode()}).encode()
         target = url or self.hook_url
         assert target, "no hook URL configured"
-        request = urllib.request.Request(target, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(target, data=data, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=HOOK_TIMEOUT_S) as response:
                 status, text = response.status, response.read().decode()
@@ -347,9 +471,22 @@ class FakeForge:
                     return None
                 return forge.tokens.get(token.strip())
 
+            def _raw_body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    length = int(self.headers.get("Content-Length") or 0)
+                    return self.rfile.read(length) if length else b""
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+
             def _body(self) -> Any:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self._raw_body()
                 try:
                     return json.loads(raw) if raw else None
                 except ValueError:
@@ -364,13 +501,19 @@ class FakeForge:
             def _dispatch(self, method: str) -> None:
                 parts = urlsplit(self.path)
                 api = _API.fullmatch(parts.path)
-                body = self._body() if method == "POST" else None
                 if api is None:
-                    if method == "GET":
-                        self._git(parts.path)
-                    else:
-                        self._send(405, {"message": "method not allowed"})
+                    raw = self._raw_body() if method == "POST" else b""
+                    answer = githttp.serve(forge, method, parts.path, parse_qs(parts.query),
+                                           dict(self.headers.items()), raw)
+                    self.send_response(answer.status)
+                    for name, value in answer.headers:
+                        self.send_header(name, value)
+                    self.send_header("Content-Type", answer.ctype)
+                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.end_headers()
+                    self.wfile.write(answer.body)
                     return
+                body = self._body() if method == "POST" else None
                 path = api.group(1)
                 user = self._user()
                 status, answer = 0, None
@@ -380,23 +523,6 @@ class FakeForge:
                     with forge._lock:
                         forge.requests.append(Received(method, path, user, status, body))
                 self._send(status, answer)
-
-            def _git(self, path: str) -> None:
-                match = re.fullmatch(r"/([^/]+)/([^/]+)\.git/(.+)", path)
-                if match is None or ".." in path:
-                    self._send(404, raw=b"not found", ctype="text/plain")
-                    return
-                bare = forge.bare_path(match.group(1), match.group(2))
-                target = (bare / match.group(3)).resolve()
-                if not bare.is_dir() or not target.is_relative_to(bare.resolve()):
-                    self._send(404, raw=b"not found", ctype="text/plain")
-                    return
-                if match.group(3) == "info/refs":
-                    _git("-C", str(bare), "update-server-info")
-                if not target.is_file():
-                    self._send(404, raw=b"not found", ctype="text/plain")
-                    return
-                self._send(200, raw=target.read_bytes(), ctype="application/octet-stream")
 
         return Handler
 
@@ -413,8 +539,9 @@ class FakeForge:
             args = match.groupdict()
             with self._lock:
                 repo = self.repos.get((args["owner"], args["repo"]))
-                if repo is None:
-                    return 404, {"message": "repository does not exist"}
+                if repo is None or not self.can_read(repo, user):
+                    return 404, {"errors": [], "message": NOT_FOUND,
+                                 "url": self.url + "/api/swagger"}
                 if method == "POST" and self._fail_writes > 0:
                     self._fail_writes -= 1
                     return 503, {"message": "service unavailable"}
@@ -422,6 +549,10 @@ class FakeForge:
             result: tuple[int, Any] = handler(repo, user, args, query, body)
             return result
         return 404, {"message": "not found"}
+
+    def _get_repo(self, repo: Repo, user: str, args: dict[str, str], query: Any,
+                  body: Any) -> tuple[int, Any]:
+        return 200, self._repo_json(repo.owner, repo.name)
 
     def _get_pull(self, repo: Repo, user: str, args: dict[str, str], query: Any,
                   body: Any) -> tuple[int, Any]:
@@ -433,7 +564,7 @@ class FakeForge:
     def _permission_of(self, repo: Repo, user: str) -> str:
         if user in self.site_admins or user == repo.owner:
             return "owner" if user == repo.owner else "admin"
-        return repo.permissions.get(user, "read")
+        return repo.permissions.get(user, "none" if repo.private else "read")
 
     def _get_permission(self, repo: Repo, user: str, args: dict[str, str], query: Any,
                         body: Any) -> tuple[int, Any]:

@@ -215,7 +215,8 @@ def test_new_app_refuses_an_env_file_of_another_recipe(env: Env) -> None:
 def test_subprocess_gets_a_minimal_environment_and_runs_in_abra_dir(
     env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """abra sees ABRA_DIR/PATH/HOME (+extra) only, never the worker's env; logs hold no env."""
+    """abra sees ABRA_DIR/PATH/HOME/DOCKER_HOST (+extra) only, never the worker's settings;
+    logs hold no env."""
     monkeypatch.setenv("CCCI_KEYCLOAK_ADMIN_PASSWORD", SECRET)
     caplog.set_level(logging.INFO, logger="ccci_tasks.platform.abra")
     platform = env.platform(TOKEN=SECRET)
@@ -226,7 +227,7 @@ def test_subprocess_gets_a_minimal_environment_and_runs_in_abra_dir(
     # The interpreter launcher (e.g. a pyenv shim) may add its own variables, so check
     # that ours arrived and none of the worker's CCCI_* settings did.
     keys = set(call["env_keys"])
-    assert {"ABRA_DIR", "PATH", "HOME", "GIT_TERMINAL_PROMPT", "TOKEN"} <= keys
+    assert {"ABRA_DIR", "PATH", "HOME", "GIT_TERMINAL_PROMPT", "DOCKER_HOST", "TOKEN"} <= keys
     assert not any(key.startswith("CCCI_") for key in keys)
     assert "app new custom-html" in caplog.text
     assert SECRET not in caplog.text
@@ -271,6 +272,38 @@ def test_discard_run_dir_keeps_the_shared_servers(env: Env) -> None:
     platform.discard_run_dir()
     assert not platform.abra_dir.exists()
     assert env.env_file().is_file()
+
+
+def test_a_run_directory_goes_when_its_run_ends(env: Env, tmp_path: Path,
+                                                shas: dict[str, str]) -> None:
+    """The run-finished hook (what end_run and the janitor call once a verdict is written)
+    deletes <abra root>/runs/<run id>/ with its recipe checkout; the shared servers/ and
+    catalogue/, and another run's directory, stay."""
+    from pydantic import SecretStr
+
+    from ccci_tasks import hooks
+    from ccci_tasks.state import reports
+
+    # No forge and no notification targets: only the platform's hook has work here.
+    settings = env.settings.model_copy(update={"platform": "abra", "forge_url": None,
+                                               "notify_urls": SecretStr(""),
+                                               "state_dir": tmp_path / "state"})
+    run_id, other = "0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a", "run-b"
+    ended = AbraPlatform(settings, run_id=run_id, docker_state=env.state,  # type: ignore[arg-type]
+                         extra_env=env.extra)
+    ended.new_app(RECIPE, DOMAIN, VERSION, kind="cold", run=RUN)
+    ended.deploy(DOMAIN, chaos_ref="pr/12")
+    running = env.platform(other)
+    running.new_app(RECIPE, "cust-4d5e6f.ci.localhost", kind="cold", run="4d5e6f")
+    checkout = ended.abra_dir / "recipes" / RECIPE
+    assert git("-C", str(checkout), "rev-parse", "HEAD") == shas["pr"]
+    reports.create_report(settings.state_dir, run_id, "cold", RECIPE)
+    report = reports.end_report(settings.state_dir, run_id, "pass")
+    assert report is not None
+    hooks.run_finished(settings, report)
+    assert not ended.abra_dir.exists()
+    assert running.abra_dir.is_dir() and (running.abra_dir / "servers").is_symlink()
+    assert env.env_file().is_file() and (env.root / "catalogue").is_dir()
 
 
 # --------------------------------------------------------------------------- deploy
@@ -502,11 +535,44 @@ def test_non_zero_exit_is_command_failed_without_env_secrets(env: Env) -> None:
 
 
 def test_subprocess_env_is_exactly_the_minimal_set() -> None:
-    """The environment built for abra/git holds ABRA_DIR, PATH, HOME, the git switch, extras."""
-    parent = {"PATH": "/bin", "HOME": "/home/ci", "CCCI_BROKER_URL": SECRET, "AWS_KEY": SECRET}
-    env = subprocess_env(Path("/x/abra"), {"ABRA_DIR": "/evil", "EXTRA": "1"}, parent=parent)
+    """The environment built for abra/git holds ABRA_DIR, PATH, HOME, the git switch,
+    DOCKER_HOST from the settings, the worker's DOCKER_CONTEXT and SSH_AUTH_SOCK, extras."""
+    parent = {"PATH": "/bin", "HOME": "/home/ci", "CCCI_BROKER_URL": SECRET, "AWS_KEY": SECRET,
+              "DOCKER_HOST": "unix:///elsewhere.sock", "DOCKER_CONTEXT": "srv",
+              "SSH_AUTH_SOCK": "/run/agent.sock"}
+    env = subprocess_env(Path("/x/abra"), {"ABRA_DIR": "/evil", "DOCKER_HOST": "tcp://evil",
+                                           "EXTRA": "1"},
+                         parent=parent, docker_host="ssh://ci@swarm.example.org")
     assert env == {"ABRA_DIR": "/x/abra", "PATH": "/bin", "HOME": "/home/ci",
-                   "GIT_TERMINAL_PROMPT": "0", "EXTRA": "1"}
+                   "GIT_TERMINAL_PROMPT": "0", "DOCKER_HOST": "ssh://ci@swarm.example.org",
+                   "DOCKER_CONTEXT": "srv", "SSH_AUTH_SOCK": "/run/agent.sock", "EXTRA": "1"}
+    bare = subprocess_env(Path("/x/abra"), parent={"PATH": "/bin", "HOME": "/h",
+                                                   "SSH_AUTH_SOCK": ""})
+    assert bare == {"ABRA_DIR": "/x/abra", "PATH": "/bin", "HOME": "/h",
+                    "GIT_TERMINAL_PROMPT": "0"}
+
+
+def test_abra_talks_to_the_engine_the_system_watches(env: Env,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """abra gets DOCKER_HOST = CCCI_DOCKER_HOST (not the worker's DOCKER_HOST), and the
+    worker's DOCKER_CONTEXT and SSH_AUTH_SOCK, for every command it runs."""
+    monkeypatch.setenv("DOCKER_HOST", "unix:///not/this.sock")
+    monkeypatch.setenv("DOCKER_CONTEXT", "coop-server")
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/user/1000/agent.sock")
+    settings = env.settings.model_copy(update={"docker_host": "ssh://ci@swarm.example.org"})
+    platform = AbraPlatform(settings, run_id="run-a", docker_state=env.state,  # type: ignore[arg-type]
+                            extra_env=env.extra)
+    platform.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
+    platform.deploy(DOMAIN, VERSION)
+    env.state.deployed_domains.add(DOMAIN)
+    platform.undeploy(DOMAIN)
+    calls = env.calls()
+    assert [c["argv"][1:3] for c in calls] == [["app", "new"], ["app", "deploy"],
+                                               ["app", "undeploy"]]
+    for call in calls:
+        assert call["env"]["DOCKER_HOST"] == "ssh://ci@swarm.example.org"
+        assert call["env"]["DOCKER_CONTEXT"] == "coop-server"
+        assert call["env"]["SSH_AUTH_SOCK"] == "/run/user/1000/agent.sock"
 
 
 def test_stdout_never_reaches_the_error(tmp_path: Path) -> None:

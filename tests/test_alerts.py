@@ -88,9 +88,11 @@ def test_broker_down_alert_stays_pending(tmp_path: Path) -> None:
     started = time.monotonic()
     out = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
-        timeout=60, cwd=REPO, env={**os.environ, "CCCI_BROKER_URL": dead, "PYTHONPATH": str(REPO)},
+        timeout=120, cwd=REPO,
+        env={**os.environ, "CCCI_BROKER_URL": dead, "PYTHONPATH": str(REPO)},
     )
     assert out.returncode == 0, out.stderr
-    assert time.monotonic() - started < 30
+    took = time.monotonic() - started
+    assert took < 60, f"write_alert took {took:.1f} s with the broker down (6 s when idle)"
     assert "stays pending" in out.stderr
     assert [a.id for a in alerts.pending(tmp_path)] == [out.stdout.strip()]

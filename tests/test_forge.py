@@ -2,18 +2,17 @@
 workers, Redis and swarm, the run at the PR head, and its commit statuses on the forge.
 
 The module seeds the custom-html canonical once (a cold run on latest), starts the bridge
-(``python -m workers.bridge``) and opens PR 7 of recipes/custom-html from a contributor's fork,
-whose head changes the served content. Until the run lifecycle calls ``run_finished``
+(``python -m workers.bridge``), makes recipes/custom-html a private repository (the workers fetch
+with the forge token) and opens PR 7 from a contributor's fork and PR 9 with the AGit flow
+(no branch anywhere: its head lives only in the base repository's refs/pull/9/head), whose
+heads change the served content. Until the run lifecycle calls ``run_finished``
 itself, the tests fire ``forge_sweep`` (what beat does every 60 s) after a verdict.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +23,12 @@ from conftest import (
     BRIDGE_PORT,
     FORGE_BOT,
     FORGE_OWNER,
-    REPO,
-    SESSION_DIR,
     TEST_ENV,
     flush_redis,
     remove_ccci_objects,
 )
 from recipe_commits import make_commit
+from web_support import bridge_process
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -90,45 +88,23 @@ def seeded(workers: Any, swarm: Any, example_recipes: Path, redis_server: str) -
 @pytest.fixture(scope="module")
 def bridge(redis_server: str) -> Iterator[str]:
     """The bridge process on BRIDGE_PORT, as `make up` and the systemd unit start it."""
-    import httpx
-
-    log = SESSION_DIR / "bridge.log"
-    env = {**os.environ, **TEST_ENV, "PYTHONPATH": str(REPO)}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.bridge"], cwd=REPO, env=env,
-                                stdout=out, stderr=out, start_new_session=True)
-    url = f"http://127.0.0.1:{BRIDGE_PORT}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"bridge exited {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"bridge not up within 30 s: {log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with bridge_process("forge", CCCI_BRIDGE_LISTEN=f"127.0.0.1:{BRIDGE_PORT}") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def forge(fake_forge: Any, example_recipes: Path) -> Any:
-    """recipes/custom-html on the forge, PRs 7 and 9 from contributor's fork, issue 8, and
-    two users: one who may write, one who may only read."""
+    """recipes/custom-html (private) on the forge, PR 7 from contributor's fork, PR 9 pushed
+    with the AGit flow, issue 8, and two users: one who may write, one who may only read."""
     fake_forge.start()
-    fake_forge.add_repo(FORGE_OWNER, RECIPE, example_recipes / RECIPE)
+    fake_forge.add_repo(FORGE_OWNER, RECIPE, example_recipes / RECIPE, private=True)
     fake_forge.add_repo("contributor", RECIPE, example_recipes / RECIPE)
     make_commit(fake_forge.bare_path("contributor", RECIPE), "2.0.0+2.0",
                 {"compose.yml": ("Hello from custom-html", "Hello from PR 7")}, "pr-7")
-    make_commit(fake_forge.bare_path("contributor", RECIPE), "2.0.0+2.0",
-                {"compose.yml": ("Hello from custom-html", "Hello from PR 9")}, "pr-9")
+    make_commit(fake_forge.bare_path(FORGE_OWNER, RECIPE), "2.0.0+2.0",
+                {"compose.yml": ("Hello from custom-html", "Hello from PR 9")}, "agit-9")
     fake_forge.add_pull(FORGE_OWNER, RECIPE, 7, "pr-7", head_repo=("contributor", RECIPE))
-    fake_forge.add_pull(FORGE_OWNER, RECIPE, 9, "pr-9", head_repo=("contributor", RECIPE))
+    fake_forge.agit_pull(FORGE_OWNER, RECIPE, 9, "topic-9", "agit-9")
     fake_forge.add_issue(FORGE_OWNER, RECIPE, 8)
     fake_forge.set_permission(FORGE_OWNER, RECIPE, MAINTAINER, "write")
     fake_forge.set_permission(FORGE_OWNER, RECIPE, VISITOR, "read")
@@ -144,7 +120,8 @@ def up(forge: Any, bridge: str, seeded: Any, push_receiver: Any) -> Any:
 
 
 def _head(forge: Any, number: int = 7) -> str:
-    sha: str = forge.head_sha("contributor", RECIPE, f"pr-{number}")
+    sha: str = forge.pull_head(FORGE_OWNER, RECIPE, number)
+    assert sha
     return sha
 
 
@@ -176,9 +153,10 @@ def _wait_status(forge: Any, sha: str, state: str) -> None:
 
 def test_quick_testme_runs_the_pr_head_and_reports_its_verdict(up: Any,
                                                                push_receiver: Any) -> None:
-    """'!testme --quick' on PR 7 quick-runs the PR head (fetched from the fork) once, even if
-    the webhook is redelivered: the head gets pending then success, the PR a comment naming
-    the run id, and the notification target the finish notification."""
+    """'!testme --quick' on PR 7 quick-runs the PR head (fetched from the private base
+    repository with the forge token) once, even if the webhook is redelivered: the head gets
+    pending then success, the PR a comment naming the run id, and the notification target the
+    finish notification."""
     from ccci_tasks.platform.recipes import RecipeRepo
 
     forge, sha = up, _head(up)
@@ -272,9 +250,21 @@ def test_bad_signature_is_refused_and_enqueues_nothing(up: Any) -> None:
     assert _reports() == before
 
 
+def test_form_encoded_webhook_is_refused_with_a_hint(up: Any) -> None:
+    """A webhook set to Gitea's form content type (payload=<json>, signed over the JSON) is
+    answered 400 saying to set application/json; nothing runs."""
+    forge, before = up, _reports()
+    body = forge.comment_payload(FORGE_OWNER, RECIPE, 7, MAINTAINER, "!testme")
+    delivery = forge.send_hook(body, content_type="form")
+    assert delivery.status == 400 and "application/json" in delivery.text, delivery
+    _drain_alerts_queue()
+    assert _reports() == before
+
+
 def test_forge_down_when_the_run_finishes_gets_the_verdict_once_later(up: Any) -> None:
     """With the forge down when the run ends, its verdict stays in the outbox and reaches
-    the forge exactly once after it is back, after pending."""
+    the forge exactly once after it is back, after pending. PR 9 is an AGit PR: its head
+    exists only as the base repository's refs/pull/9/head."""
     from ccci_tasks.forge import outbox
 
     forge, sha = up, _head(up, 9)
@@ -285,6 +275,7 @@ def test_forge_down_when_the_run_finishes_gets_the_verdict_once_later(up: Any) -
     forge.stop()
     report = _wait_run(run_id)
     assert report.verdict == "pass", report.reason
+    assert report.ref == sha
     _sweep()
     _drain_alerts_queue()  # the first delivery attempt ran, and failed
     time.sleep(3)  # and a retry or two

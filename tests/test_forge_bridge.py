@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import yaml
@@ -118,6 +119,25 @@ def test_everything_else_is_ignored(bridge_parts: tuple[Bridge, Recorder], body:
     assert recorder.published == []
 
 
+def test_form_encoded_delivery_is_400_saying_to_send_json(
+    bridge_parts: tuple[Bridge, Recorder]
+) -> None:
+    """Gitea's other content type (body ``payload=<json>``, the signature over the JSON) is
+    answered 400 saying to set the webhook's content type to application/json; signed over
+    anything else it is 401; nothing is enqueued either way."""
+    bridge, recorder = bridge_parts
+    payload = comment_body()
+    form = urlencode({"payload": payload.decode()}).encode()
+    hdrs = {**headers(payload), "Content-Type": "application/x-www-form-urlencoded"}
+    answer = bridge.handle(hdrs, form)
+    assert answer.status == 400
+    assert "application/x-www-form-urlencoded" in answer.text
+    assert "set the webhook's content type to application/json" in answer.text
+    assert bridge.handle({**hdrs, "X-Gitea-Signature": events.sign(SECRET.encode(), form)},
+                         form).status == 401
+    assert recorder.published == []
+
+
 def test_forgejo_headers_work(bridge_parts: tuple[Bridge, Recorder]) -> None:
     """Forgejo's X-Forgejo-* headers are read like Gitea's."""
     bridge, recorder = bridge_parts
@@ -210,8 +230,15 @@ def silent_broker() -> Iterator[int]:
 
 @pytest.mark.slow
 def test_answers_within_5_s_when_the_broker_hangs(silent_broker: int, tmp_path: Path) -> None:
-    """With a broker that never answers, a signed trigger still gets an answer (503) in 5 s."""
+    """With a broker that never answers, a signed trigger still gets an answer (503, "redeliver
+    later") instead of hanging: Redis calls are bounded below the answer budget, the answer
+    budget below the forge's 5 s. The time taken (about 1.5 s, the Redis timeout, on an idle
+    machine) is bounded at ten times that; the 5 s promise rests on the budgets."""
     import httpx
+
+    from ccci_tasks.forge.webhook import ANSWER_BUDGET_S, REDIS_TIMEOUT_S
+
+    assert REDIS_TIMEOUT_S < ANSWER_BUDGET_S < 5
 
     (tmp_path / "custom-html" / ".git").mkdir(parents=True)
     port = _free_port()
@@ -227,10 +254,11 @@ def test_answers_within_5_s_when_the_broker_hangs(silent_broker: int, tmp_path: 
         body = comment_body()
         started = time.monotonic()
         answer = httpx.post(f"http://127.0.0.1:{port}/hooks/forge", content=body,
-                            headers=headers(body), timeout=10)
+                            headers=headers(body), timeout=60)
         elapsed = time.monotonic() - started
         assert answer.status_code == 503, answer.text
-        assert elapsed < 5, f"answered after {elapsed:.1f} s"
+        assert answer.text.startswith("unavailable: ") and "redeliver later" in answer.text
+        assert elapsed < 10 * REDIS_TIMEOUT_S, f"answered after {elapsed:.1f} s"
         print(f"\nbridge answered {answer.status_code} in {elapsed:.2f} s with a hung broker")
     finally:
         proc.terminate()

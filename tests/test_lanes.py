@@ -133,7 +133,8 @@ def test_quick_run_with_a_good_ref_keeps_known_good(
 def test_quick_run_with_a_bad_ref_restores_known_good(
     seeded: Any, swarm: Any, state: Path, example_recipes: Path
 ) -> None:
-    """A quick run whose head names a missing image is red with the reason, restores the
+    """A quick run whose head names a missing image is red at once with the reason (the
+    image is named: the deploy was failed, not waited out to DEPLOY_TIMEOUT), restores the
     canonical's data, and leaves registry and snapshot byte-identical."""
     from ccci_tasks.tasks import quick_run
 
@@ -151,6 +152,8 @@ def test_quick_run_with_a_bad_ref_restores_known_good(
     elapsed = time.monotonic() - started
     assert report.verdict == "fail", report.reason
     assert "9.9-missing" in (report.reason or "")
+    assert "timed out" not in (report.reason or ""), report.reason
+    print(f"\na quick run of a missing image ended {report.verdict} in {elapsed:.1f} s")
     assert elapsed < 120, f"a missing image must fail fast, took {elapsed:.0f} s"
     assert _fingerprint(state) == before
     assert _services(swarm, "warm") == []

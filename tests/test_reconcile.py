@@ -7,6 +7,7 @@ brings back (``keep_tags_upto``), so every scenario is "the newest tag is now X"
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -148,6 +149,31 @@ def data_dir(swarm: Any, app: str) -> Path:
     return Path(volume.attrs["Mountpoint"])
 
 
+class FileWatch:
+    """Polls ``path`` every 50 ms in a thread (with ``with``); ``seen`` is its content the
+    first time it existed with some, None if it never did."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while self.seen is None and not self._stop.is_set():
+            with contextlib.suppress(OSError):  # empty: created, not yet written
+                self.seen = self.path.read_text() or None
+            time.sleep(0.05)
+
+    def __enter__(self) -> FileWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def alerts_of(kind: str, app: str) -> list[Any]:
     from ccci_tasks.state import alerts
 
@@ -223,19 +249,25 @@ def test_flagged_minor_and_major_bumps_are_held(
 def test_broken_upgrade_is_rolled_back_with_its_data(
     infra: Infra, swarm: Any, broken: str
 ) -> None:
-    """The newest keycloak writes into its volume, then fails its health gate (or crash-loops
-    at deploy): exit 1, rolled-back; keycloak runs last_good again; the marker written before
-    is there and what the broken version wrote is gone; alert rolled-back, recovered true."""
+    """The newest keycloak writes into its volume (seen there while it runs), then fails its
+    health gate (or crash-loops at deploy): exit 1, rolled-back; keycloak runs last_good
+    again; the marker written before is there and what the broken version wrote is gone;
+    alert rolled-back, recovered true."""
     newest(infra, "keycloak", KC_PATCH)
     subprocess.run([*GIT, "-C", str(infra.recipes / "keycloak"), "tag", broken,
                     _tag_commit(infra.examples / "keycloak", broken)], check=True,
                    capture_output=True)
-    code, report = ccci("reconcile", "keycloak", "--wait", "--json")
+    written = "broken.txt" if broken == KC_BROKEN else "crashed.txt"
+    data = data_dir(swarm, "keycloak")
+    assert not (data / written).exists()
+    with FileWatch(data / written) as watch:
+        code, report = ccci("reconcile", "keycloak", "--wait", "--json")
+    assert watch.seen == f"written by keycloak {broken}\n", "the broken version wrote nothing"
     assert code == 1, report
     assert (report["verdict"], report["outcome"]) == ("fail", "rolled-back")
     assert [s["name"] for s in report["steps"] if s["undo"]] == ["rollback", "rollback_record"]
     assert running_version(swarm, "keycloak") == KC_PATCH
-    data = data_dir(swarm, "keycloak")
+    assert data_dir(swarm, "keycloak") == data
     assert (data / "marker.txt").is_file()
     assert not (data / "broken.txt").exists() and not (data / "crashed.txt").exists()
     recorded = infra_state("keycloak")
@@ -294,11 +326,13 @@ def test_app_running_without_its_env_file_is_held_untouched(infra: Infra, swarm:
 
 def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: Any) -> None:
     """SIGKILL the infra worker in the middle of a stateful reconcile (the new version
-    deployed and writing): after a restart and the janitor, keycloak runs last_good with its
-    data."""
+    deployed and its file seen written on the volume): after a restart and the janitor,
+    keycloak runs last_good with its data, and the broken version's file is gone."""
     from ccci_tasks.tasks.infra import warm_reconcile
 
     newest(infra, "keycloak", KC_BROKEN)
+    data = data_dir(swarm, "keycloak")
+    assert not (data / "broken.txt").exists()
     run_id = warm_reconcile.delay("keycloak").id
 
     def at_health() -> Any:
@@ -309,7 +343,9 @@ def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: Any) -> None:
             else None
 
     wait_until(at_health, 120, "the reconcile's health gate", poll_s=0.1)
-    time.sleep(2)
+    wait_until(lambda: (data / "broken.txt").is_file(), 60,
+               f"{KC_BROKEN} to write broken.txt into the volume", poll_s=0.05)
+    assert (data / "broken.txt").read_text() == f"written by keycloak {KC_BROKEN}\n"
     infra.workers.kill("infra")
     infra.workers.start("infra")
     infra.workers.wait_ready(("infra",))
@@ -327,7 +363,7 @@ def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: Any) -> None:
     assert dead.verdict == "error" and "crashed" in (dead.reason or "")
     # The infra worker reconciles on start: let that attempt (rolled back too) finish.
     wait_until(lambda: all(r.finished for r in reconciles()), 180, "every reconcile to end")
-    data = data_dir(swarm, "keycloak")
+    assert data_dir(swarm, "keycloak") == data
     assert (data / "marker.txt").is_file() and not (data / "broken.txt").exists()
     assert running_version(swarm, "keycloak") == KC_PATCH
 

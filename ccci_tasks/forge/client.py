@@ -20,7 +20,7 @@ import httpx
 from pydantic import SecretStr
 
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import ConfigError, ForgeError, InvalidInput
+from ccci_tasks.errors import ConfigError, ForgeAccessError, ForgeError, InvalidInput
 
 __all__ = ["DEFAULT_TIMEOUT_S", "STATUS_STATES", "ForgeClient", "PullRequest", "forge_configured"]
 
@@ -79,13 +79,25 @@ def validate_forge_url(url: object) -> str:
 
 @dataclass(frozen=True)
 class PullRequest:
-    """What the bridge needs of ``GET /repos/{owner}/{repo}/pulls/{n}``."""
+    """What the bridge needs of ``GET /repos/{owner}/{repo}/pulls/{n}``.
+
+    The head is fetched from the base repository: Gitea and Forgejo keep every PR's head
+    there as ``refs/pull/<n>/head`` (same-repository branch, fork, deleted fork, AGit flow).
+    ``head_ref`` is informative only: the head branch, or ``refs/pull/<n>/head`` itself for an
+    AGit PR or one whose branch is gone. ``head_clone_url`` is None when the fork is gone.
+    """
 
     number: int
     state: str  # "open" or "closed"
     head_sha: str
-    head_ref: str  # the branch in the head repository
-    clone_url: str | None  # the head repository's http(s) clone URL; None if it is gone
+    head_ref: str
+    base_clone_url: str  # the base repository's http(s) clone URL: where the head is fetched
+    head_clone_url: str | None = None
+
+    @property
+    def head_git_ref(self) -> str:
+        """Where the base repository keeps this PR's head."""
+        return f"refs/pull/{self.number}/head"
 
 
 class ForgeClient:
@@ -175,36 +187,60 @@ class ForgeClient:
     # --- API ----------------------------------------------------------------------------
 
     def pull(self, owner: str, repo: str, number: int) -> PullRequest:
-        """The pull request ``number`` of ``owner/repo``: state and head."""
+        """The pull request ``number`` of ``owner/repo``: state, head sha, base clone URL."""
         path = f"{self._repo_path(owner, repo)}/pulls/{_number(number)}"
         data = self._request("GET", path)
         try:
-            head = data["head"]
-            head_repo = head.get("repo") or None
-            clone_url = head_repo.get("clone_url") if isinstance(head_repo, dict) else None
+            head, base = data["head"], data["base"]
+            head_repo = head.get("repo")
+            head_url = head_repo.get("clone_url") if isinstance(head_repo, dict) else None
             return PullRequest(
                 number=int(data["number"]),
                 state=str(data["state"]),
                 head_sha=str(head["sha"]),
-                head_ref=str(head["ref"]),
-                clone_url=str(clone_url) if clone_url else None,
+                head_ref=str(head.get("ref") or ""),
+                base_clone_url=str(base["repo"]["clone_url"]),
+                head_clone_url=str(head_url) if head_url else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ForgeError(
-                f"GET {self.api_url}{path}: the pull request has no head sha/ref or state "
-                f"({type(exc).__name__}: {exc}); is this a Gitea/Forgejo API?"
+                f"GET {self.api_url}{path}: the pull request has no state, head sha or base "
+                f"repository clone URL ({type(exc).__name__}: {exc}); is this a "
+                "Gitea/Forgejo API?"
             ) from exc
 
+    def repo_visible(self, owner: str, repo: str) -> bool:
+        """True when the token can read ``owner/repo`` (Gitea answers 404 when it cannot)."""
+        try:
+            self._request("GET", self._repo_path(owner, repo))
+        except ForgeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     def permission(self, owner: str, repo: str, user: str) -> str:
-        """The user's permission on ``owner/repo`` (``none`` for an unknown user)."""
+        """The user's permission on ``owner/repo`` (``none`` for a user the forge does not know).
+
+        Gitea answers this endpoint 404 both for an unknown user and for a repository the
+        token cannot see; a second request tells them apart. The latter is a
+        ``ForgeAccessError``: the token is misconfigured, which no polite refusal should hide.
+        """
         path = (f"{self._repo_path(owner, repo)}/collaborators/"
                 f"{quote(validate_name('user', user), safe='')}/permission")
         try:
             data = self._request("GET", path)
         except ForgeError as exc:
-            if exc.status == 404:  # Gitea answers 404 for a user that does not exist
-                return "none"
-            raise
+            if exc.status != 404:
+                raise
+            if not self.repo_visible(owner, repo):
+                raise ForgeAccessError(
+                    f"GET {self.api_url}{path}: the forge answered 404 and the token cannot "
+                    f"see {owner}/{repo}: give the user of CCCI_FORGE_TOKEN read access to the "
+                    f"repository (or the organisation), or check CCCI_FORGE_OWNER",
+                    status=404,
+                ) from exc
+            return "none"  # the repository is visible: the user does not exist
         permission = data.get("permission") if isinstance(data, dict) else None
         if not isinstance(permission, str):
             raise ForgeError(f"GET {self.api_url}{path}: no 'permission' in the answer")

@@ -1,7 +1,9 @@
 """What a forge webhook delivery means: signature check and a pure decision.
 
 ``signature_ok`` checks the hex HMAC-SHA256 of the raw body (header ``X-Gitea-Signature`` or
-``X-Forgejo-Signature``, no prefix, as Gitea sends it) in constant time. ``decide`` turns a
+``X-Forgejo-Signature``, no prefix, as Gitea sends it) in constant time. ``form_payload``
+reads the JSON out of a form-encoded delivery (Gitea's other content type, body
+``payload=<json>``; the signature is then over that JSON, not over the body). ``decide`` turns a
 signed delivery into a ``Trigger`` (a ``!testme`` / ``!testme --quick`` comment, just created,
 on a pull request of ``<owner>/<recipe>`` where the recipe is in the catalogue) or an
 ``Ignored`` with the reason. Nothing here does I/O except asking ``in_catalogue``.
@@ -16,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import parse_qs
 
 from ccci_tasks.bridge import Trigger as Lane
 from ccci_tasks.bridge import parse_comment
@@ -30,6 +33,7 @@ __all__ = [
     "Trigger",
     "decide",
     "delivery_id",
+    "form_payload",
     "sign",
     "signature_ok",
 ]
@@ -38,6 +42,7 @@ SIGNATURE_HEADERS: Final = ("x-forgejo-signature", "x-gitea-signature")
 EVENT_HEADERS: Final = ("x-forgejo-event", "x-gitea-event")
 DELIVERY_HEADERS: Final = ("x-forgejo-delivery", "x-gitea-delivery")
 COMMENT_EVENT: Final = "issue_comment"
+FORM_TYPE: Final = "application/x-www-form-urlencoded"
 _DELIVERY_RE: Final = re.compile(r"[A-Za-z0-9-]{1,100}")
 _LOGIN_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
@@ -87,6 +92,22 @@ def signature_ok(secret: bytes, body: bytes, headers: Mapping[str, str]) -> bool
         hmac.compare_digest(expected, value.strip().lower().encode("utf-8", "replace"))
         for value in given
     )
+
+
+def form_payload(headers: Mapping[str, str], body: bytes) -> bytes | None:
+    """The ``payload`` field of a form-encoded delivery (what Gitea signs), else None.
+
+    An empty ``b""`` when the body is form-encoded but has no single ``payload`` field.
+    """
+    ctype = _first(headers, ("content-type",)) or ""
+    if ctype.split(";", 1)[0].strip().lower() != FORM_TYPE:
+        return None
+    try:
+        fields = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return b""
+    values = fields.get("payload", [])
+    return values[0].encode("utf-8") if len(values) == 1 else b""
 
 
 def event_of(headers: Mapping[str, str]) -> str | None:

@@ -9,9 +9,14 @@ They never raise: a problem is logged and the run goes on.
   quick or cold run whose ref resolves to a commit of its recipe's catalogue repository
   (a branch is resolved to its sha once, when queued). ``pending`` when queued, then one of
   ``success``/``failure``/``error`` on ``<owner>/<recipe>`` at that sha, context ``ccci/<lane>``.
+  Every status carries ``target_url``, the run's page (``<CCCI_PUBLIC_URL>/runs/<run_id>``).
+* The verdict comment: a run started from a PR (``remember_pull``, by the trigger) that ends
+  ``fail`` or ``error`` leaves one comment on that PR: verdict, failing step, the last 40
+  lines of its output, the link (outbox key ``<run_id>-verdict``, so exactly once).
 * The finish notification: only when CCCI_NOTIFY_URLS is set, for every finished run.
 
-Both hooks are idempotent (outbox keys ``<run_id>-pending``, ``-final``, ``-notify``), so
+Both hooks are idempotent (outbox keys ``<run_id>-pending``, ``-final``, ``-verdict``,
+``-notify``), so
 calling them again is harmless. A queued run is remembered in ``<state>/forge/watch/`` until
 its final status is written: ``sweep_watched`` (beat) calls ``run_finished`` for a watched
 run that has a verdict, should the hook call itself have been lost with a worker.
@@ -26,18 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ccci_tasks import redact
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError
 from ccci_tasks.forge import messages, outbox
-from ccci_tasks.forge.client import forge_configured
+from ccci_tasks.forge.client import forge_configured, validate_name
 from ccci_tasks.naming import validate_run_id
 from ccci_tasks.platform.recipes import RecipeRepo
-from ccci_tasks.state import atomic
-from ccci_tasks.state.reports import RunReport, load_report
+from ccci_tasks.state import atomic, outputs
+from ccci_tasks.state.reports import RunReport, failing_step, load_report
 
 log = logging.getLogger(__name__)
 
 WATCH_DIR: Final = "watch"
+PULLS_DIR: Final = "pulls"
+RED_VERDICTS: Final = ("fail", "error")
 STATUS_LANES: Final = ("quick", "cold")
 WATCH_MAX_AGE_S: Final = 14 * 24 * 3600  # a watched run without a report this old is dropped
 
@@ -117,6 +125,54 @@ def watched(state_dir: Path) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.json") if not p.name.startswith("."))
 
 
+# --- the pull request of a run ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PullRef:
+    """The pull request a run was started from (its comment stream)."""
+
+    owner: str
+    repo: str
+    number: int
+
+    @property
+    def stream(self) -> str:
+        return f"comment:{self.owner}/{self.repo}#{self.number}"
+
+
+def _pull_path(state_dir: Path, run_id: str) -> Path:
+    return outbox.forge_dir(state_dir) / PULLS_DIR / f"{validate_run_id(run_id)}.json"
+
+
+def remember_pull(state_dir: Path, run_id: str, owner: str, repo: str, number: int) -> None:
+    """Record that run ``run_id`` runs for PR ``owner/repo#number`` (before it is enqueued)."""
+    atomic.write_json(_pull_path(state_dir, run_id),
+                      {"owner": owner, "repo": repo, "number": number})
+
+
+def pull_of(state_dir: Path, run_id: str) -> PullRef | None:
+    try:
+        data = json.loads(_pull_path(state_dir, run_id).read_text(encoding="utf-8"))
+        return PullRef(validate_name("owner", data["owner"]),
+                       validate_name("repository", data["repo"]), int(data["number"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def verdict_comment_body(settings: Settings, report: RunReport) -> str:
+    """The red run's comment: its failing step and the end of that step's kept output."""
+    index = failing_step(report)
+    step = report.steps[index] if index is not None else None
+    tail = ""
+    if step is not None:
+        text = outputs.read(settings.state_dir, report.run_id, step) or step.detail
+        tail = "\n".join(text.rstrip("\n").splitlines()[-messages.FAILURE_TAIL_LINES:])
+    body = messages.verdict_comment(report, step.name if step else None, tail,
+                                    settings.run_url(report.run_id))
+    return redact.for_settings(settings).text(body)
+
+
 # --- hooks ----------------------------------------------------------------------------
 
 
@@ -151,6 +207,7 @@ def _queued(settings: Settings, report: RunReport) -> list[str]:
     outbox.put(state, f"{report.run_id}-pending", "status", target.stream, {
         **target.to_json(), "state": "pending",
         "description": messages.pending_description(report), "run_id": report.run_id,
+        "target_url": settings.run_url(report.run_id),
     })
     return [target.stream]
 
@@ -162,19 +219,30 @@ def _finished(settings: Settings, report: RunReport) -> list[str]:
     state = settings.state_dir
     streams: list[str] = []
     target = status_target(settings, report)
+    secrets = redact.for_settings(settings)
     if target is not None:
         outbox.put(state, f"{report.run_id}-final", "status", target.stream, {
             **target.to_json(), "state": messages.final_state(report),
-            "description": messages.final_description(report), "run_id": report.run_id,
+            "description": secrets.text(messages.final_description(report)),
+            "run_id": report.run_id, "target_url": settings.run_url(report.run_id),
         })
         streams.append(target.stream)
+    pull = pull_of(state, report.run_id)
+    if pull is not None and report.verdict in RED_VERDICTS:
+        outbox.put(state, f"{report.run_id}-verdict", "comment", pull.stream, {
+            "owner": pull.owner, "repo": pull.repo, "number": pull.number,
+            "body": verdict_comment_body(settings, report), "run_id": report.run_id,
+        })
+        streams.append(pull.stream)
     if settings.notify_url_list():
         title, body = messages.notification(report)
         stream = f"notify:{report.run_id}"
         outbox.put(state, f"{report.run_id}-notify", "notify", stream,
-                   {"title": title, "body": body, "run_id": report.run_id})
+                   {"title": secrets.text(title), "body": secrets.text(body),
+                    "run_id": report.run_id})
         streams.append(stream)
     _watch_path(state, report.run_id).unlink(missing_ok=True)
+    _pull_path(state, report.run_id).unlink(missing_ok=True)
     return streams
 
 

@@ -7,6 +7,7 @@ duration and its reason, shortened to fit ``MAX_DESCRIPTION`` characters.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 from ccci_tasks.state.reports import RunReport
@@ -119,3 +120,39 @@ def failed_comment(lane: str, why: str) -> str:
         f"Could not start the {lane} run: {shorten(why, 500)}\n\n"
         "Please comment again once this is fixed."
     )
+
+
+FAILURE_TAIL_LINES: Final = 40
+MAX_COMMENT_REASON: Final = 1000
+
+
+def _fence(text: str) -> str:
+    """A code fence longer than any backtick run in ``text`` (it cannot close early)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def verdict_comment(report: RunReport, failing_step: str | None, tail: str, url: str) -> str:
+    """The one PR comment of a red run: verdict, failing step, the end of its output in a
+    collapsed ``<details>`` block, and the link to the run's page (Markdown)."""
+    seconds = duration_s(report)
+    head = f"**ccci: {report.lane} run {WORD_OF_VERDICT[report.verdict or 'error']}**"
+    if report.ref:
+        head += f" at `{report.ref[:12]}`"
+    if seconds is not None:
+        head += f" after {human_duration(seconds)}"
+    lines = [head, ""]
+    reason = shorten(report.reason or "", MAX_COMMENT_REASON)
+    if reason:
+        lines += [f"Reason: {reason}", ""]
+    if failing_step is not None:
+        lines += [f"Failing step: `{failing_step}`", ""]
+        if tail.strip():
+            fence = _fence(tail)
+            lines += ["<details>",
+                      f"<summary>The last {FAILURE_TAIL_LINES} lines of its output</summary>",
+                      "", fence, tail.rstrip("\n"), fence, "", "</details>", ""]
+    else:
+        lines += ["No step failed: the run ended before or between its steps.", ""]
+    lines.append(f"Run page: {url}")
+    return "\n".join(lines) + "\n"

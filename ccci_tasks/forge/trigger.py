@@ -1,9 +1,12 @@
 """Acting on a ``!testme`` trigger (the alerts worker runs this, not the webhook).
 
 ``act`` asks the forge whether the commenter has write access (no: a polite reply, nothing
-runs), reads the PR head, fetches it into the recipe catalogue as ``refs/pull/<n>/head``,
-enqueues the run at the full sha under the run id the webhook chose, and replies with that
-run id. Replies go through the outbox, so they reach the PR even after a forge outage.
+runs), reads the PR head, fetches ``refs/pull/<n>/head`` of the base repository into the
+recipe catalogue (with the forge token: the repository may be private), checks it is the
+head sha the forge reported, enqueues the run at that full sha under the run id the webhook
+chose, and replies with that run id. Replies go through the outbox, so they reach the PR even
+after a forge outage. A token that cannot see the repository (the forge's 404) is an error
+with an alert for the operator, not a refusal: nothing can be said on the PR then.
 
 Redelivery-safe: the run is published only if ``KEY_FORGE_ENQUEUED + run_id`` was not set yet
 (SET NX right before publishing), and the replies have fixed outbox keys. A crash between
@@ -22,17 +25,19 @@ import redis
 
 from ccci_tasks import constants as c
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import AppNotFound, BrokerError, InvalidInput
+from ccci_tasks.errors import AppNotFound, BrokerError, ForgeAccessError, InvalidInput
 from ccci_tasks.forge import messages, outbox
 from ccci_tasks.forge.client import ForgeClient, validate_name, validate_sha
-from ccci_tasks.forge.hooks import catalogue_repo
-from ccci_tasks.naming import validate_recipe, validate_ref, validate_run_id
-from ccci_tasks.platform.recipes import validate_fetch_url
+from ccci_tasks.forge.hooks import catalogue_repo, remember_pull
+from ccci_tasks.naming import validate_recipe, validate_run_id
+from ccci_tasks.platform.recipes import HttpToken, validate_fetch_url
+from ccci_tasks.state.alerts import write_alert
 
 log = logging.getLogger(__name__)
 
 ENQUEUED_TTL_S: Final = 30 * 24 * 3600
-Outcome = Literal["enqueued", "refused", "closed", "failed"]
+Outcome = Literal["enqueued", "refused", "closed", "failed", "error"]
+ACCESS_ALERT: Final = "forge-access"
 # (lane, recipe, sha, run_id) -> None: publish the run's entry task.
 Enqueue = Callable[[str, str, str, str], None]
 
@@ -121,7 +126,11 @@ def act(
     enqueue: Enqueue,
 ) -> TriggerResult:
     """Check, fetch, enqueue, reply. ``ForgeError``/``PlatformError`` are worth a retry."""
-    if not forge.has_write(request.owner, request.recipe, request.user):
+    try:
+        may_write = forge.has_write(request.owner, request.recipe, request.user)
+    except ForgeAccessError as exc:
+        return no_access(settings, request, str(exc))
+    if not may_write:
         reply(settings, request, "refused",
               messages.refused_comment(request.user, request.owner, request.recipe))
         return TriggerResult("refused", f"{request.user} has no write access")
@@ -131,26 +140,44 @@ def act(
         return TriggerResult("closed", f"pull request #{request.number} is {pull.state}")
     try:
         sha = validate_sha(pull.head_sha)
-        branch = validate_ref(pull.head_ref)
-        if pull.clone_url is None:
-            raise InvalidInput("the pull request's head repository is gone")
-        url = validate_fetch_url(pull.clone_url)
+        url = validate_fetch_url(pull.base_clone_url)
+        auth = fetch_token(settings)
     except InvalidInput as exc:
         return failed(settings, request, f"the forge reported an unusable PR head: {exc}")
     repo = catalogue_repo(settings, request.recipe)
     if repo is None:
         return failed(settings, request, f"recipe {request.recipe} left the recipe catalogue")
     try:
-        repo.fetch(url, f"refs/heads/{branch}", f"refs/pull/{request.number}/head", sha)
+        repo.fetch(url, pull.head_git_ref, pull.head_git_ref, sha, auth=auth)
     except (InvalidInput, AppNotFound) as exc:
         return failed(settings, request, f"cannot fetch the PR head: {exc}")
     # PlatformError (git failed, timed out, the branch moved): the caller retries.
+    remember_pull(settings.state_dir, request.run_id, request.owner, request.recipe,
+                  request.number)  # before the run exists: its verdict comment needs it
     _publish_once(client, request, sha, enqueue)
     reply(settings, request, "queued",
           messages.queued_comment(request.lane, request.recipe, sha, request.run_id))
     log.info("PR %s/%s#%d: %s run %s queued at %s for %s", request.owner, request.recipe,
              request.number, request.lane, request.run_id, sha, request.user)
     return TriggerResult("enqueued", f"{request.lane} run {request.run_id}", sha)
+
+
+def fetch_token(settings: Settings) -> HttpToken | None:
+    """The forge token, for git URLs under CCCI_FORGE_URL only (None without one)."""
+    if settings.forge_url is None or settings.forge_token is None:
+        return None
+    return HttpToken(settings.forge_url.rstrip("/") + "/", settings.forge_token)
+
+
+def no_access(settings: Settings, request: TriggerRequest, why: str) -> TriggerResult:
+    """The token cannot see the repository: an alert for the operator, no run, no reply
+    (the PR cannot be reached with this token either)."""
+    log.error("PR %s/%s#%d: %s run not started: %s", request.owner, request.recipe,
+              request.number, request.lane, why)
+    write_alert(settings.state_dir, ACCESS_ALERT, request.recipe,
+                f"the forge token cannot see {request.owner}/{request.recipe}: '!testme' by "
+                f"{request.user} on #{request.number} started nothing", why)
+    return TriggerResult("error", why)
 
 
 def failed(settings: Settings, request: TriggerRequest, why: str) -> TriggerResult:
@@ -161,4 +188,5 @@ def failed(settings: Settings, request: TriggerRequest, why: str) -> TriggerResu
     return TriggerResult("failed", why)
 
 
-__all__ = ["Enqueue", "TriggerRequest", "TriggerResult", "act", "failed", "reply"]
+__all__ = ["Enqueue", "TriggerRequest", "TriggerResult", "act", "failed", "fetch_token",
+           "no_access", "reply"]

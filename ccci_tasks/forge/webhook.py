@@ -1,7 +1,8 @@
 """``ccci bridge serve``: the forge webhook endpoint, ``POST /hooks/forge`` (tornado).
 
 Inline, in a thread and bounded to ``ANSWER_BUDGET_S`` (the forge gets an answer within 5 s,
-always): the HMAC signature (401 when wrong or missing), the pure ``events.decide``
+always): the HMAC signature (401 when wrong or missing), a form-encoded delivery answered 400
+(the webhook must send ``application/json``), the pure ``events.decide``
 (2xx ``ignored: <why>`` for anything that is not a trigger), the delivery id recorded in
 Redis with SET NX (a redelivery answers 200 ``duplicate``), and the publication of one
 ``ccci.alerts.forge_trigger`` task. Everything that talks to the forge or to git (the
@@ -112,9 +113,15 @@ class Bridge:
         return (self.settings.recipes_dir / recipe / ".git").exists()
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> Answer:
-        if not events.signature_ok(self._secret, body, headers):
+        form = events.form_payload(headers, body)
+        if not events.signature_ok(self._secret, body if form is None else form, headers):
             log.warning("webhook refused: missing or wrong signature")
             return Answer(401, "bad signature: expected the hex HMAC-SHA256 of the body")
+        if form is not None:
+            log.warning("webhook refused: form-encoded; the forge's webhook must send JSON")
+            return Answer(400, f"unsupported content type {events.FORM_TYPE}: set the "
+                               "webhook's content type to application/json in the forge's "
+                               "webhook settings; nothing was enqueued")
         decision = events.decide(events.event_of(headers), body, self.owner, self.in_catalogue)
         if isinstance(decision, events.Ignored):
             log.info("webhook ignored: %s", decision.why)
@@ -176,9 +183,12 @@ class HealthHandler(tornado.web.RequestHandler):
 
 
 def make_app(bridge: Bridge, executor: ThreadPoolExecutor) -> tornado.web.Application:
+    from ccci_tasks import web
+
     handlers: list[Any] = [
         (HOOK_PATH, HookHandler, {"bridge": bridge, "executor": executor}),
         ("/healthz", HealthHandler),
+        *web.handlers(bridge.settings, executor),  # run pages and metrics (R14)
     ]
     return tornado.web.Application(handlers)
 
@@ -196,7 +206,8 @@ async def _serve(bridge: Bridge, host: str, port: int, ready: Callable[[], None]
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info("bridge: forge webhooks at http://%s:%d%s", host, port, HOOK_PATH)
+        log.info("bridge: forge webhooks at http://%s:%d%s, run pages at %s/runs", host, port,
+                 HOOK_PATH, bridge.settings.public_base_url)
         if ready is not None:
             ready()
         await stop.wait()

@@ -173,12 +173,24 @@ def run_overlay(env: StepEnv, ctx: RunCtx, op: str) -> str:
         done = run(argv, timeout_s=OVERLAY_TIMEOUT_S, text=True, cwd=test_file.parent,
                    env=child_env, check=False)
     except WaitTimeout as exc:
+        env.output.section(f"test_{op}.py (pytest, cut off)", str(exc))
         raise RunFailed(f"test_{op}.py did not finish within {OVERLAY_TIMEOUT_S} s") from exc
+    printed = done.stdout + (f"\n{done.stderr}" if done.stderr.strip() else "")
+    env.output.section(f"test_{op}.py (pytest, exit {done.returncode})", printed)
     summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
     if done.returncode != 0:
-        tail = " | ".join(done.stdout.strip().splitlines()[-8:])
-        raise RunFailed(f"test_{op}.py failed (exit {done.returncode}): {tail}")
+        raise RunFailed(f"test_{op}.py failed (exit {done.returncode}): "
+                        f"{failure_summary(done.stdout)}")
     return f"test_{op}.py: {summary}"
+
+
+def failure_summary(printed: str) -> str:
+    """What a red pytest run says in short: its ``FAILED``/``ERROR`` lines and its last line
+    (the whole output is the step's output); its last 8 lines when it has no such line."""
+    lines = [line.strip() for line in printed.strip().splitlines() if line.strip()]
+    named = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    picked = named[:5] + lines[-1:] if named else lines[-8:]
+    return " | ".join(picked) or "(no output)"
 
 
 def overlay_install(env: StepEnv, ctx: RunCtx) -> str:

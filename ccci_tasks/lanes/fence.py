@@ -126,5 +126,8 @@ class FencedPlatform:
     def base_url(self, domain: str) -> str:
         return self.inner.base_url(domain)
 
+    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+        return self.inner.service_logs(domain, tail)
+
     def secret_values(self, domain: str) -> list[str]:
         return self.inner.secret_values(domain)

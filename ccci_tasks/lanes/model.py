@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ccci_tasks import naming
 from ccci_tasks.errors import InvalidInput
+from ccci_tasks.state.outputs import StepOutput
 
 if TYPE_CHECKING:
     from ccci_tasks.config import Settings
@@ -123,13 +124,15 @@ class RunSkipped(Exception):
 
 @dataclass(frozen=True)
 class StepEnv:
-    """What a step acts through. ``platform`` is fenced: every mutation checks the lease."""
+    """What a step acts through. ``platform`` is fenced: every mutation checks the lease.
+    ``output`` takes what the step wants kept as its output (e.g. an overlay's pytest run)."""
 
     settings: Settings
     platform: Platform
     fence: Fence
     meta: RecipeMeta
     repo: RecipeRepo | None
+    output: StepOutput = field(default_factory=StepOutput)
 
 
 StepFn = Callable[[StepEnv, RunCtx], "str | Outcome | Park"]

@@ -16,6 +16,7 @@ The runner never asks which lane it runs: everything particular lives in the lan
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import threading
 import time
@@ -26,19 +27,21 @@ from typing import Any
 from celery import Task, chain
 
 from ccci_tasks import constants as c
-from ccci_tasks import hooks, naming
+from ccci_tasks import hooks, naming, redact
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError, LeaseLost, PlatformError
 from ccci_tasks.lanes import get_lane
 from ccci_tasks.lanes.fence import Fence, FencedPlatform, journal_path
 from ccci_tasks.lanes.model import Failure, Lane, Outcome, Park, RunCtx, RunSkipped, StepEnv
 from ccci_tasks.lanes.recipes import recipe_repo
-from ccci_tasks.platform import get_platform
+from ccci_tasks.platform import Platform, get_platform
+from ccci_tasks.redact import Redactor
 from ccci_tasks.slots import RunSpec, Slots
-from ccci_tasks.state import reports
+from ccci_tasks.state import outputs, reports
 from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.meta import load_meta
+from ccci_tasks.state.outputs import StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,7 @@ def _safe_ref(value: object) -> bool:
 
 
 def _refuse(settings: Settings, run_id: str, lane: str, reason: str) -> Submitted:
+    reason = redact.for_settings(settings).text(reason)
     ended = reports.end_report(settings.state_dir, run_id, "error", reason)
     if ended is not None:
         hooks.run_finished(settings, ended)
@@ -258,6 +262,7 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
         task.send_event(c.STEP_EVENT, run_id=ctx.run_id, step=name, lane=ctx.lane,
                         recipe=ctx.recipe, domain=ctx.domain, undo=undo)
     result: str | Outcome | Park
+    output = StepOutput()
     try:
         with slots.keep_alive(ctx.run_id, ctx.token, on_lost=_interrupter()):
             if deliveries > settings.poison_max_deliveries:
@@ -265,8 +270,14 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
                     f"step {name} was delivered {deliveries - 1} times and each delivery "
                     "ended with its worker killed (out of memory? a crash?); giving up"
                 )
-            env = _env(settings, lane, ctx, fence)
-            result = lane.function(name)(env, ctx)
+            env = _env(settings, lane, ctx, fence, output)
+            try:
+                result = lane.function(name)(env, ctx)
+            except LeaseLost:
+                raise
+            except Exception:
+                _stack_logs(env.platform, ctx, output)
+                raise
     except LeaseLost as exc:
         log.warning("run %s step %s stopped: %s", ctx.run_id, name, exc)
         _stop_chain(task)
@@ -275,19 +286,26 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
         if not fence.renew():  # lost meanwhile: nothing more from this step
             _stop_chain(task)
             return {"step": name, "stopped": "the run lost its lease; the janitor cleans up"}
+        redactor = run_redactor(settings, ctx.domain, ctx.recipe)
+        problem = redactor.text(str(exc))
+        _keep_output(settings, ctx, name, task.request.id, undo, output, problem, redactor)
         reports.record_step(state, ctx.run_id, name, task.request.id, started_at,
-                            time.monotonic() - t0, False, str(exc), undo=undo)
+                            time.monotonic() - t0, False, problem, undo=undo)
         if undo:  # every undo step is attempted: note the problem, go on
-            log.error("run %s: undo step %s failed: %s", ctx.run_id, name, exc)
+            log.error("run %s: undo step %s failed: %s", ctx.run_id, name, problem)
             _after_undo_step(settings, lane, ctx, name)
-            return {"step": name, "problem": str(exc)}
+            return {"step": name, "problem": problem}
         _stop_chain(task)
-        _start_undo(settings, lane, ctx, lane.failure(ctx, name, exc))
-        raise
+        failure = lane.failure(ctx, name, exc)
+        _start_undo(settings, lane, ctx,
+                    dataclasses.replace(failure, reason=redactor.text(failure.reason)))
+        raise StepFailed(f"step {name} failed: {problem}") from None
     if not fence.renew():
         _stop_chain(task)
         return {"step": name, "stopped": "the run lost its lease; the janitor cleans up"}
-    detail = result if isinstance(result, str) else result.detail
+    redactor = run_redactor(settings, ctx.domain, ctx.recipe)
+    detail = redactor.text(result if isinstance(result, str) else result.detail)
+    _keep_output(settings, ctx, name, task.request.id, undo, output, detail, redactor)
     reports.record_step(state, ctx.run_id, name, task.request.id, started_at,
                         time.monotonic() - t0, True, detail, undo=undo)
     if isinstance(result, Park):
@@ -307,10 +325,60 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
     return {"step": name, "detail": detail}
 
 
-def _env(settings: Settings, lane: Lane, ctx: RunCtx, fence: Fence) -> StepEnv:
+def _env(settings: Settings, lane: Lane, ctx: RunCtx, fence: Fence,
+         output: StepOutput) -> StepEnv:
     platform = FencedPlatform(get_platform(settings, run_id=ctx.run_id), fence)
     repo = recipe_repo(settings, ctx.recipe) if lane.needs_repo else None
-    return StepEnv(settings, platform, fence, load_meta(settings.tests_dir, ctx.recipe), repo)
+    return StepEnv(settings, platform, fence, load_meta(settings.tests_dir, ctx.recipe), repo,
+                   output)
+
+
+# ----------------------------------------------------------------------------- output
+
+STACK_LOG_LINES = 100
+
+
+class StepFailed(CcciError):
+    """A step failed (its Celery task ends FAILURE with this, redacted, message)."""
+
+
+def run_redactor(settings: Settings, domain: str | None, recipe: str | None) -> Redactor:
+    """The settings' secrets and the generated secrets of the run's app and of its recipe's
+    canonical."""
+    domains = [domain]
+    if recipe is not None and _safe_name(recipe):
+        domains.append(naming.warm_domain(recipe, settings.base_domain))
+    try:
+        platform = get_platform(settings)
+    except CcciError as exc:
+        log.warning("no platform to read app secrets from: %s", exc)
+        return redact.for_settings(settings)
+    return redact.for_run(settings, platform, domains)
+
+
+def _stack_logs(platform: Platform, ctx: RunCtx, output: StepOutput) -> None:
+    """A failed step keeps the last log lines of every service of its stack."""
+    if ctx.domain is None:
+        return
+    try:
+        logs = platform.service_logs(ctx.domain, STACK_LOG_LINES)
+    except Exception as exc:  # the step's own failure matters more
+        output.section(f"service logs of {ctx.domain}", f"unavailable: {exc}", first=True)
+        return
+    if not logs:
+        output.section(f"service logs of {ctx.domain}", "no service is deployed", first=True)
+    for service, text in reversed(logs.items()):
+        output.section(f"{service}: last {STACK_LOG_LINES} log lines", text or "(no output)",
+                       first=True)
+
+
+def _keep_output(settings: Settings, ctx: RunCtx, name: str, task_id: str | None, undo: bool,
+                 output: StepOutput, detail: str, redactor: Redactor) -> None:
+    output.section("result", detail)
+    try:
+        outputs.keep(settings.state_dir, ctx.run_id, name, task_id, undo, output, redactor)
+    except (OSError, ValueError) as exc:
+        log.warning("run %s: the output of step %s is not kept: %s", ctx.run_id, name, exc)
 
 
 def _start_undo(settings: Settings, lane: Lane, ctx: RunCtx, failure: Failure) -> None:
@@ -385,6 +453,8 @@ def end_run(
     if report is not None and report.reason and not report.finished:
         # A note set at submission (e.g. "fell back to a full cold run") stays in front.
         reason = f"{report.reason}; {reason}" if reason else report.reason
+    if reason and report is not None:
+        reason = run_redactor(settings, report.domain, report.recipe).text(reason)
     ended = reports.end_report(state, run_id, verdict, reason) if report is not None else None
     slots = Slots.from_settings(settings)
     slots.release(run_id, token)

@@ -1,6 +1,9 @@
-"""The platform seam: ``get_platform`` picks the swarm or abra backend from settings."""
+"""The platform seam: ``get_platform`` picks the swarm or abra backend from settings;
+``run_finished`` (a run hook) lets it drop what it kept for one run alone."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from ccci_tasks.config import Settings
 from ccci_tasks.platform.base import (
@@ -14,6 +17,9 @@ from ccci_tasks.platform.base import (
     VolumeInfo,
 )
 
+if TYPE_CHECKING:
+    from ccci_tasks.state.reports import RunReport
+
 
 def get_platform(settings: Settings, run_id: str | None = None) -> Platform:
     """The configured platform. ``run_id`` gives the abra backend its own ABRA_DIR."""
@@ -26,6 +32,15 @@ def get_platform(settings: Settings, run_id: str | None = None) -> Platform:
     return SwarmPlatform(settings)
 
 
+def run_finished(settings: Settings, report: RunReport) -> None:
+    """A run ended: the abra backend deletes the run's own ABRA_DIR (its recipe checkouts);
+    the swarm backend keeps nothing per run."""
+    if settings.platform == "abra":
+        from ccci_tasks.platform.abra import discard_run_dir
+
+        discard_run_dir(settings, report.run_id)
+
+
 __all__ = [
     "AppInfo",
     "ContainerStop",
@@ -36,4 +51,5 @@ __all__ = [
     "StopReport",
     "VolumeInfo",
     "get_platform",
+    "run_finished",
 ]

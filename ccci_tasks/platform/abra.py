@@ -57,10 +57,18 @@ Flags: ``app new --server/--domain/--secrets``, ``app deploy --chaos/--force/
 (unverified) ``--no-input`` being accepted by every subcommand used (it is a global flag of
 current abra). Check all of these against ``abra app <cmd> --help`` of the abra in use.
 
-Secrets and logs: the subprocess gets ``ABRA_DIR``, ``PATH``, ``HOME``, ``GIT_TERMINAL_PROMPT=0``
-and the caller's ``extra_env`` only, never the worker's environment. Log lines carry the argv
-and ABRA_DIR, never the environment. ``app new --secrets`` prints generated secrets on stdout:
-stdout is never logged and never put into an error; ``CommandFailed`` carries argv and stderr.
+Environment: the subprocess gets ``ABRA_DIR``, ``PATH``, ``HOME``, ``GIT_TERMINAL_PROMPT=0``,
+``DOCKER_HOST`` = ``CCCI_DOCKER_HOST`` (abra deploys to the engine the system watches), the
+worker's ``DOCKER_CONTEXT`` and ``SSH_AUTH_SOCK`` when set (a remote server's docker context,
+the ssh agent that reaches it), and the caller's ``extra_env``; nothing else of the worker's
+environment. With both set, the docker client takes ``DOCKER_HOST`` over ``DOCKER_CONTEXT``.
+
+Run directories: ``<abra_root>/runs/<run_id>/`` is discarded when its run ends (the run
+hook ``platform.run_finished``); the shared ``servers/`` and ``catalogue/`` stay.
+
+Secrets and logs: log lines carry the argv and ABRA_DIR, never the environment. ``app new
+--secrets`` prints generated secrets on stdout: stdout is never logged and never put into an
+error; ``CommandFailed`` carries argv and stderr.
 
 Errors: a non-zero exit is ``CommandFailed(argv, rc, stderr)``; running out of time is
 ``WaitTimeout``; a binary that cannot be started is ``PlatformError``; an app without an env
@@ -104,6 +112,7 @@ from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, StopReport, V
 from ccci_tasks.platform.docker_state import DockerState, docker_client
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.platform.service_logs import stack_logs
 from ccci_tasks.platform.stops import stop_watched
 from ccci_tasks.proc import run
 from ccci_tasks.versions import is_version
@@ -121,6 +130,7 @@ __all__ = [
     "AbraPlatform",
     "chaos_checkout_plan",
     "deploy_argv",
+    "discard_run_dir",
     "env_file_recipe",
     "new_app_argv",
     "run_command",
@@ -137,6 +147,8 @@ GIT_TIMEOUT_S: Final = 120.0
 UNDEPLOY_WAIT_S: Final = 300.0
 KILL_POLL_S: Final = 0.1
 DEFAULT_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Taken from the worker's environment when set: how abra reaches a remote server.
+PASSED_THROUGH: Final = ("DOCKER_CONTEXT", "SSH_AUTH_SOCK")
 
 ENV_KIND: Final = "CCCI_KIND"
 ENV_RUN: Final = "CCCI_RUN"
@@ -310,17 +322,23 @@ def env_file_recipe(values: Mapping[str, str]) -> str | None:
 
 def subprocess_env(
     abra_dir: Path, extra: Mapping[str, str] | None = None,
-    parent: Mapping[str, str] | None = None,
+    parent: Mapping[str, str] | None = None, *, docker_host: str | None = None,
 ) -> dict[str, str]:
-    """The whole environment of an abra/git process: minimal, never the worker's."""
+    """The whole environment of an abra/git process: minimal, never the whole worker's.
+
+    ``ABRA_DIR`` and ``DOCKER_HOST`` (when given: ``CCCI_DOCKER_HOST``) win over ``extra``.
+    """
     parent = os.environ if parent is None else parent
     env = {
         "PATH": parent.get("PATH") or DEFAULT_PATH,
         "HOME": parent.get("HOME") or str(Path.home()),
         "GIT_TERMINAL_PROMPT": "0",
+        **{key: parent[key] for key in PASSED_THROUGH if parent.get(key)},
         **(extra or {}),
     }
     env["ABRA_DIR"] = str(abra_dir)
+    if docker_host is not None:
+        env["DOCKER_HOST"] = docker_host
     return env
 
 
@@ -360,8 +378,8 @@ def _succeeds(argv: Sequence[str], *, env: Mapping[str, str], timeout_s: float) 
 class AbraPlatform:
     """The ``Platform`` on a Co-op Cloud server, driven by ``abra``; state read via Docker.
 
-    ``extra_env`` is added to the minimal subprocess environment (e.g. ``SSH_AUTH_SOCK`` for
-    a remote server, or a test's settings for its stand-in abra); it is never logged.
+    ``extra_env`` is added to the minimal subprocess environment (e.g. a test's settings for
+    its stand-in abra); it is never logged.
     """
 
     def __init__(
@@ -399,7 +417,8 @@ class AbraPlatform:
     # --- running ----------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
-        return subprocess_env(self.abra_dir, self._extra_env)
+        return subprocess_env(self.abra_dir, self._extra_env,
+                              docker_host=self.settings.docker_host)
 
     def _abra(self, argv: list[str], timeout_s: float = ABRA_TIMEOUT_S) -> None:
         prepare_layout(self.layout)
@@ -593,6 +612,10 @@ class AbraPlatform:
         """``https://<domain>``: probes go through Traefik on the server."""
         return f"https://{validate_domain(domain)}"
 
+    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+        """Through Docker, like the rest of the state (``abra app logs`` follows)."""
+        return stack_logs(self.state.client, domain, tail)
+
     def _env_file_apps(self) -> list[AppInfo]:
         """Apps whose env file carries a valid ``CCCI_KIND`` (others are not ours)."""
         server_dir = self.layout.server_dir
@@ -633,3 +656,8 @@ class AbraPlatform:
             if link.is_symlink():
                 link.unlink()
         shutil.rmtree(abra_dir, ignore_errors=True)
+
+
+def discard_run_dir(settings: Settings, run_id: str) -> None:
+    """The run ``run_id`` ended: delete ``<abra_root>/runs/<run_id>/`` (nothing if absent)."""
+    AbraPlatform(settings, run_id=run_id).discard_run_dir()

@@ -234,7 +234,13 @@ class Platform(Protocol):
         """Where HTTP probes go for this app (loopback on the swarm platform)."""
         ...
 
+    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+        """The last ``tail`` log lines of every service of the app: ``{service: text}``,
+        oldest line first; ``{}`` when nothing is deployed. Reads only."""
+        ...
+
     def secret_values(self, domain: str) -> list[str]:
-        """The values of the secrets the platform generated for the app (none when it has
-        none or the platform cannot tell), so run output can be redacted. Never log them."""
+        """The values of the app's generated secrets, so that they can be redacted from
+        everything people read (reports, step output, pages); ``[]`` when it has none or
+        the platform cannot tell. Never log them."""
         ...

@@ -19,6 +19,7 @@ Errors: a missing repository, ref or version is ``AppNotFound``; git exiting non
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -26,9 +27,13 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
+
+from pydantic import SecretStr
 
 from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
 from ccci_tasks.naming import validate_recipe, validate_ref, validate_version
@@ -40,6 +45,7 @@ __all__ = [
     "DEFAULT_GIT_TIMEOUT_S",
     "NOTES_LOCATIONS",
     "SHORT_SHA_LEN",
+    "HttpToken",
     "RecipeRepo",
     "validate_fetch_url",
 ]
@@ -82,6 +88,35 @@ def validate_fetch_url(url: str) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class HttpToken:
+    """A forge token git sends to the URLs under ``url_prefix``, and to nothing else.
+
+    git gets it through its environment (``GIT_CONFIG_COUNT``/``_KEY_0``/``_VALUE_0``, git
+    2.31+) as ``http.<url_prefix>.extraHeader``, never on its command line, which any local
+    user can read in ``/proc/<pid>/cmdline``. The header is HTTP Basic with the token as the
+    user name and an empty password, which every Gitea and Forgejo version takes as a token
+    for git over HTTP. The url-scoped key keeps the token away from any other host, a
+    redirect's included.
+    """
+
+    url_prefix: str
+    token: SecretStr
+
+    def __post_init__(self) -> None:
+        validate_fetch_url(self.url_prefix)
+        if not self.url_prefix.endswith("/"):
+            object.__setattr__(self, "url_prefix", self.url_prefix + "/")
+
+    def env(self) -> dict[str, str]:
+        pair = f"{self.token.get_secret_value()}:".encode()
+        return {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": f"http.{self.url_prefix}.extraHeader",
+            "GIT_CONFIG_VALUE_0": "Authorization: Basic " + base64.b64encode(pair).decode(),
+        }
+
+
 def _validate_path(path: str) -> str:
     """A repository-relative file path: ``/``-separated, no ``.``/``..``, no option-like start."""
     ok = isinstance(path, str) and 0 < len(path) <= _MAX_PATH_LENGTH
@@ -118,21 +153,24 @@ class RecipeRepo:
             "recipe there or check CCCI_RECIPES_DIR"
         )
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+    def _run(
+        self, *args: str, extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run ``git -C <path> <args>``; returns whatever exit code git gave."""
         if not self.path.is_dir():
             raise self._missing()
         argv = ["git", "-C", str(self.path), *args]
-        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0"}
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0",
+               **(extra_env or {})}
         proc = run(argv, timeout_s=self.timeout_s, env=env, check=False,
                    hint="install git on the worker")
         if proc.returncode != 0 and b"not a git repository" in proc.stderr:
             raise self._missing()
         return proc
 
-    def _git(self, *args: str) -> bytes:
+    def _git(self, *args: str, extra_env: Mapping[str, str] | None = None) -> bytes:
         """Run git and return its stdout; a non-zero exit is ``CommandFailed``."""
-        proc = self._run(*args)
+        proc = self._run(*args, extra_env=extra_env)
         if proc.returncode != 0:
             argv = [str(a) for a in proc.args]
             raise CommandFailed(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
@@ -170,14 +208,16 @@ class RecipeRepo:
             )
         return sha
 
-    def fetch(self, url: str, source_ref: str, dest_ref: str, expect_sha: str) -> str:
+    def fetch(self, url: str, source_ref: str, dest_ref: str, expect_sha: str, *,
+              auth: HttpToken | None = None) -> str:
         """Fetch ``source_ref`` of the http(s) remote ``url`` into ``dest_ref`` and return its sha.
 
-        For a pull request: ``source_ref`` is the head branch (``refs/heads/<branch>``) of the
-        PR's head repository, ``dest_ref`` is ``refs/pull/<n>/head``. The fetched commit must
-        be ``expect_sha`` (the head the forge reported); if the branch has moved since,
-        ``PlatformError`` says so and ``dest_ref`` keeps whatever it pointed at before.
-        Tags are not fetched; nothing but ``dest_ref`` changes.
+        For a pull request: ``url`` is the base repository, ``source_ref`` and ``dest_ref``
+        are ``refs/pull/<n>/head`` (Gitea and Forgejo keep every PR's head there). The fetched
+        commit must be ``expect_sha`` (the head the forge reported); if the head has moved
+        since, ``PlatformError`` says so and ``dest_ref`` keeps whatever it pointed at before.
+        ``auth`` (a private repository) is sent only to URLs under its prefix. Tags are not
+        fetched; nothing but ``dest_ref`` changes.
         """
         validate_fetch_url(url)
         validate_ref(source_ref)
@@ -194,7 +234,8 @@ class RecipeRepo:
             )
         staging = f"refs/ccci-fetch/{os.getpid()}/{dest_ref.removeprefix('refs/')}"
         self._git(*_FETCH_PROTOCOLS, "fetch", "--quiet", "--no-tags", "--no-recurse-submodules",
-                  "--no-write-fetch-head", "--force", "--", url, f"+{source_ref}:{staging}")
+                  "--no-write-fetch-head", "--force", "--", url, f"+{source_ref}:{staging}",
+                  extra_env=auth.env() if auth is not None else None)
         try:
             got = self.commit(staging)
             if got != expect_sha:

@@ -82,6 +82,7 @@ from ccci_tasks.platform.render import (
     monitor_defaults,
     render_compose,
 )
+from ccci_tasks.platform.service_logs import stack_logs
 from ccci_tasks.platform.stops import stop_watched
 from ccci_tasks.proc import run
 from ccci_tasks.state.atomic import file_lock, write_text
@@ -473,6 +474,9 @@ class SwarmPlatform:
                 "re-create it with new_app"
             )
         return f"http://127.0.0.1:{port}"
+
+    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+        return stack_logs(self.client, domain, tail)
 
     # --- helpers ----------------------------------------------------------------------
 

@@ -158,7 +158,10 @@ def _enqueue_relay(alert_id: str) -> None:
         from ccci_tasks.celery_app import app
         from ccci_tasks.constants import QUEUE_ALERTS, task_name
 
-        app.send_task(task_name(QUEUE_ALERTS, "relay_alert"), (alert_id,), retry=False)
+        # No result to wait for: without ignore_result Celery first subscribes to the result
+        # backend, which retries a down broker for about 15 s before giving up.
+        app.send_task(task_name(QUEUE_ALERTS, "relay_alert"), (alert_id,), retry=False,
+                      ignore_result=True)
     except Exception as exc:  # broker down or misconfigured: the file is the source of truth
         log.warning("alert %s stays pending; could not enqueue its relay: %s", alert_id, exc)
 

@@ -105,6 +105,14 @@ class RunReport(BaseModel):
         return max(0.0, (end - start).total_seconds())
 
 
+def failing_step(report: RunReport) -> int | None:
+    """The index of the step that failed the run (its first failed forward step), if any."""
+    for index, step in enumerate(report.steps):
+        if not step.ok and not step.undo:
+            return index
+    return None
+
+
 UPDATABLE: Final = frozenset({"recipe", "ref", "domain", "reason", "lane"})
 
 
