@@ -40,6 +40,7 @@ soak: bootstrap
 	.venv/bin/python -m bench.soak --runs $(N) --faults $(FAULTS)
 
 # A PR-like commit in a recipe of the local system; prints its sha for `ccci quick`.
+# A recipe with migrations (notes-pg) gets a new migration; BAD=1: one that deletes rows, then fails.
 RECIPE ?= custom-html
 pr-commit: bootstrap
-	.venv/bin/python scripts/pr_commit.py $(RECIPE)
+	.venv/bin/python scripts/pr_commit.py $(RECIPE) $(if $(BAD),--bad)

@@ -5,15 +5,18 @@ state root and base domain; see ``bench/system.py``), so the figures are compara
 other although the machine is noisy. Nothing here is a pass/fail test: the goals are printed
 with the figures and written to ``bench/results/bench-<UTC time>.json`` (path printed).
 
-Per example recipe (custom-html; slow-html, 30 s first boot; stubborn-html, ignores SIGTERM
-with a 10 s stop grace and a 20 s first boot):
+Per example recipe (custom-html; slow-html, 30 s first boot; stubborn-html, 8 s to stop of
+its 10 s stop grace and a 20 s first boot; notes-pg, an app and PostgreSQL 15):
 
 1. seed the canonical with a cold run on latest (it promotes);
-2. a PR commit that changes the served page (the GREETING default in compose.yml);
+2. a PR commit that changes the app: the served page (the GREETING default in compose.yml),
+   or, for notes-pg, a new migration (``make pr-commit``'s);
 3. a steady-state cold run of that commit (a canonical exists, so its upgrade tier runs), then
    a first quick run of it and three more (they restore incrementally, as every later one
    does; the median one is reported);
-4. the app's own costs with plain ``docker service`` commands (``bench/appcost.py``).
+4. the app's own costs with plain Docker: ``docker service`` commands (``bench/appcost.py``),
+   or, for notes-pg, ``docker stack deploy`` of the recipe, its stop and the PR head's boot
+   with its migration (``bench/pgcost.py``).
 """
 
 from __future__ import annotations
@@ -30,16 +33,28 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import appcost, lanes, snapshots
+from bench import appcost, lanes, pgcost, snapshots
 from bench.system import REPO, BenchSystem
 
 RESULTS = REPO / "bench" / "results"
-RECIPES = ("custom-html", "slow-html", "stubborn-html")
-GOAL_RATIO = {"custom-html": 0.35, "slow-html": 0.2, "stubborn-html": 0.25}
-GOAL_OVERHEAD_S = 2.0
+RECIPES = ("custom-html", "slow-html", "stubborn-html", "notes-pg")
+PG_RECIPES = ("notes-pg",)  # their PR is a migration; their costs are a stack's (pgcost)
+GOAL_RATIO = {"custom-html": 0.35, "slow-html": 0.2, "stubborn-html": 0.25, "notes-pg": 0.3}
+GOAL_OVERHEAD_S = {"custom-html": 2.0, "slow-html": 2.0, "stubborn-html": 2.0, "notes-pg": 1.5}
 GOAL_ORCHESTRATION_S = 0.020
 GOAL_TAR_RATIO = 1.0
 QUICK_REPEAT = 3  # steady-state quick runs per recipe and mode; the median one is reported
+
+
+def _pr(recipes_dir: Path, recipe: str) -> str:
+    """A PR commit on the newest tag that changes the app: a migration for a database recipe."""
+    from ccci_tasks.platform.recipes import RecipeRepo
+
+    if recipe in PG_RECIPES:
+        latest = RecipeRepo(recipes_dir / recipe, recipe).latest()
+        assert latest is not None
+        return lanes.migration_commit(recipes_dir / recipe, latest)
+    return lanes.pr_on_latest(recipes_dir, recipe)
 
 
 def _check(figures: lanes.RunFigures, what: str) -> dict[str, Any]:
@@ -76,16 +91,16 @@ def _still_running_cost(recipe: str) -> dict[str, Any]:
     return {"best_s": min(times), "median_s": statistics.median(times)}
 
 
-def measure_lanes(system: BenchSystem) -> dict[str, Any]:
+def measure_lanes(system: BenchSystem, recipes: tuple[str, ...] = RECIPES) -> dict[str, Any]:
     recipes_dir = Path(system.env["CCCI_RECIPES_DIR"])
     results: dict[str, Any] = {}
     system.start_workers()
     prs = {}
-    for recipe in RECIPES:
+    for recipe in recipes:
         print(f"{recipe}:", flush=True)
         entry: dict[str, Any] = {}
         entry["seed"] = _check(lanes.run("cold", recipe, None), "seed (cold on latest)")
-        prs[recipe] = lanes.pr_on_latest(recipes_dir, recipe)
+        prs[recipe] = _pr(recipes_dir, recipe)
         entry["pr"] = prs[recipe]
         entry["cold"] = _check(lanes.run("cold", recipe, prs[recipe]), "cold, PR commit")
         entry["quick_first"] = _check(lanes.run("quick", recipe, prs[recipe]),
@@ -93,18 +108,31 @@ def measure_lanes(system: BenchSystem) -> dict[str, Any]:
         entry["quick"] = _median_run(recipe, prs[recipe], "quick, PR commit")
         results[recipe] = entry
     system.stop_workers()
-    for recipe in RECIPES:
-        print(f"{recipe}: the app's own costs (plain docker service)", flush=True)
-        results[recipe]["app"] = appcost.measure(recipes_dir, recipe, system.base)
-    results["still_running"] = _still_running_cost("custom-html")
+    for recipe in recipes:
+        print(f"{recipe}: the app's own costs (plain docker)", flush=True)
+        if recipe in PG_RECIPES:
+            results[recipe]["app"] = pgcost.measure(recipes_dir, recipe, system.base, prs[recipe])
+        else:
+            results[recipe]["app"] = appcost.measure(recipes_dir, recipe, system.base)
+    if "custom-html" in recipes:
+        results["still_running"] = _still_running_cost("custom-html")
     return results
 
 
+def _boot_stop(app: dict[str, Any]) -> tuple[float, float]:
+    """The app's warm boot (a PostgreSQL recipe's: its stack's) and stop, medians."""
+    if "stack_boot_s" in app:
+        return app["stack_boot_s"]["median"], app["app_stop_s"]["median"]
+    return app["warm_boot_s"]["median"], app["stop_s"]["median"]
+
+
 def _app_floor(app: dict[str, Any]) -> float:
-    """The app's own share of a quick run: reattach (boot), upgrade (stop + boot); the lane
-    stops it at its end without grace (its data is restored next), which costs the app
-    nothing."""
-    boot, stop = app["warm_boot_s"]["median"], app["stop_s"]["median"]
+    """The app's own share of a quick run: reattach (boot), upgrade (stop + boot; for a
+    PostgreSQL recipe the PR head's app booting with its migration); the lane stops it at
+    its end without grace (its data is restored next), which costs the app nothing."""
+    boot, stop = _boot_stop(app)
+    if "migrate_boot_s" in app:
+        return boot + stop + app["migrate_boot_s"]["median"]
     return boot + stop + boot
 
 
@@ -119,12 +147,12 @@ def goals(lanes_figures: dict[str, Any] | None, snap: dict[str, Any] | None
 
     if lanes_figures is not None:
         gaps = []
-        for recipe in RECIPES:
+        for recipe in (r for r in RECIPES if r in lanes_figures):
             r = lanes_figures[recipe]
             cold = r["cold"]["wall_s"]
             goal(f"{recipe}: quick/cold", r["quick"]["wall_s"] / cold, GOAL_RATIO[recipe])
             goal(f"{recipe}: quick beyond the app's costs (s)",
-                 r["quick"]["wall_s"] - _app_floor(r["app"]), GOAL_OVERHEAD_S)
+                 r["quick"]["wall_s"] - _app_floor(r["app"]), GOAL_OVERHEAD_S[recipe])
             gaps += [r[k]["orchestration_per_step_s"] for k in ("cold", "quick_first", "quick")]
         goal("orchestration per step (s), mean over measured runs", statistics.mean(gaps),
              GOAL_ORCHESTRATION_S)
@@ -145,15 +173,18 @@ def table(lanes_figures: dict[str, Any] | None, snap: dict[str, Any] | None,
         lines.append(f"{'recipe':14s} {'cold':>6s} {'quick':>6s} {'q/c':>5s} {'ours':>5s} "
                      f"{'boot':>5s} {'stop':>5s} "
                      f"{'sw-rm':>5s} {'sw-upd':>6s} {'queue':>5s} {'orch':>6s}")
-        for recipe in RECIPES:
+        shown = [r for r in RECIPES if r in lanes_figures]
+        for recipe in shown:
             r = lanes_figures[recipe]
             cold, quick = (r[k]["wall_s"] for k in ("cold", "quick"))
             app = r["app"]
             ours = quick - _app_floor(app)
+            boot, stop = _boot_stop(app)
+            swarm = (f"{app['swarm_rm_s']['median']:5.2f} {app['swarm_update_s']['median']:6.2f}"
+                     if "swarm_rm_s" in app else f"{'-':>5s} {'-':>6s}")
             lines.append(
                 f"{recipe:14s} {cold:6.2f} {quick:6.2f} {quick / cold:5.2f} {ours:5.2f} "
-                f"{app['warm_boot_s']['median']:5.2f} {app['stop_s']['median']:5.2f} "
-                f"{app['swarm_rm_s']['median']:5.2f} {app['swarm_update_s']['median']:6.2f} "
+                f"{boot:5.2f} {stop:5.2f} {swarm} "
                 f"{r['quick']['queue_to_first_step_s']:5.3f} "
                 f"{1000 * r['quick']['orchestration_per_step_s']:4.1f}ms")
         lines.append(
@@ -163,13 +194,21 @@ def table(lanes_figures: dict[str, Any] | None, snap: dict[str, Any] | None,
             "warm boot "
             "and graceful stop (plain docker). sw-rm, sw-upd: plain swarm removal and stock "
             "stop-first update, for reference. queue: submit to first step. orch: orchestration "
-            "per step.")
-        for recipe in RECIPES:
+            "per step. notes-pg: boot is its stack's (database and app), stop the app's; "
+            "the upgrade's boot is the PR head's app with its migration.")
+        for recipe in (r for r in RECIPES if r in lanes_figures):
             r = lanes_figures[recipe]
+            if "migrate_boot_s" in r["app"]:
+                a = r["app"]
+                lines.append(f"{recipe} app costs: stack boot {a['stack_boot_s']['median']:.2f}, "
+                             f"app stop {a['app_stop_s']['median']:.2f}, PR boot with migration "
+                             f"{a['migrate_boot_s']['median']:.2f}, database stop "
+                             f"{a['db_stop_s']['median']:.2f}")
             steps = "  ".join(f"{s['name']} {s['duration_s']:.2f}" for s in r["quick"]["steps"])
             lines.append(f"{recipe} quick steps: {steps}")
-        sr = lanes_figures["still_running"]
-        lines.append(f"still_running check: {1000 * sr['median_s']:.1f} ms")
+        if "still_running" in lanes_figures:
+            sr = lanes_figures["still_running"]
+            lines.append(f"still_running check: {1000 * sr['median_s']:.1f} ms")
     if snap is not None:
         lines.append(
             f"snapshot of {snap['files']} files + {snap['big_mib']} MiB: ours "
@@ -188,6 +227,8 @@ def table(lanes_figures: dict[str, Any] | None, snap: dict[str, Any] | None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("lanes", "snapshots"), default=None)
+    parser.add_argument("--recipe", action="append", choices=RECIPES, default=None,
+                        help="measure the lanes of this recipe only (repeatable)")
     args = parser.parse_args(argv)
     started = datetime.now(UTC)
     figures: dict[str, Any] = {
@@ -204,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         snap = figures["snapshots"] = snapshots.run()
     if args.only in (None, "lanes"):
         with BenchSystem() as system:
-            lanes_figures = figures["lanes"] = measure_lanes(system)
+            lanes_figures = figures["lanes"] = measure_lanes(
+                system, tuple(args.recipe) if args.recipe else RECIPES)
     figures["goals"] = goals(lanes_figures, snap)
     figures["load_after"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,26 @@ def pr_on_latest(recipes_dir: Path, recipe: str) -> str:
                      "GREETING:-Hello from a PR")
 
 
+def migration_commit(repo: Path, base: str) -> str:
+    """A PR commit on ``base`` that adds a migration, as ``make pr-commit`` makes it."""
+    import importlib.util
+    import sys
+
+    from bench.system import REPO
+
+    module = sys.modules.get("ccci_pr_commit")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("ccci_pr_commit",
+                                                      REPO / "scripts" / "pr_commit.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ccci_pr_commit"] = module
+        spec.loader.exec_module(module)
+    sha, _, _ = module.commit_pr(repo, base,
+                                 lambda tree, number: module.change(tree, number, None, False))
+    return str(sha)
+
+
 def _wait_released(run_id: str) -> None:
     """The verdict is written just before the run gives its slot back: wait for that too, so
     the next run (or a worker restart) never meets a slot still held."""

@@ -155,7 +155,8 @@ class BenchSystem:
         return domain == self.base or domain.endswith("." + self.base)
 
     def remove_docker_objects(self) -> None:
-        """Remove every service, container and volume this bench created (by base domain)."""
+        """Remove every service, container, volume, secret and config this bench created (by
+        base domain)."""
         import docker
 
         client = docker.from_env()
@@ -172,5 +173,10 @@ class BenchSystem:
                 if self.ours(volume.attrs.get("Labels") or {}):
                     with contextlib.suppress(docker.errors.APIError):
                         volume.remove(force=True)
+            for listing in (client.secrets.list, client.configs.list):
+                for obj in listing(filters={"label": "ccci.kind"}):
+                    if self.ours(obj.attrs["Spec"].get("Labels") or {}):
+                        with contextlib.suppress(docker.errors.APIError):
+                            obj.remove()
         finally:
             client.close()

@@ -14,8 +14,10 @@ The gates (all must be open, else nothing at all is removed):
   converging (e.g. its task exited 0 under an on-failure restart policy when the engine
   restarted, so nothing will ever start it again): it is named in the reason and does not
   hold the prune back forever. Nor does a service whose tasks crash-loop (``CRASH_LOOP_FAILURES``
-  tasks failed or rejected since its spec last changed, the rule ``wait_converged`` fails a
-  deploy by): its restarts change its tasks all the time, yet it converges to nothing.
+  tasks failed or rejected since its spec last changed that count by the start-order rule of
+  ``platform.startorder``, the rule ``wait_converged`` fails a deploy by): its restarts change
+  its tasks all the time, yet it converges to nothing. An app restarting while its database
+  boots is converging, not crash-looping, and holds the prune back like any deploy.
 
 What goes (the disk is the host's, so engine-wide), each older than ``CCCI_PRUNE_MIN_AGE_H``:
 

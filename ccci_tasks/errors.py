@@ -15,6 +15,7 @@ seen, and what to do.
     │   ├── PlatformError     Docker / abra / git failed
     │   │   ├── CommandFailed an external command exited non-zero
     │   │   ├── DeployFailed  a deploy cannot converge (missing image, crash loop)
+    │   │   ├── UncleanStop   a stop had to kill a container: its data is not consistent
     │   │   └── AppNotFound   no such app, volume or recipe on the platform
     │   ├── WaitTimeout       a long wait ran out; names what it waited for and what it saw
     │   ├── BrokerError       Redis unreachable or misbehaving
@@ -79,6 +80,16 @@ class CommandFailed(PlatformError):
 
 class DeployFailed(PlatformError):
     """A deploy will not converge: a task was rejected (e.g. missing image) or crash-loops."""
+
+
+class UncleanStop(PlatformError):
+    """A graceful stop had to kill a container (or could not be watched): its volumes may
+    hold data as after a crash, so no snapshot is taken of them (R12.3). ``killed``: a
+    container was seen killed (the app's fault), not merely unwatched."""
+
+    def __init__(self, message: str, *, killed: bool = False) -> None:
+        super().__init__(message)
+        self.killed = killed
 
 
 class AppNotFound(PlatformError):

@@ -1,4 +1,4 @@
-"""Build the example recipes: a git repository and busybox images per recipe.
+"""Build the example recipes: a git repository and its images per recipe.
 
 Usage: ``python examples/make_recipes.py --recipes-dir DIR [--recipe NAME ...] [--no-images]``
 
@@ -7,15 +7,25 @@ as data::
 
     {
       "recipe": "custom-html",
-      "files": "files",                      # template tree committed at every version
+      "files": "files",                      # template tree committed at every version (or a
+                                             # list of trees, merged in order)
       "image": {"repository": "ccci/custom-html", "entrypoint": "image/entrypoint.sh"},
       "behaviour": {"health_path": "/"},     # optional: defaults for every version
       "versions": [                          # oldest first
         {"version": "1.0.0+1.0", "image_tag": "1.0", "notes": "release notes text",
-         "behaviour": {"health": "missing"}},  # optional: this version's own behaviour
-        ...
+         "behaviour": {"health": "missing"},   # optional: this version's own behaviour
+         "overlay": "v1.0",                    # optional: a tree copied over the files from
+                                               # this version on (overlays add up)
+         "append": {"migrations.sql": "migrations/2.sql"}},  # optional: appended to a file
+        ...                                                   # from this version on
       ]
     }
+
+A recipe whose ``image`` is ``{"debian": "<name>"}`` runs every version on the image
+``examples/images/<name>.json`` describes, made from Debian packages (``examples/images/
+debian.py``: mmdebstrap piped into ``docker import``, rebuilt only when its package list or
+files change); its versions need no ``image_tag`` and what differs between them is in the
+recipe's files (entrypoints and code as Docker configs, as Co-op Cloud recipes ship them).
 
 ``behaviour`` is data, not code: the recipe-level defaults updated by the version's own keys
 are baked into that version's image as ``/etc/ccci-behaviour`` (``key=value`` lines, sorted),
@@ -44,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -92,6 +103,8 @@ class VersionSpec:
     image_tag: str
     notes: str
     behaviour: tuple[tuple[str, str], ...] = ()
+    overlay: Path | None = None  # copied over the files from this version on
+    append: tuple[tuple[str, Path], ...] = ()  # (file of the tree, text appended to it)
 
     def behaviour_file(self) -> bytes:
         return "".join(f"{k}={v}\n" for k, v in self.behaviour).encode()
@@ -101,13 +114,29 @@ class VersionSpec:
 class RecipeSpec:
     recipe: str
     source: Path
-    files: Path
-    repository: str
-    entrypoint: Path
+    files: tuple[Path, ...]  # template trees, merged in order
+    repository: str  # busybox images: <repository>:<image_tag> per version
+    entrypoint: Path | None  # busybox images: the entrypoint script
     versions: tuple[VersionSpec, ...]
+    debian_image: str | None = None  # every version runs examples/images/<name>.json
 
     def image(self, version: VersionSpec) -> str:
+        if self.debian_image is not None:
+            return debian_images().load(self.debian_image).ref
         return f"{self.repository}:{version.image_tag}"
+
+
+def debian_images() -> Any:
+    """``examples/images/debian.py``, loaded once (it is a script, not a package)."""
+    module = sys.modules.get("ccci_debian_images")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("ccci_debian_images",
+                                                      HERE / "images" / "debian.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["ccci_debian_images"] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def _behaviour(raw: Any, where: str) -> dict[str, str]:
@@ -131,12 +160,17 @@ def _behaviour(raw: Any, where: str) -> dict[str, str]:
     return checked
 
 
-def _version(raw: dict[str, Any], defaults: dict[str, str], where: str) -> VersionSpec:
+def _version(raw: dict[str, Any], defaults: dict[str, str], where: str,
+             source: Path) -> VersionSpec:
     behaviour = {**defaults, **_behaviour(raw.get("behaviour"), f"{where} {raw['version']}")}
     if behaviour.get("write") and not behaviour.get("data_dir"):
         raise BuildError(f"{where} {raw['version']}: behaviour 'write' needs a 'data_dir'")
-    return VersionSpec(str(raw["version"]), str(raw["image_tag"]), str(raw.get("notes", "")),
-                       tuple(sorted(behaviour.items())))
+    overlay = (source / str(raw["overlay"])).resolve() if raw.get("overlay") else None
+    append = tuple((str(target), (source / str(text)).resolve())
+                   for target, text in (raw.get("append") or {}).items())
+    return VersionSpec(str(raw["version"]), str(raw.get("image_tag", "")),
+                       str(raw.get("notes", "")), tuple(sorted(behaviour.items())), overlay,
+                       append)
 
 
 def load_spec(source: Path) -> RecipeSpec:
@@ -146,23 +180,34 @@ def load_spec(source: Path) -> RecipeSpec:
         raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         image = raw["image"]
         defaults = _behaviour(raw.get("behaviour"), str(path))
-        versions = tuple(_version(v, defaults, str(path)) for v in raw["versions"])
+        versions = tuple(_version(v, defaults, str(path), source) for v in raw["versions"])
+        trees = raw.get("files", "files")
+        debian = image.get("debian")
         spec = RecipeSpec(
             recipe=str(raw.get("recipe", source.name)),
             source=source,
-            files=source / str(raw.get("files", "files")),
-            repository=str(image["repository"]),
-            entrypoint=(source / str(image["entrypoint"])).resolve(),
+            files=tuple((source / str(t)).resolve()
+                        for t in ([trees] if isinstance(trees, str) else trees)),
+            repository="" if debian else str(image["repository"]),
+            entrypoint=None if debian else (source / str(image["entrypoint"])).resolve(),
             versions=versions,
+            debian_image=str(debian) if debian else None,
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BuildError(f"{path}: cannot read the recipe description: {exc!r}") from exc
     if spec.recipe != source.name:
         raise BuildError(f"{path}: recipe {spec.recipe!r} must match its directory name")
     if not spec.versions:
         raise BuildError(f"{path}: no versions listed")
-    if not spec.files.is_dir() or not spec.entrypoint.is_file():
-        raise BuildError(f"{path}: {spec.files} or {spec.entrypoint} is missing")
+    missing = [str(p) for p in (*spec.files, *(v.overlay for v in spec.versions if v.overlay))
+               if not p.is_dir()]
+    missing += [str(p) for v in spec.versions for _, p in v.append if not p.is_file()]
+    if spec.entrypoint is not None and not spec.entrypoint.is_file():
+        missing.append(str(spec.entrypoint))
+    if missing:
+        raise BuildError(f"{path}: {', '.join(missing)} missing")
+    if spec.debian_image is None and any(not v.image_tag for v in spec.versions):
+        raise BuildError(f"{path}: every version needs an image_tag (busybox images)")
     return spec
 
 
@@ -209,7 +254,8 @@ def render(text: str, spec: RecipeSpec, version: VersionSpec) -> str:
 
 
 def _write_tree(spec: RecipeSpec, version: VersionSpec, work: Path) -> None:
-    """Replace the work tree (all but .git) by the rendered templates of ``version``."""
+    """Replace the work tree (all but .git) by the rendered templates of ``version``: the
+    recipe's trees, then the overlays of every version up to this one."""
     for child in work.iterdir():
         if child.name == ".git":
             continue
@@ -217,15 +263,25 @@ def _write_tree(spec: RecipeSpec, version: VersionSpec, work: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
-    for src in sorted(spec.files.rglob("*")):
-        rel = src.relative_to(spec.files)
-        dst = work / rel
-        if src.is_dir():
-            dst.mkdir(parents=True, exist_ok=True)
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.write_text(render(src.read_text(encoding="utf-8"), spec, version), encoding="utf-8")
-        dst.chmod(src.stat().st_mode & 0o777)
+    upto = spec.versions[:spec.versions.index(version) + 1]
+    trees = [*spec.files, *(v.overlay for v in upto if v.overlay is not None)]
+    for tree in trees:
+        for src in sorted(tree.rglob("*")):
+            rel = src.relative_to(tree)
+            dst = work / rel
+            if src.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(render(src.read_text(encoding="utf-8"), spec, version),
+                           encoding="utf-8")
+            dst.chmod(src.stat().st_mode & 0o777)
+    for earlier in upto:
+        for target, text in earlier.append:
+            dst = work / target
+            before = dst.read_text(encoding="utf-8").rstrip("\n") + "\n\n" if dst.exists() else ""
+            dst.write_text(before + render(text.read_text(encoding="utf-8"), spec, version),
+                           encoding="utf-8")
 
 
 def _tag_commits(repo: Path) -> dict[str, str]:
@@ -354,6 +410,7 @@ def _add(tar: tarfile.TarFile, name: str, *, data: bytes | None = None, mode: in
 def rootfs_tar(spec: RecipeSpec, version: VersionSpec, busybox: Path,
                applets: list[str]) -> bytes:
     """A deterministic root file system tar for ``version``'s image."""
+    assert spec.entrypoint is not None, "a Debian image recipe has no busybox root file system"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for directory, mode in (("bin", 0o755), ("data", 0o755), ("etc", 0o755),
@@ -394,6 +451,14 @@ def image_hash_of(image: str) -> str | None:
 
 def build_images(spec: RecipeSpec) -> list[str]:
     """Import every image of ``spec`` that is missing or stale; return the imported ones."""
+    if spec.debian_image is not None:
+        images = debian_images()
+        image = images.load(spec.debian_image)
+        try:
+            return [image.ref] if images.build(image) else []
+        except images.ImageError as exc:
+            raise BuildError(str(exc)) from exc
+    assert spec.entrypoint is not None
     busybox = find_busybox()
     applets = busybox_applets(busybox)
     built: dict[str, str] = {}

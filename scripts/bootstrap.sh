@@ -19,12 +19,21 @@ command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 # The run pages are tested in a real browser (headless Chromium driven by selenium).
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v chromedriver >/dev/null || need_pkgs+=(chromium-driver)
+# The PostgreSQL example recipes: their image is made from Debian packages with mmdebstrap, and
+# the tests check its data offline with PostgreSQL's own tools (pg_controldata, pg_checksums,
+# pg_dump on a throwaway server); no cluster of the host's own is wanted.
+command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
+[ -x /usr/lib/postgresql/15/bin/pg_dump ] || need_pkgs+=(postgresql-15)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "bootstrap: missing system packages: ${need_pkgs[*]}; install them as root (apt-get install -y ${need_pkgs[*]})" >&2
     exit 2
   fi
   echo "bootstrap: installing ${need_pkgs[*]}"
+  if [[ " ${need_pkgs[*]} " == *" postgresql-15 "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    mkdir -p /etc/postgresql-common  # the tools only: no "main" cluster started on this host
+    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi

@@ -199,11 +199,12 @@ def swarm() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def example_recipes(swarm: Any) -> Path:
-    """The example recipe repositories (git tags per version) and their images."""
+    """The example recipe repositories (git tags per version) and their images (the Debian
+    image of the PostgreSQL recipes takes about a minute the first time on a host)."""
     dest = Path(TEST_ENV["CCCI_RECIPES_DIR"])
     subprocess.run(
         [sys.executable, str(REPO / "examples" / "make_recipes.py"), "--recipes-dir", str(dest)],
-        check=True, timeout=300, cwd=REPO,
+        check=True, timeout=1200, cwd=REPO,
     )
     return dest
 
@@ -256,6 +257,11 @@ def remove_ccci_objects(client: Any) -> None:
     for volume in client.volumes.list(filters={"label": "ccci.kind"}):
         if ours(volume):
             gone(lambda v=volume: v.remove(force=True))
+    for listing in (client.secrets.list, client.configs.list):
+        for obj in listing(filters={"label": "ccci.kind"}):
+            if ours(obj):
+                with contextlib.suppress(docker.errors.APIError):
+                    obj.remove()
 
 
 _SESSION_BASE = re.compile(r"(?:^|\.)(t[0-9a-f]{6}\.localhost)$")
@@ -305,16 +311,22 @@ def remove_stale_sessions(client: Any) -> list[str]:
         ("service", lambda: client.services.list(filters={"label": "ccci.kind"})),
         ("container", lambda: _containers(client)),
         ("volume", lambda: client.volumes.list(filters={"label": "ccci.kind"})),
+        ("secret", lambda: client.secrets.list(filters={"label": "ccci.kind"})),
+        ("config", lambda: client.configs.list(filters={"label": "ccci.kind"})),
     )
     for kind, listing in listings:
-        # a removed service's container lets go of its volume a moment later
-        deadline = time.monotonic() + (30 if kind == "volume" else 0)
+        # a removed service's container lets go of its volume (and of its secrets and
+        # configs) a moment later
+        deadline = time.monotonic() + (0 if kind in ("service", "container") else 30)
         pending = [(obj, domain) for obj in listing() if (domain := stale(obj)) is not None]
         while pending:
             left = []
             for obj, domain in pending:
                 try:
-                    obj.remove() if kind == "service" else obj.remove(force=True)
+                    if kind in ("service", "secret", "config"):
+                        obj.remove()
+                    else:
+                        obj.remove(force=True)
                 except docker.errors.NotFound:
                     continue
                 except docker.errors.APIError:

@@ -67,6 +67,25 @@ class InMemoryDockerState:
         self.calls.append(("wait_undeployed", domain))
         self.deployed_domains.discard(domain)
 
+    class client:  # the engine's event stream is not there: a stop is unwatched
+        class api:
+            @staticmethod
+            def events(**kwargs: Any) -> Any:
+                import docker
+
+                raise docker.errors.DockerException("no engine in this test")
+
+    def stop_graces(self, domain: str) -> dict[str, float]:
+        return {}
+
+    def running_containers(self, domain: str) -> list[tuple[str, str, tuple[str, ...]]]:
+        return []
+
+    def stop_orphan_containers(self, domain: str, stop_timeout_s: int | None = None,
+                               graces: Any = None) -> list[str]:
+        self.calls.append(("stop_orphan_containers", domain))
+        return []
+
     def kill_containers(self, domain: str) -> list[str]:
         self.calls.append(("kill_containers", domain))
         return []
@@ -387,16 +406,17 @@ def test_chaos_deploy_of_an_unknown_ref_runs_no_abra(env: Env, shas: dict[str, s
 def test_undeploy_argv_then_waits(env: Env) -> None:
     """undeploy runs `abra app undeploy <domain> --no-input`, then waits for the stack to go."""
     env.state.deployed_domains.add(DOMAIN)
-    env.platform().undeploy(DOMAIN)
+    report = env.platform().undeploy(DOMAIN)
     assert env.argvs() == [[FAKE, "app", "undeploy", DOMAIN, "--no-input"]]
-    assert env.state.calls == [("wait_undeployed", DOMAIN)]
+    assert env.state.calls == [("stop_orphan_containers", DOMAIN), ("wait_undeployed", DOMAIN)]
+    assert report.graceful and not report.watched  # no engine events here
 
 
 def test_undeploy_of_an_undeployed_app_runs_no_abra(env: Env) -> None:
     """Nothing deployed: abra is not called (it would fail), the wait returns at once."""
     env.platform().undeploy(DOMAIN)
     assert env.calls() == []
-    assert env.state.calls == [("wait_undeployed", DOMAIN)]
+    assert env.state.calls == [("stop_orphan_containers", DOMAIN), ("wait_undeployed", DOMAIN)]
 
 
 def test_non_graceful_undeploy_kills_the_containers(env: Env) -> None:

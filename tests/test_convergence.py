@@ -84,7 +84,9 @@ def test_vanished_tasks(since: tuple[ServiceState, ...], now: tuple[ServiceState
 
 
 def _detail(name: str, started_s_ago: float, now_ns: int) -> ServiceDetail:
-    return ServiceDetail(svc(name), running_since_ns=now_ns - int(started_s_ago * 1e9))
+    return ServiceDetail(svc(name.removesuffix("+hc")),
+                         running_since_ns=now_ns - int(started_s_ago * 1e9),
+                         healthchecked=name.endswith("+hc"))
 
 
 @pytest.mark.parametrize(
@@ -95,10 +97,13 @@ def _detail(name: str, started_s_ago: float, now_ns: int) -> ServiceDetail:
         ({"app": 0.1, "worker": 3.0}, {"app"}, 0.0),  # it has been up long enough
         ({"app": 0.4}, set(), 0.6),  # nothing probed (abra)
         ({"app": 0.1, "worker": 0.2, "db": 0.5}, {"app"}, 0.8),  # the youngest counts
+        ({"app": 0.1, "db+hc": 0.1}, {"app"}, 0.0),  # swarm's healthy is the db's readiness
+        ({"app": 0.1, "db+hc": 0.1, "worker": 0.6}, {"app"}, 0.4),
     ],
 )
 def test_startup_left_s(ages: dict[str, float], probed: set[str], expected: float) -> None:
-    """Services no probe covers must have run UNPROBED_STARTUP_S; the rest is waited for."""
+    """Services no probe and no healthcheck covers must have run UNPROBED_STARTUP_S; the rest
+    is waited for."""
     now = time.time_ns()
     details = [_detail(name, age, now) for name, age in ages.items()]
     assert startup_left_s(details, frozenset(probed), STACK, now, 1.0) == pytest.approx(
@@ -291,7 +296,7 @@ def test_an_upgrade_stops_the_old_task_gracefully_and_returns_the_new_one(
 
 
 def _stubborn(platform: SwarmPlatform, example_recipes: Path, grace: str) -> str:
-    """A stubborn-html app (ignores SIGTERM) with a short first boot and ``grace``."""
+    """A stubborn-html app that ignores SIGTERM, with a short first boot and ``grace``."""
     recipe = "stubborn-html"
     head = commit_on(example_recipes / recipe, "1.1.0+1.1", "compose.yml",
                      replace_once("stop_grace_period: 10s", f"stop_grace_period: {grace}"),
@@ -299,7 +304,7 @@ def _stubborn(platform: SwarmPlatform, example_recipes: Path, grace: str) -> str
     domain = cold_domain(recipe, new_run_hex(), TEST_BASE)
     platform.new_app(recipe, domain, kind="cold", run=None)
     env = platform.env_path(domain)
-    env.write_text(set_keys(env.read_text(), {"INIT_DELAY": "0"}))
+    env.write_text(set_keys(env.read_text(), {"INIT_DELAY": "0", "IGNORE_SIGTERM": "1"}))
     platform.deploy(domain, chaos_ref=head)
     platform.wait_converged(domain, 60)
     return domain

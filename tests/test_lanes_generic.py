@@ -29,9 +29,9 @@ services:
     entrypoint: ["/bin/sh", "-c"]
     command:
       - >-
-        mkdir -p /content/www && echo ok > /content/www/health.txt &&
+        trap "exit 0" TERM; mkdir -p /content/www && echo ok > /content/www/health.txt &&
         echo "two-part @@VERSION@@ ${MOTTO:-steady}" > /content/www/index.html &&
-        exec httpd -f -p 127.0.0.1:${CCCI_HTTP_PORT} -h /content/www
+        httpd -f -p 127.0.0.1:${CCCI_HTTP_PORT} -h /content/www & wait $$!
     networks: [hostnet]
     volumes: ["content:/content"]
     deploy:

@@ -44,7 +44,8 @@ def _build(dest: Path) -> dict[str, str]:
 def test_repositories_are_deterministic(tmp_path: Path) -> None:
     """Two builds give the same tags and commit shas for every example recipe."""
     first, second = _build(tmp_path / "a"), _build(tmp_path / "b")
-    assert sorted(first) == ["custom-html", "keycloak", "slow-html", "stubborn-html", "traefik"]
+    assert sorted(first) == ["custom-html", "kanban-pg", "keycloak", "notes-pg", "slow-html",
+                             "stubborn-html", "traefik"]
     assert first == second
 
 

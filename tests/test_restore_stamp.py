@@ -273,3 +273,67 @@ def test_warmsnap_restores_incrementally_beside_the_snapshot(
     assert stamp.stat().st_mtime_ns != before
     assert {p.name: p.read_bytes() for p in current.iterdir()} == files
     assert warmsnap.verify(state_dir, RECIPE).version == VERSION
+
+
+# --------------------------------------------------------------------------- members cache
+
+
+def test_checked_members_are_remembered_and_used(volume: Volume,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first restore checks the tar's members and remembers them (bound to its sha256);
+    the next restore of the same tar reads them back instead of parsing the tar, and the
+    volume still equals the snapshot."""
+    from ccci_tasks.state import tarmembers, voltar
+
+    volume.restore()
+    cache = tarmembers.cache_path(volume.stamps, volume.entries[0].file)
+    remembered = tarmembers.read(cache, volume.entries[0].sha256)
+    assert remembered == voltar.archive_members(volume.snap / volume.entries[0].file, "x")
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+
+    def parse(*args: Any) -> Any:
+        raise AssertionError("the tar was parsed again")
+
+    monkeypatch.setattr(voltar, "archive_members", parse)
+    _mutate(volume.root)
+    assert volume.restore().mode == "incremental"
+    assert full_listing(volume.root) == volume.expected
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda raw: {**raw, "sha256": "0" * 64},  # another tar's
+        lambda raw: {**raw, "version": 99},
+        lambda raw: {**raw, "members": [["../x", "../x", "f", None]]},  # an unsafe path
+        lambda raw: {**raw, "members": [["/etc/x", "/etc/x", "f", None]]},
+        lambda raw: {**raw, "members": [["a", "a", "c", None]]},  # a device
+        lambda raw: {**raw, "members": "nope"},
+    ],
+)
+def test_a_spoiled_members_cache_is_ignored(volume: Volume, spoil: Callable[[Any], Any]) -> None:
+    """A members cache for another sha256, of another format or holding an unsafe member
+    is not used: the tar is checked again (and the cache rewritten)."""
+    from ccci_tasks.state import tarmembers
+
+    volume.restore()
+    cache = tarmembers.cache_path(volume.stamps, volume.entries[0].file)
+    cache.write_text(json.dumps(spoil(json.loads(cache.read_text()))))
+    assert tarmembers.read(cache, volume.entries[0].sha256) is None
+    volume.restore()
+    assert tarmembers.read(cache, volume.entries[0].sha256) is not None
+    assert full_listing(volume.root) == volume.expected
+
+
+def test_members_are_not_remembered_for_a_corrupt_tar(volume: Volume) -> None:
+    """A tar whose sha256 does not match its manifest is refused and nothing is remembered."""
+    from ccci_tasks.errors import IntegrityError
+    from ccci_tasks.state import tarmembers
+
+    tar = volume.snap / volume.entries[0].file
+    data = bytearray(tar.read_bytes())
+    data[600] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        volume.restore()
+    assert not tarmembers.cache_path(volume.stamps, volume.entries[0].file).exists()

@@ -9,7 +9,10 @@ swapped in, then the registry: the old known-good is replaced only after green, 
 
 Holds a run slot, each live-warm app it depends on (shared) and, when it promotes, the
 canonical (so it never overlaps a quick run of the recipe, R6.8). A failed promotion puts the
-old known-good back; the run stays green (the recipe was) and the reason says so.
+old known-good back; the run stays green (the recipe was) and the reason says so. A promotion
+whose graceful stop had to kill a container (R12.3: its data would be as after a crash) is
+refused: the run ends ``fail``, an alert ``promotion-refused`` names the service and its stop
+grace period, and the old known-good is put back the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 
 from ccci_tasks import naming
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import KeycloakError, RegistryError, RunFailed
+from ccci_tasks.errors import KeycloakError, RegistryError, RunFailed, UncleanStop
 from ccci_tasks.lanes import canon, common
 from ccci_tasks.lanes import plan as pure
 from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission, run_hex
@@ -28,6 +31,7 @@ from ccci_tasks.lanes.recipes import check_request, dep_resources, recipe_repo
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.slots import SLOT, RunSpec
 from ccci_tasks.state import canonical, intents, warmsnap
+from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.meta import load_meta
 
 NAME = "cold"
@@ -107,6 +111,9 @@ def undo(ctx: RunCtx, failure: Failure) -> tuple[str, ...]:
 
 
 def failure(ctx: RunCtx, step: str, exc: BaseException) -> Failure:
+    if isinstance(exc, UncleanStop):  # R12.3: its data is not fit to be the known-good
+        return Failure(step, "fail" if exc.killed else "error",
+                       f"promotion refused: {exc}; known-good unchanged")
     if step in PROMOTE_STEPS:
         return Failure(step, "pass", f"green, but promotion failed at {step}: {exc}; "
                                      "known-good unchanged")
@@ -222,8 +229,19 @@ def promote_health(env: StepEnv, ctx: RunCtx) -> str:
 
 
 def promote_undeploy(env: StepEnv, ctx: RunCtx) -> str:
-    env.platform.undeploy(_warm(ctx))  # graceful: these data become the known-good
-    return f"{_warm(ctx)} undeployed"
+    """Stop the canonical gracefully: its data become the known-good only if every container
+    exited by itself (R12.3); one that had to be killed refuses the promotion (an alert
+    says so) and the undo puts the old known-good back."""
+    warm = _warm(ctx)
+    report = env.platform.undeploy(warm)
+    try:
+        report.require_clean(warm, "take the known-good snapshot")
+    except UncleanStop as exc:
+        write_alert(env.settings.state_dir, "promotion-refused", ctx.recipe,
+                    f"promotion of {ctx.recipe} to {ctx.plan.get('target_version')} refused: "
+                    "a container had to be killed on its stop", str(exc))
+        raise
+    return f"{warm} undeployed; every container exited by itself"
 
 
 def promote_snapshot(env: StepEnv, ctx: RunCtx) -> str:

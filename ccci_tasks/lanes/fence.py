@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING
 
 from ccci_tasks import failpoints, stonith
 from ccci_tasks.errors import BrokerError, LeaseLost, StateError
-from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, Platform, VolumeInfo
+from ccci_tasks.platform.base import (
+    AppInfo,
+    DeployedState,
+    Kind,
+    Platform,
+    StopReport,
+    VolumeInfo,
+)
 from ccci_tasks.state import intents
 from ccci_tasks.state.clock import iso, utc_now
 
@@ -133,9 +140,9 @@ class FencedPlatform:
         self.fence.check(f"deploy {what} of {domain}")
         return self.inner.deploy(domain, version, chaos_ref)
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
+    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
         self.fence.check(f"undeploy {domain}" + ("" if graceful else " (no graceful stop)"))
-        self.inner.undeploy(domain, graceful=graceful)
+        return self.inner.undeploy(domain, graceful=graceful)
 
     def remove(self, domain: str) -> None:
         self.fence.check(f"remove {domain} with its volumes")

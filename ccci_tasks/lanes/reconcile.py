@@ -261,8 +261,11 @@ def mark(env: StepEnv, ctx: RunCtx) -> str:
 
 
 def undeploy(env: StepEnv, ctx: RunCtx) -> str:
-    env.platform.undeploy(_domain(ctx))  # graceful: its data is snapshotted next
-    return f"{_domain(ctx)} undeployed"
+    """Graceful: its data is snapshotted next, so every container must exit by itself
+    (R12.3); one that had to be killed fails the step and the upgrade is rolled back."""
+    env.platform.undeploy(_domain(ctx)).require_clean(_domain(ctx), "take the pre-upgrade "
+                                                                    "snapshot")
+    return f"{_domain(ctx)} undeployed; every container exited by itself"
 
 
 def snapshot(env: StepEnv, ctx: RunCtx) -> str:

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 from ccci_tasks.config import Settings
 from ccci_tasks.platform.base import (
     AppInfo,
+    ContainerStop,
     DeployedState,
     Kind,
     Platform,
     ServiceState,
+    StopReport,
     VolumeInfo,
 )
 
@@ -41,10 +43,12 @@ def run_finished(settings: Settings, report: RunReport) -> None:
 
 __all__ = [
     "AppInfo",
+    "ContainerStop",
     "DeployedState",
     "Kind",
     "Platform",
     "ServiceState",
+    "StopReport",
     "VolumeInfo",
     "get_platform",
     "run_finished",

@@ -108,11 +108,12 @@ from ccci_tasks.naming import (
     validate_run_hex,
     validate_version,
 )
-from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
+from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, StopReport, VolumeInfo
 from ccci_tasks.platform.docker_state import DockerState, docker_client
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.platform.service_logs import stack_logs
+from ccci_tasks.platform.stops import stop_watched
 from ccci_tasks.proc import run
 from ccci_tasks.versions import is_version
 
@@ -541,19 +542,24 @@ class AbraPlatform:
         self._abra(argv, timeout_s=ABRA_DEPLOY_TIMEOUT_S)
         return self.state.deployed(domain)
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
+    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
         """``abra app undeploy`` when deployed, then wait until services and containers are
-        gone. Not graceful: the containers are killed once the services are gone."""
+        gone. Graceful: each container's end is watched (``platform.stops``); not graceful:
+        the containers are killed once the services are gone."""
         validate_domain(domain)
-        if self.state.deployed(domain).is_deployed:
-            argv = undeploy_argv(self.abra, domain)
-            if graceful:
-                self._abra(argv)
-            else:
-                self._abra_killing(argv, domain)
-        if not graceful:
-            self.state.kill_containers(domain)  # also what an earlier undeploy left
+        deployed = self.state.deployed(domain).is_deployed
+        argv = undeploy_argv(self.abra, domain)
+        if graceful:
+            def abra_undeploy() -> None:
+                if deployed:
+                    self._abra(argv)
+
+            return stop_watched(self.state, domain, abra_undeploy, UNDEPLOY_WAIT_S)
+        if deployed:
+            self._abra_killing(argv, domain)
+        self.state.kill_containers(domain)  # also what an earlier undeploy left
         self.state.wait_undeployed(domain, UNDEPLOY_WAIT_S)
+        return StopReport(graceful=False)
 
     def _abra_killing(self, argv: list[str], domain: str) -> None:
         """Run abra; meanwhile kill the stack's containers as soon as its services are gone.
@@ -570,6 +576,12 @@ class AbraPlatform:
                     self.state.kill_containers(domain)
                     killed = True
             running.result()
+
+    def secret_values(self, domain: str) -> list[str]:
+        """None known: abra prints the secrets it generates once (``app new --secrets``,
+        never kept or logged here) and Docker never gives a secret's value back."""
+        validate_domain(domain)
+        return []
 
     def remove(self, domain: str) -> None:
         """Undeploy without a graceful stop, then delete the stack's volumes and secrets and
@@ -603,9 +615,6 @@ class AbraPlatform:
     def service_logs(self, domain: str, tail: int) -> dict[str, str]:
         """Through Docker, like the rest of the state (``abra app logs`` follows)."""
         return stack_logs(self.state.client, domain, tail)
-
-    def secret_values(self, domain: str) -> list[str]:
-        return []
 
     def _env_file_apps(self) -> list[AppInfo]:
         """Apps whose env file carries a valid ``CCCI_KIND`` (others are not ours)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-from ccci_tasks.errors import InvalidInput
+from ccci_tasks.errors import InvalidInput, UncleanStop
 
 Kind = Literal["cold", "warm", "infra"]
 
@@ -33,8 +33,11 @@ class ServiceState:
     image: str
     update_state: str | None = None  # UpdateStatus.State, None when never updated
     last_error: str | None = None  # error of the newest failed/rejected task, if any
-    failed_tasks: int = 0  # tasks failed or rejected since the current deploy
+    # Tasks failed or rejected since the current deploy that count toward a crash loop:
+    # those that failed once every other service of the stack was up (platform.startorder).
+    failed_tasks: int = 0
     tasks: tuple[TaskRef, ...] = ()  # the running tasks of the current spec
+    start_failures: int = 0  # failed since the deploy while another service was starting
 
     @property
     def settled(self) -> bool:
@@ -81,6 +84,62 @@ class DeployedState:
 
 
 @dataclass(frozen=True)
+class ContainerStop:
+    """How one container of an app ended when the app was undeployed."""
+
+    service: str
+    container_id: str
+    grace_s: float  # the service's stop grace period
+    exit_code: int | None  # None: its end was not seen
+    killed: str | None = None  # why it did not exit by itself (None: it did)
+    volumes: tuple[str, ...] = ()  # the named volumes it had mounted
+
+    def describe(self) -> str:
+        what = f"service {self.service} (container {self.container_id[:12]})"
+        if self.killed is None:
+            return f"{what} exited by itself with code {self.exit_code}"
+        return (f"{what} did not stop by itself within its stop grace period of "
+                f"{self.grace_s:g} s: {self.killed}")
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """What an undeploy saw of its containers' ends. A graceful undeploy watches each
+    container that ran: did it exit by itself, or did it have to be killed (R12.3)? Only a
+    killed container that had a volume mounted makes the data unfit for a snapshot."""
+
+    graceful: bool
+    stops: tuple[ContainerStop, ...] = ()
+    watched: bool = False  # the engine's events were read for the whole stop
+
+    @property
+    def unclean(self) -> tuple[ContainerStop, ...]:
+        return tuple(s for s in self.stops if s.killed is not None and s.volumes)
+
+    def require_clean(self, domain: str, doing: str) -> None:
+        """Raise ``UncleanStop`` unless every container exited by itself (its data is then
+        consistent); ``doing`` says what needs that (e.g. "take a snapshot")."""
+        if not self.graceful or not self.watched:
+            raise UncleanStop(
+                f"cannot {doing} of {domain}: its stop was not watched (graceful "
+                f"{self.graceful}, engine events read {self.watched}), so nothing says every "
+                "container exited by itself")
+        if not self.stops:
+            raise UncleanStop(
+                f"cannot {doing} of {domain}: no container of it was running when it was "
+                "stopped, so nothing says how its data was left (a stop cut off and retried?)")
+        bad = self.unclean
+        if bad:
+            raise UncleanStop(
+                f"refusing to {doing} of {domain}: "
+                + "; ".join(s.describe() for s in bad)
+                + "; its data may be inconsistent (as after a crash). Make the service stop "
+                "within its stop_grace_period (a database needs its fast-shutdown signal, "
+                "e.g. stop_signal: SIGINT for PostgreSQL) or give it a longer one",
+                killed=True)
+
+
+@dataclass(frozen=True)
 class VolumeInfo:
     name: str
     mountpoint: str
@@ -117,13 +176,14 @@ class Platform(Protocol):
         """
         ...
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
+    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
         """Remove the app's services and wait until services and containers are gone.
 
         Keeps volumes. ``graceful``: every container gets its stop signal and its stop grace
-        period, as on any stop (before a snapshot, an in-place upgrade, a reconcile). Not
-        graceful: the containers are killed at once (SIGKILL), for data that is thrown away
-        or restored from a snapshot right after.
+        period, as on any stop (before a snapshot, an in-place upgrade, a reconcile), and the
+        report says whether each exited by itself or had to be killed (``require_clean``
+        before a snapshot). Not graceful: the containers are killed at once (SIGKILL), for
+        data that is thrown away or restored from a snapshot right after.
         """
         ...
 
@@ -181,5 +241,6 @@ class Platform(Protocol):
 
     def secret_values(self, domain: str) -> list[str]:
         """The values of the app's generated secrets, so that they can be redacted from
-        everything people read (reports, step output, pages); ``[]`` when it has none."""
+        everything people read (reports, step output, pages); ``[]`` when it has none or
+        the platform cannot tell. Never log them."""
         ...

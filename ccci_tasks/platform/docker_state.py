@@ -56,7 +56,8 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,6 +79,7 @@ from ccci_tasks.platform.base import (
     VolumeInfo,
 )
 from ccci_tasks.platform.engine_events import StackEvents
+from ccci_tasks.platform.startorder import Failed, ServiceProgress, counted_failures
 
 __all__ = [
     "CRASH_LOOP_FAILURES",
@@ -110,6 +112,7 @@ EVENTS_SLACK_S: Final = 5.0
 DEFAULT_STOP_GRACE_S: Final = 10.0  # Docker's default when a service sets none
 UNDEPLOY_POLL_S: Final = 0.25
 APP_SERVICE: Final = "app"
+SERVICE_NAME_LABEL: Final = "com.docker.swarm.service.name"
 REMOVE_VOLUME_TIMEOUT_S: Final = 60.0
 LOG_TAIL_LINES: Final = 5
 FAILED_TASK_STATES: Final = ("failed", "rejected")
@@ -183,6 +186,28 @@ def _task_is_current(task: dict[str, Any], template: dict[str, Any]) -> bool:
     )
 
 
+def _running(current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tasks of the current spec that run and should."""
+    return [t for t in current
+            if t.get("DesiredState") == "running" and t["Status"].get("State") == "running"]
+
+
+def _desired(spec: dict[str, Any], current: list[dict[str, Any]]) -> int:
+    mode = spec.get("Mode") or {}
+    if "Replicated" in mode:
+        return int(mode["Replicated"].get("Replicas", 1))
+    if "Global" in mode:
+        return sum(1 for t in current if t.get("DesiredState") == "running")
+    return 0  # jobs run to completion: nothing stays running
+
+
+def _healthchecked(template: dict[str, Any]) -> bool:
+    """Whether the service's spec has a healthcheck (swarm then holds a task ``starting``
+    until it passes)."""
+    test = ((template.get("ContainerSpec") or {}).get("Healthcheck") or {}).get("Test") or []
+    return bool(test) and test[0] != "NONE"
+
+
 def _grace_s(task: dict[str, Any]) -> float:
     """The stop grace period of a task's container spec, in seconds."""
     grace_ns = ((task.get("Spec") or {}).get("ContainerSpec") or {}).get("StopGracePeriod")
@@ -214,6 +239,7 @@ class ServiceDetail:
     last_failed_container_id: str | None = None
     stopping: tuple[Stopping, ...] = ()
     running_since_ns: int = 0  # engine time the youngest current running task started
+    healthchecked: bool = False  # swarm holds its tasks "starting" until a healthcheck passes
 
     def describe(self) -> str:
         svc = self.service
@@ -222,6 +248,8 @@ class ServiceDetail:
             parts.append(f"update {svc.update_state}")
         if svc.failed_tasks:
             parts.append(f"{svc.failed_tasks} failed task(s) since the deploy")
+        if svc.start_failures:
+            parts.append(f"{svc.start_failures} failed while other services were starting")
         if self.last_task_state:
             last = f"last task {self.last_task_state}"
             if self.last_task_error:
@@ -256,10 +284,11 @@ def startup_left_s(
     startup_s: float = UNPROBED_STARTUP_S,
 ) -> float:
     """How long until every service outside ``probed`` (short names, e.g. ``app``) has had
-    its youngest running task up for ``startup_s`` (engine clock); 0 when they all have."""
+    its youngest running task up for ``startup_s`` (engine clock); 0 when they all have.
+    A service with a healthcheck is up once swarm calls its task running (healthy)."""
     left = 0.0
     for detail in details:
-        if detail.service.name.removeprefix(stack + "_") in probed:
+        if detail.healthchecked or detail.service.name.removeprefix(stack + "_") in probed:
             continue
         age_s = (now_ns - detail.running_since_ns) / 1e9
         left = max(left, startup_s - age_s)
@@ -298,36 +327,46 @@ class DockerState:
         )
         return [t for t in cast(list[dict[str, Any]], tasks) if t.get("ServiceID") == service_id]
 
-    def _detail(self, service: dict[str, Any]) -> ServiceDetail:
+    def _progress(self, service: dict[str, Any],
+                  tasks: list[dict[str, Any]]) -> tuple[ServiceProgress, list[dict[str, Any]]]:
+        """The service as the start-order rule sees it, and its failed tasks since the
+        current deploy (oldest first)."""
+        template = service["Spec"].get("TaskTemplate") or {}
+        update = service.get("UpdateStatus") or {}
+        anchor = parse_timestamp(update.get("StartedAt")) if update else 0
+        if not anchor:
+            anchor = parse_timestamp(service.get("UpdatedAt") or service.get("CreatedAt"))
+        current = [t for t in tasks if _task_is_current(t, template)]
+        failed = [
+            t for t in current
+            if t["Status"].get("State") in FAILED_TASK_STATES
+            and parse_timestamp(t["CreatedAt"]) >= anchor
+        ]
+        running = _running(current)
+        desired = _desired(service["Spec"], current)
+        up_since = (max((parse_timestamp(t["Status"].get("Timestamp")) for t in running),
+                        default=0) if len(running) >= desired else None)
+        progress = ServiceProgress(
+            name=str(service["Spec"]["Name"]),
+            failures=tuple(Failed(parse_timestamp(t["Status"].get("Timestamp")),
+                                  str(t["Status"].get("State"))) for t in failed),
+            up_since_ns=up_since,
+            healthchecked=_healthchecked(template),
+        )
+        return progress, failed
+
+    def _detail(self, service: dict[str, Any], tasks: list[dict[str, Any]],
+                failed: list[dict[str, Any]], counts: tuple[int, int],
+                healthchecked: bool = False) -> ServiceDetail:
         spec = service["Spec"]
         name = str(spec["Name"])
         template = spec.get("TaskTemplate") or {}
         image = str((template.get("ContainerSpec") or {}).get("Image", "")).split("@", 1)[0]
         update = service.get("UpdateStatus") or {}
         update_state = update.get("State") or None
-        anchor = parse_timestamp(update.get("StartedAt")) if update else 0
-        if not anchor:
-            anchor = parse_timestamp(service.get("UpdatedAt") or service.get("CreatedAt"))
-        tasks = sorted(self._tasks(service["ID"]), key=lambda t: parse_timestamp(t["CreatedAt"]))
         current = [t for t in tasks if _task_is_current(t, template)]
-        running = [
-            t
-            for t in current
-            if t.get("DesiredState") == "running" and t["Status"].get("State") == "running"
-        ]
-        mode = spec.get("Mode") or {}
-        if "Replicated" in mode:
-            desired = int(mode["Replicated"].get("Replicas", 1))
-        elif "Global" in mode:
-            desired = sum(1 for t in current if t.get("DesiredState") == "running")
-        else:  # jobs run to completion: nothing stays running
-            desired = 0
-        failed = [
-            t
-            for t in current
-            if t["Status"].get("State") in FAILED_TASK_STATES
-            and parse_timestamp(t["CreatedAt"]) >= anchor
-        ]
+        running = _running(current)
+        desired = _desired(spec, current)
         last_failed = failed[-1] if failed else None
         missing = next(
             (
@@ -359,8 +398,9 @@ class DockerState:
                 if last_failed
                 else None
             ),
-            failed_tasks=len(failed),
+            failed_tasks=counts[0],
             tasks=tuple(_task_ref(t) for t in running),
+            start_failures=counts[1],
         )
         container = (
             ((last_failed["Status"].get("ContainerStatus") or {}).get("ContainerID") or None)
@@ -378,13 +418,19 @@ class DockerState:
             last_failed_container_id=container,
             stopping=stopping,
             running_since_ns=running_since,
+            healthchecked=healthchecked,
         )
 
     def observe(self, domain: str) -> tuple[DeployedState, list[ServiceDetail]]:
         """``deployed(domain)`` plus the per-service details behind it."""
         stack = stack_name(domain)
         services = self._services(stack)
-        details = [self._detail(s) for s in services]
+        tasks = [sorted(self._tasks(s["ID"]), key=lambda t: parse_timestamp(t["CreatedAt"]))
+                 for s in services]
+        seen = [self._progress(svc, its) for svc, its in zip(services, tasks, strict=True)]
+        counts = counted_failures([progress for progress, _ in seen])
+        details = [self._detail(svc, its, failed, counts[progress.name], progress.healthchecked)
+                   for svc, its, (progress, failed) in zip(services, tasks, seen, strict=True)]
         version = chaos = None
         by_name = {s["Spec"]["Name"]: s for s in services}
         app = by_name.get(f"{stack}_{APP_SERVICE}")
@@ -525,8 +571,9 @@ class DockerState:
         task state and error, and what the readiness probe last saw.
 
         ``probed`` names the services (``app``) whose being up ``ready`` tells; every other
-        service's youngest task must also have run ``UNPROBED_STARTUP_S``, so a task that
-        dies on start is caught here. Later deaths are for ``still_running``.
+        service without a healthcheck (swarm's healthy is its readiness) must also have had
+        its youngest task run ``UNPROBED_STARTUP_S``, so a task that dies on start is caught
+        here. Later deaths are for ``still_running``.
         """
         deadline = time.monotonic() + timeout_s
         stopping: set[str] = set()
@@ -659,35 +706,64 @@ class DockerState:
 
     def _remove_each(self, domain: str, doing: str,
                      remove: Callable[[dict[str, Any]], None]) -> list[str]:
-        done = []
-        for container in self._orphan_containers(domain):
+        """``remove`` each orphan container of the stack, all at once (a stop waits for its
+        own grace period, never for the others'); the ids removed."""
+
+        def one(container: dict[str, Any]) -> str | None:
             cid = str(container["Id"])
             try:
                 remove(container)
-                done.append(cid)
             except DockerException:
-                continue  # the swarm agent got there first (gone, or being removed)
+                return None  # the swarm agent got there first (gone, or being removed)
             except OSError as exc:
                 raise PlatformError(
                     f"cannot reach the Docker engine {doing} container {cid[:12]}: {exc}"
                 ) from exc
-        return done
+            return cid
 
-    def stop_orphan_containers(self, domain: str, stop_timeout_s: int | None = None) -> list[str]:
+        containers = self._orphan_containers(domain)
+        if len(containers) <= 1:
+            return [cid for cid in map(one, containers) if cid is not None]
+        with ThreadPoolExecutor(max_workers=min(8, len(containers)),
+                                thread_name_prefix="remove") as pool:
+            return [cid for cid in pool.map(one, containers) if cid is not None]
+
+    def stop_orphan_containers(self, domain: str, stop_timeout_s: int | None = None,
+                               graces: Mapping[str, float] | None = None) -> list[str]:
         """Stop and remove the stack's containers once its services are gone.
 
         Swarm's agent takes several seconds to notice a removed service; stopping its
-        containers here (SIGTERM, then SIGKILL after ``stop_timeout_s``, by default the
-        container's own stop grace period) frees the volumes sooner. Does nothing while any
-        service of the stack still exists.
+        containers here (their stop signal, then SIGKILL after ``graces[<container id>]``,
+        else ``stop_timeout_s``, else the container's own default) frees the volumes sooner.
+        Does nothing while any service of the stack still exists.
         """
 
         def stop(container: dict[str, Any]) -> None:
             if container.get("State") == "running":
-                self.client.api.stop(container["Id"], timeout=stop_timeout_s)
+                grace = (graces or {}).get(str(container["Id"]))
+                timeout = math.ceil(grace) if grace is not None else stop_timeout_s
+                self.client.api.stop(container["Id"], timeout=timeout)
             self.client.api.remove_container(container["Id"])
 
         return self._remove_each(domain, "stopping", stop)
+
+    def stop_graces(self, domain: str) -> dict[str, float]:
+        """The stop grace period of each service of the stack (full service names)."""
+        return {str(s["Spec"]["Name"]): _grace_s({"Spec": s["Spec"].get("TaskTemplate") or {}})
+                for s in self._services(stack_name(domain))}
+
+    def running_containers(self, domain: str) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(container id, full service name, named volumes mounted) of every running
+        container of the stack."""
+        label = f"{constants.STACK_NAMESPACE_LABEL}={stack_name(domain)}"
+        found = self._call(
+            f"listing the running containers of {domain}",
+            lambda: self.client.api.containers(filters={"label": label, "status": "running"}),
+        )
+        return [(str(c["Id"]), str((c.get("Labels") or {}).get(SERVICE_NAME_LABEL, "?")),
+                 tuple(sorted(str(m.get("Name")) for m in c.get("Mounts") or ()
+                              if m.get("Type") == "volume" and m.get("Name"))))
+                for c in cast(list[dict[str, Any]], found)]
 
     def kill_containers(self, domain: str) -> list[str]:
         """Kill (SIGKILL, no grace) and remove the stack's containers once its services are gone.

@@ -9,6 +9,7 @@ be reached (``PlatformError``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,8 +19,10 @@ import docker
 from docker.errors import APIError, InvalidVersion, NotFound
 from docker.utils import version_lt
 
+from ccci_tasks.constants import STACK_NAMESPACE_LABEL
 from ccci_tasks.platform.base import ServiceState
 from ccci_tasks.platform.docker_state import FAILED_TASK_STATES, docker_errors, parse_timestamp
+from ccci_tasks.platform.startorder import Failed, ServiceProgress, counted_failures
 
 __all__ = [
     "STOPPED_STATES",
@@ -97,6 +100,26 @@ def _real_tags(tags: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(sorted(t for t in tags or () if t and t != _NO_TAG))
 
 
+def _progress(service: dict[str, Any], mine: list[dict[str, Any]], desired: int,
+              spec_at: datetime) -> ServiceProgress:
+    """The service as the start-order rule sees it: its failures since its spec changed."""
+    failures = tuple(
+        Failed(parse_timestamp((t.get("Status") or {}).get("Timestamp")),
+               str((t.get("Status") or {}).get("State")))
+        for t in mine
+        if (t.get("Status") or {}).get("State") in FAILED_TASK_STATES
+        and (_moment(t.get("CreatedAt")) or _EPOCH) >= spec_at)
+    running = [parse_timestamp((t.get("Status") or {}).get("Timestamp")) for t in mine
+               if t.get("DesiredState") == "running"
+               and (t.get("Status") or {}).get("State") == "running"]
+    template = service["Spec"].get("TaskTemplate") or {}
+    test = ((template.get("ContainerSpec") or {}).get("Healthcheck") or {}).get("Test") or []
+    return ServiceProgress(
+        name=str(service["Spec"]["Name"]), failures=failures,
+        up_since_ns=max(running, default=0) if len(running) >= desired else None,
+        healthchecked=bool(test) and test[0] != "NONE")
+
+
 def _services(
     client: docker.DockerClient, with_status: bool | None = None
 ) -> tuple[tuple[ServiceState, ...], dict[str, datetime]]:
@@ -104,8 +127,10 @@ def _services(
 
     Counts are the engine's own (``docker service ls``) where the engine reports them
     (``with_status``; by default from API 1.41), else counted from the tasks. ``failed_tasks``
-    counts the tasks failed or rejected since the service's spec last changed (a crash loop).
-    The newest change is the latest of its spec, its update status and its tasks' states.
+    counts the tasks failed or rejected since the service's spec last changed that count
+    toward a crash loop by the start-order rule (``platform.startorder``, applied per stack,
+    as ``wait_converged`` does). The newest change is the latest of its spec, its update
+    status and its tasks' states.
     """
     if with_status is None:
         with_status = not version_lt(client.api.api_version, MIN_SERVICE_STATUS_API)
@@ -114,6 +139,7 @@ def _services(
     for task in cast(list[dict[str, Any]], client.api.tasks()):
         tasks.setdefault(str(task.get("ServiceID") or ""), []).append(task)
     found, changed = [], {}
+    stacks: dict[str, list[ServiceProgress]] = {}
     for service in services:
         spec = service["Spec"]
         name = str(spec["Name"])
@@ -137,6 +163,8 @@ def _services(
             mode = spec.get("Mode") or {}
             desired = (int(mode["Replicated"].get("Replicas", 1)) if "Replicated" in mode
                        else len(current))
+        stack = str((spec.get("Labels") or {}).get(STACK_NAMESPACE_LABEL) or name)
+        stacks.setdefault(stack, []).append(_progress(service, mine, desired, spec_at))
         image = ((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", "")
         found.append(ServiceState(
             name=name,
@@ -144,11 +172,11 @@ def _services(
             running=running,
             image=str(image).split("@", 1)[0],
             update_state=update.get("State") or None,
-            failed_tasks=sum(
-                1 for t in mine
-                if (t.get("Status") or {}).get("State") in FAILED_TASK_STATES
-                and (_moment(t.get("CreatedAt")) or _EPOCH) >= spec_at),
         ))
+    counts = {name: count for members in stacks.values()
+              for name, count in counted_failures(members).items()}
+    found = [dataclasses.replace(s, failed_tasks=counts[s.name][0],
+                                 start_failures=counts[s.name][1]) for s in found]
     return tuple(sorted(found, key=lambda s: s.name)), changed
 
 

@@ -3,20 +3,24 @@
 Per app (``domain``) it keeps, under ``<state_dir>/apps/``:
 
 * ``<domain>.env``: the app's env file (``KEY=VALUE``), made by ``new_app`` from the recipe's
-  ``.env.sample`` plus ``RECIPE``, ``DOMAIN``, ``STACK_NAME``, ``CCCI_HTTP_PORT`` (a free
-  loopback port allocated once and then kept), ``CCCI_KIND`` and ``CCCI_RUN``;
+  ``.env.sample`` (read strictly, ``platform.recipe_env``) plus ``RECIPE``, ``DOMAIN``,
+  ``STACK_NAME``, ``CCCI_HTTP_PORT`` and every other ``CCCI_<NAME>_PORT`` of the sample (each
+  a free loopback port allocated once and then kept), ``CCCI_KIND`` and ``CCCI_RUN``;
+* ``<domain>.secrets``: the values of the Docker secrets generated for the app (mode 0600,
+  ``platform.app_secrets``), read back by ``secret_values`` for the redaction of run output;
 * ``<domain>.d/<n>-<version|sha>/``: one directory per deploy with the exported recipe tree
   (``RecipeRepo.checkout``, the shared repository is never touched, so two runs of one recipe
   never race) and the rendered compose file(s) ``ccci-rendered.<name>``. The newest
   ``KEEP_DEPLOY_DIRS`` are kept for debugging.
 
-Rendering adds the labels the rest of the system relies on: ``ccci.kind``/``ccci.run``/
-``ccci.recipe``/``ccci.domain`` on every service (service and container labels) and every
-top-level volume, network, secret and config the stack creates; ``coop-cloud.<stack>.version``
-and, for a chaos deploy, ``coop-cloud.<stack>.chaos-version`` (the short sha) on the ``app``
-service. Everything else (``${VAR}`` interpolation included) is left to ``docker stack deploy``,
-which gets a minimal environment: ``PATH``/``HOME``/``DOCKER_HOST``, the env file, and
-``DOMAIN``, ``STACK_NAME``, ``CCCI_HTTP_PORT``.
+A deploy reads the version variables of the deployed tree's ``abra.sh`` (they win over the env
+file, as with abra), checks every compose file of ``COMPOSE_FILE`` (``platform.compose_files``:
+secrets the env does not declare, files from outside the recipe, ...) before anything is
+created, creates the secrets the compose files use that do not exist yet, renders the files
+(``platform.render``: the ccci and abra labels) and passes them all to one ``docker stack
+deploy -c a -c b``, which merges them. ``docker stack deploy`` gets a minimal environment:
+``PATH``/``HOME``/``DOCKER_HOST``, the env file, the abra.sh versions, and ``DOMAIN``,
+``STACK_NAME``, ``CCCI_HTTP_PORT``.
 
 Rendering also sets ``deploy.update_config.monitor`` to ``UPDATE_MONITOR`` on every service
 whose recipe does not set it. Swarm's default (5 s) keeps an update ``updating`` for that long
@@ -27,20 +31,23 @@ upgrade. A recipe that sets its own monitor keeps it.
 The app is up when its loopback port accepts a TCP connection: ``wait_converged`` waits for
 that too (the recipe contract says the app serves HTTP on ``127.0.0.1:${CCCI_HTTP_PORT}``), so
 a fresh task that dies before it serves is seen crash-looping instead of passing for converged.
+
+A graceful undeploy watches how every container ends (``platform.stops``) and says in its
+``StopReport`` whether each exited by itself or was killed; ``remove`` also deletes the app's
+secrets (they carry no stack label, so ``docker stack rm`` keeps them for a canonical).
 """
 
 from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Final, cast
 
 import docker
 import yaml
@@ -56,11 +63,27 @@ from ccci_tasks.naming import (
     validate_run_hex,
     validate_version,
 )
-from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, VolumeInfo
+from ccci_tasks.platform.app_secrets import AppSecrets
+from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, StopReport, VolumeInfo
+from ccci_tasks.platform.compose_files import ComposeFile, check_stack, load_compose
 from ccci_tasks.platform.docker_state import DockerState, Readiness, docker_client
-from ccci_tasks.platform.envfile import parse_env, set_keys
+from ccci_tasks.platform.envfile import interpolate, parse_env, set_keys
+from ccci_tasks.platform.recipe_env import (
+    HTTP_PORT_KEY,
+    RecipeEnv,
+    read_abra_sh,
+    read_recipe_env,
+)
 from ccci_tasks.platform.recipes import RecipeRepo
+from ccci_tasks.platform.render import (
+    APP_SERVICE,
+    UPDATE_MONITOR,
+    declared_version,
+    monitor_defaults,
+    render_compose,
+)
 from ccci_tasks.platform.service_logs import stack_logs
+from ccci_tasks.platform.stops import stop_watched
 from ccci_tasks.proc import run
 from ccci_tasks.state.atomic import file_lock, write_text
 from ccci_tasks.versions import is_version
@@ -72,131 +95,21 @@ __all__ = [
     "PORT_RANGE",
     "UPDATE_MONITOR",
     "SwarmPlatform",
+    "declared_version",
     "interpolate",
     "render_compose",
 ]
 
-APP_SERVICE: Final = "app"
 KEEP_DEPLOY_DIRS: Final = 3
 PORT_RANGE: Final = (20000, 32000)  # below Linux's ephemeral range (32768-60999)
 STACK_DEPLOY_TIMEOUT_S: Final = 300.0
 STACK_RM_TIMEOUT_S: Final = 120.0
 UNDEPLOY_TIMEOUT_S: Final = 120.0
 GIT_TIMEOUT_S: Final = 60.0
-DEFAULT_COMPOSE_FILE: Final = "compose.yml"
 RENDERED_PREFIX: Final = "ccci-rendered."
-UPDATE_MONITOR: Final = "1ms"  # see the module docstring
+ABRA_SH: Final = "abra.sh"
+ENV_SAMPLE: Final = ".env.sample"
 CONNECT_TIMEOUT_S: Final = 0.5
-
-_COMPOSE_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.ya?ml")
-_VAR_RE: Final = re.compile(
-    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?[-?])?(?P<arg>[^}]*)\}"
-    r"|(?P<named>[A-Za-z_][A-Za-z0-9_]*))"
-)
-
-
-# --------------------------------------------------------------------------- env files
-
-
-# --------------------------------------------------------------------------- compose
-
-
-def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose-style ``$VAR``, ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``, ``$$``.
-
-    ``${VAR:?err}``/``${VAR?err}`` give ``""`` when unset (docker reports the error itself).
-    """
-
-    def repl(match: re.Match[str]) -> str:
-        if match.group("escaped"):
-            return "$"
-        name = match.group("braced") or match.group("named")
-        value = env.get(name)
-        op = match.group("op") or ""
-        if op == ":-" and not value:
-            return interpolate(match.group("arg"), env)
-        if op == "-" and value is None:
-            return interpolate(match.group("arg"), env)
-        return value or ""
-
-    return _VAR_RE.sub(repl, text)
-
-
-def _label_items(raw: Any) -> list[tuple[str, str]]:
-    """Compose labels (a list of ``k=v`` or a mapping) as ``(key, value)`` pairs."""
-    if raw is None:
-        return []
-    if isinstance(raw, dict):
-        return [(str(k), "" if v is None else str(v)) for k, v in raw.items()]
-    if isinstance(raw, list):
-        items = []
-        for entry in raw:
-            key, _, value = str(entry).partition("=")
-            items.append((key, value))
-        return items
-    raise InvalidInput(f"compose labels must be a list or a mapping, got {raw!r}")
-
-
-def _merge_labels(raw: Any, ours: dict[str, str], env: dict[str, str]) -> list[str]:
-    """Existing labels (minus the keys we set) followed by ours, as ``k=v`` strings.
-
-    The list form keeps ``${VAR}`` in keys working: docker interpolates list entries whole.
-    """
-    kept = [
-        f"{k}={v}" for k, v in _label_items(raw) if interpolate(k, env) not in ours
-    ]
-    return kept + [f"{k}={v}" for k, v in ours.items()]
-
-
-def declared_version(compose: dict[str, Any], stack: str, env: dict[str, str]) -> str | None:
-    """The ``coop-cloud.<stack>.version`` the compose's ``app`` service declares, if any."""
-    services = compose.get("services") or {}
-    app = services.get(APP_SERVICE) or {}
-    deploy = app.get("deploy") or {}
-    wanted = constants.version_label(stack)
-    for key, value in _label_items(deploy.get("labels")):
-        if interpolate(key, env) == wanted:
-            return interpolate(value, env).strip() or None
-    return None
-
-
-def render_compose(
-    compose: dict[str, Any],
-    *,
-    stack: str,
-    env: dict[str, str],
-    ccci_labels: dict[str, str],
-    app_labels: dict[str, str],
-) -> dict[str, Any]:
-    """A copy of ``compose`` with the ccci labels everywhere and ``app_labels`` on ``app``."""
-    out = dict(compose)
-    services = {}
-    for name, raw_service in (compose.get("services") or {}).items():
-        service = dict(raw_service or {})
-        deploy = dict(service.get("deploy") or {})
-        ours = dict(ccci_labels)
-        if name == APP_SERVICE:
-            ours.update(app_labels)
-        deploy["labels"] = _merge_labels(deploy.get("labels"), ours, env)
-        update = dict(deploy.get("update_config") or {})
-        update.setdefault("monitor", UPDATE_MONITOR)
-        deploy["update_config"] = update
-        service["deploy"] = deploy
-        service["labels"] = _merge_labels(service.get("labels"), ccci_labels, env)
-        services[name] = service
-    out["services"] = services
-    for section in ("volumes", "networks", "secrets", "configs"):
-        objects = compose.get(section)
-        if not isinstance(objects, dict):
-            continue
-        rendered = {}
-        for name, raw_obj in objects.items():
-            obj = dict(raw_obj or {})
-            if not obj.get("external"):
-                obj["labels"] = _merge_labels(obj.get("labels"), ccci_labels, env)
-            rendered[name] = obj
-        out[section] = rendered
-    return out
 
 
 # --------------------------------------------------------------------------- platform
@@ -240,15 +153,25 @@ class SwarmPlatform:
     def has_config(self, domain: str) -> bool:
         return self.env_path(domain).is_file()
 
+    def secrets_path(self, domain: str) -> Path:
+        return self.apps_dir / f"{validate_domain(domain)}.secrets"
+
+    def app_secrets(self, domain: str) -> AppSecrets:
+        return AppSecrets(self.client, self.secrets_path(domain))
+
     def read_env(self, domain: str) -> dict[str, str]:
         """The app's env file; ``AppNotFound`` when the app was never created."""
+        return self._recipe_env(domain).values
+
+    def _recipe_env(self, domain: str) -> RecipeEnv:
         path = self.env_path(domain)
         try:
-            return parse_env(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise AppNotFound(
                 f"app {domain!r} has no env file at {str(path)!r}; create it with new_app first"
             ) from None
+        return read_recipe_env(text, f"the env file of {domain} ({path})")
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -257,19 +180,20 @@ class SwarmPlatform:
             yield
 
     def _ports_in_use(self) -> set[int]:
+        """Every port an app's env file holds (``CCCI_<NAME>_PORT``)."""
         used = set()
         for path in self.apps_dir.glob("*.env"):
             try:
-                port = parse_env(path.read_text(encoding="utf-8")).get("CCCI_HTTP_PORT", "")
+                values = parse_env(path.read_text(encoding="utf-8"))
             except OSError:
                 continue
-            if port.isdigit():
-                used.add(int(port))
+            used |= {int(v) for k, v in values.items()
+                     if k.startswith("CCCI_") and k.endswith("_PORT") and v.isdigit()}
         return used
 
-    def _allocate_port(self) -> int:
-        """A loopback port no other app holds and nothing listens on right now."""
-        used = self._ports_in_use()
+    def _allocate_port(self, taken: set[int] | None = None) -> int:
+        """A loopback port no app holds (nor ``taken``) and nothing listens on right now."""
+        used = self._ports_in_use() | (taken or set())
         rng = random.SystemRandom()
         for _ in range(200):
             port = rng.randrange(*PORT_RANGE)
@@ -316,7 +240,12 @@ class SwarmPlatform:
     def new_app(
         self, recipe: str, domain: str, version: str | None = None, *, kind: Kind, run: str | None
     ) -> AppInfo:
-        """Create (or refresh) the app's env file, keeping its port once allocated."""
+        """Create (or refresh) the app's env file, keeping its ports once allocated.
+
+        A new app's env file is the recipe's ``.env.sample`` at ``version``, read strictly:
+        a malformed line, or a ``COMPOSE_FILE`` naming a file the recipe does not have at
+        that version, is refused (naming the file and line) before anything is written.
+        """
         validate_recipe(recipe)
         validate_domain(domain)
         if kind not in constants.KINDS:
@@ -327,30 +256,38 @@ class SwarmPlatform:
         with self._lock():
             if path.exists():
                 text = path.read_text(encoding="utf-8")
-                current = parse_env(text)
-                if current.get("RECIPE", recipe) != recipe:
+                declared = read_recipe_env(text, f"the env file of {domain} ({path})")
+                if declared.values.get("RECIPE", recipe) != recipe:
                     raise InvalidInput(
-                        f"domain {domain!r} already belongs to recipe {current['RECIPE']!r}, "
-                        f"not {recipe!r}; remove that app first or pick another domain"
+                        f"domain {domain!r} already belongs to recipe "
+                        f"{declared.values['RECIPE']!r}, not {recipe!r}; remove that app "
+                        "first or pick another domain"
                     )
-                port = current.get("CCCI_HTTP_PORT", "")
-                sample = text
             else:
                 repo = self.repo(recipe)
                 ref = self._resolve_version(repo, version)
-                sample = repo.file_at(ref, ".env.sample") or ""
-                port = ""
-            if not port.isdigit():
-                port = str(self._allocate_port())
+                text = repo.file_at(ref, ENV_SAMPLE) or ""
+                declared = read_recipe_env(text, f"{recipe} {ref}: {ENV_SAMPLE}")
+                for name in declared.compose_files:
+                    if repo.file_at(ref, name) is None:
+                        raise InvalidInput(
+                            f"{recipe} {ref}: {ENV_SAMPLE} line {declared.compose_line}: "
+                            f"COMPOSE_FILE names {name}, which the recipe does not have")
             values = {
                 "RECIPE": recipe,
                 "DOMAIN": domain,
                 "STACK_NAME": stack_name(domain),
-                "CCCI_HTTP_PORT": port,
                 "CCCI_KIND": kind,
                 "CCCI_RUN": run or "",
             }
-            write_text(path, set_keys(sample, values))
+            taken: set[int] = set()
+            for key in declared.port_keys:
+                port = declared.values.get(key, "") if path.exists() else ""
+                if not port.isdigit():
+                    port = str(self._allocate_port(taken))
+                taken.add(int(port))
+                values[key] = port
+            write_text(path, set_keys(text, values))
         return AppInfo(
             domain=domain,
             stack=stack_name(domain),
@@ -363,8 +300,13 @@ class SwarmPlatform:
     def deploy(
         self, domain: str, version: str | None = None, chaos_ref: str | None = None
     ) -> DeployedState:
-        """Deploy a version tag (None: latest) or, with ``chaos_ref``, that commit as it is."""
-        env = self.read_env(domain)
+        """Deploy a version tag (None: latest) or, with ``chaos_ref``, that commit as it is.
+
+        Everything is checked before anything is created (see the module docstring); then
+        the missing secrets are created and the stack deployed.
+        """
+        declared = self._recipe_env(domain)
+        env = declared.values
         recipe = validate_recipe(env.get("RECIPE", ""))
         stack = stack_name(domain)
         repo = self.repo(recipe)
@@ -381,17 +323,22 @@ class SwarmPlatform:
         root = self.deploy_root(domain)
         dest = root / f"{time.time_ns()}-{slug}"
         repo.checkout(ref, dest)
-
+        abra_sh = dest / ABRA_SH
+        versions = (read_abra_sh(abra_sh.read_text(encoding="utf-8"),
+                                 f"{recipe} {short or ref}: {ABRA_SH}")
+                    if abra_sh.is_file() else {})
         deploy_env = {
             **env,
+            **versions,
             "DOMAIN": domain,
             "STACK_NAME": stack,
-            "CCCI_HTTP_PORT": env.get("CCCI_HTTP_PORT", ""),
+            HTTP_PORT_KEY: env.get(HTTP_PORT_KEY, ""),
         }
-        names = [n for n in env.get("COMPOSE_FILE", DEFAULT_COMPOSE_FILE).split(":") if n]
-        composes = [(name, self._load_compose(dest, name)) for name in names]
+        composes = self._load_composes(dest, declared, domain)
+        needed = check_stack(composes, env=deploy_env, declared=declared, stack=stack,
+                             tree=dest)
         if short is not None:
-            label_version = declared_version(composes[0][1], stack, deploy_env)
+            label_version = declared_version(composes[0].data, stack, deploy_env)
             label_version = label_version or self._newest_tag_reachable(repo, ref)
         else:
             label_version = ref
@@ -406,13 +353,15 @@ class SwarmPlatform:
         if env.get("CCCI_RUN"):
             ccci_labels[constants.LABEL_RUN] = env["CCCI_RUN"]
 
+        self.app_secrets(domain).ensure(needed, ccci_labels)
         argv = ["docker", "stack", "deploy", "--resolve-image", "never", "--prune"]
-        for name, compose in composes:
+        monitors = monitor_defaults([c.data for c in composes])
+        for compose, set_monitor in zip(composes, monitors, strict=True):
             rendered = render_compose(
-                compose, stack=stack, env=deploy_env, ccci_labels=ccci_labels,
-                app_labels=app_labels,
+                compose.data, stack=stack, env=deploy_env, ccci_labels=ccci_labels,
+                app_labels=app_labels, set_monitor=set_monitor,
             )
-            out = dest / f"{RENDERED_PREFIX}{name}"
+            out = dest / f"{RENDERED_PREFIX}{compose.name}"
             write_text(out, yaml.safe_dump(rendered, sort_keys=False, default_flow_style=False))
             argv += ["-c", out.name]
         argv.append(stack)
@@ -420,28 +369,49 @@ class SwarmPlatform:
         self._prune_deploy_dirs(root)
         return self.deployed(domain)
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> None:
+    def _load_composes(self, tree: Path, declared: RecipeEnv, domain: str) -> list[ComposeFile]:
+        where = f"the env file of {domain}, line {declared.compose_line}" \
+            if declared.compose_line else f"the env file of {domain} (default COMPOSE_FILE)"
+        composes = []
+        for name in declared.compose_files:
+            try:
+                composes.append(load_compose(tree, name))
+            except InvalidInput as exc:
+                raise InvalidInput(f"{where}: {exc}") from None
+        return composes
+
+    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
         """``docker stack rm``, then wait until services and containers are gone.
 
-        Graceful: each container gets its stop signal and stop grace period. Not graceful:
-        the containers are killed at once (SIGKILL) and removed.
+        Graceful: each container gets its stop signal and stop grace period, and the report
+        says whether each exited by itself. Not graceful: the containers are killed at once
+        (SIGKILL) and removed.
         """
         stack = stack_name(validate_domain(domain))
-        self._run(["docker", "stack", "rm", stack], timeout_s=STACK_RM_TIMEOUT_S)
+
+        def stack_rm() -> None:
+            self._run(["docker", "stack", "rm", stack], timeout_s=STACK_RM_TIMEOUT_S)
+
         if graceful:
-            self.state.stop_orphan_containers(domain)
-        else:
-            self.state.kill_containers(domain)
+            return stop_watched(self.state, domain, stack_rm, UNDEPLOY_TIMEOUT_S)
+        stack_rm()
+        self.state.kill_containers(domain)
         self.state.wait_undeployed(domain, UNDEPLOY_TIMEOUT_S)
+        return StopReport(graceful=False)
 
     def remove(self, domain: str) -> None:
         """Undeploy without a graceful stop (the data goes next), then delete volumes,
-        secrets, the env file and the deploy dirs."""
+        secrets (with their values), the env file and the deploy dirs."""
         self.undeploy(domain, graceful=False)
         self.state.remove_volumes(domain)
         self.state.remove_secrets(domain)
+        self.app_secrets(domain).forget()
         self.env_path(domain).unlink(missing_ok=True)
         shutil.rmtree(self.deploy_root(domain), ignore_errors=True)
+
+    def secret_values(self, domain: str) -> list[str]:
+        """The values of the app's generated secrets (from its 0600 file)."""
+        return sorted(self.app_secrets(domain).values().values())
 
     def volumes(self, domain: str) -> list[VolumeInfo]:
         return self.state.volumes(domain)
@@ -508,29 +478,7 @@ class SwarmPlatform:
     def service_logs(self, domain: str, tail: int) -> dict[str, str]:
         return stack_logs(self.client, domain, tail)
 
-    def secret_values(self, domain: str) -> list[str]:
-        return []
-
     # --- helpers ----------------------------------------------------------------------
-
-    def _load_compose(self, tree: Path, name: str) -> dict[str, Any]:
-        if not _COMPOSE_NAME_RE.fullmatch(name):
-            raise InvalidInput(
-                f"COMPOSE_FILE entry {name!r} is invalid: give file names such as "
-                "'compose.yml:compose.smtp.yml' from the recipe's top directory"
-            )
-        path = tree / name
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise AppNotFound(
-                f"the recipe tree {str(tree)!r} has no {name}; check COMPOSE_FILE and the ref"
-            ) from None
-        except yaml.YAMLError as exc:
-            raise PlatformError(f"{path} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict) or not isinstance(loaded.get("services"), dict):
-            raise PlatformError(f"{path} is no compose file: it has no 'services' mapping")
-        return cast(dict[str, Any], loaded)
 
     def _run(
         self,

@@ -28,7 +28,7 @@ ALERTS_DIR: Final = "alerts"
 SEEN_DIR: Final = "seen"
 KINDS: Final = (
     "upgrade-held", "rolled-back", "restore-failed", "run-crashed", "snapshot-corrupt",
-    "sweep-empty",
+    "sweep-empty", "promotion-refused",
 )
 
 _KIND_RE: Final = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")

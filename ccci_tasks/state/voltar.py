@@ -17,7 +17,9 @@ volume (``volstamp``) is written beside the snapshot; at the next restore of the
 the same volume, only what changed since is fixed: entries whose ``lstat`` (inode, ctime, size,
 mode, owner, ...) still equals the stamp are kept, changed and new entries are removed, and only
 the members needed are extracted (GNU tar, by name, ``--no-recursion``). Every sha256 and every
-member is still checked first. A missing, unreadable or foreign stamp means a full restore.
+member is still checked first (or, for a tar whose sha256 matched, the list of its members
+checked on an earlier restore is read back: ``tarmembers``). A missing, unreadable or foreign
+stamp means a full restore.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from typing import IO, Final, Literal
 from ccci_tasks import failpoints, stonith
 from ccci_tasks.errors import IntegrityError, SnapshotError, UnsafeArchive
 from ccci_tasks.platform.base import VolumeInfo
-from ccci_tasks.state import volstamp
+from ccci_tasks.state import tarmembers, volstamp
 from ccci_tasks.state.volstamp import Member
 
 log = logging.getLogger(__name__)
@@ -446,6 +448,7 @@ def restore_dirs(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
         hashing = pool.submit(verify_entries, src_dir, entries, what)  # alongside the checks
         members: dict[str, list[Member]] = {}
+        checked: list[VolumeEntry] = []  # members read from the tar, not remembered
         problem: SnapshotError | None = None
         try:
             missing = [e.name for e in entries if e.name not in by_name]
@@ -456,13 +459,23 @@ def restore_dirs(
                 )
             for entry in entries:
                 _mountpoint(by_name[entry.name])
-                members[entry.name] = archive_members(Path(src_dir) / entry.file,
-                                                       f"{what}: volume {entry.name}")
+                known = (None if stamp_dir is None else
+                         tarmembers.read(tarmembers.cache_path(stamp_dir, entry.file),
+                                         entry.sha256))
+                if known is None:
+                    known = archive_members(Path(src_dir) / entry.file,
+                                            f"{what}: volume {entry.name}")
+                    checked.append(entry)
+                members[entry.name] = known
         except SnapshotError as exc:
             problem = exc
         hashing.result()  # a corrupt tar is named as such, before any other problem
     if problem is not None:
         raise problem
+    if stamp_dir is not None:
+        for entry in checked:  # the tars matched their sha256: remember what was checked
+            tarmembers.write(tarmembers.cache_path(stamp_dir, entry.file), entry.sha256,
+                             members[entry.name])
     return [
         _restore_volume(by_name[e.name], Path(src_dir) / e.file, e, members[e.name],
                         stamp_dir, what)

@@ -8,6 +8,8 @@
 # - FAIL_AFTER_WRITE=1 writes /data/www/broken.txt and exits 1 (a crash-looping build).
 # - IGNORE_SIGTERM=1 ignores SIGTERM and SIGINT, like an app that does not handle signals: a
 #   stop then takes the whole stop grace period and ends with SIGKILL.
+# - STOP_DELAY=<s>: on SIGTERM or SIGINT the app takes that long to finish, then exits 0 (a
+#   slow but clean stop, within its grace period when the period is longer).
 set -eu
 
 VERSION="$(cat /etc/ccci-version)"
@@ -20,8 +22,10 @@ MARKER=/data/.initialised
 child=""
 
 stop() {
+    trap '' TERM INT  # a second stop signal (swarm's after ours) must not start it again
     echo "$NAME: stopping"
     if [ -n "$child" ]; then kill "$child" 2>/dev/null || true; fi
+    sleep "${STOP_DELAY:-0}"
     exit 0
 }
 if [ "${IGNORE_SIGTERM:-0}" = "1" ]; then

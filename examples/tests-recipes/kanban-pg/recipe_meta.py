@@ -1,0 +1,8 @@
+# CI configuration of the kanban-pg example recipe. Read with `ast`, never executed:
+# top-level literal assignments only.
+WARM_CANONICAL = True
+HEALTH_PATH = "/"
+HEALTH_OK = [200]
+DEPLOY_TIMEOUT = 180
+HTTP_TIMEOUT = 60
+DEPS = []
