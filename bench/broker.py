@@ -6,7 +6,7 @@ Redis's own counters (``INFO commandstats``, ``INFO stats`` network bytes, ``use
 
 1. each process a host runs, alone and idle for a window: the runs, infra and alerts workers;
    beat holding its lock; a second beat standing by (default intervals);
-2. janitor rounds (``ccci.infra.janitor`` through the infra worker), idle cost subtracted;
+2. janitor rounds (``ccci.alerts.janitor`` through the alerts worker), idle cost subtracted;
 3. a batch of quick runs and a batch of cold runs of custom-html on a PR commit (runs and alerts
    workers), the idle cost of those workers over the batch subtracted: commands, network bytes
    and memory left behind, per run.
@@ -136,15 +136,15 @@ def measure_hosts(system: BenchSystem, client: Any, seconds: float) -> dict[str,
 
 def measure_janitor(system: BenchSystem, client: Any, rounds: int,
                     idle_per_s: float) -> dict[str, Any]:
-    """Janitor rounds through the infra worker, one after the other."""
+    """Janitor rounds through the alerts worker (the side queue), one after the other."""
     from ccci_tasks.celery_app import app
 
-    system.start_workers(("infra",))
+    system.start_workers(("alerts",))
     time.sleep(3)
     per_round = []
     for _ in range(rounds):
         before = Probe(client)
-        app.send_task("ccci.infra.janitor").get(timeout=120)
+        app.send_task("ccci.alerts.janitor").get(timeout=120)
         per_round.append(delta(before, Probe(client), idle_per_s))
     system.stop_workers()
     per_round.sort(key=lambda d: float(d["commands_net_of_idle"]))

@@ -27,7 +27,7 @@ from conftest import REDIS_PORT, REPO, SESSION_DIR, TEST_ENV
 pytestmark = [pytest.mark.slow]
 
 TICK_S, LOCK_S = 1, 4  # CCCI_BEAT_MAX_INTERVAL_S, CCCI_BEAT_LOCK_TIMEOUT_S
-INTERVALS = {"ccci.infra.janitor": 2.0, "ccci.infra.sweep_watchdog": 3.0}
+INTERVALS = {"ccci.alerts.janitor": 2.0, "ccci.infra.sweep_watchdog": 3.0}
 NIGHTLY = "ccci.infra.nightly_sweep"
 HANDOVER_S = LOCK_S + TICK_S + 5  # lock expiry + one poll, and slack for a loaded machine
 BROKER = f"redis://127.0.0.1:{REDIS_PORT}/1"
@@ -116,7 +116,7 @@ def timeline(redis_server: str) -> Iterator[Timeline]:
     try:
         tl.mark("start")
         a, b = beats.start("a"), beats.start("b")
-        first = until(lambda: tl.log.of("ccci.infra.janitor"), 60, "the first janitor fire")[0]
+        first = until(lambda: tl.log.of("ccci.alerts.janitor"), 60, "the first janitor fire")[0]
         holder = tl.pids["first"] = first.pid
         other = tl.pids["second"] = b if holder == a else a
         time.sleep(8)
@@ -206,7 +206,7 @@ def test_a_flushed_broker_does_not_stop_beat(timeline: Timeline) -> None:
     assert took <= HANDOVER_S
     after = timeline.between("flush", "end")
     assert len({s.pid for s in after}) == 1, after
-    assert {s.task for s in after} >= {"ccci.infra.janitor"}
+    assert {s.task for s in after} >= {"ccci.alerts.janitor"}
 
 
 def test_the_nightly_crontab_read_back_from_redis_keeps_the_timezone(
