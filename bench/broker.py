@@ -216,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         client = redis.Redis(port=system.redis_port)
         print("per host: each process idle ...", flush=True)
         hosts = figures["per_host"] = measure_hosts(system, client, args.window_s)
-        infra_idle = hosts["infra_worker_idle"]["commands_per_s"]
+        alerts_idle = hosts["alerts_worker_idle"]["commands_per_s"]
         runs_idle = (hosts["runs_worker_idle"]["commands_per_s"]
                      + hosts["alerts_worker_idle"]["commands_per_s"])
         print("janitor rounds ...", flush=True)
-        figures["janitor"] = measure_janitor(system, client, args.janitor_rounds, infra_idle)
+        figures["janitor"] = measure_janitor(system, client, args.janitor_rounds, alerts_idle)
         print("runs ...", flush=True)
         figures["per_run"] = measure_runs(system, client, args.batch, runs_idle)
         figures["redis_version"] = client.info()["redis_version"]
