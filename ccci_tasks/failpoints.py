@@ -201,7 +201,7 @@ def _claim(armed: Armed, key: tuple[str, str | None]) -> bool:
 
 
 def _record(point: str, step: str, run_id: str) -> None:
-    from ccci_tasks.state import atomic
+    from ccci_tasks import atomic
     from ccci_tasks.state.clock import iso, utc_now
 
     pid = os.getpid()

@@ -197,7 +197,7 @@ def _set_last_run(entry: str, when: datetime) -> None:
 
 
 def _last_sweep_at(when: datetime) -> None:
-    from ccci_tasks.state import atomic
+    from ccci_tasks import atomic
     from ccci_tasks.state.clock import iso
 
     atomic.write_json(state() / "sweep" / "last.json",

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ccci_tasks import redact
+from ccci_tasks import atomic, redact
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError
 from ccci_tasks.forge import messages, outbox
 from ccci_tasks.forge.client import forge_configured, validate_name
 from ccci_tasks.naming import validate_run_id
 from ccci_tasks.platform.recipes import RecipeRepo
-from ccci_tasks.state import atomic, outputs
+from ccci_tasks.state import outputs
 from ccci_tasks.state.reports import RunReport, failing_step, load_report
 
 log = logging.getLogger(__name__)

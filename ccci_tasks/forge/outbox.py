@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from ccci_tasks import atomic
 from ccci_tasks.errors import InvalidInput, StateError
-from ccci_tasks.state import atomic
 from ccci_tasks.state.clock import iso, utc_now
 
 log = logging.getLogger(__name__)

@@ -439,7 +439,7 @@ class AbraPlatform:
             raise PlatformError(f"cannot read the env file {path} of {domain}: {exc}") from exc
 
     def _write_env_keys(self, domain: str, values: Mapping[str, str]) -> None:
-        from ccci_tasks.state import atomic
+        from ccci_tasks import atomic
 
         path = self.layout.env_file(domain)
         try:

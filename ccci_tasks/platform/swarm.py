@@ -53,6 +53,7 @@ import docker
 import yaml
 
 from ccci_tasks import constants
+from ccci_tasks.atomic import file_lock, write_text
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, InvalidInput, PlatformError
 from ccci_tasks.naming import (
@@ -85,7 +86,6 @@ from ccci_tasks.platform.render import (
 from ccci_tasks.platform.service_logs import stack_logs
 from ccci_tasks.platform.stops import stop_watched
 from ccci_tasks.proc import run
-from ccci_tasks.state.atomic import file_lock, write_text
 from ccci_tasks.versions import is_version
 from ccci_tasks.versions import latest as latest_version
 

@@ -18,8 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from ccci_tasks import atomic
 from ccci_tasks.errors import InvalidInput, StateError
-from ccci_tasks.state import atomic
 from ccci_tasks.state.clock import compact, iso, utc_now
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from ccci_tasks import atomic
 from ccci_tasks.errors import InvalidInput, RegistryError
 from ccci_tasks.naming import validate_domain, validate_recipe, validate_version
-from ccci_tasks.state import atomic
 from ccci_tasks.state.clock import iso, parse_iso, utc_now
 
 __all__ = [

@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
+from ccci_tasks import atomic
 from ccci_tasks.errors import InvalidInput, StateError
 from ccci_tasks.naming import validate_domain, validate_run_id
-from ccci_tasks.state import atomic
 from ccci_tasks.state.clock import iso, utc_now
 
 INTENTS_DIR: Final = "intents"

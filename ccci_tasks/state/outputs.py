@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from ccci_tasks import atomic
 from ccci_tasks.naming import validate_run_id
-from ccci_tasks.state import atomic
 from ccci_tasks.state.clock import iso, utc_now
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from ccci_tasks import atomic
 from ccci_tasks.errors import InvalidInput, StateError
 from ccci_tasks.naming import validate_run_id
-from ccci_tasks.state import atomic
 from ccci_tasks.state.clock import utc_now
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Final
 
-from ccci_tasks.state import atomic
+from ccci_tasks import atomic
 from ccci_tasks.state.volstamp import Member
 
 __all__ = ["cache_path", "read", "write"]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ccci_tasks.state import atomic
+from ccci_tasks import atomic
 
 __all__ = [
     "STAMP_VERSION",

@@ -36,11 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from ccci_tasks import failpoints
+from ccci_tasks import atomic, failpoints
 from ccci_tasks.errors import SnapshotError, SnapshotRefused
 from ccci_tasks.naming import stack_name, validate_domain, validate_recipe, validate_version
 from ccci_tasks.platform.base import Platform, VolumeInfo
-from ccci_tasks.state import atomic
 from ccci_tasks.state.canonical import recipe_dir
 from ccci_tasks.state.clock import compact, iso, utc_now
 from ccci_tasks.state.voltar import (

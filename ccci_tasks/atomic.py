@@ -1,5 +1,7 @@
 """Atomic file writes: a temp file in the same directory, fsync, rename, fsync the directory.
 
+Below both ``state/`` and ``platform/``: it imports nothing of ccci_tasks.
+
 A reader sees the old content or the new, never a partial file; a crash at any point
 leaves at most a stray ``.<name>.tmp-*`` file, which ``sweep_temp`` removes.
 """
