@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 import redis
 from redis.exceptions import RedisError
 
+from ccci_tasks import broker
 from ccci_tasks import constants as c
 from ccci_tasks.errors import BrokerError, InvalidInput
 from ccci_tasks.naming import validate_recipe, validate_ref, validate_run_id
@@ -522,7 +523,7 @@ class Slots:
     @classmethod
     def from_settings(cls, settings: Settings) -> Slots:
         """Slots on the broker Redis with the MAX_TESTS and lease settings."""
-        client = _client_for(settings.broker_url.get_secret_value())
+        client = broker.client(settings)
         return cls(client, settings.max_tests, settings.lease_ttl_s,
                    start_grace_s=settings.lease_start_grace_s)
 
@@ -838,16 +839,3 @@ class Slots:
             thread.join(timeout=max(5.0, interval))
 
 
-_CLIENTS: dict[str, redis.Redis] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def _client_for(url: str) -> redis.Redis:
-    """One Redis client (connection pool) per broker URL and process."""
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(url)
-        if client is None:
-            client = redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=30,
-                                          health_check_interval=30)
-            _CLIENTS[url] = client
-        return client

@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Task, chain
+from celery import Task
 
 from ccci_tasks import constants as c
-from ccci_tasks import failpoints, hooks, naming, redact, stonith
+from ccci_tasks import enqueue, failpoints, hooks, naming, redact, stonith
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError, LeaseLost, PlatformError
 from ccci_tasks.lanes import get_lane
@@ -186,16 +186,11 @@ def _argsrepr(ctx: RunCtx) -> str:
 def launch(lane: Lane, ctx: RunCtx, names: tuple[str, ...], *, undo: bool = False) -> None:
     """Start ``names`` as one Celery chain on the lane's queue (by task name: the runner
     never imports the task modules)."""
-    from ccci_tasks.celery_app import app
-
     data = ctx.to_dict()
-    sigs = [
-        app.signature(c.task_name(lane.queue, name), args=(data,), kwargs={"undo": undo},
-                      immutable=True).set(argsrepr=_argsrepr(ctx),
-                                          kwargsrepr=repr({"undo": undo} if undo else {}))
-        for name in names
-    ]
-    chain(*sigs).apply_async()
+    enqueue.chain([enqueue.Call(c.task_name(lane.queue, name), (data,), {"undo": undo},
+                                argsrepr=_argsrepr(ctx),
+                                kwargsrepr=repr({"undo": undo} if undo else {}))
+                   for name in names])
 
 
 # ----------------------------------------------------------------------------- steps
