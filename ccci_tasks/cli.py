@@ -580,7 +580,7 @@ def check(as_json: bool) -> None:
     except RedisError as exc:
         results["broker"] = {"ok": False, "detail": f"unreachable ({type(exc).__name__})"}
     try:
-        from ccci_tasks.platform.docker_state import docker_client
+        from ccci_tasks.platform.engine import docker_client
 
         swarm = docker_client(settings).info().get("Swarm", {}).get("LocalNodeState")
         results["docker"] = {"ok": swarm == "active",

@@ -49,8 +49,8 @@ import docker
 
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import ConfigError
-from ccci_tasks.platform.base import ServiceState
-from ccci_tasks.platform.docker_state import CRASH_LOOP_FAILURES, docker_client
+from ccci_tasks.platform.base import CRASH_LOOP_FAILURES, ServiceState
+from ccci_tasks.platform.engine import docker_client
 from ccci_tasks.platform.engine_objects import (
     STOPPED_STATES,
     BuildCacheFact,

@@ -290,7 +290,7 @@ def remove_stale_sessions(client: Any) -> list[str]:
     Only test bases (``t<6hex>.localhost``) of sessions not running now; never `make up`'s."""
     import docker
 
-    from ccci_tasks.platform.docker_state import parse_timestamp
+    from ccci_tasks.platform.engine import parse_timestamp
 
     def stale(obj: Any) -> str | None:
         domain = ccci_domain(obj)

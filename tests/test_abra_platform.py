@@ -26,13 +26,12 @@ from ccci_tasks.errors import (
     WaitTimeout,
 )
 from ccci_tasks.naming import stack_name
-from ccci_tasks.platform.abra import (
-    AbraPlatform,
+from ccci_tasks.platform.abra import AbraPlatform, run_command
+from ccci_tasks.platform.abra_plan import (
     chaos_checkout_plan,
     deploy_argv,
     env_file_recipe,
     new_app_argv,
-    run_command,
     subprocess_env,
     undeploy_argv,
 )

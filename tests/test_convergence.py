@@ -19,14 +19,10 @@ from ccci_tasks import constants
 from ccci_tasks.errors import DeployFailed, InvalidInput
 from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.base import DeployedState, ServiceState, TaskRef
-from ccci_tasks.platform.docker_state import (
-    ServiceDetail,
-    is_converged,
-    startup_left_s,
-    vanished_tasks,
-)
+from ccci_tasks.platform.convergence import is_converged, startup_left_s, vanished_tasks
 from ccci_tasks.platform.engine_events import StackEvents, concerns_stack
 from ccci_tasks.platform.envfile import set_keys
+from ccci_tasks.platform.stacks import ServiceDetail
 from ccci_tasks.platform.swarm import UPDATE_MONITOR, SwarmPlatform, render_compose
 
 STACK = "cust-1a2b3c_ci_localhost"

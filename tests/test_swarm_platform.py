@@ -16,7 +16,7 @@ from conftest import TEST_BASE
 from ccci_tasks import constants
 from ccci_tasks.errors import AppNotFound, DeployFailed
 from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
-from ccci_tasks.platform.docker_state import parse_timestamp
+from ccci_tasks.platform.engine import parse_timestamp
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.platform.swarm import (

@@ -30,7 +30,7 @@ from docker.errors import APIError
 from ccci_tasks.atomic import write_text
 from ccci_tasks.errors import PlatformError, StateError
 from ccci_tasks.platform.compose_files import NeededSecret
-from ccci_tasks.platform.docker_state import docker_errors
+from ccci_tasks.platform.engine import docker_errors
 
 __all__ = ["ALPHABET", "AppSecrets", "generate"]
 

@@ -8,11 +8,15 @@ Observed state comes back as plain frozen dataclasses, so decisions about it are
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from ccci_tasks.errors import InvalidInput, UncleanStop
 
 Kind = Literal["cold", "warm", "infra"]
+
+# Failed tasks since a service's deploy (counted by the start-order rule, platform.startorder)
+# that make a crash loop: a deploy fails fast at this many, and the disk prune stops waiting.
+CRASH_LOOP_FAILURES: Final = 3
 
 
 @dataclass(frozen=True)

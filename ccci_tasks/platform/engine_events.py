@@ -7,7 +7,7 @@ container's labels, among them ``com.docker.stack.namespace``). ``StackEvents`` 
 stream in a background thread and raises a flag for the events of one stack.
 
 Events only say *when* to look. Every decision is still taken from the state observed right
-after waking (``DockerState.observe``), so a lost, late or unexpected event can delay a
+after waking (``platform.stacks``), so a lost, late or unexpected event can delay a
 decision, never falsify it. When the stream cannot be opened or breaks, ``wait`` degrades
 to plain polling at the caller's period; the waiter never depends on the stream.
 """
@@ -26,11 +26,12 @@ from docker.errors import DockerException
 
 from ccci_tasks import constants
 
-__all__ = ["StackEvents", "concerns_stack"]
+__all__ = ["EVENTS_SLACK_S", "StackEvents", "concerns_stack"]
 
 log = logging.getLogger(__name__)
 
 EVENT_TYPES: Final = ("service", "container")
+EVENTS_SLACK_S: Final = 5.0  # a waiter's stream lasts this much longer than its timeout
 JOIN_S: Final = 1.0
 
 

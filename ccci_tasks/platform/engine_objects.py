@@ -21,7 +21,8 @@ from docker.utils import version_lt
 
 from ccci_tasks.constants import STACK_NAMESPACE_LABEL
 from ccci_tasks.platform.base import ServiceState
-from ccci_tasks.platform.docker_state import FAILED_TASK_STATES, docker_errors, parse_timestamp
+from ccci_tasks.platform.engine import docker_errors, parse_timestamp
+from ccci_tasks.platform.stacks import FAILED_TASK_STATES
 from ccci_tasks.platform.startorder import Failed, ServiceProgress, counted_failures
 
 __all__ = [

@@ -15,7 +15,7 @@ import docker
 from ccci_tasks import constants
 from ccci_tasks.errors import InvalidInput
 from ccci_tasks.naming import stack_name, validate_domain
-from ccci_tasks.platform.docker_state import docker_errors, parse_timestamp
+from ccci_tasks.platform.engine import docker_errors, parse_timestamp
 
 MAX_TAIL_LINES: Final = 10_000
 

@@ -35,7 +35,8 @@ from docker.errors import DockerException
 from ccci_tasks import constants
 from ccci_tasks.naming import stack_name
 from ccci_tasks.platform.base import ContainerStop, StopReport
-from ccci_tasks.platform.docker_state import DEFAULT_STOP_GRACE_S, DockerState
+from ccci_tasks.platform.docker_state import DockerState
+from ccci_tasks.platform.stacks import DEFAULT_STOP_GRACE_S
 
 __all__ = ["Running", "StopWatch", "classify", "stop_watched"]
 
