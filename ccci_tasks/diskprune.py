@@ -3,6 +3,8 @@
 Plan, then act. ``observe`` reads the facts (disk use, services, images, containers, build
 cache); ``plan`` decides from them alone (pure); ``act`` removes exactly what was planned.
 ``run`` does all three and returns the result of ``ccci prune``; ``render_text`` prints it.
+The engine is read and changed only through the ``Platform`` (its engine-wide methods), the
+disk measured here.
 
 The gates (all must be open, else nothing at all is removed):
 
@@ -45,21 +47,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-import docker
-
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import ConfigError
-from ccci_tasks.platform.base import CRASH_LOOP_FAILURES, ServiceState
-from ccci_tasks.platform.engine import docker_client
-from ccci_tasks.platform.engine_objects import (
+from ccci_tasks.platform import get_platform
+from ccci_tasks.platform.base import (
+    CRASH_LOOP_FAILURES,
     STOPPED_STATES,
     BuildCacheFact,
     ContainerFact,
     ImageFact,
-    observe_engine,
-    prune_build_cache,
-    remove_container,
-    remove_dangling_image,
+    Platform,
+    ServiceState,
 )
 
 __all__ = [
@@ -217,10 +215,10 @@ def disk_used_pct(path: Path) -> float:
     return round(100.0 * usage.used / total, 1) if total else 0.0
 
 
-def observe(settings: Settings, client: docker.DockerClient, in_flight: Sequence[str]) -> Facts:
+def observe(settings: Settings, platform: Platform, in_flight: Sequence[str]) -> Facts:
     """The facts ``plan`` decides on. ``in_flight``: run ids holding a slot, from the caller."""
     disk = disk_used_pct(settings.prune_path)
-    engine = observe_engine(client)
+    engine = platform.engine_objects()
     return Facts(
         disk_used_pct=disk,
         threshold_pct=settings.prune_threshold_pct,
@@ -257,28 +255,28 @@ class Removal:
         )
 
 
-def act(client: docker.DockerClient, the_plan: PrunePlan) -> Removal:
+def act(platform: Platform, the_plan: PrunePlan) -> Removal:
     """Remove exactly what ``the_plan`` lists (nothing when it is not allowed)."""
     if not the_plan.allowed:
         return Removal()
     skipped: list[dict[str, str]] = []
     containers = []
     for cid in the_plan.containers:
-        reason = remove_container(client, cid)
+        reason = platform.remove_stopped_container(cid)
         if reason is None:
             containers.append(cid)
         else:
             skipped.append({"kind": "container", "id": cid, "reason": reason})
     images = []
     for image_id in the_plan.images:
-        reason = remove_dangling_image(client, image_id)
+        reason = platform.remove_dangling_image(image_id)
         if reason is None:
             images.append(image_id)
         else:
             skipped.append({"kind": "image", "id": image_id, "reason": reason})
     cache_bytes, cache_skipped = 0, the_plan.build_cache_skipped
     if the_plan.build_cache_ids:
-        cache_bytes, cache_skipped = prune_build_cache(client, the_plan.min_age_h)
+        cache_bytes, cache_skipped = platform.prune_build_cache(the_plan.min_age_h)
     return Removal(
         images=tuple(images),
         containers=tuple(containers),
@@ -296,23 +294,23 @@ def run(
     in_flight: Sequence[str],
     *,
     dry_run: bool,
-    client: docker.DockerClient | None = None,
+    platform: Platform | None = None,
 ) -> dict[str, Any]:
     """Observe, plan and (unless ``dry_run``) act; the result ``ccci prune --json`` prints.
 
     ``{allowed, why, disk_used_pct, threshold_pct, removed | would_remove: {images,
     containers, build_cache_bytes, build_cache_skipped}, skipped}``. Raises ``PlatformError``
     when Docker fails or cannot be reached, ``ConfigError`` for an unusable CCCI_PRUNE_PATH.
+    Without ``platform`` it uses the configured one and lets go of its connection after.
     """
-    own = client is None
-    engine = docker_client(settings) if client is None else client
+    used = get_platform(settings) if platform is None else platform
     try:
-        facts = observe(settings, engine, in_flight)
+        facts = observe(settings, used, in_flight)
         the_plan = plan(facts, settings.prune_min_age_h, datetime.now(UTC))
-        removal = Removal.planned(the_plan) if dry_run else act(engine, the_plan)
+        removal = Removal.planned(the_plan) if dry_run else act(used, the_plan)
     finally:
-        if own:
-            engine.close()
+        if platform is None:
+            used.close()
     if not dry_run:
         log.info(
             "disk prune %s (%s): removed %d image(s), %d container(s), %d bytes of build cache",

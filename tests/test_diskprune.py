@@ -37,6 +37,7 @@ from ccci_tasks.diskprune import (
     run,
 )
 from ccci_tasks.errors import PlatformError
+from ccci_tasks.platform.swarm import SwarmPlatform
 
 TEST_LABEL = "ccci.test-prune"  # marks the objects this module makes
 ALLOWED_WAIT_S = 180.0  # other sessions' deploys may converge meanwhile
@@ -199,6 +200,11 @@ def prune_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
     return make
 
 
+def engine(swarm: Any) -> SwarmPlatform:
+    """The platform the prune reads and changes the engine through, on the shared client."""
+    return SwarmPlatform(Settings(), client=swarm)
+
+
 def below_use() -> str:
     """A threshold at or below the disk's current use (the disk gate is open)."""
     used = disk_used_pct(Settings().prune_path)
@@ -252,7 +258,7 @@ def test_refused_while_a_run_is_in_flight(
 ) -> None:
     """A real prune with a run in flight removes nothing and names the run."""
     settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=below_use(), CCCI_PRUNE_MIN_AGE_H="0")
-    result = run(settings, ["cold-1a2b3c"], dry_run=False, client=swarm)
+    result = run(settings, ["cold-1a2b3c"], dry_run=False, platform=engine(swarm))
     assert result["allowed"] is False
     assert "run(s) in flight: cold-1a2b3c" in result["why"]
     assert result["removed"] == {"images": [], "containers": [], "build_cache_bytes": 0,
@@ -266,7 +272,7 @@ def test_refused_below_the_threshold(
 ) -> None:
     """A real prune with the disk below the threshold removes nothing and says so."""
     settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=above_use(), CCCI_PRUNE_MIN_AGE_H="0")
-    result = run(settings, [], dry_run=False, client=swarm)
+    result = run(settings, [], dry_run=False, platform=engine(swarm))
     assert result["allowed"] is False
     assert f"below the threshold of {settings.prune_threshold_pct}%" in result["why"]
     assert result["disk_used_pct"] < result["threshold_pct"] == settings.prune_threshold_pct
@@ -284,7 +290,7 @@ def test_dry_run_lists_then_act_removes_exactly_those(
     settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=below_use(), CCCI_PRUNE_MIN_AGE_H="0")
     hexid, _, service = live_service
 
-    dry = until_allowed(lambda: run(settings, [], dry_run=True, client=swarm),
+    dry = until_allowed(lambda: run(settings, [], dry_run=True, platform=engine(swarm)),
                         lambda r: r["allowed"])
     assert "removed" not in dry
     listed_images = set(dry["would_remove"]["images"])
@@ -299,7 +305,8 @@ def test_dry_run_lists_then_act_removes_exactly_those(
 
     # The same plan, from the same observation, acted on for this test's objects only.
     def our_plan() -> PrunePlan:
-        full = plan(observe(settings, swarm, []), settings.prune_min_age_h, datetime.now(UTC))
+        full = plan(observe(settings, engine(swarm), []), settings.prune_min_age_h,
+                    datetime.now(UTC))
         return replace(
             full,
             images=tuple(i for i in full.images if i in made.images),
@@ -310,7 +317,7 @@ def test_dry_run_lists_then_act_removes_exactly_those(
     ours = until_allowed(our_plan, lambda p: p.allowed)
     assert set(ours.images) == made.gone_images == listed_images & made.images
     assert set(ours.containers) == made.gone_containers == listed_containers & made.containers
-    removal = act(swarm, ours)
+    removal = act(engine(swarm), ours)
     assert set(removal.images) == made.gone_images
     assert set(removal.containers) == made.gone_containers
     assert removal.skipped == ()
@@ -333,7 +340,7 @@ def test_act_checks_each_image_again(swarm: Any, made: Made, prune_env: Any) -> 
         swarm.api.remove_container(made.created)  # now only the late container uses it
         stale = PrunePlan(allowed=True, why="test", min_age_h=0.0,
                           images=(made.dangling, made.dangling_used))
-        removal = act(swarm, stale)
+        removal = act(engine(swarm), stale)
         assert removal.images == ()
         reasons = {s["id"]: s["reason"] for s in removal.skipped}
         assert reasons[made.dangling] == f"tagged ccci-prune-test/{hexid}:late since the plan"
@@ -345,6 +352,25 @@ def test_act_checks_each_image_again(swarm: Any, made: Made, prune_env: Any) -> 
         late_user.remove(force=True)
         with contextlib.suppress(NotFound):
             swarm.images.remove(f"ccci-prune-test/{hexid}:late")
+
+
+@pytest.mark.docker
+def test_the_abra_platform_prunes_the_same_engine(
+    swarm: Any, made: Made, live_service: tuple[str, str, str], prune_env: Any
+) -> None:
+    """On the abra backend the prune reads the engine through the docker SDK too: a dry run
+    lists this test's dangling image and stopped containers, never what must stay, and a real
+    run with a run in flight removes nothing."""
+    settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=below_use(), CCCI_PRUNE_MIN_AGE_H="0",
+                         CCCI_PLATFORM="abra")
+    assert settings.platform == "abra"
+    dry = until_allowed(lambda: run(settings, [], dry_run=True), lambda r: r["allowed"])
+    assert made.gone_images <= set(dry["would_remove"]["images"])
+    assert made.gone_containers <= set(dry["would_remove"]["containers"])
+    assert not (made.images - made.gone_images) & set(dry["would_remove"]["images"])
+    refused = run(settings, ["cold-1a2b3c"], dry_run=False)
+    assert refused["allowed"] is False and "run(s) in flight: cold-1a2b3c" in refused["why"]
+    assert_all_stay(swarm, made, live_service[2])
 
 
 @pytest.mark.docker
@@ -367,13 +393,13 @@ def test_refused_while_a_service_converges(swarm: Any, prune_env: Any) -> None:
     service = swarm.services.create(f"ccci-prune-test/{hexid}:missing", name=name,
                                     labels={TEST_LABEL: hexid})
     try:
-        result = run(settings, [], dry_run=True, client=swarm)
+        result = run(settings, [], dry_run=True, platform=engine(swarm))
         assert result["allowed"] is False
         assert f"{name} (0/1 running)" in result["why"]
         assert result["would_remove"]["images"] == result["would_remove"]["containers"] == []
         # The engine's own task states date its last change: the same service, left alone for
         # longer than STUCK_AFTER, is stuck and named, not waited for.
-        facts = observe(settings, swarm, [])
+        facts = observe(settings, engine(swarm), [])
         changed = facts.service_changed[name]
         now = datetime.now(UTC)
         assert timedelta(0) <= now - changed < timedelta(minutes=2), changed
@@ -407,7 +433,7 @@ def test_a_crash_looping_service_does_not_hold_the_prune(
         deadline = time.monotonic() + CONVERGE_S
         failures = 0
         while time.monotonic() < deadline:
-            facts = observe(settings, swarm, [])
+            facts = observe(settings, engine(swarm), [])
             state = next((s for s in facts.services if s.name == name), None)
             failures = state.failed_tasks if state else 0
             if failures >= CRASH_LOOP_FAILURES and state is not None and state.running == 0:

@@ -28,6 +28,7 @@ from ccci_tasks.errors import BrokerError, LeaseLost, StateError
 from ccci_tasks.platform.base import (
     AppInfo,
     DeployedState,
+    EngineObjects,
     Kind,
     Platform,
     StopReport,
@@ -174,3 +175,21 @@ class FencedPlatform:
 
     def secret_values(self, domain: str) -> list[str]:
         return self.inner.secret_values(domain)
+
+    def engine_objects(self) -> EngineObjects:
+        return self.inner.engine_objects()
+
+    def remove_stopped_container(self, container_id: str) -> str | None:
+        self.fence.check(f"remove stopped container {container_id[:12]}")
+        return self.inner.remove_stopped_container(container_id)
+
+    def remove_dangling_image(self, image_id: str) -> str | None:
+        self.fence.check(f"remove dangling image {image_id[:19]}")
+        return self.inner.remove_dangling_image(image_id)
+
+    def prune_build_cache(self, min_age_h: float) -> tuple[int, str | None]:
+        self.fence.check(f"prune build cache unused for {min_age_h:g} h")
+        return self.inner.prune_build_cache(min_age_h)
+
+    def close(self) -> None:
+        self.inner.close()

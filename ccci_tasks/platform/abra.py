@@ -32,7 +32,8 @@ What the engine is asked, through Docker (``DockerState``)
   Traefik, whose answer cannot tell a booting app from a missing route), so on this platform
   "converged" means the tasks run (for a recipe with a healthcheck: are healthy); a task that
   dies later is named by ``still_running``.
-* service logs: through the docker SDK, like the rest of the state.
+* service logs and the disk prune's engine-wide observations and removals read the engine
+  through the docker SDK, like the rest of the state.
 
 Run directories: ``<abra_root>/runs/<run_id>/`` is discarded when its run ends (the run
 hook ``platform.run_finished``); the shared ``servers/`` and ``catalogue/`` stay.
@@ -89,6 +90,7 @@ from ccci_tasks.platform.abra_plan import (
 from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, StopReport, VolumeInfo
 from ccci_tasks.platform.docker_state import DockerState
 from ccci_tasks.platform.engine import docker_client
+from ccci_tasks.platform.engine_objects import EngineHousekeeping
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.platform.service_logs import stack_logs
@@ -165,7 +167,7 @@ def _succeeds(argv: Sequence[str], *, env: Mapping[str, str], timeout_s: float) 
     return True
 
 
-class AbraPlatform:
+class AbraPlatform(EngineHousekeeping):
     """The ``Platform`` on a Co-op Cloud server, driven by ``abra``; state read via Docker.
 
     ``extra_env`` is added to the minimal subprocess environment (e.g. a test's settings for
@@ -188,6 +190,7 @@ class AbraPlatform:
         )
         self.abra = settings.abra_bin
         self._state = docker_state
+        self._own_state = False  # a DockerState given by the caller is the caller's to close
         self._extra_env = dict(extra_env or {})
 
     def __repr__(self) -> str:
@@ -202,7 +205,16 @@ class AbraPlatform:
         """The Docker view, connected on first use."""
         if self._state is None:
             self._state = DockerState(docker_client(self.settings))
+            self._own_state = True
         return self._state
+
+    def close(self) -> None:
+        """Close the engine connection this platform opened (the next call reconnects)."""
+        if self._own_state and self._state is not None:
+            self._state.client.close()
+            self._state, self._own_state = None, False
+
+    # --- running ----------------------------------------------------------------------
 
     def _env(self) -> dict[str, str]:
         return subprocess_env(self.abra_dir, self._extra_env,

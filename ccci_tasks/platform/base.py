@@ -8,6 +8,7 @@ Observed state comes back as plain frozen dataclasses, so decisions about it are
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
 from ccci_tasks.errors import InvalidInput, UncleanStop
@@ -17,6 +18,8 @@ Kind = Literal["cold", "warm", "infra"]
 # Failed tasks since a service's deploy (counted by the start-order rule, platform.startorder)
 # that make a crash loop: a deploy fails fast at this many, and the disk prune stops waiting.
 CRASH_LOOP_FAILURES: Final = 3
+# Container states the disk prune may remove (never running, paused or restarting).
+STOPPED_STATES: Final = ("exited", "dead", "created")
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,56 @@ class AppInfo:
     deployed: bool = False
 
 
+# --------------------------------------------------------------------------- the engine
+
+
+@dataclass(frozen=True)
+class ImageFact:
+    id: str
+    tags: tuple[str, ...]
+    created: datetime
+    used: bool  # some container (any state) runs or ran it
+
+    @property
+    def dangling(self) -> bool:
+        return not self.tags
+
+
+@dataclass(frozen=True)
+class ContainerFact:
+    id: str
+    state: str  # created | running | paused | restarting | removing | exited | dead
+    created: datetime
+    finished_at: datetime | None  # None: never finished (or never started)
+    image: str  # image id
+
+
+@dataclass(frozen=True)
+class BuildCacheFact:
+    id: str
+    kind: str  # the record type: regular, internal, frontend, source.local, ...
+    created: datetime
+    last_used: datetime | None
+    size_bytes: int
+    in_use: bool
+    shared: bool  # its data is shared with an image: removing it frees nothing
+
+
+@dataclass(frozen=True)
+class EngineObjects:
+    """Everything on the engine the disk prune (R9.2) decides on."""
+
+    services: tuple[ServiceState, ...]
+    images: tuple[ImageFact, ...]
+    containers: tuple[ContainerFact, ...]
+    build_cache: tuple[BuildCacheFact, ...]
+    build_cache_unsupported: str | None  # why this engine cannot prune build cache by age
+    service_changed: dict[str, datetime]  # service name -> newest change of its spec or tasks
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
 class Platform(Protocol):
     """Operations on apps. ``domain`` is always validated by the caller (naming.py)."""
 
@@ -247,4 +300,31 @@ class Platform(Protocol):
         """The values of the app's generated secrets, so that they can be redacted from
         everything people read (reports, step output, pages); ``[]`` when it has none or
         the platform cannot tell. Never log them."""
+        ...
+
+    # --- the engine as a whole: the disk prune (R9.2) --------------------------------
+
+    def engine_objects(self) -> EngineObjects:
+        """Every service, image, container and build cache record on the engine the apps
+        run on: engine-wide, not one app's (the disk is the host's). Reads only."""
+        ...
+
+    def remove_stopped_container(self, container_id: str) -> str | None:
+        """Remove a stopped container, never with ``force`` and never its volumes; why it
+        was left (gone already, started again since it was observed), or None."""
+        ...
+
+    def remove_dangling_image(self, image_id: str) -> str | None:
+        """Remove an image only if it is still untagged and no container uses it (checked
+        again right before), without ``force`` and without its untagged parents; why it was
+        left, or None."""
+        ...
+
+    def prune_build_cache(self, min_age_h: float) -> tuple[int, str | None]:
+        """Let the engine prune build cache unused for ``min_age_h`` (never ``--all``): the
+        bytes it reclaimed, and why nothing was pruned when it cannot."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the engine connection, if one was opened (the next call reconnects)."""
         ...

@@ -1,89 +1,48 @@
 """Engine-wide objects for the disk prune, through the docker SDK.
 
 Reads every service (with its running/desired task counts), image, container and build cache
-record on the engine as plain frozen facts, and removes single objects for
-``ccci_tasks.diskprune``, which decides what goes. Removals never ``force``, never take a
-volume and report why they left an object instead of raising, except when the engine cannot
-be reached (``PlatformError``).
+record on the engine as plain frozen facts, and removes single objects. ``EngineHousekeeping``
+gives both backends these as ``Platform`` methods; ``ccci_tasks.diskprune`` decides through
+them what goes. Removals never ``force``, never take a volume and report why they left an
+object instead of raising, except when the engine cannot be reached (``PlatformError``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import docker
 from docker.errors import APIError, InvalidVersion, NotFound
 from docker.utils import version_lt
 
 from ccci_tasks.constants import STACK_NAMESPACE_LABEL
-from ccci_tasks.platform.base import ServiceState
+from ccci_tasks.platform.base import (
+    STOPPED_STATES,
+    BuildCacheFact,
+    ContainerFact,
+    EngineObjects,
+    ImageFact,
+    ServiceState,
+)
 from ccci_tasks.platform.engine import docker_errors, parse_timestamp
 from ccci_tasks.platform.stacks import FAILED_TASK_STATES
 from ccci_tasks.platform.startorder import Failed, ServiceProgress, counted_failures
 
+if TYPE_CHECKING:
+    from ccci_tasks.platform.docker_state import DockerState
+
 __all__ = [
-    "STOPPED_STATES",
-    "BuildCacheFact",
-    "ContainerFact",
-    "EngineObjects",
-    "ImageFact",
+    "EngineHousekeeping",
     "observe_engine",
-    "prune_build_cache",
-    "remove_container",
-    "remove_dangling_image",
 ]
 
-STOPPED_STATES: Final = ("exited", "dead", "created")
 MIN_BUILD_PRUNE_API: Final = "1.39"  # filters on POST /build/prune
 MIN_SERVICE_STATUS_API: Final = "1.41"  # GET /services?status=true
 _NO_TAG: Final = "<none>:<none>"
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)  # a time Docker left unset
-
-
-@dataclass(frozen=True)
-class ImageFact:
-    id: str
-    tags: tuple[str, ...]
-    created: datetime
-    used: bool  # some container (any state) runs or ran it
-
-    @property
-    def dangling(self) -> bool:
-        return not self.tags
-
-
-@dataclass(frozen=True)
-class ContainerFact:
-    id: str
-    state: str  # created | running | paused | restarting | removing | exited | dead
-    created: datetime
-    finished_at: datetime | None  # None: never finished (or never started)
-    image: str  # image id
-
-
-@dataclass(frozen=True)
-class BuildCacheFact:
-    id: str
-    kind: str  # the record type: regular, internal, frontend, source.local, ...
-    created: datetime
-    last_used: datetime | None
-    size_bytes: int
-    in_use: bool
-    shared: bool  # its data is shared with an image: removing it frees nothing
-
-
-@dataclass(frozen=True)
-class EngineObjects:
-    services: tuple[ServiceState, ...]
-    images: tuple[ImageFact, ...]
-    containers: tuple[ContainerFact, ...]
-    build_cache: tuple[BuildCacheFact, ...]
-    build_cache_unsupported: str | None  # why this engine cannot prune build cache by age
-    service_changed: dict[str, datetime]  # service name -> newest change of its spec or tasks
 
 
 # --------------------------------------------------------------------------- observe
@@ -259,7 +218,7 @@ def _refused(exc: APIError) -> str:
     return f"the engine refused: {exc.explanation or exc}"
 
 
-def remove_container(client: docker.DockerClient, cid: str) -> str | None:
+def _remove_container(client: docker.DockerClient, cid: str) -> str | None:
     """Remove a stopped container (never ``force``, never its volumes); why not, or None."""
     with docker_errors(f"removing container {cid[:12]}"):
         try:
@@ -271,7 +230,7 @@ def remove_container(client: docker.DockerClient, cid: str) -> str | None:
     return None
 
 
-def remove_dangling_image(client: docker.DockerClient, image_id: str) -> str | None:
+def _remove_dangling_image(client: docker.DockerClient, image_id: str) -> str | None:
     """Remove an image only if it is still untagged and no container uses it; why not, or None.
 
     Without ``force`` (the engine refuses an image a container uses) and with ``noprune``
@@ -294,7 +253,7 @@ def remove_dangling_image(client: docker.DockerClient, image_id: str) -> str | N
     return None
 
 
-def prune_build_cache(client: docker.DockerClient, min_age_h: float) -> tuple[int, str | None]:
+def _prune_build_cache(client: docker.DockerClient, min_age_h: float) -> tuple[int, str | None]:
     """Let the engine prune build cache unused for ``min_age_h`` (no ``--all``).
 
     Returns the bytes reclaimed, and why nothing was pruned when the engine cannot.
@@ -308,3 +267,27 @@ def prune_build_cache(client: docker.DockerClient, min_age_h: float) -> tuple[in
         except APIError as exc:
             return 0, _refused(exc)
     return int((cast(dict[str, Any], result) or {}).get("SpaceReclaimed") or 0), None
+
+
+# --------------------------------------------------------------------------- Platform
+
+
+class EngineHousekeeping:
+    """The engine-wide methods of ``Platform`` (the disk prune's observations and removals)
+    for a backend that reads the engine through its ``state``."""
+
+    @property
+    def state(self) -> DockerState:
+        raise NotImplementedError
+
+    def engine_objects(self) -> EngineObjects:
+        return observe_engine(self.state.client)
+
+    def remove_stopped_container(self, container_id: str) -> str | None:
+        return _remove_container(self.state.client, container_id)
+
+    def remove_dangling_image(self, image_id: str) -> str | None:
+        return _remove_dangling_image(self.state.client, image_id)
+
+    def prune_build_cache(self, min_age_h: float) -> tuple[int, str | None]:
+        return _prune_build_cache(self.state.client, min_age_h)

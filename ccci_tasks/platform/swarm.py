@@ -46,6 +46,7 @@ from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, StopReport, V
 from ccci_tasks.platform.convergence import Readiness
 from ccci_tasks.platform.docker_state import DockerState
 from ccci_tasks.platform.engine import docker_client
+from ccci_tasks.platform.engine_objects import EngineHousekeeping
 from ccci_tasks.platform.envfile import interpolate
 from ccci_tasks.platform.recipe_env import RecipeEnv, read_recipe_env
 from ccci_tasks.platform.recipes import RecipeRepo
@@ -84,7 +85,7 @@ ENV_SAMPLE: Final = ".env.sample"
 CONNECT_TIMEOUT_S: Final = 0.5
 
 
-class SwarmPlatform:
+class SwarmPlatform(EngineHousekeeping):
     """``Platform`` on the local Docker engine in swarm mode."""
 
     def __init__(self, settings: Settings, client: docker.DockerClient | None = None) -> None:
@@ -106,6 +107,12 @@ class SwarmPlatform:
         if self._state is None:
             self._state = DockerState(self.client)
         return self._state
+
+    def close(self) -> None:
+        """Close the engine connection this platform opened (the next call reconnects)."""
+        if self._client is not None:
+            self._client.close()
+        self._client = self._state = None
 
     @property
     def apps_dir(self) -> Path:
