@@ -5,7 +5,7 @@ use the same GNU tar options (pax, sparse, xattrs, ACLs, numeric owners), so the
 is about what we add around tar:
 
 * snapshot, ours: tar streamed through Python (sha256 while writing, write-back while
-  streaming, fsync), then, as ``warmsnap.snapshot`` does, the tar re-hashed and every member
+  streaming, fsync), then, as ``snapshots.snapshot`` does, the tar re-hashed and every member
   checked. GNU: ``tar --create --file=X`` then ``sha256sum X``.
 * restore, ours: ``voltar.restore_dirs`` (sha256 and member check first, then the volume).
   GNU: ``sha256sum X``, the volume emptied, ``tar --extract --file=X``. Measured after a
@@ -68,7 +68,8 @@ def _timed(fn: Callable[[], object], before: Callable[[], object] | None = None
 
 def run() -> dict[str, Any]:
     from ccci_tasks.platform.base import VolumeInfo
-    from ccci_tasks.state import voltar
+    from ccci_tasks.snapshots import tarcheck, voltar
+    from ccci_tasks.state import warmsnap
 
     root = Path(tempfile.mkdtemp(prefix="ccci-bench-snap-", dir="/var/tmp"))
     try:
@@ -83,8 +84,8 @@ def run() -> dict[str, Any]:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             entries = voltar.snapshot_dirs([volume], out)
-            voltar.verify_entries(out, entries, "bench")
-            voltar.check_archive(out / "data.tar", "bench")
+            warmsnap.verify_entries(out, entries, "bench")
+            tarcheck.check_archive(out / "data.tar", "bench")
 
         def gnu_snapshot() -> None:
             subprocess.run(["tar", "-C", str(data), f"--file={plain}", *create, "."],

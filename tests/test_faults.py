@@ -220,10 +220,9 @@ def test_restore_killed_halfway_is_finished_before_the_next_run_deploys(
     half-written). The next quick run is queued at once; before it deploys the canonical
     the restore is completed, so it boots the known-good data, and afterwards the volume
     equals the snapshot."""
-    from ccci_tasks import naming
+    from ccci_tasks import naming, snapshots
     from ccci_tasks.config import get_settings
     from ccci_tasks.platform import get_platform
-    from ccci_tasks.state import warmsnap
 
     # A known-good snapshot with many files, so a restore takes seconds.
     settings = get_settings()
@@ -235,7 +234,7 @@ def test_restore_killed_halfway_is_finished_before_the_next_run_deploys(
     count = 30000
     for i in range(count):
         (bulk / f"f{i:05d}.txt").write_text(f"known-good {i}\n")
-    manifest = warmsnap.snapshot(platform, state, RECIPE, warm, "2.0.0+2.0")
+    manifest = snapshots.snapshot(platform, state, RECIPE, warm, "2.0.0+2.0")
     assert manifest.version == "2.0.0+2.0"
 
     first = _quick(pr_sha)

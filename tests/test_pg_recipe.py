@@ -258,7 +258,7 @@ def _kill_restore_halfway(pg: Pg, run_id: str) -> int:
     import shutil
     import signal
 
-    from ccci_tasks.state.voltar import STAMP_DIR
+    from ccci_tasks.state.warmsnap import STAMP_DIR
 
     _at_step(pg.state, run_id, ("upgrade", "assert_upgrade", "overlay_upgrade",
                                 "overlay_custom"))

@@ -14,10 +14,13 @@ from typing import Any
 import pytest
 from test_warmsnap import DOMAIN, RECIPE, VERSION, make_volume, populate
 
+from ccci_tasks import snapshots
 from ccci_tasks.platform.base import VolumeInfo
+from ccci_tasks.snapshots.incremental import plan_restore
+from ccci_tasks.snapshots.voltar import Restored, restore_dirs, snapshot_dirs
 from ccci_tasks.state import warmsnap
-from ccci_tasks.state.volstamp import FileStat, Member, plan_restore
-from ccci_tasks.state.voltar import STAMP_DIR, Restored, restore_dirs, snapshot_dirs
+from ccci_tasks.state.volstamp import FileStat, Member
+from ccci_tasks.state.warmsnap import STAMP_DIR
 
 Row = tuple[str, str, int, int, int, int, int, str, tuple[tuple[str, bytes], ...]]
 
@@ -258,17 +261,17 @@ def test_warmsnap_restores_incrementally_beside_the_snapshot(
     platform = SwarmPlatform(settings)
     mount = make_volume(clean_swarm)
     fill(mount, files=200)
-    warmsnap.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
+    snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
     expected = full_listing(mount)
     current = warmsnap.current_dir(state_dir / RECIPE)
     assert current is not None
     files = {p.name: p.read_bytes() for p in current.iterdir()}
-    warmsnap.restore(platform, state_dir, RECIPE, DOMAIN)
+    snapshots.restore(platform, state_dir, RECIPE, DOMAIN)
     stamp = state_dir / RECIPE / STAMP_DIR / "data.stamp.json"
     assert stamp.is_file() and stat.S_IMODE(stamp.stat().st_mode) == 0o600
     _mutate(mount)
     before = stamp.stat().st_mtime_ns
-    warmsnap.restore(platform, state_dir, RECIPE, DOMAIN)
+    snapshots.restore(platform, state_dir, RECIPE, DOMAIN)
     assert full_listing(mount) == expected
     assert stamp.stat().st_mtime_ns != before
     assert {p.name: p.read_bytes() for p in current.iterdir()} == files
@@ -283,12 +286,13 @@ def test_checked_members_are_remembered_and_used(volume: Volume,
     """The first restore checks the tar's members and remembers them (bound to its sha256);
     the next restore of the same tar reads them back instead of parsing the tar, and the
     volume still equals the snapshot."""
-    from ccci_tasks.state import tarmembers, voltar
+    from ccci_tasks.snapshots import tarcheck, voltar
+    from ccci_tasks.state import tarmembers
 
     volume.restore()
     cache = tarmembers.cache_path(volume.stamps, volume.entries[0].file)
     remembered = tarmembers.read(cache, volume.entries[0].sha256)
-    assert remembered == voltar.archive_members(volume.snap / volume.entries[0].file, "x")
+    assert remembered == tarcheck.archive_members(volume.snap / volume.entries[0].file, "x")
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
 
     def parse(*args: Any) -> Any:

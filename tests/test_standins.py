@@ -17,11 +17,11 @@ import httpx
 import pytest
 from conftest import TEST_BASE
 
+from ccci_tasks import snapshots
 from ccci_tasks.errors import DeployFailed, WaitTimeout
 from ccci_tasks.naming import warm_domain
 from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.probes import reconverged, serving
-from ccci_tasks.state import warmsnap
 from ccci_tasks.state.infra import infra_dir
 from ccci_tasks.state.meta import RecipeMeta, load_meta
 
@@ -101,7 +101,7 @@ def test_keycloak_versions(platform: SwarmPlatform, keycloak: str, state_dir: Pa
 
     platform.undeploy(keycloak)  # the pre-upgrade snapshot, where the reconciler keeps it
     base = infra_dir(state_dir, "keycloak")
-    manifest = warmsnap.snapshot(platform, state_dir, "keycloak", keycloak, "1.0.1+26.0.1",
+    manifest = snapshots.snapshot(platform, state_dir, "keycloak", keycloak, "1.0.1+26.0.1",
                                  base=base)
     assert [v.name for v in manifest.volumes] == ["data"]
     assert (base / "snapshot" / "manifest.json").is_file()
@@ -120,7 +120,7 @@ def test_keycloak_versions(platform: SwarmPlatform, keycloak: str, state_dir: Pa
     with pytest.raises(DeployFailed, match="crash-looping"):
         platform.wait_converged(keycloak, CONVERGE_S)
     platform.undeploy(keycloak)
-    warmsnap.restore(platform, state_dir, "keycloak", keycloak, base=base)
+    snapshots.restore(platform, state_dir, "keycloak", keycloak, base=base)
     _deploy_healthy(platform, keycloak, "1.0.1+26.0.1", meta)
     assert not (data / "broken.txt").exists() and not (data / "crashed.txt").exists()
     assert (data / "schema").read_text() == "1\n"

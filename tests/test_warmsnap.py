@@ -20,11 +20,13 @@ from typing import Any
 import pytest
 
 from ccci_tasks import constants as c
+from ccci_tasks import snapshots
 from ccci_tasks.errors import IntegrityError, SnapshotError, SnapshotRefused, UnsafeArchive
 from ccci_tasks.naming import stack_name, warm_domain
 from ccci_tasks.platform.base import VolumeInfo
+from ccci_tasks.snapshots.tarcheck import check_members
+from ccci_tasks.snapshots.voltar import restore_dirs, snapshot_dirs
 from ccci_tasks.state import warmsnap
-from ccci_tasks.state.voltar import check_members, restore_dirs, snapshot_dirs
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "snaptest"
@@ -252,7 +254,7 @@ def test_round_trip_on_a_docker_volume(platform: Any, clean_swarm: Any, state_di
     assert [v.name for v in platform.volumes(DOMAIN)] == [f"{stack_name(DOMAIN)}_data"]
 
     started = time.monotonic()
-    manifest = warmsnap.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
+    manifest = snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
     took_snapshot = time.monotonic() - started
     entry = manifest.volumes[0]
     assert (entry.name, entry.file) == ("data", "data.tar")
@@ -268,7 +270,7 @@ def test_round_trip_on_a_docker_volume(platform: Any, clean_swarm: Any, state_di
     os.chmod(mount / "d00/s0/f0.txt", 0o644)
 
     started = time.monotonic()
-    warmsnap.restore(platform, state_dir, RECIPE, DOMAIN)
+    snapshots.restore(platform, state_dir, RECIPE, DOMAIN)
     took_restore = time.monotonic() - started
     assert listing(mount) == before
     assert os.stat(mount / "hard").st_ino == os.stat(mount / "d00/s0/f1.txt").st_ino
@@ -285,9 +287,9 @@ def test_new_snapshot_replaces_old_atomically(platform: Any, clean_swarm: Any,
     """A second snapshot becomes current and the superseded folder is removed."""
     mount = make_volume(clean_swarm)
     populate(mount, files=50, big_mib=0)
-    first = warmsnap.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
+    first = snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
     (mount / "more").write_text("second")
-    second = warmsnap.snapshot(platform, state_dir, RECIPE, DOMAIN, "1.1.0+1.1")
+    second = snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, "1.1.0+1.1")
     assert second.volumes[0].sha256 != first.volumes[0].sha256
     root = state_dir / RECIPE
     assert warmsnap.read_current(state_dir, RECIPE) == second
@@ -323,7 +325,7 @@ def test_refused_while_deployed(platform: Any, settings: Any, state_dir: Path) -
         platform.wait_converged(domain, 120)
         wait_serving(platform, domain)
         platform.undeploy(domain)
-        manifest = warmsnap.snapshot(platform, state_dir, recipe, domain, version)
+        manifest = snapshots.snapshot(platform, state_dir, recipe, domain, version)
         assert [v.name for v in manifest.volumes] == ["data"]
         mount = Path(platform.volumes(domain)[0].mountpoint)
         at_snapshot = listing(mount)
@@ -334,14 +336,14 @@ def test_refused_while_deployed(platform: Any, settings: Any, state_dir: Path) -
         platform.wait_converged(domain, 120)
         wait_serving(platform, domain)
         with pytest.raises(SnapshotRefused, match="deployed"):
-            warmsnap.snapshot(platform, state_dir, recipe, domain, version)
+            snapshots.snapshot(platform, state_dir, recipe, domain, version)
         with pytest.raises(SnapshotRefused, match="deployed"):
-            warmsnap.restore(platform, state_dir, recipe, domain)
+            snapshots.restore(platform, state_dir, recipe, domain)
         assert tree_hashes(root) == before
 
         platform.undeploy(domain)
         assert listing(mount) != at_snapshot  # the second boot wrote to the volume
-        warmsnap.restore(platform, state_dir, recipe, domain)
+        snapshots.restore(platform, state_dir, recipe, domain)
         assert listing(mount) == at_snapshot
     finally:
         platform.remove(domain)
@@ -352,9 +354,9 @@ _SNAPSHOT_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from ccci_tasks.config import get_settings
     from ccci_tasks.platform.swarm import SwarmPlatform
-    from ccci_tasks.state import warmsnap
+    from ccci_tasks import snapshots
     state, recipe, domain, version = sys.argv[1:]
-    warmsnap.snapshot(SwarmPlatform(get_settings()), Path(state), recipe, domain, version)
+    snapshots.snapshot(SwarmPlatform(get_settings()), Path(state), recipe, domain, version)
 """)
 
 
@@ -365,7 +367,7 @@ def test_killed_snapshot_leaves_previous_intact(platform: Any, clean_swarm: Any,
     """SIGKILL midway through a snapshot: the previous one is byte-identical; leftovers go."""
     mount = make_volume(clean_swarm)
     populate(mount, files=100, big_mib=0)
-    warmsnap.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
+    snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
     root = state_dir / RECIPE
     before = snapshot_files(root)
     with open(mount / "big.bin", "wb") as handle:
@@ -394,7 +396,7 @@ def test_killed_snapshot_leaves_previous_intact(platform: Any, clean_swarm: Any,
     assert warmsnap.verify(state_dir, RECIPE).version == VERSION
     assert list(root.glob("snapshot.*.partial"))  # the leftover is there ...
 
-    warmsnap.snapshot(platform, state_dir, RECIPE, DOMAIN, "1.1.0+1.1")
+    snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, "1.1.0+1.1")
     assert not list(root.glob("snapshot.*.partial"))  # ... until the next snapshot
     assert len(list(root.glob("snapshot.*"))) == 1
 
@@ -406,14 +408,14 @@ def test_out_of_space_leaves_previous_intact(platform: Any, clean_swarm: Any,
     """A snapshot that fills the disk fails cleanly; the previous one is byte-identical."""
     mount = make_volume(clean_swarm)
     populate(mount, files=100, big_mib=0)
-    warmsnap.snapshot(platform, tmpfs, RECIPE, DOMAIN, VERSION)
+    snapshots.snapshot(platform, tmpfs, RECIPE, DOMAIN, VERSION)
     root = tmpfs / RECIPE
     before = snapshot_files(root)
     with open(mount / "big.bin", "wb") as handle:
         for _ in range(64):
             handle.write(os.urandom(MIB))
     with pytest.raises(SnapshotError, match="No space left on device") as info:
-        warmsnap.snapshot(platform, tmpfs, RECIPE, DOMAIN, "1.1.0+1.1")
+        snapshots.snapshot(platform, tmpfs, RECIPE, DOMAIN, "1.1.0+1.1")
     assert "previous snapshot is unchanged" in str(info.value)
     assert snapshot_files(root) == before
     assert not list(root.glob("snapshot.*.partial"))
@@ -432,7 +434,7 @@ def test_restore_refuses_unsafe_tar(platform: Any, clean_swarm: Any, state_dir: 
     outside = sorted(p.name for p in mount.parent.iterdir())
     install_snapshot(state_dir / RECIPE, {"data": _bad_tars()[case]})
     with pytest.raises(UnsafeArchive, match="volume data"):
-        warmsnap.restore(platform, state_dir, RECIPE, DOMAIN)
+        snapshots.restore(platform, state_dir, RECIPE, DOMAIN)
     assert listing(mount) == before
     assert sorted(p.name for p in mount.parent.iterdir()) == outside
 
@@ -443,7 +445,7 @@ def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
     """One flipped byte: verify and restore name the volume and both hashes; no change."""
     mount = make_volume(clean_swarm)
     populate(mount, files=100, big_mib=0)
-    manifest = warmsnap.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
+    manifest = snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
     (mount / "after-snapshot.txt").write_text("must survive a refused restore")
     before = listing(mount)
     tar_path = state_dir / RECIPE / "snapshot" / "data.tar"
@@ -453,7 +455,7 @@ def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
     actual = hashlib.sha256(bytes(data)).hexdigest()
     expected = manifest.volumes[0].sha256
     for call in (lambda: warmsnap.verify(state_dir, RECIPE),
-                 lambda: warmsnap.restore(platform, state_dir, RECIPE, DOMAIN)):
+                 lambda: snapshots.restore(platform, state_dir, RECIPE, DOMAIN)):
         with pytest.raises(IntegrityError) as info:
             call()
         message = str(info.value)
@@ -465,5 +467,5 @@ def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
 def test_snapshot_of_app_without_volumes_refused(platform: Any, state_dir: Path) -> None:
     """An app with no volumes never replaces a snapshot with an empty one."""
     with pytest.raises(SnapshotError, match="no volumes"):
-        warmsnap.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
+        snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
     assert warmsnap.read_current(state_dir, RECIPE) is None

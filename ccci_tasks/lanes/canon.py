@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ccci_tasks import naming
+from ccci_tasks import naming, snapshots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, RegistryError, SnapshotError, StateError
 from ccci_tasks.lanes import fence
@@ -130,7 +130,7 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,
         done.append(f"finished the promotion to {manifest.version}")
     platform.undeploy(warm, graceful=False)
     if manifest is not None and canonical.quarantined(state, recipe) is None:
-        warmsnap.restore(platform, state, recipe, warm, guard=guard)
+        snapshots.restore(platform, state, recipe, warm, guard=guard)
         done.append(f"restored known-good {manifest.version} into {warm}")
     else:
         platform.remove(warm)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ccci_tasks import naming
+from ccci_tasks import naming, snapshots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import KeycloakError, RegistryError, RunFailed, UncleanStop
 from ccci_tasks.lanes import canon, common
@@ -248,8 +248,8 @@ def promote_snapshot(env: StepEnv, ctx: RunCtx) -> str:
     """Snapshot (swapped in atomically), then the registry: the new known-good."""
     target = str(ctx.plan["target_version"])
     settings, warm = env.settings, _warm(ctx)
-    manifest = warmsnap.snapshot(env.platform, settings.state_dir, ctx.recipe, warm, target,
-                                 guard=env.fence.check)
+    manifest = snapshots.snapshot(env.platform, settings.state_dir, ctx.recipe, warm, target,
+                                  guard=env.fence.check)
     assert env.repo is not None
     env.fence.check(f"write the registry of {ctx.recipe} at {target}")
     canonical.write_registry(settings.state_dir, canonical.Canonical(

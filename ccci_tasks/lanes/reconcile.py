@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ccci_tasks import naming, probes
+from ccci_tasks import naming, probes, snapshots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput, StateError
 from ccci_tasks.infraplan import InfraPlan, plan_reconcile
@@ -44,7 +44,7 @@ from ccci_tasks.lanes.model import (
 from ccci_tasks.lanes.recipes import recipe_repo
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.slots import RunSpec
-from ccci_tasks.state import intents, reports, warmsnap
+from ccci_tasks.state import intents, reports
 from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.infra import (
     InfraState,
@@ -179,8 +179,8 @@ def roll_back(settings: Settings, platform: Platform, app: str, guard: Guard) ->
     done = [f"undeployed {intent.detail.get('to')}"]
     if intent.detail.get("snapshot"):
         guard(f"restore the pre-upgrade snapshot of {app}")
-        manifest = warmsnap.restore(platform, settings.state_dir, app, domain,
-                                    base=infra_dir(settings.state_dir, app))
+        manifest = snapshots.restore(platform, settings.state_dir, app, domain,
+                                     base=infra_dir(settings.state_dir, app))
         done.append(f"restored the data of {manifest.version}")
     platform.new_app(app, domain, last, kind="infra", run=None)
     platform.deploy(domain, version=last)
@@ -272,8 +272,8 @@ def snapshot(env: StepEnv, ctx: RunCtx) -> str:
     """R2.3: the stateful app's volumes, taken undeployed, same format as canonicals."""
     p = _plan(ctx)
     state = env.settings.state_dir
-    manifest = warmsnap.snapshot(env.platform, state, ctx.recipe, _domain(ctx), p["current"],
-                                 base=infra_dir(state, ctx.recipe), guard=env.fence.check)
+    manifest = snapshots.snapshot(env.platform, state, ctx.recipe, _domain(ctx), p["current"],
+                                  base=infra_dir(state, ctx.recipe), guard=env.fence.check)
     intent = intents.read_intent(state, resource(ctx.recipe))
     assert intent is not None
     env.fence.check(f"record the snapshot of {ctx.recipe} in its intent record")

@@ -7,7 +7,7 @@ outcome of the last reconcile: ``ok``, ``held`` (an upgrade waits for an operato
 ``RegistryError`` naming it.
 
 A stateful app's pre-upgrade snapshot lives under ``infra_dir(state_dir, app)`` =
-``<state>/infra/<app>/`` (``warmsnap.snapshot(..., base=infra_dir(...))``).
+``<state>/infra/<app>/`` (``snapshots.snapshot(..., base=infra_dir(...))``).
 """
 
 from __future__ import annotations

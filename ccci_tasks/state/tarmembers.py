@@ -1,7 +1,7 @@
 """The checked members of a snapshot tar, remembered beside its restore stamps.
 
-Checking every member of a tar (``voltar.archive_members``: Python's ``tarfile`` parses each
-pax header) costs a quarter of a second for a PostgreSQL cluster's 1,300 files and more for
+Checking every member of a tar (``snapshots.tarcheck``: Python's ``tarfile`` parses each pax
+header) costs a quarter of a second for a PostgreSQL cluster's 1,300 files and more for
 larger volumes, on every restore, and a quick run ends with one. The member list depends only
 on the tar's bytes, so it is kept, after the check passed and the tar's sha256 matched its
 manifest, in ``<stamp dir>/<volume>.members.json`` bound to that sha256; a restore of the same
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Final
 
-from ccci_tasks import atomic
+from ccci_tasks.atomic import write_text
 from ccci_tasks.state.volstamp import Member
 
 __all__ = ["cache_path", "read", "write"]
@@ -54,5 +54,5 @@ def write(path: Path, sha256: str, members: list[Member]) -> None:
     """Remember the checked ``members`` of the tar of ``sha256`` (atomically, 0600)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     rows = [[m.path, m.name, m.kind, m.link] for m in members]
-    atomic.write_text(path, json.dumps({"version": VERSION, "sha256": sha256, "members": rows},
-                                       separators=(",", ":")), mode=0o600)
+    write_text(path, json.dumps({"version": VERSION, "sha256": sha256, "members": rows},
+                                separators=(",", ":")), mode=0o600)

@@ -1,4 +1,4 @@
-"""Known-good snapshots of an app's volumes (R5.3): one raw tar per volume, plus a manifest.
+"""The files of the known-good snapshots (R5.3): one raw tar per volume, plus a manifest.
 
 Layout under ``<state>/<recipe>/`` (or any ``base`` folder, e.g. ``<state>/infra/keycloak``)::
 
@@ -6,63 +6,61 @@ Layout under ``<state>/<recipe>/`` (or any ``base`` folder, e.g. ``<state>/infra
     snapshot.<id>/manifest.json         {recipe, version, taken_at, volumes: [...]}
     snapshot.<id>/<volume>.tar          one tar per volume (0600, folder 0700)
     snapshot.<id>.partial/              a snapshot being built (removed on failure or next time)
+    restore-stamps/                     what the volumes looked like after their last restore
     .snapshot.lock                      flock: one snapshot/verify/restore at a time
 
-A snapshot is built in ``snapshot.<id>.partial/`` beside the current one, verified (re-hashed,
-every member checked as restore would), renamed to ``snapshot.<id>/`` and only then made
-current by renaming a new symlink over ``snapshot``. An interrupted or out-of-space snapshot
-therefore never touches the current one; its leftovers are removed by the next snapshot.
+A snapshot is built in ``snapshot.<id>.partial/`` beside the current one, verified, renamed to
+``snapshot.<id>/`` and only then made current by renaming a new symlink over ``snapshot``
+(``make_current``). An interrupted or out-of-space snapshot therefore never touches the current
+one; its leftovers are removed by the next snapshot (``cleanup_leftovers``).
 
-The tars themselves are made and checked by ``voltar`` (GNU tar; see there why). The core
-``snapshot_dirs``/``restore_dirs`` work on plain directories; ``snapshot``/``verify``/``restore``
-add the platform (refusing while the app is deployed) and the atomic swap.
-
-Volume names in the manifest are relative to the app's stack (``<stack>_data`` → ``data``),
-so a snapshot restores into the same app under any domain that has the same volumes.
+This module reads and writes those files only; taking the volumes' data into a snapshot and
+back is ``ccci_tasks.snapshots``'s. Volume names in the manifest are relative to the app's
+stack (``<stack>_data`` → ``data``), so a snapshot restores into the same app under any domain
+that has the same volumes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from ccci_tasks import atomic, failpoints
-from ccci_tasks.errors import SnapshotError, SnapshotRefused
-from ccci_tasks.naming import stack_name, validate_domain, validate_recipe, validate_version
-from ccci_tasks.platform.base import Platform, VolumeInfo
+from ccci_tasks.atomic import file_lock, fsync_dir, write_json
+from ccci_tasks.errors import IntegrityError, SnapshotError
+from ccci_tasks.naming import validate_recipe
 from ccci_tasks.state.canonical import recipe_dir
-from ccci_tasks.state.clock import compact, iso, utc_now
-from ccci_tasks.state.voltar import (
-    STAMP_DIR,
-    VolumeEntry,
-    check_archive,
-    restore_dirs,
-    snapshot_dirs,
-    tar_file_name,
-    verify_entries,
-)
+from ccci_tasks.state.clock import compact
 
 __all__ = [
+    "STAMP_DIR",
     "Manifest",
     "VolumeEntry",
-    "app_volumes",
+    "cleanup_leftovers",
+    "current_dir",
+    "current_or_fail",
+    "discard",
+    "locked",
+    "make_current",
+    "new_dirs",
     "read_current",
     "read_manifest",
-    "restore",
-    "restore_dirs",
-    "snapshot",
-    "snapshot_dirs",
+    "snapshot_root",
+    "tar_file_name",
     "verify",
+    "verify_entries",
+    "write_manifest",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,8 +69,21 @@ SNAPSHOT_LINK: Final = "snapshot"
 MANIFEST_FILE: Final = "manifest.json"
 LOCK_FILE: Final = ".snapshot.lock"
 PARTIAL_SUFFIX: Final = ".partial"
+STAMP_DIR: Final = "restore-stamps"  # beside the snapshot folders
+CHUNK_BYTES: Final = 1 << 20
 
 _SHA_RE: Final = re.compile(r"[0-9a-f]{64}")
+_VOLUME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+@dataclass(frozen=True)
+class VolumeEntry:
+    """One volume's tar in a snapshot."""
+
+    name: str
+    file: str
+    size_bytes: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,12 @@ class Manifest:
 
     def volume(self, name: str) -> VolumeEntry | None:
         return next((v for v in self.volumes if v.name == name), None)
+
+
+def tar_file_name(name: str) -> str:
+    if not _VOLUME_RE.fullmatch(name) or name in (".", ".."):
+        raise SnapshotError(f"volume name {name!r} cannot name a snapshot file")
+    return f"{name}.tar"
 
 
 # --------------------------------------------------------------------------- manifests
@@ -133,20 +150,58 @@ def read_manifest(snap_dir: Path) -> Manifest:
     return manifest
 
 
+def write_manifest(snap_dir: Path, manifest: Manifest, what: str) -> None:
+    """Write the manifest (0600) and read it back."""
+    write_json(snap_dir / MANIFEST_FILE, manifest.to_json(), mode=0o600)
+    if read_manifest(snap_dir) != manifest:
+        raise SnapshotError(f"{what}: manifest did not read back as written")
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def verify_entries(src_dir: Path, entries: Iterable[VolumeEntry], what: str) -> None:
+    """Re-hash every tar; a mismatch names the volume and both hashes."""
+    for entry in entries:
+        path = Path(src_dir) / entry.file
+        try:
+            actual, size = hash_file(path)
+        except FileNotFoundError as exc:
+            raise IntegrityError(
+                f"{what}: volume {entry.name}: {path} is missing (manifest sha256 "
+                f"{entry.sha256})"
+            ) from exc
+        if actual != entry.sha256:
+            raise IntegrityError(
+                f"{what}: volume {entry.name}: {path} has sha256 {actual} "
+                f"({size} bytes) but the manifest says sha256 {entry.sha256} "
+                f"({entry.size_bytes} bytes); the snapshot is corrupt, nothing was restored"
+            )
+
+
 # --------------------------------------------------------------------------- the swap
 
 
-def _base(state_dir: Path, recipe: str, base: Path | None) -> Path:
+def snapshot_root(state_dir: Path, recipe: str, base: Path | None = None) -> Path:
+    """The folder holding a recipe's snapshots (``base`` when given)."""
     return Path(base) if base is not None else recipe_dir(state_dir, recipe)
 
 
 @contextlib.contextmanager
-def _locked(root: Path, *, create: bool = False) -> Iterator[None]:
+def locked(root: Path, *, create: bool = False) -> Iterator[None]:
+    """Hold the snapshot lock of ``root`` (made first with ``create``)."""
     if create:
         root.mkdir(parents=True, exist_ok=True)
     elif not root.is_dir():
         raise SnapshotError(f"there is no snapshot under {root}")
-    with atomic.file_lock(root / LOCK_FILE):
+    with file_lock(root / LOCK_FILE):
         yield
 
 
@@ -157,6 +212,13 @@ def current_dir(root: Path) -> Path | None:
         target = root / os.readlink(link)
         return target if target.is_dir() else None
     return link if link.is_dir() else None
+
+
+def current_or_fail(root: Path, recipe: str) -> Path:
+    current = current_dir(root)
+    if current is None:
+        raise SnapshotError(f"there is no snapshot of {recipe} under {root}")
+    return current
 
 
 def cleanup_leftovers(root: Path) -> list[Path]:
@@ -179,113 +241,39 @@ def cleanup_leftovers(root: Path) -> list[Path]:
     return removed
 
 
-def _swap(root: Path, new_dir_name: str, snap_id: str) -> None:
+def new_dirs(root: Path, moment: datetime) -> tuple[Path, Path]:
+    """The folders of a new snapshot taken at ``moment``: (being built, once complete)."""
+    final = root / f"{SNAPSHOT_LINK}.{compact(moment)}-{secrets.token_hex(3)}"
+    return root / f"{final.name}{PARTIAL_SUFFIX}", final
+
+
+def make_current(root: Path, work: Path, final: Path) -> None:
+    """Rename the complete snapshot ``work`` to ``final`` and swap the link over to it."""
+    os.rename(work, final)
+    fsync_dir(root)
+    snap_id = final.name.removeprefix(SNAPSHOT_LINK + ".")
     link = root / SNAPSHOT_LINK
     if link.is_dir() and not link.is_symlink():  # a plain folder from an older layout
         os.rename(link, root / f"{SNAPSHOT_LINK}.legacy-{snap_id}")
     tmp_link = root / f".{SNAPSHOT_LINK}.link-{snap_id}"
-    os.symlink(new_dir_name, tmp_link)
+    os.symlink(final.name, tmp_link)
     os.replace(tmp_link, link)
-    atomic.fsync_dir(root)
+    fsync_dir(root)
 
 
-def _refuse_if_deployed(platform: Platform, domain: str, doing: str) -> None:
-    state = platform.deployed(domain)
-    if state.is_deployed:
-        services = ", ".join(s.name for s in state.services)
-        raise SnapshotRefused(
-            f"refusing to {doing} {domain}: it is deployed (services {services}); "
-            "snapshots are taken and restored only while the app is undeployed"
-        )
+def discard(root: Path, work: Path, final: Path) -> None:
+    """Remove what a failed snapshot left (never the current one)."""
+    shutil.rmtree(work, ignore_errors=True)
+    if current_dir(root) != final:
+        shutil.rmtree(final, ignore_errors=True)
 
 
-def _relative(volume: VolumeInfo, stack: str) -> VolumeInfo:
-    prefix = stack + "_"
-    name = volume.name[len(prefix):] if volume.name.startswith(prefix) else volume.name
-    return dataclasses.replace(volume, name=name)
-
-
-def app_volumes(platform: Platform, domain: str) -> list[VolumeInfo]:
-    """The app's volumes, named relative to its stack (``<stack>_data`` → ``data``)."""
-    stack = stack_name(domain)
-    return sorted((_relative(v, stack) for v in platform.volumes(domain)), key=lambda v: v.name)
-
-
-# --------------------------------------------------------------------------- platform API
-
-
-Guard = Callable[[str], None]
-
-
-def snapshot(
-    platform: Platform, state_dir: Path, recipe: str, domain: str, version: str,
-    *, base: Path | None = None, guard: Guard | None = None,
-) -> Manifest:
-    """Take the known-good snapshot of ``domain``'s volumes; the app must be undeployed.
-
-    The new snapshot replaces the current one only once it is complete and verified, and
-    only if ``guard`` (the caller's fence check) passes right before the swap.
-    """
-    validate_recipe(recipe)
-    validate_domain(domain)
-    validate_version(version)
-    root = _base(state_dir, recipe, base)
-    with _locked(root, create=True):
-        _refuse_if_deployed(platform, domain, "snapshot")
-        cleanup_leftovers(root)
-        volumes = app_volumes(platform, domain)
-        moment = utc_now()
-        snap_id = f"{compact(moment)}-{secrets.token_hex(3)}"
-        final = root / f"{SNAPSHOT_LINK}.{snap_id}"
-        work = root / f"{final.name}{PARTIAL_SUFFIX}"
-        what = f"snapshot of {recipe} ({domain})"
-        if not volumes:
-            raise SnapshotError(
-                f"{what}: the app has no volumes (was it removed?); refusing to replace the "
-                "known-good snapshot with an empty one"
-            )
-        try:
-            work.mkdir(mode=0o700)
-            entries = snapshot_dirs(volumes, work)
-            manifest = Manifest(recipe, version, iso(moment), tuple(entries))
-            atomic.write_json(work / MANIFEST_FILE, manifest.to_json(), mode=0o600)
-            if read_manifest(work) != manifest:
-                raise SnapshotError(f"{what}: manifest did not read back as written")
-            verify_entries(work, manifest.volumes, what)
-            for entry in manifest.volumes:
-                check_archive(work / entry.file, f"{what}: volume {entry.name}")
-            _refuse_if_deployed(platform, domain, "keep a snapshot of")
-            if guard is not None:
-                guard(f"swap in the new known-good snapshot of {recipe}")
-            failpoints.fire("before-snapshot-swap")
-            os.rename(work, final)
-            atomic.fsync_dir(root)
-            _swap(root, final.name, snap_id)
-        except BaseException as exc:
-            shutil.rmtree(work, ignore_errors=True)
-            if current_dir(root) != final:
-                shutil.rmtree(final, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise SnapshotError(
-                    f"{what} failed: {exc}; the previous snapshot is unchanged"
-                ) from exc
-            raise
-        cleanup_leftovers(root)
-    log.info("%s taken: %d volume(s), %d bytes", what, len(entries),
-             sum(e.size_bytes for e in entries))
-    return manifest
-
-
-def _current_or_fail(root: Path, recipe: str) -> Path:
-    current = current_dir(root)
-    if current is None:
-        raise SnapshotError(f"there is no snapshot of {recipe} under {root}")
-    return current
+# --------------------------------------------------------------------------- reading
 
 
 def read_current(state_dir: Path, recipe: str, *, base: Path | None = None) -> Manifest | None:
     """The current snapshot's manifest without re-hashing, ``None`` when there is none."""
-    root = _base(state_dir, recipe, base)
+    root = snapshot_root(state_dir, recipe, base)
     current = current_dir(root)
     return read_manifest(current) if current is not None else None
 
@@ -293,35 +281,9 @@ def read_current(state_dir: Path, recipe: str, *, base: Path | None = None) -> M
 def verify(state_dir: Path, recipe: str, *, base: Path | None = None) -> Manifest:
     """Re-hash every tar of the current snapshot against its manifest."""
     validate_recipe(recipe)
-    root = _base(state_dir, recipe, base)
-    with _locked(root):
-        current = _current_or_fail(root, recipe)
+    root = snapshot_root(state_dir, recipe, base)
+    with locked(root):
+        current = current_or_fail(root, recipe)
         manifest = read_manifest(current)
         verify_entries(current, manifest.volumes, f"snapshot of {recipe}")
-    return manifest
-
-
-def restore(
-    platform: Platform, state_dir: Path, recipe: str, domain: str,
-    *, base: Path | None = None, guard: Guard | None = None,
-) -> Manifest:
-    """Clear each volume of ``domain`` and untar the known-good snapshot back into it.
-
-    Refused while the app is deployed. Every sha256 and every member is checked before
-    any volume is touched, and ``guard`` (the caller's fence check) right before.
-    """
-    validate_recipe(recipe)
-    validate_domain(domain)
-    root = _base(state_dir, recipe, base)
-    with _locked(root):
-        _refuse_if_deployed(platform, domain, "restore")
-        current = _current_or_fail(root, recipe)
-        manifest = read_manifest(current)
-        what = f"snapshot of {recipe}"
-        volumes = app_volumes(platform, domain)
-        _refuse_if_deployed(platform, domain, "restore")
-        if guard is not None:
-            guard(f"restore the snapshot of {recipe} into {domain}")
-        restore_dirs(volumes, current, manifest.volumes, what, stamp_dir=root / STAMP_DIR)
-    log.info("restored %s into %s: %d volume(s)", what, domain, len(manifest.volumes))
     return manifest

@@ -1,4 +1,4 @@
-"""Volume directories <-> tar files: the platform-free core of snapshots (R5.3).
+"""Volume directories <-> tar files: the data of snapshots (R5.3).
 
 ``snapshot_dirs`` streams each volume's mountpoint through GNU tar into ``<name>.tar``,
 hashing while writing. ``restore_dirs`` checks every sha256 and every member of every tar
@@ -7,19 +7,17 @@ before it touches any volume, then clears each volume and untars into it.
 Why GNU tar (argument lists, never a shell) and not ``tarfile`` for the data: tar keeps
 numeric ownership, modes, symlinks, hard links, sparse files (``--sparse``), xattrs and POSIX
 ACLs in the POSIX (pax) format; ``tarfile`` writes sparse files dense, loses xattrs and ACLs
-and is slower on large volumes. ``tarfile`` (which reads GNU sparse and pax headers) is used
-to *check* members before extraction: absolute names, ``..``, members below a symlink, links
-that escape the volume (symlinks are resolved through the archive's own symlinks) and device
-files are refused. GNU tar's own guards (refusing ``..``, delaying symlinks) are a second line.
+and is slower on large volumes. ``tarfile`` is used to *check* members before extraction
+(``snapshots.tarcheck``).
 
 Incremental restore (``restore_dirs(..., stamp_dir=...)``): after each restore a stamp of the
-volume (``volstamp``) is written beside the snapshot; at the next restore of the same tar into
-the same volume, only what changed since is fixed: entries whose ``lstat`` (inode, ctime, size,
-mode, owner, ...) still equals the stamp are kept, changed and new entries are removed, and only
-the members needed are extracted (GNU tar, by name, ``--no-recursion``). Every sha256 and every
-member is still checked first (or, for a tar whose sha256 matched, the list of its members
-checked on an earlier restore is read back: ``tarmembers``). A missing, unreadable or foreign
-stamp means a full restore.
+volume (``snapshots.incremental``) is written beside the snapshot; at the next restore of the
+same tar into the same volume, only what changed since is fixed: entries whose ``lstat``
+(inode, ctime, size, mode, owner, ...) still equals the stamp are kept, changed and new entries
+are removed, and only the members needed are extracted (GNU tar, by name, ``--no-recursion``).
+Every sha256 and every member is still checked first (or, for a tar whose sha256 matched, the
+list of its members checked on an earlier restore is read back: ``state.tarmembers``). A
+missing, unreadable or foreign stamp means a full restore.
 """
 
 from __future__ import annotations
@@ -28,30 +26,31 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import threading
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, Literal
 
 from ccci_tasks import failpoints, stonith
-from ccci_tasks.errors import IntegrityError, SnapshotError, UnsafeArchive
+from ccci_tasks.errors import SnapshotError
 from ccci_tasks.platform.base import VolumeInfo
-from ccci_tasks.state import tarmembers, volstamp
+from ccci_tasks.snapshots.incremental import plan_restore, read_stamp, scan, take, write_stamp
+from ccci_tasks.snapshots.tarcheck import archive_members
+from ccci_tasks.state import tarmembers
 from ccci_tasks.state.volstamp import Member
+from ccci_tasks.state.warmsnap import VolumeEntry, tar_file_name, verify_entries
+
+__all__ = ["Restored", "clear_dir", "restore_dirs", "snapshot_dirs"]
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES: Final = 1 << 20
 FLUSH_EVERY_BYTES: Final = 32 << 20
-MAX_SYMLINK_HOPS: Final = 40  # Linux MAXSYMLINKS: a deeper chain fails with ELOOP
 
 TAR: Final = "tar"
 TAR_CREATE: Final = (
@@ -66,19 +65,6 @@ TAR_EXTRACT: Final = (
 TAR_BY_NAME: Final = (
     "--no-recursion", "--no-wildcards", "--anchored", "--null", "--verbatim-files-from",
 )
-STAMP_DIR: Final = "restore-stamps"  # beside the snapshot folders (see warmsnap)
-
-_VOLUME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
-
-
-@dataclass(frozen=True)
-class VolumeEntry:
-    """One volume's tar in a snapshot."""
-
-    name: str
-    file: str
-    size_bytes: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -107,12 +93,6 @@ def _mountpoint(volume: VolumeInfo) -> Path:
             "snapshots need the Docker engine's volumes on the local file system"
         )
     return path
-
-
-def tar_file_name(name: str) -> str:
-    if not _VOLUME_RE.fullmatch(name) or name in (".", ".."):
-        raise SnapshotError(f"volume name {name!r} cannot name a snapshot file")
-    return f"{name}.tar"
 
 
 class _Writeback:
@@ -202,124 +182,6 @@ def snapshot_dirs(volumes: Sequence[VolumeInfo], dest_dir: Path) -> list[VolumeE
     return [snapshot_dir(volume, dest_dir) for volume in volumes]
 
 
-def hash_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def verify_entries(src_dir: Path, entries: Iterable[VolumeEntry], what: str) -> None:
-    """Re-hash every tar; a mismatch names the volume and both hashes."""
-    for entry in entries:
-        path = Path(src_dir) / entry.file
-        try:
-            actual, size = hash_file(path)
-        except FileNotFoundError as exc:
-            raise IntegrityError(
-                f"{what}: volume {entry.name}: {path} is missing (manifest sha256 "
-                f"{entry.sha256})"
-            ) from exc
-        if actual != entry.sha256:
-            raise IntegrityError(
-                f"{what}: volume {entry.name}: {path} has sha256 {actual} "
-                f"({size} bytes) but the manifest says sha256 {entry.sha256} "
-                f"({entry.size_bytes} bytes); the snapshot is corrupt, nothing was restored"
-            )
-
-
-def _parts(name: str, what: str) -> tuple[str, ...]:
-    """The components of a member or hard-link path; refuse absolute paths and ``..``."""
-    if name.startswith("/"):
-        raise UnsafeArchive(f"{what}: absolute path {name!r}")
-    parts = tuple(p for p in name.split("/") if p not in ("", "."))
-    if ".." in parts:
-        raise UnsafeArchive(f"{what}: path {name!r} contains '..'")
-    return parts
-
-
-def _escapes(parts: Sequence[str], links: dict[str, str]) -> bool:
-    """Whether ``parts`` resolves outside the root, following the archive's symlinks."""
-    resolved: list[str] = []
-    todo = deque(parts)
-    hops = 0
-    while todo:
-        part = todo.popleft()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not resolved:
-                return True
-            resolved.pop()
-            continue
-        resolved.append(part)
-        target = links.get("/".join(resolved))
-        if target is None:
-            continue
-        hops += 1
-        if hops > MAX_SYMLINK_HOPS:
-            return False  # the kernel stops with ELOOP here: nothing is reached
-        if target.startswith("/"):
-            return True
-        resolved.pop()
-        todo.extendleft(reversed(target.split("/")))
-    return False
-
-
-def check_members(members: Iterable[tarfile.TarInfo], what: str) -> int:
-    """Refuse a member list that could write outside its volume; return the member count."""
-    links: dict[str, str] = {}
-    count = 0
-    for member in members:
-        count += 1
-        label = f"{what}: member {member.name!r}"
-        parts = _parts(member.name, label)
-        for depth in range(1, len(parts)):
-            if "/".join(parts[:depth]) in links:
-                raise UnsafeArchive(f"{label} lies below the symlink {'/'.join(parts[:depth])!r}")
-        if member.ischr() or member.isblk():
-            raise UnsafeArchive(f"{label} is a device file")
-        if member.issym():
-            if not parts:
-                raise UnsafeArchive(f"{label}: the volume root cannot be a symlink")
-            if member.linkname.startswith("/"):
-                raise UnsafeArchive(
-                    f"{label} is a symlink to the absolute path {member.linkname!r}"
-                )
-            links["/".join(parts)] = member.linkname
-        elif member.islnk():
-            linked = _parts(member.linkname, f"{label} (hard link target)")
-            if not linked or _escapes(linked, links):
-                raise UnsafeArchive(f"{label} hard-links outside the volume: {member.linkname!r}")
-        elif not (member.isreg() or member.isdir() or member.isfifo()):
-            raise UnsafeArchive(f"{label} has unsupported type {member.type!r}")
-    for name, target in links.items():
-        parent = name.split("/")[:-1]
-        if _escapes([*parent, *target.split("/")], links):
-            raise UnsafeArchive(f"{what}: member {name!r} is a symlink escaping the volume: "
-                                f"{target!r}")
-    return count
-
-
-def check_archive(path: Path, what: str) -> int:
-    """Check every member of the tar at ``path`` (see ``check_members``)."""
-    return len(archive_members(path, what))
-
-
-def archive_members(path: Path, what: str) -> list[Member]:
-    """Every member of the tar at ``path``, checked (see ``check_members``), in order."""
-    try:
-        with tarfile.open(path, "r:") as archive:
-            infos = archive.getmembers()
-    except tarfile.TarError as exc:
-        raise UnsafeArchive(f"{what}: {path} is not a readable tar: {exc}") from exc
-    check_members(infos, what)
-    return [volstamp.member_of(info) for info in infos]
-
-
 def clear_dir(path: Path) -> None:
     """Remove everything inside ``path`` (never following symlinks), keep ``path``."""
     for child in path.iterdir():
@@ -395,12 +257,12 @@ def _restore_volume(
     stamp, why = None, None
     if stamp_dir is not None:
         stamp_path = _stamp_path(stamp_dir, entry.name)
-        stamp, why = volstamp.read_stamp(stamp_path, sha256=entry.sha256, mountpoint=root)
+        stamp, why = read_stamp(stamp_path, sha256=entry.sha256, mountpoint=root)
         stamp_path.unlink(missing_ok=True)  # gone while the volume changes; rewritten after
     try:
         if stamp is not None:
-            current = volstamp.scan(root)
-            plan = volstamp.plan_restore(members, stamp.entries, current)
+            current = scan(root)
+            plan = plan_restore(members, stamp.entries, current)
             _remove(root, plan.remove)
             if failpoints.armed("mid-restore"):
                 _extract_halves(volume, tar_path, plan.extract, members)
@@ -423,8 +285,7 @@ def _restore_volume(
         ) from exc
     if stamp_dir is not None:
         stamp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        volstamp.write_stamp(_stamp_path(stamp_dir, entry.name),
-                             volstamp.take(entry.sha256, root))
+        write_stamp(_stamp_path(stamp_dir, entry.name), take(entry.sha256, root))
     log.info("%s: volume %s restored (%s%s): %d extracted, %d removed, %d kept", what,
              entry.name, result.mode, f", {why}" if result.mode == "full" and why else "",
              result.extracted, result.removed, result.kept)
@@ -441,8 +302,8 @@ def restore_dirs(
     presence, every member of every tar. Then each volume is restored: in full (cleared and
     untarred), or, with ``stamp_dir`` and a valid stamp from the last restore of the same tar
     into the same volume, incrementally (only what changed since is fixed; see
-    ``volstamp``). Afterwards the volume's content equals the tar's exactly, and a new stamp
-    is written to ``stamp_dir``.
+    ``snapshots.incremental``). Afterwards the volume's content equals the tar's exactly, and a
+    new stamp is written to ``stamp_dir``.
     """
     by_name = {v.name: v for v in volumes}
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256") as pool:
