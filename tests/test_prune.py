@@ -9,10 +9,10 @@ import pytest
 
 from ccci_tasks import constants as c
 from ccci_tasks.errors import ConfigError
+from ccci_tasks.lanes.stale import plan_prune, prune_stale
 from ccci_tasks.naming import stack_name, warm_domain
 from ccci_tasks.platform.base import AppInfo
 from ccci_tasks.state.canonical import Canonical, write_registry
-from ccci_tasks.state.prune import plan_prune, prune_stale
 
 BASE = "ci.localhost"
 

@@ -201,13 +201,13 @@ def cold_runs(env: StepEnv, ctx: RunCtx) -> Park:
 
 def prune_stale(env: StepEnv, ctx: RunCtx) -> str:
     """R5.4: drop the warm data of recipes no longer enrolled (never a held canonical)."""
+    from ccci_tasks.lanes import stale
     from ccci_tasks.slots import Slots
-    from ccci_tasks.state import prune
 
     held = {r.removeprefix("canon:") for lease in Slots.from_settings(env.settings).occupying()
             if lease.spec for r in lease.spec.resources if r.startswith("canon:")}
     env.fence.check("prune the warm data of recipes no longer enrolled")
-    removed = prune.prune_stale(env.settings, env.platform, held)
+    removed = stale.prune_stale(env.settings, env.platform, held)
     recipes = sorted({item.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
                       for item in removed if item.startswith("state:")})
     reports.set_fields(env.settings.state_dir, ctx.run_id, pruned_stale=recipes)

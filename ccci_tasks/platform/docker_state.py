@@ -17,7 +17,9 @@ from collections.abc import Mapping
 
 import docker
 
-from ccci_tasks.platform import convergence, stacks, teardown
+import ccci_tasks.platform.convergence as convergence
+import ccci_tasks.platform.stacks as stacks
+import ccci_tasks.platform.teardown as teardown
 from ccci_tasks.platform.base import CRASH_LOOP_FAILURES, AppInfo, DeployedState, VolumeInfo
 from ccci_tasks.platform.convergence import Readiness
 

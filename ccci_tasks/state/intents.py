@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
-from ccci_tasks import atomic
+import ccci_tasks.atomic as atomic
 from ccci_tasks.errors import InvalidInput, StateError
 from ccci_tasks.naming import validate_domain, validate_run_id
 from ccci_tasks.state.clock import iso, utc_now

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from ccci_tasks import atomic
+import ccci_tasks.atomic as atomic
 from ccci_tasks.naming import validate_run_id
 from ccci_tasks.state.clock import iso, utc_now
 

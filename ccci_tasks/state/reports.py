@@ -24,7 +24,7 @@ from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from ccci_tasks import atomic
+import ccci_tasks.atomic as atomic
 from ccci_tasks.errors import InvalidInput, StateError
 from ccci_tasks.naming import validate_run_id
 from ccci_tasks.state.clock import utc_now

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from ccci_tasks import atomic
+import ccci_tasks.atomic as atomic
 from ccci_tasks.state.clock import iso, parse_iso, utc_now
 
 SWEEP_DIR: Final = "sweep"

@@ -1,4 +1,4 @@
-"""Drop the warm data of recipes that are no longer enrolled (R5.4, nightly).
+"""Drop the warm data of recipes that are no longer enrolled (R5.4): the sweep's prune_stale.
 
 Warm data of a recipe is its folder under the state root (registry + snapshot) and its warm
 app ``warm-<recipe>.<base>`` (volumes, env file). Plan, then act: ``plan_prune`` computes
