@@ -357,8 +357,8 @@ def watch(run_id: str, timeout: float) -> None:
 @JSON
 def status(as_json: bool) -> None:
     """Slots in use / MAX_TESTS, runs in flight, queued runs in order, workers seen."""
+    from ccci_tasks.admission import Slots
     from ccci_tasks.celery_app import app
-    from ccci_tasks.slots import Slots
 
     with _exits():
         settings = _settings()
@@ -374,12 +374,12 @@ def status(as_json: bool) -> None:
         def row(run_id: str, spec: Any, state: str) -> dict[str, Any]:
             return {"run_id": run_id, "state": state,
                     **({"lane": spec.lane, "recipe": spec.recipe, "ref": spec.ref,
-                        "resources": list(spec.resources)} if spec else {})}
+                        "resources": [str(r) for r in spec.resources]} if spec else {})}
 
         in_flight = [row(x.run_id, x.spec, x.state) for x in occupying]
         data = {
             "max_tests": settings.max_tests,
-            "slots_in_use": sum(1 for x in occupying if x.spec and "slot" in x.spec.resources),
+            "slots_in_use": sum(1 for x in occupying if x.spec and x.spec.holds_slot),
             "in_flight": in_flight,
             "queued": [row(s.run_id, s, "queued") for s in pending],
             "parked": parked,
@@ -535,7 +535,7 @@ def alerts(seen: bool, as_json: bool) -> None:
 def prune(dry_run: bool, as_json: bool) -> None:
     """The disk prune: dangling images, stopped containers, old build cache, gated."""
     from ccci_tasks import diskprune
-    from ccci_tasks.slots import Slots
+    from ccci_tasks.admission import Slots
 
     with _exits():
         settings = _settings()
