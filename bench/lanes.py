@@ -104,8 +104,8 @@ def migration_commit(repo: Path, base: str) -> str:
 def _wait_released(run_id: str) -> None:
     """The verdict is written just before the run gives its slot back: wait for that too, so
     the next run (or a worker restart) never meets a slot still held."""
+    from ccci_tasks.admission import Slots
     from ccci_tasks.config import get_settings
-    from ccci_tasks.slots import Slots
 
     slots = Slots.from_settings(get_settings())
     deadline = time.monotonic() + 30

@@ -132,8 +132,8 @@ def _quiet(system: SoakSystem) -> str:
     """'' when nothing of the soak is live, occupies a slot, or has an intent pending."""
     import docker
 
+    from ccci_tasks.admission import Slots
     from ccci_tasks.config import get_settings
-    from ccci_tasks.slots import Slots
 
     client = docker.from_env()
     try:

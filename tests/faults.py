@@ -226,8 +226,8 @@ def volumes_match_snapshot(swarm: Any, state: Path, recipe: str) -> list[str]:
 def quiet(swarm: Any, state: Path) -> str:
     """'' when nothing of the system is live, nothing occupies a slot and no intent is
     pending; else what is still there."""
+    from ccci_tasks.admission import Slots
     from ccci_tasks.config import get_settings
-    from ccci_tasks.slots import Slots
 
     left = []
     stacks = live_stacks(swarm)

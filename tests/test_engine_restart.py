@@ -66,12 +66,12 @@ ENGINE = re.compile(r"docker|engine", re.IGNORECASE)
 def test_engine_restart_mid_cold_run(system: Workers, swarm: Any) -> None:
     """dockerd restarted while a cold run installs its app: see the module docstring for
     what each phase must come to."""
+    from ccci_tasks.admission import Slots
     from ccci_tasks.config import get_settings
     from ccci_tasks.lanes.model import run_hex
     from ccci_tasks.naming import cold_domain
     from ccci_tasks.platform.swarm import SwarmPlatform
     from ccci_tasks.runs import wait
-    from ccci_tasks.slots import Slots
     from ccci_tasks.state.clock import utc_now
     from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks import cold_run

@@ -90,9 +90,9 @@ def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
     """SIGKILL the runs worker mid cold run and restart it: within lease TTL + janitor
     interval the cold app and its volumes are gone, the slot is free, and the next queued
     run goes ahead, never while the dead run's app is still live."""
+    from ccci_tasks.admission import Slots
     from ccci_tasks.config import get_settings
     from ccci_tasks.lanes.model import run_hex
-    from ccci_tasks.slots import Slots
     from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks import cold_run
 

@@ -7,13 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ccci_tasks.admission import Lease, Resource, RunSpec
 from ccci_tasks.bridge import parse_comment
 from ccci_tasks.errors import DeployFailed, IntegrityError, InvalidInput, RunFailed
 from ccci_tasks.lanes import LANES, cold, get_lane, janitor, quick, steps_by_queue
 from ccci_tasks.lanes.model import Failure, RunCtx, run_hex
 from ccci_tasks.lanes.plan import should_promote, upgrade_base
 from ccci_tasks.platform.base import AppInfo
-from ccci_tasks.slots import Lease, RunSpec
 from ccci_tasks.state.reports import RunReport
 
 TAGS = ["1.0.0+1.0", "1.1.0+1.1", "2.0.0+2.0"]
@@ -153,7 +153,8 @@ def _app(kind: str, run: str | None, deployed: bool = True, recipe: str = "r",
 
 
 def _lease(run_id: str, *resources: str, state: str = "live") -> Lease:
-    spec = RunSpec(run_id=run_id, lane="quick", recipe="held", resources=resources)
+    spec = RunSpec(run_id=run_id, lane="quick", recipe="held",
+                   resources=tuple(map(Resource.parse, resources)))
     return Lease(run_id=run_id, expires_at=1e12, spec=spec, state=state)
 
 

@@ -437,9 +437,9 @@ def test_realm_reaper_deletes_exactly_the_dead_runs_realms(infra: Infra) -> None
     nothing and lists the same 900."""
     import uuid
 
+    from ccci_tasks.admission import RunSpec, Slots
     from ccci_tasks.config import get_settings
     from ccci_tasks.lanes.model import run_hex
-    from ccci_tasks.slots import RunSpec, Slots
 
     infra.workers.kill("beat")  # no janitor round admits the queued runs meanwhile
     slots = Slots.from_settings(get_settings())

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -16,8 +19,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ccci_tasks import constants as c
+from ccci_tasks.admission import KEY_EXPIRED, KEY_REAPING, Resource, RunSpec, Slots, keep_alive
 from ccci_tasks.errors import BrokerError, InvalidInput
-from ccci_tasks.slots import KEY_EXPIRED, KEY_REAPING, RunSpec, Slots
 
 
 class FakeClock:
@@ -38,7 +41,8 @@ class FakeClock:
 
 def run(lane: str = "cold", recipe: str = "app", *resources: str,
         ref: str | None = None) -> RunSpec:
-    return RunSpec(str(uuid.uuid4()), lane, recipe, ref=ref, resources=resources or ("slot",))
+    return RunSpec(str(uuid.uuid4()), lane, recipe, ref=ref,
+                   resources=tuple(map(Resource.parse, resources or ("slot",))))
 
 
 def ids(specs: list[RunSpec]) -> list[str]:
@@ -391,7 +395,7 @@ def test_janitor_hold(client: redis.Redis, clock: FakeClock) -> None:
     """While the janitor holds a slot and a canonical, runs needing them wait."""
     slots = Slots(client, max_tests=1, ttl_s=10, clock=clock)
     hold = str(uuid.uuid4())
-    slots.hold(hold, "r", ["slot", "canon:r"])
+    slots.hold(hold, "r", [Resource.slot(), Resource.canon("r")])
     a = slots.enqueue(run("quick", "r", "slot", "canon:r"))
     assert slots.admit() == []
     assert [x.state for x in slots.occupying()] == ["reaping"]
@@ -451,7 +455,7 @@ def test_keep_alive_renews(client: redis.Redis) -> None:
     a = slots.enqueue(run())
     (spec,) = slots.admit()
     assert slots.renew(a.run_id, spec.token)
-    with slots.keep_alive(a.run_id, spec.token) as lost:
+    with keep_alive(slots, a.run_id, spec.token) as lost:
         time.sleep(1.5)
         assert slots.holds(a.run_id)
         assert not lost.is_set()
@@ -470,7 +474,7 @@ def test_keep_alive_reports_a_lost_lease(client: redis.Redis) -> None:
     a = slots.enqueue(run())
     (spec,) = slots.admit()
     called: list[str] = []
-    with slots.keep_alive(a.run_id, spec.token, on_lost=lambda: called.append("x")) as lost:
+    with keep_alive(slots, a.run_id, spec.token, on_lost=lambda: called.append("x")) as lost:
         client.flushdb()
         assert lost.wait(3)
         time.sleep(0.5)
@@ -483,7 +487,7 @@ def test_keep_alive_interval_checked(client: redis.Redis) -> None:
     slots = Slots(client, max_tests=1, ttl_s=5)
     run_id = str(uuid.uuid4())
     with pytest.raises(InvalidInput, match="below the lease ttl"), \
-            slots.keep_alive(run_id, 1, 5):
+            keep_alive(slots, run_id, 1, 5):
         pass
 
 
@@ -493,7 +497,8 @@ def test_keep_alive_interval_checked(client: redis.Redis) -> None:
 def test_spec_json_roundtrip() -> None:
     """A spec survives to_json/from_json unchanged; version tags are refs."""
     spec = RunSpec(str(uuid.uuid4()), "quick", "keycloak", ref="pr/12",
-                   resources=("slot", "canon:keycloak", "infra:keycloak:shared"),
+                   resources=(Resource.slot(), Resource.canon("keycloak"),
+                              Resource.infra("keycloak", exclusive=False)),
                    parent=str(uuid.uuid4()), enqueued_at=12.5, token=3)
     assert RunSpec.from_json(spec.to_json()) == spec
     assert spec.canonical == "keycloak"
@@ -510,8 +515,7 @@ def test_spec_json_roundtrip() -> None:
         ({"lane": "Fast!"}, "lane 'Fast!'"),
         ({"recipe": "../x"}, "recipe name"),
         ({"ref": "--upload-pack=x"}, "git ref"),
-        ({"resources": ("canon:Bad Name",)}, "resource"),
-        ({"resources": ("gpu",)}, "resource 'gpu'"),
+        ({"resources": ("slot",)}, "resource 'slot' of run .* is not a Resource"),
         ({"enqueued_at": float("nan")}, "enqueued_at"),
         ({"parent": "x"}, "run id 'x'"),
     ],
@@ -522,6 +526,66 @@ def test_bad_spec_rejected(kwargs: dict[str, object], match: str) -> None:
     fields.update(kwargs)
     with pytest.raises(InvalidInput, match=match):
         RunSpec(**fields)  # type: ignore[arg-type]
+
+
+def test_resource_wire_form() -> None:
+    """Each resource's wire form is exactly what run specs in Redis and intent records on
+    disk carry; parse gives the same value back; the key ignores the sharing."""
+    cases = [
+        (Resource.slot(), "slot", "slot"),
+        (Resource.sweep(), "sweep", "sweep"),
+        (Resource.canon("custom-html"), "canon:custom-html", "canon:custom-html"),
+        (Resource.infra("keycloak", exclusive=False), "infra:keycloak:shared", "infra:keycloak"),
+        (Resource.infra("keycloak", exclusive=True), "infra:keycloak:excl", "infra:keycloak"),
+    ]
+    for resource, wire, key in cases:
+        assert (str(resource), resource.key) == (wire, key)
+        assert Resource.parse(wire) == resource
+    assert Resource.from_key("canon:custom-html") == Resource.canon("custom-html")
+    assert Resource.from_key("infra:keycloak") == Resource.infra("keycloak", exclusive=True)
+    spec = run("quick", "keycloak", "slot", "canon:keycloak", "infra:keycloak:shared")
+    assert spec.holds_slot and spec.canonical == "keycloak"
+    assert not run("reconcile", "keycloak", "infra:keycloak:excl").holds_slot
+
+
+def test_stored_spec_carries_the_wire_form(client: redis.Redis, clock: FakeClock) -> None:
+    """A spec in Redis lists its resources in their wire form, comma-separated."""
+    slots = Slots(client, max_tests=1, ttl_s=5, clock=clock)
+    spec = slots.enqueue(run("quick", "r", "slot", "canon:r", "infra:keycloak:shared"))
+    stored = client.hget(c.KEY_RUN_SPEC + spec.run_id, "resources")
+    assert stored == b"slot,canon:r,infra:keycloak:shared"
+    assert slots.spec(spec.run_id) == spec
+
+
+@pytest.mark.parametrize(
+    "wire",
+    ["canon:Bad Name", "gpu", "slot:x", "canon:", "infra:keycloak", "canon:r:excl",
+     "infra:keycloak:open", "sweep,slot", "canon:../x", 7],
+)
+def test_bad_resource_rejected(wire: object) -> None:
+    """A bad wire form is refused naming the value, parsed alone or in a JSON run spec."""
+    with pytest.raises(InvalidInput, match=re.escape(f"resource {wire!r} is invalid")):
+        Resource.parse(wire)
+    data = {"run_id": str(uuid.uuid4()), "lane": "cold", "recipe": "app", "resources": [wire]}
+    with pytest.raises(InvalidInput, match=re.escape(f"resource {wire!r} is invalid")):
+        RunSpec.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Resource.canon("Bad Name"), "resource Resource"),
+        (lambda: Resource.infra("../x", exclusive=False), "resource Resource"),
+        (lambda: Resource("canon", "r", exclusive=False), "shared|excl"),
+        (lambda: Resource("slot", "x"), "expected slot, sweep"),
+        (lambda: Resource.from_key("slot"), "resource key 'slot'"),
+        (lambda: Resource.from_key("infra:Bad"), "resource Resource"),
+    ],
+)
+def test_bad_resource_value_rejected(make: Any, match: str) -> None:
+    """The constructors check the recipe or app name; only an infra app may be shared."""
+    with pytest.raises(InvalidInput, match=match):
+        make()
 
 
 def test_bad_json_and_run_ids_rejected(client: redis.Redis) -> None:

@@ -254,10 +254,10 @@ def test_a_dead_run_last_held_on_another_node_waits_for_that_nodes_janitor(
     import redis
 
     from ccci_tasks import constants as c
+    from ccci_tasks.admission import Resource, RunSpec, Slots
     from ccci_tasks.config import Settings
     from ccci_tasks.lanes import janitor
     from ccci_tasks.platform import get_platform
-    from ccci_tasks.slots import RunSpec, Slots
 
     assert isinstance(settings, Settings)
     slots = Slots.from_settings(settings)
@@ -266,7 +266,7 @@ def test_a_dead_run_last_held_on_another_node_waits_for_that_nodes_janitor(
 
     def dead_run(node: str) -> str:
         spec = slots.enqueue(RunSpec(str(uuid.uuid4()), "cold", "custom-html",
-                                     resources=("slot",)))
+                                     resources=(Resource.slot(),)))
         (admitted,) = slots.admit()
         assert slots.renew(spec.run_id, admitted.token, f"{node} 1 1")
         client.zadd(c.KEY_SLOTS, {spec.run_id: 1.0})  # its lease ran out long ago

@@ -200,14 +200,14 @@ def test_metrics_parse_and_count(site: str, redis_url: str) -> None:
 
 def test_metrics_see_the_broker(site: str, redis_url: str) -> None:
     """Queued runs and held slots come from the broker at scrape time."""
+    from ccci_tasks.admission import Resource, RunSpec, Slots
     from ccci_tasks.config import Settings
-    from ccci_tasks.slots import SLOT, RunSpec, Slots
 
     slots = Slots.from_settings(Settings())
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
     for run_id in (first, second):
         slots.enqueue(RunSpec(run_id=run_id, lane="cold", recipe="custom-html",
-                              resources=(SLOT,)))
+                              resources=(Resource.slot(),)))
     slots.admit([])
     families = _families(get(f"{site}/metrics").text)
     assert families["ccci_slots_in_use"].samples[0].value == 1

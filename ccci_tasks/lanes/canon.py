@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ccci_tasks import naming, snapshots
+from ccci_tasks.admission import Resource, Slots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, RegistryError, SnapshotError, StateError
 from ccci_tasks.lanes import fence
@@ -22,10 +23,6 @@ from ccci_tasks.state.alerts import write_alert
 log = logging.getLogger(__name__)
 
 Guard = Callable[[str], None]
-
-
-def resource(recipe: str) -> str:
-    return f"canon:{recipe}"
 
 
 @dataclass(frozen=True)
@@ -96,7 +93,7 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,
     record takes it over only once that run is dead (``fence.take_over``).
     """
     state = settings.state_dir
-    res = resource(recipe)
+    res = Resource.canon(recipe).key
     try:
         intent = intents.read_intent(state, res)
     except StateError as exc:
@@ -109,8 +106,6 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,
         return None
     take_over = owner is None or intent is None or intent.owner != owner
     if owner is not None and intent is not None and intent.owner != owner:
-        from ccci_tasks.slots import Slots
-
         fence.take_over(settings, Slots.from_settings(settings), intent)
     warm = naming.warm_domain(recipe, settings.base_domain)
     done: list[str] = []
@@ -147,5 +142,5 @@ def mark_dirty(settings: Settings, recipe: str, owner: intents.Owner, guard: Gua
     warm = naming.warm_domain(recipe, settings.base_domain)
     guard(f"record that the canonical of {recipe} may change ({kind})")
     intents.write_intent(settings.state_dir, intents.Intent(
-        resource=resource(recipe), kind=kind, run_id=owner.run_id, domain=warm,
+        resource=Resource.canon(recipe).key, kind=kind, run_id=owner.run_id, domain=warm,
         detail=dict(detail), token=owner.token))

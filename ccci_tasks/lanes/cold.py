@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ccci_tasks import naming, snapshots
+from ccci_tasks.admission import Resource, RunSpec
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import KeycloakError, RegistryError, RunFailed, UncleanStop
 from ccci_tasks.lanes import canon, common
@@ -29,7 +30,6 @@ from ccci_tasks.lanes import plan as pure
 from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission, run_hex
 from ccci_tasks.lanes.recipes import check_request, dep_resources, recipe_repo
 from ccci_tasks.platform.base import Platform
-from ccci_tasks.slots import SLOT, RunSpec
 from ccci_tasks.state import canonical, intents, warmsnap
 from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.meta import load_meta
@@ -61,9 +61,9 @@ def _warm(ctx: RunCtx) -> str:
 def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
     checked = check_request(settings, request.get("recipe"), request.get("ref"))
     promote = pure.should_promote(checked.ref, checked.meta.warm_canonical)
-    resources: tuple[str, ...] = (SLOT,)
+    resources: tuple[Resource, ...] = (Resource.slot(),)
     if promote:
-        resources += (canon.resource(checked.recipe),)
+        resources += (Resource.canon(checked.recipe),)
     resources += dep_resources(settings, checked.meta.deps)
     domain = naming.cold_domain(checked.recipe, run_hex(run_id), settings.base_domain)
     return Submission(NAME, checked.recipe, checked.ref, resources, domain)
@@ -257,7 +257,8 @@ def promote_snapshot(env: StepEnv, ctx: RunCtx) -> str:
         status="known-good", ts=datetime.now(UTC).isoformat(timespec="seconds"),
     ))
     canonical.clear_quarantine(settings.state_dir, ctx.recipe)
-    intents.clear_intent(settings.state_dir, canon.resource(ctx.recipe), owner=env.fence.owner)
+    intents.clear_intent(settings.state_dir, Resource.canon(ctx.recipe).key,
+                         owner=env.fence.owner)
     return f"canonical {ctx.recipe} is now {target} ({len(manifest.volumes)} volumes); promoted"
 
 

@@ -38,8 +38,8 @@ from ccci_tasks.state import intents
 from ccci_tasks.state.clock import iso, utc_now
 
 if TYPE_CHECKING:
+    from ccci_tasks.admission import Slots
     from ccci_tasks.config import Settings
-    from ccci_tasks.slots import Slots
 
 log = logging.getLogger(__name__)
 

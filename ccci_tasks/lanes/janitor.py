@@ -34,12 +34,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ccci_tasks import naming
+from ccci_tasks.admission import Lease, Resource, RunSpec, Slots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput
 from ccci_tasks.lanes import LANES, canon, fence, get_lane, reconcile, runner
 from ccci_tasks.lanes.model import run_hex
 from ccci_tasks.platform.base import AppInfo, Platform
-from ccci_tasks.slots import SLOT, Lease, RunSpec, Slots
 from ccci_tasks.state import intents, reports
 from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.clock import utc_now
@@ -83,10 +83,10 @@ def plan(
     canonicals deployed, or with a pending intent record (``dirty``: their recipes), that no
     run holds; live-warm apps with a pending intent (a cut-off reconcile) no run holds."""
     hexes = {run_hex(lease.run_id) for lease in occupying}
-    held = {r.removeprefix("canon:") for lease in occupying if lease.spec
-            for r in lease.spec.resources if r.startswith("canon:")}
-    held_infra = {r.split(":")[1] for lease in occupying if lease.spec
-                  for r in lease.spec.resources if r.startswith("infra:")}
+    held = {r.name for lease in occupying if lease.spec
+            for r in lease.spec.resources if r.kind == "canon"}
+    held_infra = {r.name for lease in occupying if lease.spec
+                  for r in lease.spec.resources if r.kind == "infra"}
     actions = []
     for app in ours(apps, base_domain):
         if app.kind == "cold" and (app.run is None or app.run not in hexes):
@@ -191,19 +191,16 @@ def _recover_hold(settings: Settings, platform: Platform, spec: RunSpec) -> list
 
 
 def _act(settings: Settings, platform: Platform, slots: Slots, action: Action) -> None:
-    hold = str(uuid.uuid4())
-    resources = {
-        "remove": [SLOT],
-        "put_back": [SLOT, canon.resource(action.recipe)],
-        "roll_back": [f"infra:{action.recipe}:excl"],
-    }[action.kind]
-    slots.hold(hold, action.recipe or "unknown", resources)
+    hold, recipe = str(uuid.uuid4()), action.recipe
     if action.kind == "remove":
+        slots.hold(hold, recipe or "unknown", [Resource.slot()])
         platform.remove(action.domain)
     elif action.kind == "put_back":
-        _recover_hold(settings, platform, RunSpec(hold, "janitor", action.recipe))
+        slots.hold(hold, recipe, [Resource.slot(), Resource.canon(recipe)])
+        _recover_hold(settings, platform, RunSpec(hold, "janitor", recipe))
     else:
-        reconcile.recover_app(settings, platform, action.recipe)
+        slots.hold(hold, recipe, [reconcile.resource(recipe)])
+        reconcile.recover_app(settings, platform, recipe)
     slots.finish_reap(hold)
 
 
@@ -222,9 +219,9 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
 
     apps = platform.live_apps()
     occupying = slots.occupying()
-    pending = intents.pending_resources(state)
-    dirty = [r.removeprefix("canon:") for r in pending if r.startswith("canon:")]
-    infra_dirty = [r.removeprefix("infra:") for r in pending if r.startswith("infra:")]
+    pending = [Resource.from_key(key) for key in intents.pending_resources(state)]
+    dirty = [r.name for r in pending if r.kind == "canon"]
+    infra_dirty = [r.name for r in pending if r.kind == "infra"]
     actions = plan(apps, occupying, dirty, settings.base_domain, infra_dirty)
     if killed.stuck_runs and actions:  # whose they are is not known: none this round
         report.problems.append(f"{len(actions)} clean-up action(s) wait until every stale "

@@ -23,11 +23,11 @@ from ccci_tasks.errors import InvalidInput
 from ccci_tasks.state.outputs import StepOutput
 
 if TYPE_CHECKING:
+    from ccci_tasks.admission import Resource, RunSpec
     from ccci_tasks.config import Settings
     from ccci_tasks.lanes.fence import Fence
     from ccci_tasks.platform.base import Platform
     from ccci_tasks.platform.recipes import RecipeRepo
-    from ccci_tasks.slots import RunSpec
     from ccci_tasks.state.meta import RecipeMeta
     from ccci_tasks.state.reports import RunReport
 
@@ -146,7 +146,7 @@ class Submission:
     lane: str
     recipe: str
     ref: str | None
-    resources: tuple[str, ...]
+    resources: tuple[Resource, ...]
     domain: str | None
     note: str | None = None
 

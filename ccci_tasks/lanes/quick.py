@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ccci_tasks import naming
+from ccci_tasks.admission import Resource, RunSpec
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, InvalidInput, RunFailed, SnapshotError, StateError
 from ccci_tasks.lanes import canon as canon_mod
@@ -24,7 +25,6 @@ from ccci_tasks.lanes import cold, common
 from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission
 from ccci_tasks.lanes.recipes import check_request, dep_resources
 from ccci_tasks.platform.base import DeployedState, Platform
-from ccci_tasks.slots import SLOT, RunSpec
 from ccci_tasks.state import warmsnap
 from ccci_tasks.state.meta import load_meta
 
@@ -62,7 +62,7 @@ def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Subm
         note = f"{found.why}: fell back to a full cold run"
         return Submission(fallback.lane, fallback.recipe, fallback.ref, fallback.resources,
                           fallback.domain, note)
-    resources = (SLOT, canon_mod.resource(checked.recipe),
+    resources = (Resource.slot(), Resource.canon(checked.recipe),
                  *dep_resources(settings, checked.meta.deps))
     return Submission(NAME, checked.recipe, checked.ref, resources,
                       naming.warm_domain(checked.recipe, settings.base_domain))

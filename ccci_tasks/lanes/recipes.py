@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccci_tasks import naming
+from ccci_tasks.admission import Resource
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, InvalidInput
 from ccci_tasks.platform.recipes import RecipeRepo
@@ -59,8 +60,8 @@ def check_request(settings: Settings, recipe: Any, ref: Any) -> Checked:
     return Checked(recipe, ref, repo, meta, latest)
 
 
-def dep_resources(settings: Settings, deps: Iterable[str]) -> tuple[str, ...]:
+def dep_resources(settings: Settings, deps: Iterable[str]) -> tuple[Resource, ...]:
     """A run shares each live-warm app its recipe depends on (DEPS) with the other runs,
     and waits while that app is being reconciled."""
     infra = set(settings.infra_app_list())
-    return tuple(f"infra:{dep}:shared" for dep in deps if dep in infra)
+    return tuple(Resource.infra(dep, exclusive=False) for dep in deps if dep in infra)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ccci_tasks import naming, probes, snapshots
+from ccci_tasks.admission import Resource, RunSpec
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput, StateError
 from ccci_tasks.infraplan import InfraPlan, plan_reconcile
@@ -43,7 +44,6 @@ from ccci_tasks.lanes.model import (
 )
 from ccci_tasks.lanes.recipes import recipe_repo
 from ccci_tasks.platform.base import Platform
-from ccci_tasks.slots import RunSpec
 from ccci_tasks.state import intents, reports
 from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.infra import (
@@ -64,8 +64,9 @@ NOTHING_TO_UNDO = ("admit", "hold", "confirm")
 Guard = Callable[[str], None]
 
 
-def resource(app: str) -> str:
-    return f"infra:{app}"
+def resource(app: str) -> Resource:
+    """What a reconcile holds: its app, alone. Its ``key`` names the app's intent record."""
+    return Resource.infra(app, exclusive=True)
 
 
 def _plan(ctx: RunCtx) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Subm
         raise InvalidInput(f"app {app!r} has no version tags: nothing to reconcile to")
     load_meta(settings.tests_dir, app)
     domain = naming.warm_domain(app, settings.base_domain)
-    return Submission(NAME, app, None, (f"infra:{app}:excl",), domain)
+    return Submission(NAME, app, None, (resource(app),), domain)
 
 
 def observe_plan(settings: Settings, platform: Platform, app: str) -> InfraPlan:
@@ -169,7 +170,7 @@ def _record(settings: Settings, app: str, domain: str, current: str, last_good: 
 def roll_back(settings: Settings, platform: Platform, app: str, guard: Guard) -> str:
     """Put ``app`` back on the version of its pending intent (its data too, when a snapshot
     of that version was taken): undeploy, restore, redeploy, health. Raises when it fails."""
-    intent = intents.read_intent(settings.state_dir, resource(app))
+    intent = intents.read_intent(settings.state_dir, resource(app).key)
     if intent is None:
         raise StateError(f"no intent record of {app}: nothing says what to roll back to")
     last = str(intent.detail["from"])
@@ -193,7 +194,7 @@ def finish_rollback(settings: Settings, app: str, recovered: bool, why: str,
                     owner: intents.Owner | None) -> Outcome:
     """After a rollback (done or failed): state, alerts, the intent, the outcome. ``owner``:
     the run (``None``: the janitor, after the kill)."""
-    intent = intents.read_intent(settings.state_dir, resource(app))
+    intent = intents.read_intent(settings.state_dir, resource(app).key)
     assert intent is not None
     attempted, last = str(intent.detail["to"]), str(intent.detail["from"])
     domain = intent.domain
@@ -209,7 +210,7 @@ def finish_rollback(settings: Settings, app: str, recovered: bool, why: str,
     except CcciError as exc:
         log.error("could not write the alerts of %s: %s", app, exc)
     if recovered:
-        intents.clear_intent(settings.state_dir, resource(app), owner=owner)
+        intents.clear_intent(settings.state_dir, resource(app).key, owner=owner)
     reason = f"rolled back: {attempted} failed; {last} runs again" if recovered else \
         f"rolled back, but the rollback failed: {why}"
     return Outcome(summary, "fail" if recovered else "error", reason)
@@ -252,7 +253,7 @@ def mark(env: StepEnv, ctx: RunCtx) -> str:
     p = _plan(ctx)
     env.fence.check(f"record the upgrade of {ctx.recipe} to {p['target']}")
     intents.write_intent(env.settings.state_dir, intents.Intent(
-        resource=resource(ctx.recipe), kind="reconcile", run_id=ctx.run_id,
+        resource=resource(ctx.recipe).key, kind="reconcile", run_id=ctx.run_id,
         domain=_domain(ctx), detail={"from": p["current"], "to": p["target"],
                                      "snapshot": False}, token=ctx.token))
     _record(env.settings, ctx.recipe, _domain(ctx), p["current"], p["rollback_to"], "ok")
@@ -274,7 +275,7 @@ def snapshot(env: StepEnv, ctx: RunCtx) -> str:
     state = env.settings.state_dir
     manifest = snapshots.snapshot(env.platform, state, ctx.recipe, _domain(ctx), p["current"],
                                   base=infra_dir(state, ctx.recipe), guard=env.fence.check)
-    intent = intents.read_intent(state, resource(ctx.recipe))
+    intent = intents.read_intent(state, resource(ctx.recipe).key)
     assert intent is not None
     env.fence.check(f"record the snapshot of {ctx.recipe} in its intent record")
     intents.write_intent(state, intents.Intent(
@@ -302,18 +303,18 @@ def record(env: StepEnv, ctx: RunCtx) -> str:
     target = str(p["target"])
     env.fence.check(f"record {target} as the last good of {ctx.recipe}")
     _record(env.settings, ctx.recipe, _domain(ctx), target, target, "ok")
-    intents.clear_intent(env.settings.state_dir, resource(ctx.recipe), owner=env.fence.owner)
+    intents.clear_intent(env.settings.state_dir, resource(ctx.recipe).key, owner=env.fence.owner)
     outcome = OUTCOME_OF[p["outcome"]]
     _fields(env, ctx, outcome)
     return f"{outcome}: {ctx.recipe} runs {target}, recorded as last good"
 
 
 def rollback(env: StepEnv, ctx: RunCtx) -> str:
-    if intents.read_intent(env.settings.state_dir, resource(ctx.recipe)) is None:
+    if intents.read_intent(env.settings.state_dir, resource(ctx.recipe).key) is None:
         p = _plan(ctx)  # a verify: nothing was changed, nothing recorded
         env.fence.check(f"record the rollback of {ctx.recipe} to {p['rollback_to']}")
         intents.write_intent(env.settings.state_dir, intents.Intent(
-            resource=resource(ctx.recipe), kind="reconcile", run_id=ctx.run_id,
+            resource=resource(ctx.recipe).key, kind="reconcile", run_id=ctx.run_id,
             domain=_domain(ctx), detail={"from": p["rollback_to"], "to": p["target"],
                                          "snapshot": False}, token=ctx.token))
     return roll_back(env.settings, env.platform, ctx.recipe, env.fence.check)
@@ -348,7 +349,7 @@ def give_up(env: StepEnv, ctx: RunCtx) -> Outcome:
 
 def recover(settings: Settings, platform: Platform, spec: RunSpec) -> list[str]:
     """After a dead reconcile: roll the app back to the version its intent names."""
-    if intents.read_intent(settings.state_dir, resource(spec.recipe)) is None:
+    if intents.read_intent(settings.state_dir, resource(spec.recipe).key) is None:
         return []
     return recover_app(settings, platform, spec.recipe)
 
@@ -359,7 +360,7 @@ def recover_app(settings: Settings, platform: Platform, app: str) -> list[str]:
     try:
         done = roll_back(settings, platform, app, lambda doing: None)
     except CcciError as exc:
-        intent = intents.read_intent(settings.state_dir, resource(app))
+        intent = intents.read_intent(settings.state_dir, resource(app).key)
         if intent is not None and not intent.detail.get("alerted"):
             intents.janitor_write(settings.state_dir, intents.Intent(
                 resource=intent.resource, kind=intent.kind, run_id=intent.run_id,

@@ -28,6 +28,7 @@ from celery import Task
 
 from ccci_tasks import constants as c
 from ccci_tasks import enqueue, failpoints, hooks, naming, redact, stonith
+from ccci_tasks.admission import RunSpec, Slots, keep_alive
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError, LeaseLost, PlatformError
 from ccci_tasks.lanes import get_lane
@@ -36,7 +37,6 @@ from ccci_tasks.lanes.model import Failure, Lane, Outcome, Park, RunCtx, RunSkip
 from ccci_tasks.lanes.recipes import recipe_repo
 from ccci_tasks.platform import Platform, get_platform
 from ccci_tasks.redact import Redactor
-from ccci_tasks.slots import RunSpec, Slots
 from ccci_tasks.state import outputs, reports
 from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.clock import utc_now
@@ -270,7 +270,7 @@ def _run_step(
     result: str | Outcome | Park
     output = StepOutput()
     try:
-        with slots.keep_alive(ctx.run_id, ctx.token, on_lost=_interrupter()):
+        with keep_alive(slots, ctx.run_id, ctx.token, on_lost=_interrupter()):
             if deliveries > settings.poison_max_deliveries:
                 raise PoisonStep(
                     f"step {name} was delivered {deliveries - 1} times and each delivery "

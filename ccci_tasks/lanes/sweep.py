@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from ccci_tasks.admission import Resource, RunSpec, Slots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, ConfigError, StateError
 from ccci_tasks.lanes import common
@@ -39,7 +40,6 @@ from ccci_tasks.lanes.model import (
     Verdict,
 )
 from ccci_tasks.platform.base import Platform
-from ccci_tasks.slots import RunSpec
 from ccci_tasks.state import reports, sweeps
 from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.clock import utc_now
@@ -77,7 +77,7 @@ def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Subm
         if last is not None and utc_now() - last < min_gap:
             raise RunSkipped(f"a sweep completed at {last:%Y-%m-%d %H:%M:%S} UTC, less than "
                              f"{settings.sweep_min_interval_h:g} h ago")
-    return Submission(NAME, RECIPE, None, ("sweep",), None)
+    return Submission(NAME, RECIPE, None, (Resource.sweep(),), None)
 
 
 def _remaining(report: reports.RunReport) -> tuple[str, ...]:
@@ -202,10 +202,9 @@ def cold_runs(env: StepEnv, ctx: RunCtx) -> Park:
 def prune_stale(env: StepEnv, ctx: RunCtx) -> str:
     """R5.4: drop the warm data of recipes no longer enrolled (never a held canonical)."""
     from ccci_tasks.lanes import stale
-    from ccci_tasks.slots import Slots
 
-    held = {r.removeprefix("canon:") for lease in Slots.from_settings(env.settings).occupying()
-            if lease.spec for r in lease.spec.resources if r.startswith("canon:")}
+    held = {lease.spec.canonical for lease in Slots.from_settings(env.settings).occupying()
+            if lease.spec and lease.spec.canonical}
     env.fence.check("prune the warm data of recipes no longer enrolled")
     removed = stale.prune_stale(env.settings, env.platform, held)
     recipes = sorted({item.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
@@ -217,7 +216,6 @@ def prune_stale(env: StepEnv, ctx: RunCtx) -> str:
 def disk_prune(env: StepEnv, ctx: RunCtx) -> str:
     """R9.2: the gated prune of dangling images, stopped containers and old build cache."""
     from ccci_tasks import diskprune
-    from ccci_tasks.slots import Slots
 
     in_flight = [lease.run_id for lease in Slots.from_settings(env.settings).occupying()
                  if lease.run_id != ctx.run_id]

@@ -63,9 +63,9 @@ def sweep_watchdog() -> dict[str, Any]:
 
 def live_run_hexes(settings: Settings) -> set[str]:
     """Hexes of every run that is not over: occupying, queued, or with a live cold app."""
+    from ccci_tasks.admission import Slots
     from ccci_tasks.lanes.janitor import ours
     from ccci_tasks.platform import get_platform
-    from ccci_tasks.slots import Slots
 
     slots = Slots.from_settings(settings)
     hexes = {run_hex(lease.run_id) for lease in slots.occupying()}

@@ -82,7 +82,7 @@ class StateCollector(Collector):
         yield histogram
 
     def _slots(self) -> Iterator[Metric]:
-        from ccci_tasks.slots import Slots
+        from ccci_tasks.admission import Slots
 
         up = GaugeMetricFamily("ccci_broker_up", "1 when the broker answered this scrape.")
         yield GaugeMetricFamily("ccci_slots_max", "Run slots (CCCI_MAX_TESTS).",
@@ -98,7 +98,7 @@ class StateCollector(Collector):
         up.add_metric([], 1)
         yield up
         in_use = sum(1 for lease in occupying
-                     if lease.spec is not None and "slot" in lease.spec.resources)
+                     if lease.spec is not None and lease.spec.holds_slot)
         yield GaugeMetricFamily("ccci_slots_in_use", "Run slots held now.", value=in_use)
         yield GaugeMetricFamily("ccci_runs_queued", "Runs waiting for their resources.",
                                 value=len(pending))

@@ -1,0 +1,5 @@
+"""``python -m ccci_tasks.cli``: the ``ccci`` command."""
+
+from ccci_tasks.cli import entry
+
+entry()

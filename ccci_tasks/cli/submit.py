@@ -1,0 +1,191 @@
+"""Commands that put a run on the queue, and follow it: quick, cold, sweep, reconcile, watch.
+
+Each checks its request first (exit 2, nothing enqueued, on bad input), then fails fast when
+the broker does not answer; with ``--wait`` it follows the run and exits by its verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import click
+from redis.exceptions import RedisError
+
+from ccci_tasks import broker, naming
+from ccci_tasks.cli.app import (
+    JSON,
+    WAIT,
+    Exit,
+    emit,
+    exits,
+    load_run,
+    load_settings,
+    main,
+    positive,
+    state_root,
+    timeout_option,
+    verdict_exit,
+)
+from ccci_tasks.cli.output import duration, report_text, ts
+from ccci_tasks.config import Settings
+from ccci_tasks.errors import BrokerError, InvalidInput, WaitTimeout
+from ccci_tasks.state.reports import RunReport, report_json
+
+POLL_S = 0.5
+
+
+def require_broker(settings: Settings) -> None:
+    """Fail fast (exit 3) with a clear message when the broker does not answer."""
+    try:
+        broker.client(settings, timeout_s=broker.QUICK_TIMEOUT_S).ping()
+    except RedisError as exc:
+        raise BrokerError(
+            f"the broker does not answer ({type(exc).__name__}); nothing was enqueued: "
+            "check CCCI_BROKER_URL and that redis-server runs"
+        ) from None
+
+
+def follow(settings: Settings, run_id: str, timeout_s: float,
+           out: Callable[[str], None]) -> RunReport:
+    """Print each step of the run as it starts and ends, until its verdict."""
+    from ccci_tasks.runs import describe
+    from ccci_tasks.state.reports import load_report
+
+    deadline = time.monotonic() + timeout_s
+    shown_started: set[tuple[str, str | None]] = set()
+    shown_done: set[tuple[str, str | None]] = set()
+    state_seen = None
+    while True:
+        report = load_report(settings.state_dir, run_id)
+        if report is not None:
+            if report.state != state_seen and report.state != "finished":
+                state_seen = report.state
+                out(f"{ts(datetime.now())} {report.lane} {report.recipe or ''} {report.state}")
+            for step in report.steps:
+                key = (step.name, step.task_id)
+                if key not in shown_done:
+                    shown_done.add(key)
+                    shown_started.add(key)
+                    out(f"{ts(step.started_at)} {'ok  ' if step.ok else 'FAIL'} {step.name}"
+                        f"{' (undo)' if step.undo else ''} {step.duration_s:.1f}s: "
+                        f"{step.detail}")
+            current = report.current
+            if current is not None and (current.name, current.task_id) not in shown_started:
+                shown_started.add((current.name, current.task_id))
+                out(f"{ts(current.started_at)} -> {current.name}"
+                    + (" (undo)" if current.undo else ""))
+            if report.finished:
+                out(f"{ts(report.finished_at)} verdict {report.verdict} after "
+                    f"{duration(report)}: {report.reason or ''}")
+                return report
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"the verdict of run {run_id}", timeout_s, describe(report))
+        time.sleep(POLL_S)
+
+
+def _enqueue(settings: Settings, send: Callable[[], Any], wait: bool, timeout: float,
+             as_json: bool) -> None:
+    require_broker(settings)
+    run_id = str(send().id)
+    if not wait:
+        follow_cmd = f"ccci watch {run_id}"
+        emit(as_json, {"run_id": run_id, "follow": follow_cmd},
+             f"{run_id}\nfollow it: {follow_cmd}")
+        return
+    state_root(settings)
+    report = follow(settings, run_id, timeout, lambda line: click.echo(line, err=True))
+    emit(as_json, json.loads(report_json(report)), report_text(report))
+    raise Exit(verdict_exit(report))
+
+
+def _check_request(settings: Settings, recipe: str, ref: str | None) -> None:
+    from ccci_tasks.lanes.recipes import check_request
+
+    check_request(settings, recipe, ref)
+
+
+@main.command()
+@click.argument("recipe")
+@click.argument("ref")
+@WAIT
+@timeout_option(3600.0)
+@JSON
+def quick(recipe: str, ref: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Enqueue a quick run: RECIPE's canonical upgraded in place to REF."""
+    with exits():
+        settings = load_settings()
+        positive(timeout)
+        _check_request(settings, recipe, ref)
+        from ccci_tasks.tasks.lanes import quick_run
+
+        _enqueue(settings, lambda: quick_run.delay(recipe, ref), wait, timeout, as_json)
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--ref", default=None, help="Git ref or version tag (default: latest).")
+@WAIT
+@timeout_option(3600.0)
+@JSON
+def cold(recipe: str, ref: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Enqueue a full cold run of RECIPE (latest unless --ref)."""
+    with exits():
+        settings = load_settings()
+        positive(timeout)
+        _check_request(settings, recipe, ref)
+        from ccci_tasks.tasks.lanes import cold_run
+
+        _enqueue(settings, lambda: cold_run.delay(recipe, ref), wait, timeout, as_json)
+
+
+@main.command()
+@WAIT
+@timeout_option(6 * 3600.0)
+@JSON
+def sweep(wait: bool, timeout: float, as_json: bool) -> None:
+    """Fire the nightly sweep now (infra, a cold run of every enrolled recipe, prune)."""
+    with exits():
+        settings = load_settings()
+        positive(timeout)
+        from ccci_tasks.tasks.infra import nightly_sweep
+
+        _enqueue(settings, lambda: nightly_sweep.delay(), wait, timeout, as_json)
+
+
+@main.command()
+@click.argument("app_name", metavar="APP")
+@WAIT
+@timeout_option(3600.0)
+@JSON
+def reconcile(app_name: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Reconcile the live-warm APP (one of CCCI_INFRA_APPS) to its newest version."""
+    with exits():
+        settings = load_settings()
+        positive(timeout)
+        naming.validate_recipe(app_name)
+        if app_name not in settings.infra_app_list():
+            known = ", ".join(settings.infra_app_list()) or "none"
+            raise InvalidInput(f"unknown app {app_name!r}: not in CCCI_INFRA_APPS ({known})")
+        from ccci_tasks.lanes.recipes import recipe_repo
+
+        recipe_repo(settings, app_name)
+        from ccci_tasks.tasks.infra import warm_reconcile
+
+        _enqueue(settings, lambda: warm_reconcile.delay(app_name), wait, timeout, as_json)
+
+
+@main.command()
+@click.argument("run_id")
+@timeout_option(6 * 3600.0)
+def watch(run_id: str, timeout: float) -> None:
+    """Follow a run live: each step as it starts and ends, with durations."""
+    with exits():
+        settings = load_settings()
+        positive(timeout)
+        load_run(settings, run_id)
+        report = follow(settings, run_id, timeout, click.echo)
+        raise Exit(verdict_exit(report))
