@@ -208,6 +208,23 @@ def test_no_targets_leaves_alert_pending(
     assert [a.id for a in alerts.pending(state_dir)] == [alert.id]
 
 
+def test_an_alert_relayed_elsewhere_is_left_alone(
+    redis_url: str, redis_client: Any, settings: Any, state_dir: Path
+) -> None:
+    """While another relay holds an alert's stream lock, a second one pushes nothing."""
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d")
+    redis_client.set(c.KEY_RELAY_LOCK + alert.id, "other", ex=60)
+    calls: list[str] = []
+
+    def notify(url: str, title: str, body: str) -> bool:
+        calls.append(url)
+        return True
+
+    result = _relay(settings, redis_client, alert.id, notify)
+    assert (result.outcome, result.left, calls) == ("busy", 1, [])
+    assert alerts.load_alert(state_dir, alert.id) is not None
+
+
 def test_retry_countdown_is_capped(settings: Any) -> None:
     """Backoff doubles and stops at CCCI_ALERT_RETRY_MAX_S, far below the visibility timeout."""
     delays = [ALERTS.countdown_s(n, settings) for n in range(8)]
