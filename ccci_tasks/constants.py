@@ -29,7 +29,8 @@ KEY_PENDING: Final = REDIS_PREFIX + "slots:pending"  # list of run ids, FIFO
 KEY_RUN_SPEC: Final = REDIS_PREFIX + "run:"  # + run_id -> hash {lane, recipe, ref, ...}
 KEY_FENCE: Final = REDIS_PREFIX + "slots:fence"  # counter: fencing tokens only grow
 KEY_DELIVERIES: Final = REDIS_PREFIX + "deliveries:"  # + run_id:step -> deliveries of a step
-KEY_RELAY_DONE: Final = REDIS_PREFIX + "relay:done:"  # + alert id -> 1 (idempotency)
+KEY_RELAY_DONE: Final = REDIS_PREFIX + "relay:done:"  # + alert id[:target] -> 1 (idempotency)
+KEY_RELAY_LOCK: Final = REDIS_PREFIX + "relay:lock:"  # + alert id -> token (one relay)
 KEY_SWEEP_LAST: Final = REDIS_PREFIX + "sweep:last-success"
 # celery beat (RedBeat): + entry name -> hash {definition, meta: last run}; + ":schedule" zset
 # and ":statics" set; the lock held by the one beat that fires.

@@ -24,6 +24,12 @@ class Call:
     kwargsrepr: str | None = None
 
 
+def load() -> None:
+    """Load the Celery app now: a process that must answer quickly (the webhook) publishes
+    later without paying for it then."""
+    from ccci_tasks.celery_app import app  # noqa: F401
+
+
 def send(call: Call, *, task_id: str | None = None, retry: bool = False,
          ignore_result: bool = False) -> str:
     """Publish ``call`` once (no publish retries unless ``retry``); returns its task id."""

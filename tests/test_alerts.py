@@ -21,8 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_write_alert_file(tmp_path: Path) -> None:
     """An alert is one JSON file <ts>-<kind>-<app>.json with the documented keys."""
     alert = alerts.write_alert(tmp_path, "upgrade-held", "keycloak", "held 26.0 -> 27.0",
-                               "major bump", notes="## 27.0\nmanual migration",
-                               enqueue=False)
+                               "major bump", notes="## 27.0\nmanual migration")
     path = tmp_path / "alerts" / f"{alert.id}.json"
     raw = json.loads(path.read_text())
     assert set(raw) == {"id", "kind", "app", "ts", "summary", "detail", "notes"}
@@ -33,8 +32,7 @@ def test_write_alert_file(tmp_path: Path) -> None:
 
 def test_notes_optional(tmp_path: Path) -> None:
     """Without notes the key is absent, not null."""
-    alert = alerts.write_alert(tmp_path, "rolled-back", "traefik", "rolled back", "unhealthy",
-                               enqueue=False)
+    alert = alerts.write_alert(tmp_path, "rolled-back", "traefik", "rolled back", "unhealthy")
     raw = json.loads((tmp_path / "alerts" / f"{alert.id}.json").read_text())
     assert "notes" not in raw
 
@@ -44,14 +42,14 @@ def test_notes_optional(tmp_path: Path) -> None:
 def test_bad_kind_or_app_refused(tmp_path: Path, kind: str, app: str) -> None:
     """A bad kind or app is refused and nothing is written."""
     with pytest.raises(InvalidInput):
-        alerts.write_alert(tmp_path, kind, app, "s", "d", enqueue=False)
+        alerts.write_alert(tmp_path, kind, app, "s", "d")
     assert not (tmp_path / "alerts").exists() or not list((tmp_path / "alerts").glob("*.json"))
 
 
 def test_pending_seen_and_mark_seen(tmp_path: Path) -> None:
     """mark_seen moves an alert from pending to seen once; a second call does nothing."""
-    first = alerts.write_alert(tmp_path, "rolled-back", "traefik", "one", "d", enqueue=False)
-    second = alerts.write_alert(tmp_path, "rolled-back", "traefik", "two", "d", enqueue=False)
+    first = alerts.write_alert(tmp_path, "rolled-back", "traefik", "one", "d")
+    second = alerts.write_alert(tmp_path, "rolled-back", "traefik", "two", "d")
     assert first.id != second.id
     assert [a.id for a in alerts.pending(tmp_path)] == [first.id, second.id]
     assert alerts.seen(tmp_path) == []
@@ -79,7 +77,7 @@ def test_partial_files_are_not_alerts(tmp_path: Path) -> None:
 def test_broker_down_alert_stays_pending(tmp_path: Path) -> None:
     """With the broker unreachable write_alert still succeeds quickly; the alert stays pending."""
     script = (
-        "import sys; from pathlib import Path; from ccci_tasks.state.alerts import write_alert; "
+        "import sys; from pathlib import Path; from ccci_tasks.outbox.alerts import write_alert; "
         "print(write_alert(Path(sys.argv[1]), 'run-crashed', 'custom-html', 'crashed', 'd').id)"
     )
     with socket.socket() as sock:  # a port nobody listens on

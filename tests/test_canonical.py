@@ -19,8 +19,8 @@ from ccci_tasks.state.canonical import (
 
 
 def _canonical(recipe: str = "custom-html", status: str = "known-good") -> Canonical:
-    return Canonical(recipe, f"warm-{recipe}.ci.localhost", "1.1.0+1.1", "0123abc",
-                     status)  # type: ignore[arg-type]
+    return Canonical(recipe=recipe, domain=f"warm-{recipe}.ci.localhost", version="1.1.0+1.1",
+                     commit="0123abc", status=status)  # type: ignore[arg-type]
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -59,9 +59,10 @@ def test_bad_file_names_the_file(tmp_path: Path, content: str) -> None:
 
 def test_write_validates_before_writing(tmp_path: Path) -> None:
     """A bad field is refused and nothing is written."""
-    bad = Canonical("custom-html", "warm-custom-html.ci.localhost", "not a version", None)
-    with pytest.raises(InvalidInput):
-        write_registry(tmp_path, bad)
+    with pytest.raises(InvalidInput, match="version 'not a version'"):
+        write_registry(tmp_path, Canonical(recipe="custom-html",
+                                           domain="warm-custom-html.ci.localhost",
+                                           version="not a version", commit=None))
     assert not (tmp_path / "custom-html").exists()
     with pytest.raises(InvalidInput):
         write_registry(tmp_path, _canonical(status="bogus"))

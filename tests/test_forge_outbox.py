@@ -19,6 +19,7 @@ from ccci_tasks.errors import AlertRelayError, ForgeError
 from ccci_tasks.forge import hooks, outbox, relay
 from ccci_tasks.push import apprise_notify
 from ccci_tasks.state import reports
+from ccci_tasks.state.clock import iso, utc_now
 
 
 def _git(*args: str) -> str:
@@ -178,6 +179,40 @@ def test_message_undelivered_for_a_week_is_given_up(
     _deliver(settings, redis_client, item.stream)
     assert _seen(forge, name, sha) == []
     assert [i.key for i in outbox.failed(state_dir)] == ["r6-final"]
+
+
+def test_a_malformed_message_is_given_up_and_the_stream_goes_on(
+    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+) -> None:
+    """A status without its sha moves to failed/ (logged); the one behind it is delivered."""
+    name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
+    stream = f"status:{FORGE_OWNER}/{name}@{sha}"
+    outbox.put(state_dir, "r8-pending", "status", stream, {
+        "owner": FORGE_OWNER, "repo": name, "state": "pending", "context": "ccci/quick",
+        "description": "pending"})
+    _status(state_dir, "r8-final", sha, name, "success")
+    assert _deliver(settings, redis_client, stream).sent == 1
+    assert [i.key for i in outbox.failed(state_dir)] == ["r8-pending"]
+    assert _seen(forge, name, sha) == ["success"]
+
+
+def test_a_message_queued_by_the_earlier_code_is_delivered(
+    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+) -> None:
+    """A pending file as the forge outbox wrote it before (same place, same keys) is read
+    and delivered as it is."""
+    name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
+    stream = f"status:{FORGE_OWNER}/{name}@{sha}"
+    folder = state_dir / "forge" / "outbox"
+    folder.mkdir(parents=True)
+    (folder / "r9-final.json").write_text(json.dumps({
+        "key": "r9-final", "kind": "status", "stream": stream, "seq": 1,
+        "created_at": iso(utc_now()),
+        "payload": {"owner": FORGE_OWNER, "repo": name, "sha": sha, "state": "success",
+                    "context": "ccci/cold", "description": "passed in 3 s", "run_id": "x"}}))
+    assert outbox.streams(state_dir) == [stream]
+    _deliver(settings, redis_client, stream)
+    assert _seen(forge, name, sha) == ["success"] and outbox.is_sent(state_dir, "r9-final")
 
 
 # Apprise imports the standard library's imghdr, deprecated since Python 3.11.

@@ -33,8 +33,8 @@ MIGRATION = "ATTENTION: manual migration required, export your realms first."
 
 
 def _recorded(app: str, current: str, last_good: str | None, status: str = "ok") -> InfraState:
-    return InfraState(app, f"warm-{app}.ci.localhost", current, last_good,
-                      status)  # type: ignore[arg-type]
+    return InfraState(app=app, domain=f"warm-{app}.ci.localhost", current=current,
+                      last_good=last_good, status=status)  # type: ignore[arg-type]
 
 
 def _plan(deployed: str | None, recorded: tuple[str, str | None] | None, tags: list[str],

@@ -24,7 +24,8 @@ def _app(recipe: str, kind: str = "warm", deployed: bool = False, domain: str | 
 
 
 def _seed(state_dir: Path, recipe: str) -> Path:
-    write_registry(state_dir, Canonical(recipe, warm_domain(recipe, BASE), "1.0.0+1.0", None))
+    write_registry(state_dir, Canonical(recipe=recipe, domain=warm_domain(recipe, BASE),
+                                        version="1.0.0+1.0", commit=None))
     snap = state_dir / recipe / "snapshot.x"
     snap.mkdir()
     (snap / "data.tar").write_bytes(b"tar")

@@ -13,6 +13,9 @@ from pydantic import SecretStr
 
 from ccci_tasks import constants as c
 from ccci_tasks.errors import AlertRelayError
+from ccci_tasks.outbox import StreamResult, deliver
+from ccci_tasks.outbox.alerts import ALERTS, AlertSender, write_alert
+from ccci_tasks.push import Notify, apprise_notify
 from ccci_tasks.state import alerts
 
 DEADLINE_S = 60.0
@@ -62,8 +65,8 @@ def test_alert_arrives_once_and_moves_to_seen(
 ) -> None:
     """A new alert reaches the push target exactly once and is archived in alerts/seen/."""
     summary = _summary()
-    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary,
-                               "deploy of 3.1 unhealthy", notes="see logs")
+    alert = write_alert(state_dir, "rolled-back", "traefik", summary,
+                        "deploy of 3.1 unhealthy", notes="see logs")
     bodies = receiver.wait_for(summary, DEADLINE_S)
     _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
     _drain_alerts_queue()
@@ -82,7 +85,7 @@ def test_target_down_then_back_arrives_once(
     """While the target is down the alert stays pending; once it is back it arrives once."""
     receiver.stop()
     summary = _summary()
-    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary, "unhealthy")
+    alert = write_alert(state_dir, "rolled-back", "traefik", summary, "unhealthy")
     _drain_alerts_queue()  # the first attempt ran, and failed
     assert alerts.load_alert(state_dir, alert.id) is not None
     assert not alerts.seen_path(state_dir, alert.id).exists()
@@ -102,7 +105,7 @@ def test_redelivered_relay_sends_nothing(
     from ccci_tasks.tasks.alerts import relay_alert
 
     summary = _summary()
-    alert = alerts.write_alert(state_dir, "upgrade-held", "keycloak", summary, "major bump")
+    alert = write_alert(state_dir, "upgrade-held", "keycloak", summary, "major bump")
     receiver.wait_for(summary, DEADLINE_S)
     _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
     relay_alert.delay(alert.id)
@@ -120,8 +123,7 @@ def test_alert_written_while_broker_down_is_relayed_by_the_sweep(
     from ccci_tasks.tasks.alerts import relay_pending_alerts
 
     summary = _summary()
-    alert = alerts.write_alert(state_dir, "run-crashed", "custom-html", summary, "worker lost",
-                               enqueue=False)
+    alert = alerts.write_alert(state_dir, "run-crashed", "custom-html", summary, "worker lost")
     assert relay_pending_alerts.delay().get(timeout=DEADLINE_S) == {"pending": 1, "enqueued": 1}
     receiver.wait_for(summary, DEADLINE_S)
     _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
@@ -139,7 +141,7 @@ def test_sweep_while_target_down_then_back(
 
     receiver.stop()
     summary = _summary()
-    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary, "d", enqueue=False)
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary, "d")
     assert relay_pending_alerts.delay().get(timeout=DEADLINE_S) == {"pending": 1, "enqueued": 1}
     _drain_alerts_queue()
     assert alerts.load_alert(state_dir, alert.id) is not None
@@ -159,7 +161,7 @@ def test_crash_between_send_and_move_does_not_push_twice(
     from ccci_tasks.tasks.alerts import relay_alert
 
     summary = _summary()
-    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary, "d", enqueue=False)
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", summary, "d")
     redis_client.set(c.KEY_RELAY_DONE + alert.id, "1", ex=600)
     relay_alert.delay(alert.id)
     _until(lambda: alerts.seen_path(state_dir, alert.id).exists(), "alert moved to seen/")
@@ -167,14 +169,17 @@ def test_crash_between_send_and_move_does_not_push_twice(
     assert receiver.matching(summary) == []
 
 
+def _relay(settings: Any, client: Any, alert_id: str,
+           notify: Notify = apprise_notify) -> StreamResult:
+    return deliver(ALERTS, settings, client, alert_id, AlertSender(settings, client, notify))
+
+
 def test_partial_failure_retries_only_the_failed_target(
     redis_url: str, redis_client: Any, settings: Any, state_dir: Path
 ) -> None:
     """With two targets, a retry after one failed pushes only to the one that failed."""
-    from ccci_tasks.tasks.alerts import relay_one
-
     two = settings.model_copy(update={"alert_urls": SecretStr("json://a.test json://b.test")})
-    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d", enqueue=False)
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d")
     calls: list[str] = []
     up = {"json://a.test": True, "json://b.test": False}
 
@@ -183,31 +188,46 @@ def test_partial_failure_retries_only_the_failed_target(
         return up[url]
 
     with pytest.raises(AlertRelayError, match="1 of 2 target"):
-        relay_one(two, redis_client, alert.id, notify)
+        _relay(two, redis_client, alert.id, notify)
     assert alerts.load_alert(state_dir, alert.id) is not None
     up["json://b.test"] = True
-    assert relay_one(two, redis_client, alert.id, notify) == "sent"
+    result = _relay(two, redis_client, alert.id, notify)
+    assert (result.outcome, result.sent) == ("delivered", 1)
     assert calls == ["json://a.test", "json://b.test", "json://b.test"]
-    assert relay_one(two, redis_client, alert.id, notify) == "seen"
+    assert _relay(two, redis_client, alert.id, notify).outcome == "empty"
+    assert alerts.seen_path(state_dir, alert.id).exists()
 
 
 def test_no_targets_leaves_alert_pending(
     redis_url: str, redis_client: Any, settings: Any, state_dir: Path
 ) -> None:
     """Without CCCI_ALERT_URLS the alert stays pending and no error is raised."""
-    from ccci_tasks.tasks.alerts import relay_one
-
     none = settings.model_copy(update={"alert_urls": SecretStr("")})
-    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d", enqueue=False)
-    assert relay_one(none, redis_client, alert.id) == "no-targets"
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d")
+    assert _relay(none, redis_client, alert.id).outcome == "waiting"
     assert [a.id for a in alerts.pending(state_dir)] == [alert.id]
+
+
+def test_an_alert_relayed_elsewhere_is_left_alone(
+    redis_url: str, redis_client: Any, settings: Any, state_dir: Path
+) -> None:
+    """While another relay holds an alert's stream lock, a second one pushes nothing."""
+    alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d")
+    redis_client.set(c.KEY_RELAY_LOCK + alert.id, "other", ex=60)
+    calls: list[str] = []
+
+    def notify(url: str, title: str, body: str) -> bool:
+        calls.append(url)
+        return True
+
+    result = _relay(settings, redis_client, alert.id, notify)
+    assert (result.outcome, result.left, calls) == ("busy", 1, [])
+    assert alerts.load_alert(state_dir, alert.id) is not None
 
 
 def test_retry_countdown_is_capped(settings: Any) -> None:
     """Backoff doubles and stops at CCCI_ALERT_RETRY_MAX_S, far below the visibility timeout."""
-    from ccci_tasks.tasks.alerts import retry_countdown_s
-
-    delays = [retry_countdown_s(n, settings) for n in range(8)]
+    delays = [ALERTS.countdown_s(n, settings) for n in range(8)]
     assert delays[:2] == [2, 4] and max(delays) == settings.alert_retry_max_s
     big = settings.model_copy(update={"alert_retry_max_s": 10**9})
-    assert retry_countdown_s(50, big) <= big.visibility_timeout_s // 4
+    assert ALERTS.countdown_s(50, big) <= big.visibility_timeout_s // 4

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import SecretStr
 from web_support import FakeStep, make_run
 
+from ccci_tasks import atomic
 from ccci_tasks.config import Settings
 from ccci_tasks.forge import hooks, messages, outbox
 from ccci_tasks.state.reports import load_report
@@ -70,9 +71,10 @@ def test_statuses_link_to_the_run_page(tmp_path: Path) -> None:
     """pending and final statuses carry target_url = <public url>/runs/<run id>."""
     settings = _settings(tmp_path).model_copy(update={"public_url": "https://ci.example.org"})
     report = _red(tmp_path)
-    target = hooks.StatusTarget("recipes", "custom-html", "a" * 40, "ccci/quick")
-    hooks.atomic.write_json(hooks._watch_path(tmp_path, report.run_id),
-                            {"run_id": report.run_id, "target": target.to_json()})
+    target = hooks.StatusTarget(owner="recipes", repo="custom-html", sha="a" * 40,
+                                context="ccci/quick")
+    atomic.write_json(hooks._watch_path(tmp_path, report.run_id),
+                      {"run_id": report.run_id, "target": target.to_json()})
     hooks._finished(settings, report)
     (final,) = [i for i in outbox.pending(tmp_path) if i.key == f"{report.run_id}-final"]
     assert final.payload["target_url"] == f"https://ci.example.org/runs/{report.run_id}"

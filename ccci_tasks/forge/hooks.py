@@ -24,21 +24,26 @@ run that has a verdict, should the hook call itself have been lost with a worker
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from ccci_tasks import atomic, redact
+from pydantic import BeforeValidator
+
+import ccci_tasks.forge.messages as messages
+import ccci_tasks.forge.outbox as outbox
+from ccci_tasks import redact
 from ccci_tasks.config import Settings
-from ccci_tasks.errors import CcciError
-from ccci_tasks.forge import messages, outbox
+from ccci_tasks.errors import CcciError, StateError
 from ccci_tasks.forge.client import forge_configured, validate_name
+from ccci_tasks.forge.outbox import forge_dir
+from ccci_tasks.forge.relay import FORGE
 from ccci_tasks.naming import validate_run_id
+from ccci_tasks.outbox import publish
 from ccci_tasks.platform.recipes import RecipeRepo
-from ccci_tasks.state import outputs
+from ccci_tasks.state import outputs, records
 from ccci_tasks.state.reports import RunReport, failing_step, load_report
 
 log = logging.getLogger(__name__)
@@ -50,8 +55,7 @@ STATUS_LANES: Final = ("quick", "cold")
 WATCH_MAX_AGE_S: Final = 14 * 24 * 3600  # a watched run without a report this old is dropped
 
 
-@dataclass(frozen=True)
-class StatusTarget:
+class StatusTarget(records.Record):
     """Where a run's statuses go: ``<owner>/<repo>`` at ``sha``, under ``context``."""
 
     owner: str
@@ -63,8 +67,27 @@ class StatusTarget:
     def stream(self) -> str:
         return f"status:{self.owner}/{self.repo}@{self.sha}"
 
-    def to_json(self) -> dict[str, str]:
-        return {"owner": self.owner, "repo": self.repo, "sha": self.sha, "context": self.context}
+
+class Watched(records.Record):
+    """``forge/watch/<run_id>.json``: a queued run whose verdict is still to be told."""
+
+    run_id: records.RunIdText
+    target: StatusTarget | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)  # no target: no key
+
+
+class PullRef(records.Record):
+    """``forge/pulls/<run_id>.json``: the pull request a run was started from."""
+
+    owner: Annotated[str, BeforeValidator(partial(validate_name, "owner"))]
+    repo: Annotated[str, BeforeValidator(partial(validate_name, "repository"))]
+    number: int
+
+    @property
+    def stream(self) -> str:
+        return f"comment:{self.owner}/{self.repo}#{self.number}"
 
 
 def catalogue_repo(settings: Settings, recipe: str) -> RecipeRepo | None:
@@ -82,10 +105,8 @@ def status_target(settings: Settings, report: RunReport) -> StatusTarget | None:
     if report.recipe is None or report.ref is None:
         return None
     watched = _watch_read(settings.state_dir, report.run_id)
-    if watched is not None and isinstance(watched.get("target"), dict):
-        target = watched["target"]
-        return StatusTarget(str(target["owner"]), str(target["repo"]), str(target["sha"]),
-                            messages.context(report.lane))
+    if watched is not None and watched.target is not None:
+        return watched.target.model_copy(update={"context": messages.context(report.lane)})
     repo = catalogue_repo(settings, report.recipe)
     if repo is None:
         return None
@@ -95,26 +116,26 @@ def status_target(settings: Settings, report: RunReport) -> StatusTarget | None:
         log.info("run %s gets no commit status: %s", report.run_id, exc)
         return None
     assert settings.forge_owner is not None
-    return StatusTarget(settings.forge_owner, report.recipe, sha, messages.context(report.lane))
+    return StatusTarget(owner=settings.forge_owner, repo=report.recipe, sha=sha,
+                        context=messages.context(report.lane))
 
 
 # --- the watch list -------------------------------------------------------------------
 
 
 def _watch_dir(state_dir: Path) -> Path:
-    return outbox.forge_dir(state_dir) / WATCH_DIR
+    return forge_dir(state_dir) / WATCH_DIR
 
 
 def _watch_path(state_dir: Path, run_id: str) -> Path:
     return _watch_dir(state_dir) / f"{validate_run_id(run_id)}.json"
 
 
-def _watch_read(state_dir: Path, run_id: str) -> dict[str, Any] | None:
+def _watch_read(state_dir: Path, run_id: str) -> Watched | None:
     try:
-        data = json.loads(_watch_path(state_dir, run_id).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return records.read(_watch_path(state_dir, run_id), Watched, what="watched run")
+    except StateError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def watched(state_dir: Path) -> list[str]:
@@ -128,35 +149,19 @@ def watched(state_dir: Path) -> list[str]:
 # --- the pull request of a run ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PullRef:
-    """The pull request a run was started from (its comment stream)."""
-
-    owner: str
-    repo: str
-    number: int
-
-    @property
-    def stream(self) -> str:
-        return f"comment:{self.owner}/{self.repo}#{self.number}"
-
-
 def _pull_path(state_dir: Path, run_id: str) -> Path:
-    return outbox.forge_dir(state_dir) / PULLS_DIR / f"{validate_run_id(run_id)}.json"
+    return forge_dir(state_dir) / PULLS_DIR / f"{validate_run_id(run_id)}.json"
 
 
 def remember_pull(state_dir: Path, run_id: str, owner: str, repo: str, number: int) -> None:
     """Record that run ``run_id`` runs for PR ``owner/repo#number`` (before it is enqueued)."""
-    atomic.write_json(_pull_path(state_dir, run_id),
-                      {"owner": owner, "repo": repo, "number": number})
+    records.write(_pull_path(state_dir, run_id), PullRef(owner=owner, repo=repo, number=number))
 
 
 def pull_of(state_dir: Path, run_id: str) -> PullRef | None:
     try:
-        data = json.loads(_pull_path(state_dir, run_id).read_text(encoding="utf-8"))
-        return PullRef(validate_name("owner", data["owner"]),
-                       validate_name("repository", data["repo"]), int(data["number"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        return records.read(_pull_path(state_dir, run_id), PullRef, what="pull request of a run")
+    except StateError:
         return None
 
 
@@ -176,20 +181,6 @@ def verdict_comment_body(settings: Settings, report: RunReport) -> str:
 # --- hooks ----------------------------------------------------------------------------
 
 
-def _enqueue(streams: list[str]) -> None:
-    """Ask the alerts queue to deliver now; if the broker is down, beat's sweep does later."""
-    if not streams:
-        return
-    try:
-        from ccci_tasks.tasks.forge import deliver
-
-        for stream in streams:
-            deliver.apply_async((stream,), retry=False)
-    except Exception as exc:  # the outbox is the source of truth
-        log.warning("outbox streams %s stay pending; could not enqueue delivery: %s",
-                    streams, exc)
-
-
 def _queued(settings: Settings, report: RunReport) -> list[str]:
     state = settings.state_dir
     final_key = f"{report.run_id}-final"
@@ -198,10 +189,7 @@ def _queued(settings: Settings, report: RunReport) -> list[str]:
     target = status_target(settings, report)
     if target is None and not settings.notify_url_list():
         return []
-    entry: dict[str, Any] = {"run_id": report.run_id}
-    if target is not None:
-        entry["target"] = target.to_json()
-    atomic.write_json(_watch_path(state, report.run_id), entry)
+    records.write(_watch_path(state, report.run_id), Watched(run_id=report.run_id, target=target))
     if target is None:
         return []
     outbox.put(state, f"{report.run_id}-pending", "status", target.stream, {
@@ -249,7 +237,7 @@ def _finished(settings: Settings, report: RunReport) -> list[str]:
 def run_queued(settings: Settings, report: RunReport) -> None:
     """A run was queued: its commit gets ``pending``. Never raises."""
     try:
-        _enqueue(_queued(settings, report))
+        publish(FORGE, _queued(settings, report))
     except Exception:
         log.exception("forge: could not record the queued status of run %s",
                       getattr(report, "run_id", "?"))
@@ -258,7 +246,7 @@ def run_queued(settings: Settings, report: RunReport) -> None:
 def run_finished(settings: Settings, report: RunReport) -> None:
     """A run has its verdict: its commit gets it, the targets are told. Never raises."""
     try:
-        _enqueue(_finished(settings, report))
+        publish(FORGE, _finished(settings, report))
     except Exception:
         log.exception("forge: could not record the verdict of run %s",
                       getattr(report, "run_id", "?"))

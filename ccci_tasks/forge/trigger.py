@@ -23,15 +23,16 @@ from typing import Any, Final, Literal
 
 import redis
 
+import ccci_tasks.forge.messages as messages
+import ccci_tasks.forge.outbox as outbox
 from ccci_tasks import constants as c
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, BrokerError, ForgeAccessError, InvalidInput
-from ccci_tasks.forge import messages, outbox
 from ccci_tasks.forge.client import ForgeClient, validate_name, validate_sha
 from ccci_tasks.forge.hooks import catalogue_repo, remember_pull
 from ccci_tasks.naming import validate_recipe, validate_run_id
+from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.recipes import HttpToken, validate_fetch_url
-from ccci_tasks.state.alerts import write_alert
 
 log = logging.getLogger(__name__)
 

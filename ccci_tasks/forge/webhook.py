@@ -25,10 +25,11 @@ import redis
 import tornado.httpserver
 import tornado.web
 
+import ccci_tasks.forge.events as events
+from ccci_tasks import broker, enqueue
 from ccci_tasks import constants as c
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import ConfigError, InvalidInput
-from ccci_tasks.forge import events
 from ccci_tasks.forge.client import forge_configured, validate_forge_url, validate_name
 from ccci_tasks.forge.trigger import TriggerRequest
 
@@ -40,6 +41,7 @@ REDIS_TIMEOUT_S: Final = 1.5
 DELIVERY_TTL_S: Final = 7 * 24 * 3600
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 Publish = Callable[[TriggerRequest], None]
+TRIGGER_TASK: Final = c.task_name(c.QUEUE_ALERTS, "forge_trigger")
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 def _publish_trigger(request: TriggerRequest) -> None:
-    from ccci_tasks.tasks.forge import trigger
-
-    trigger.apply_async((request.to_dict(),), retry=False)
+    enqueue.send(enqueue.Call(TRIGGER_TASK, (request.to_dict(),)))
 
 
 class Bridge:
@@ -101,9 +101,7 @@ class Bridge:
         self.settings = settings
         self._secret = settings.webhook_secret.get_secret_value().encode("utf-8")
         self.owner = settings.forge_owner
-        self._client = client or redis.Redis.from_url(
-            settings.broker_url.get_secret_value(), socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S)
+        self._client = client or broker.client(settings, REDIS_TIMEOUT_S)
         self._publish = publish
 
     def __repr__(self) -> str:
@@ -225,6 +223,6 @@ def serve(settings: Settings, listen: str | None = None,
     """
     host, port = parse_listen(listen or settings.bridge_listen)
     bridge = Bridge(settings)
-    import ccci_tasks.tasks.forge  # noqa: F401  (load the Celery app now, not on a webhook)
+    enqueue.load()  # now, not on the first webhook
 
     asyncio.run(_serve(bridge, host, port, ready))

@@ -16,9 +16,9 @@ from ccci_tasks.admission import Resource, Slots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, RegistryError, SnapshotError, StateError
 from ccci_tasks.lanes import fence
+from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
-from ccci_tasks.state.alerts import write_alert
 
 log = logging.getLogger(__name__)
 

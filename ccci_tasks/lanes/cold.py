@@ -29,9 +29,9 @@ from ccci_tasks.lanes import canon, common
 from ccci_tasks.lanes import plan as pure
 from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission, run_hex
 from ccci_tasks.lanes.recipes import check_request, dep_resources, recipe_repo
+from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
-from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.meta import load_meta
 
 NAME = "cold"

@@ -39,9 +39,9 @@ from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput
 from ccci_tasks.lanes import LANES, canon, fence, get_lane, reconcile, runner
 from ccci_tasks.lanes.model import run_hex
+from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import AppInfo, Platform
 from ccci_tasks.state import intents, reports
-from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.clock import utc_now
 
 log = logging.getLogger(__name__)

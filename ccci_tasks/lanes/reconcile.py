@@ -43,9 +43,9 @@ from ccci_tasks.lanes.model import (
     Submission,
 )
 from ccci_tasks.lanes.recipes import recipe_repo
+from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import intents, reports
-from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.infra import (
     InfraState,
     InfraStatus,

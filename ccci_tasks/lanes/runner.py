@@ -35,10 +35,10 @@ from ccci_tasks.lanes import get_lane
 from ccci_tasks.lanes.fence import Fence, FencedPlatform, journal_path
 from ccci_tasks.lanes.model import Failure, Lane, Outcome, Park, RunCtx, RunSkipped, StepEnv
 from ccci_tasks.lanes.recipes import recipe_repo
+from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform import Platform, get_platform
 from ccci_tasks.redact import Redactor
 from ccci_tasks.state import outputs, reports
-from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.meta import load_meta
 from ccci_tasks.state.outputs import StepOutput

@@ -39,9 +39,9 @@ from ccci_tasks.lanes.model import (
     Submission,
     Verdict,
 )
+from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import reports, sweeps
-from ccci_tasks.state.alerts import write_alert
 from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.meta import enrolled_recipes
 

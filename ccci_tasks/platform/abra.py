@@ -60,7 +60,7 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Final
 
-from ccci_tasks import atomic
+import ccci_tasks.atomic as atomic
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
 from ccci_tasks.naming import (

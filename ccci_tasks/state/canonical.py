@@ -7,16 +7,15 @@ UTC. Written atomically; a file that cannot be used is a ``RegistryError`` namin
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Annotated, Final, Literal, cast
 
-import ccci_tasks.atomic as atomic
-from ccci_tasks.errors import InvalidInput, RegistryError
-from ccci_tasks.naming import validate_domain, validate_recipe, validate_version
-from ccci_tasks.state.clock import iso, parse_iso, utc_now
+from pydantic import AfterValidator, Field
+
+from ccci_tasks.errors import InvalidInput, RegistryError, StateError
+from ccci_tasks.naming import validate_recipe
+from ccci_tasks.state import records
 
 REGISTRY_FILE: Final = "canonical.json"
 Status = Literal["known-good", "seeding"]
@@ -30,41 +29,33 @@ RESERVED_NAMES: Final = (
 QUARANTINE_FILE: Final = "quarantine.json"
 
 _COMMIT_RE: Final = re.compile(r"[0-9a-f]{7,40}")
-_FIELDS: Final = ("recipe", "domain", "version", "commit", "status", "ts")
 
 
-@dataclass(frozen=True)
-class Canonical:
+def _commit(commit: str | None) -> str | None:
+    if commit is not None and not _COMMIT_RE.fullmatch(commit):
+        raise InvalidInput(
+            f"commit {commit!r} is invalid: expected 7-40 lowercase hex digits or None"
+        )
+    return commit
+
+
+class Canonical(records.Record):
     """One recipe's known-good (or being seeded) data-warm canonical."""
 
-    recipe: str
-    domain: str
-    version: str
-    commit: str | None
-    status: Status = "known-good"
-    ts: str = field(default_factory=lambda: iso(utc_now()))
+    recipe: records.RecipeText
+    domain: records.DomainText
+    version: records.VersionText
+    commit: Annotated[str | None, AfterValidator(_commit)]
+    status: Annotated[Status, records.one_of("status", STATUSES)] = "known-good"
+    ts: records.UtcText = Field(default_factory=records.now_text)
 
-    def validate(self) -> Canonical:
-        """Return self if every field is well formed, else raise ``InvalidInput``."""
-        validate_recipe(self.recipe)
-        validate_domain(self.domain)
-        validate_version(self.version)
-        if self.commit is not None and not (
-            isinstance(self.commit, str) and _COMMIT_RE.fullmatch(self.commit)
-        ):
-            raise InvalidInput(
-                f"commit {self.commit!r} is invalid: expected 7-40 lowercase hex digits or None"
-            )
-        if self.status not in STATUSES:
-            raise InvalidInput(f"status {self.status!r} is invalid: expected one of {STATUSES}")
-        try:
-            parse_iso(self.ts)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"ts {self.ts!r} is invalid: expected ISO 8601 UTC") from exc
-        return self
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+class Quarantine(records.Record):
+    """``<state>/<recipe>/quarantine.json``: why no quick run may use the canonical."""
+
+    recipe: records.RecipeText
+    reason: str
+    ts: str = Field(default_factory=records.now_text)
 
 
 def is_recipe_dir_name(name: str) -> bool:
@@ -92,70 +83,48 @@ def registry_path(state_dir: Path, recipe: str) -> Path:
     return recipe_dir(state_dir, recipe) / REGISTRY_FILE
 
 
+def _recipes(state_dir: Path) -> list[str]:
+    root = Path(state_dir)
+    if not root.is_dir():
+        return []
+    return [c.name for c in root.iterdir() if c.is_dir() and is_recipe_dir_name(c.name)]
+
+
+REGISTRIES: Final = records.Store(model=Canonical, what="canonical registry",
+                                  name_field="recipe", path=registry_path, names=_recipes,
+                                  error=RegistryError)
+
+
 def read_registry(state_dir: Path, recipe: str) -> Canonical | None:
     """The registry of ``recipe``, ``None`` when it has none."""
-    path = registry_path(state_dir, recipe)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"{path}: unreadable canonical registry: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RegistryError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    missing = [key for key in _FIELDS if key not in raw]
-    if missing:
-        raise RegistryError(f"{path}: missing field(s) {', '.join(missing)}")
-    try:
-        canonical = Canonical(**{key: raw[key] for key in _FIELDS}).validate()
-    except InvalidInput as exc:
-        raise RegistryError(f"{path}: {exc}") from exc
-    if canonical.recipe != recipe:
-        raise RegistryError(
-            f"{path}: registry names recipe {canonical.recipe!r}, expected {recipe!r}"
-        )
-    return canonical
+    return REGISTRIES.read(state_dir, recipe)
 
 
 def write_registry(state_dir: Path, canonical: Canonical) -> Path:
-    """Write the registry atomically (validated first: a bad value writes nothing)."""
-    canonical.validate()
-    path = registry_path(state_dir, canonical.recipe)
-    atomic.write_json(path, canonical.to_json())
-    return path
+    """Write the registry atomically."""
+    return REGISTRIES.write(state_dir, canonical)
 
 
 def list_registries(state_dir: Path) -> list[Canonical]:
     """Every recipe's registry under the state root, sorted by recipe."""
-    root = Path(state_dir)
-    if not root.is_dir():
-        return []
-    found: list[Canonical] = []
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and is_recipe_dir_name(child.name):
-            canonical = read_registry(root, child.name)
-            if canonical is not None:
-                found.append(canonical)
-    return found
+    return REGISTRIES.all(state_dir)
 
 
 def quarantine(state_dir: Path, recipe: str, reason: str) -> None:
     """Mark the canonical unusable: no quick run uses it until a green cold run on latest
     re-seeds it (which clears the mark)."""
-    atomic.write_json(recipe_dir(state_dir, recipe) / QUARANTINE_FILE,
-                      {"recipe": recipe, "reason": reason, "ts": iso(utc_now())})
+    records.write(recipe_dir(state_dir, recipe) / QUARANTINE_FILE,
+                  Quarantine(recipe=recipe, reason=reason))
 
 
 def quarantined(state_dir: Path, recipe: str) -> str | None:
     """Why the canonical is quarantined, or None."""
     path = recipe_dir(state_dir, recipe) / QUARANTINE_FILE
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        return f"{path} is unreadable"
-    return str(raw.get("reason") if isinstance(raw, dict) else raw)
+        found = records.read(path, Quarantine, what="quarantine mark")
+    except StateError as exc:
+        return str(exc)  # unreadable: quarantined all the same
+    return found.reason if found is not None else None
 
 
 def clear_quarantine(state_dir: Path, recipe: str) -> None:

@@ -12,15 +12,14 @@ A stateful app's pre-upgrade snapshot lives under ``infra_dir(state_dir, app)`` 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Final, Literal
 
-import ccci_tasks.atomic as atomic
+from pydantic import BeforeValidator, Field, model_validator
+
 from ccci_tasks.errors import InvalidInput, RegistryError
-from ccci_tasks.naming import validate_domain, validate_recipe, validate_version
-from ccci_tasks.state.clock import iso, parse_iso, utc_now
+from ccci_tasks.naming import validate_recipe, validate_version
+from ccci_tasks.state import records
 
 __all__ = [
     "STATUSES",
@@ -37,43 +36,31 @@ __all__ = [
 INFRA_DIR: Final = "infra"
 InfraStatus = Literal["ok", "held", "rolled-back"]
 STATUSES: Final = ("ok", "held", "rolled-back")
-_FIELDS: Final = ("app", "domain", "current", "last_good", "status", "ts")
 
 
-@dataclass(frozen=True)
-class InfraState:
+def _version_or_none(value: str | None) -> str | None:
+    return None if value is None else validate_version(value)
+
+
+class InfraState(records.Record):
     """What the reconciler last recorded about one live-warm app."""
 
-    app: str
-    domain: str
-    current: str
-    last_good: str | None
-    status: InfraStatus = "ok"
-    ts: str = field(default_factory=lambda: iso(utc_now()))
+    app: records.RecipeText
+    domain: records.DomainText
+    current: records.VersionText
+    last_good: Annotated[str | None, BeforeValidator(_version_or_none)]
+    status: Annotated[InfraStatus, records.one_of("status", STATUSES)] = "ok"
+    ts: records.UtcText = Field(default_factory=records.now_text)
 
-    def validate(self) -> InfraState:
-        """Return self if every field is well formed, else raise ``InvalidInput``."""
-        validate_recipe(self.app)
-        validate_domain(self.domain)
+    @model_validator(mode="after")
+    def _warm_domain(self) -> InfraState:
         label = "warm-" + self.app.replace("_", "-")
         if self.domain.split(".", 1)[0] != label:
             raise InvalidInput(
                 f"domain {self.domain!r} is invalid for live-warm app {self.app!r}: expected "
                 f"'{label}.<base-domain>'"
             )
-        validate_version(self.current)
-        if self.last_good is not None:
-            validate_version(self.last_good)
-        if self.status not in STATUSES:
-            raise InvalidInput(f"status {self.status!r} is invalid: expected one of {STATUSES}")
-        try:
-            parse_iso(self.ts)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"ts {self.ts!r} is invalid: expected ISO 8601 UTC") from exc
         return self
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def infra_root(state_dir: Path) -> Path:
@@ -91,55 +78,33 @@ def infra_dir(state_dir: Path, app: str) -> Path:
     return infra_root(state_dir) / validate_recipe(app)
 
 
-def read_infra(state_dir: Path, app: str) -> InfraState | None:
-    """The recorded state of ``app``, ``None`` when it has none."""
-    path = infra_path(state_dir, app)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"{path}: unreadable live-warm state: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise RegistryError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    missing = [key for key in _FIELDS if key not in raw]
-    if missing:
-        raise RegistryError(f"{path}: missing field(s) {', '.join(missing)}")
-    try:
-        state = InfraState(**{key: raw[key] for key in _FIELDS}).validate()
-    except (InvalidInput, TypeError) as exc:
-        raise RegistryError(f"{path}: {exc}") from exc
-    if state.app != app:
-        raise RegistryError(f"{path}: the file names app {state.app!r}, expected {app!r}")
-    return state
-
-
-def write_infra(state_dir: Path, state: InfraState) -> Path:
-    """Write the state atomically (validated first: a bad value writes nothing)."""
-    state.validate()
-    path = infra_path(state_dir, state.app)
-    atomic.write_json(path, state.to_json())
-    return path
-
-
-def _is_app_name(name: str) -> bool:
-    try:
-        validate_recipe(name)
-    except InvalidInput:
-        return False
-    return True
-
-
-def list_infra(state_dir: Path) -> list[InfraState]:
-    """Every live-warm app's recorded state, sorted by app."""
+def _apps(state_dir: Path) -> list[str]:
     root = infra_root(state_dir)
     if not root.is_dir():
         return []
     found = []
-    for path in sorted(root.glob("*.json")):
-        if path.name.startswith(".") or not _is_app_name(path.stem):
-            continue
-        state = read_infra(state_dir, path.stem)
-        if state is not None:
-            found.append(state)
+    for path in root.glob("*.json"):
+        try:
+            found.append(validate_recipe(path.stem))
+        except InvalidInput:
+            continue  # not an app's file (a dot file, a stray name)
     return found
+
+
+STATES: Final = records.Store(model=InfraState, what="live-warm state", name_field="app",
+                              path=infra_path, names=_apps, error=RegistryError)
+
+
+def read_infra(state_dir: Path, app: str) -> InfraState | None:
+    """The recorded state of ``app``, ``None`` when it has none."""
+    return STATES.read(state_dir, app)
+
+
+def write_infra(state_dir: Path, state: InfraState) -> Path:
+    """Write the state atomically."""
+    return STATES.write(state_dir, state)
+
+
+def list_infra(state_dir: Path) -> list[InfraState]:
+    """Every live-warm app's recorded state, sorted by app."""
+    return STATES.all(state_dir)

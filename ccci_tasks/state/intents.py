@@ -26,16 +26,16 @@ written atomically. ``kind``:
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BeforeValidator, Field
 
 import ccci_tasks.atomic as atomic
 from ccci_tasks.errors import InvalidInput, StateError
-from ccci_tasks.naming import validate_domain, validate_run_id
-from ccci_tasks.state.clock import iso, utc_now
+from ccci_tasks.state import records
 
 INTENTS_DIR: Final = "intents"
 LOCK_FILE: Final = ".lock"
@@ -63,26 +63,19 @@ class Owner:
     token: int
 
 
-@dataclass(frozen=True)
-class Intent:
-    resource: str
-    kind: Kind
-    run_id: str
-    domain: str
-    detail: dict[str, Any] = field(default_factory=dict)
-    ts: str = field(default_factory=lambda: iso(utc_now()))
-    token: int = 0
+class Intent(records.Record):
+    resource: Annotated[str, BeforeValidator(validate_intent_resource)]
+    kind: Annotated[Kind, records.one_of("intent kind", KINDS)]
+    run_id: records.RunIdText
+    domain: records.DomainText
+    detail: Annotated[dict[str, Any], BeforeValidator(lambda v: v or {})] = Field(
+        default_factory=dict)
+    ts: str = Field(default_factory=records.now_text)
+    token: int = Field(default=0, strict=True)
 
     @property
     def owner(self) -> Owner:
         return Owner(self.run_id, self.token)
-
-    def __post_init__(self) -> None:
-        validate_intent_resource(self.resource)
-        if self.kind not in KINDS:
-            raise InvalidInput(f"intent kind {self.kind!r} is invalid: expected one of {KINDS}")
-        validate_run_id(self.run_id)
-        validate_domain(self.domain)
 
     @property
     def name(self) -> str:
@@ -119,35 +112,19 @@ def write_intent(state_dir: Path, intent: Intent, *, take_over: bool = False) ->
     docstring); the janitor uses ``janitor_write``."""
     with atomic.file_lock(intents_dir(state_dir) / LOCK_FILE):
         _check_owner(state_dir, intent.resource, intent.owner, take_over, "write")
-        atomic.write_json(intent_path(state_dir, intent.resource), asdict(intent))
+        records.write(intent_path(state_dir, intent.resource), intent)
 
 
 def janitor_write(state_dir: Path, intent: Intent) -> None:
     """The janitor, after the kill, rewrites a record (e.g. to note it alerted)."""
     with atomic.file_lock(intents_dir(state_dir) / LOCK_FILE):
-        atomic.write_json(intent_path(state_dir, intent.resource), asdict(intent))
+        records.write(intent_path(state_dir, intent.resource), intent)
 
 
 def read_intent(state_dir: Path, resource: str) -> Intent | None:
     """The pending intent on ``resource``; ``StateError`` when the file is unusable (treat the
     resource as dirty)."""
-    path = intent_path(state_dir, resource)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise StateError(f"{path}: unreadable intent record: {exc}") from exc
-    try:
-        token = raw.get("token", 0)
-        if isinstance(token, bool) or not isinstance(token, int):
-            raise TypeError(f"token {token!r} is not an integer")
-        return Intent(resource=raw["resource"], kind=cast(Kind, raw["kind"]),
-                      run_id=raw["run_id"], domain=raw["domain"],
-                      detail=dict(raw.get("detail") or {}), ts=str(raw.get("ts", "")),
-                      token=token)
-    except (KeyError, TypeError, AttributeError, InvalidInput) as exc:
-        raise StateError(f"{path}: invalid intent record: {exc}") from exc
+    return records.read(intent_path(state_dir, resource), Intent, what="intent record")
 
 
 def clear_intent(state_dir: Path, resource: str, *, owner: Owner | None,
