@@ -24,11 +24,11 @@ from typing import Any, Final, TypeVar
 import jinja2
 import tornado.web
 
+import ccci_tasks.web.views as views
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import InvalidInput
 from ccci_tasks.redact import Redactor, for_settings
 from ccci_tasks.state import outputs
-from ccci_tasks.web import views
 from ccci_tasks.web.metrics import render_metrics
 
 log = logging.getLogger(__name__)
