@@ -31,6 +31,7 @@ import psycopg2
 
 HEADER = re.compile(r"^-- migration (\d+): (.+)$", re.MULTILINE)
 WORKER_PERIOD_S = 3
+WORKER_WAIT_S = 60  # how long the worker waits for the app to apply the migrations
 
 
 def log(message):
@@ -196,10 +197,15 @@ def main():
     signal.signal(signal.SIGINT, stop)
     conn = connect()
     if os.environ.get("APP_MODE") == "worker":
-        waiting = pending(conn)
-        if waiting:
-            log(f"migrations {waiting} are not applied yet; exiting")
-            sys.exit(1)
+        # The app applies the migrations when it boots; the worker waits for that (the two
+        # start together), and gives up, to be restarted, only when it takes far too long.
+        deadline = time.monotonic() + WORKER_WAIT_S
+        while waiting := pending(conn):
+            if time.monotonic() > deadline:
+                log(f"migrations {waiting} are still not applied after {WORKER_WAIT_S} s; "
+                    "exiting")
+                sys.exit(1)
+            time.sleep(0.5)
         log("every migration is applied; working")
         work(conn)
         return
