@@ -137,8 +137,9 @@ def restart_dockerd() -> float:
     import docker
 
     started = time.monotonic()
-    pid = int(subprocess.run(["pidof", "-s", "dockerd"], capture_output=True, text=True,
-                             check=True).stdout.split()[0])
+    pidfile = Path("/var/run/docker.pid")  # the engine behind the socket, never a rig node's
+    pid = int(pidfile.read_text().strip()) if pidfile.exists() else int(subprocess.run(
+        ["pidof", "-s", "dockerd"], capture_output=True, text=True, check=True).stdout.split()[0])
     os.kill(pid, signal.SIGTERM)
     _wait(lambda: not Path(f"/proc/{pid}").exists(), 120, "dockerd to stop")
     with open(os.devnull, "wb") as null:
