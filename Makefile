@@ -17,9 +17,10 @@ reset:
 test: bootstrap
 	.venv/bin/pytest
 
+# mypy checks the files pyproject.toml lists: the package, ccci_rig, workers, tests, bench.
 lint: bootstrap
 	.venv/bin/ruff check .
-	.venv/bin/mypy --strict ccci_tasks ccci_rig
+	.venv/bin/mypy --strict
 
 bench: bootstrap
 	scripts/services.sh

@@ -475,7 +475,7 @@ class FakeForge:
                 if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
                     length = int(self.headers.get("Content-Length") or 0)
                     return self.rfile.read(length) if length else b""
-                chunks = []
+                chunks: list[bytes] = []
                 while True:
                     size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                     if size == 0:
@@ -503,15 +503,15 @@ class FakeForge:
                 api = _API.fullmatch(parts.path)
                 if api is None:
                     raw = self._raw_body() if method == "POST" else b""
-                    answer = githttp.serve(forge, method, parts.path, parse_qs(parts.query),
+                    served = githttp.serve(forge, method, parts.path, parse_qs(parts.query),
                                            dict(self.headers.items()), raw)
-                    self.send_response(answer.status)
-                    for name, value in answer.headers:
+                    self.send_response(served.status)
+                    for name, value in served.headers:
                         self.send_header(name, value)
-                    self.send_header("Content-Type", answer.ctype)
-                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.send_header("Content-Type", served.ctype)
+                    self.send_header("Content-Length", str(len(served.body)))
                     self.end_headers()
-                    self.wfile.write(answer.body)
+                    self.wfile.write(served.body)
                     return
                 body = self._body() if method == "POST" else None
                 path = api.group(1)

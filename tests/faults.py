@@ -17,16 +17,16 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from conftest import (
     TEST_ENV,
     Workers,
     flush_redis,
-    ours,
     remove_ccci_objects,
     start_workers,
 )
+from conftest import ours as ours  # re-exported: the fault tests import it from here
 
 T = TypeVar("T")
 MIB = 1 << 20
@@ -75,10 +75,11 @@ def private_system(
         session_workers.restart_all()
 
 
-def wait_until(check: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.2) -> T:
+def wait_until(check: Callable[[], T | Literal[False] | None], timeout_s: float, what: str,
+               poll_s: float = 0.2) -> T:
     """Poll ``check`` until it returns something truthy; fail naming what and the last value."""
     deadline = time.monotonic() + timeout_s
-    last: T = check()
+    last = check()
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}; "

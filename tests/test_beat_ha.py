@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import pytest
 from beats import Sent, SentLog, set_last_run
 from conftest import REDIS_PORT, REPO, SESSION_DIR, TEST_ENV
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.slow]
 
@@ -85,7 +87,7 @@ class Beats:
                 proc.wait(timeout=10)
 
 
-def until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+def until(check: Callable[[], T | Literal[False] | None], timeout_s: float, what: str) -> T:
     deadline = time.monotonic() + timeout_s
     while not (got := check()):
         assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"

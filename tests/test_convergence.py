@@ -138,7 +138,7 @@ def test_deployed_state_json_round_trip() -> None:
 
 def test_render_compose_sets_the_update_monitor_unless_the_recipe_does() -> None:
     """Every service gets update_config.monitor = UPDATE_MONITOR; a recipe's own value stays."""
-    compose = {"services": {
+    compose: dict[str, Any] = {"services": {
         "app": {"deploy": {"update_config": {"parallelism": 2}}},
         "db": {"deploy": {"update_config": {"monitor": "30s"}}},
         "worker": {},

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from recipe_commits import make_commit
 
 from ccci_tasks import constants as c
+from ccci_tasks import proc
 from ccci_tasks.errors import (
     CommandFailed,
     ConfigError,
@@ -256,7 +257,7 @@ def test_private_repository_is_fetched_with_the_token_kept_out_of_argv(
         repo.fetch(private["url"], ref, ref, private["sha"])
     assert [(r.user, r.status) for r in forge.git_requests[asked:]] == [(None, 401)]
     seen: list[tuple[list[str], dict[str, str]]] = []
-    real_run = recipes.run
+    real_run = proc.run  # what recipes runs commands with
 
     def spy(argv: Any, **kwargs: Any) -> Any:
         seen.append(([str(a) for a in argv], dict(kwargs.get("env") or {})))

@@ -17,6 +17,7 @@ from recipe_commits import GIT
 
 from ccci_tasks.errors import AlertRelayError, ForgeError
 from ccci_tasks.forge import hooks, outbox, relay
+from ccci_tasks.outbox import StreamResult
 from ccci_tasks.push import apprise_notify
 from ccci_tasks.state import reports
 from ccci_tasks.state.clock import iso, utc_now
@@ -64,7 +65,7 @@ def _status(state: Path, key: str, sha: str, repo: str, state_name: str) -> outb
         "context": "ccci/quick", "description": state_name})
 
 
-def _deliver(settings: Any, client: Any, stream: str) -> relay.StreamResult:
+def _deliver(settings: Any, client: Any, stream: str) -> StreamResult:
     return relay.deliver_stream(settings, client, stream, notify=apprise_notify)
 
 

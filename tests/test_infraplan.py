@@ -133,7 +133,8 @@ def test_plan_table(deployed: str | None, recorded: tuple[str, str | None] | Non
 
 def test_held_plan_carries_what_the_alert_needs() -> None:
     """A held upgrade names current, target and bump, and carries the flagged lines and notes."""
-    notes = {"10.2.0+26.1.0": f"Upstream 26.1.0.\n\n  {MIGRATION}  \nOther line.\n"}
+    notes: dict[str, str | None] = {
+        "10.2.0+26.1.0": f"Upstream 26.1.0.\n\n  {MIGRATION}  \nOther line.\n"}
     plan = _plan("10.1.1+26.0.6", ("10.1.1+26.0.6", "10.1.1+26.0.6"), KC[:3], notes)
     assert plan.outcome == "held" and plan.bump == "minor"
     assert plan.flagged == (MIGRATION,)

@@ -36,7 +36,7 @@ from conftest import (
 from faults import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from recipe_commits import make_commit
-from web_support import bridge_process
+from web_support import bridge_process, saved_report
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -165,7 +165,6 @@ def test_red_pr_run_links_comments_once_and_hides_secrets(
     show the assertion and the stack's logs with secrets as ***; the metrics count it."""
     from ccci_tasks.config import get_settings
     from ccci_tasks.forge import hooks
-    from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks.forge import sweep
 
     run_id = _trigger(forge, PR_RED)
@@ -185,7 +184,7 @@ def test_red_pr_run_links_comments_once_and_hides_secrets(
                                for s in forge.statuses(FORGE_OWNER, RECIPE, sha)),
                    "the failure status", 150)
     # The hook again (a redelivery, the beat safety net): nothing new reaches the PR.
-    hooks.run_finished(get_settings(), load_report(_state(), run_id))
+    hooks.run_finished(get_settings(), saved_report(_state(), run_id))
     sweep.delay().get(timeout=60)
     time.sleep(3)
     assert len(_verdict_comments(forge, PR_RED)) == 1

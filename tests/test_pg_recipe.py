@@ -162,7 +162,7 @@ def _snapshot_tar(state: Path, recipe: str) -> Path:
 
     snap = (state / recipe / "snapshot").resolve()
     [entry] = json.loads((snap / "manifest.json").read_text())["volumes"]
-    return snap / entry["file"]
+    return snap / str(entry["file"])
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,9 @@ def _served(platform: SwarmPlatform, domain: str) -> dict[str, Any]:
 
 
 def _secrets(platform: SwarmPlatform, domain: str) -> list[Any]:
-    return platform.client.secrets.list(filters={"label": f"{constants.LABEL_DOMAIN}={domain}"})
+    found: list[Any] = platform.client.secrets.list(
+        filters={"label": f"{constants.LABEL_DOMAIN}={domain}"})
+    return found
 
 
 def _service(state: Any, short: str) -> Any:

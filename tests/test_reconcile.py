@@ -89,7 +89,7 @@ def infra(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
         "CCCI_LEASE_TTL_S": "10", "CCCI_JANITOR_INTERVAL_S": "2",
     }
     try:
-        with private_system(workers, swarm, redis_server, "infra", **env) as own:
+        with private_system(workers, swarm, redis_server, "infra", **env) as own:  # type: ignore[arg-type]  # env: CCCI_* only
             yield Infra(own, recipes, example_recipes, keycloak)
     finally:
         keycloak.stop()
@@ -356,10 +356,13 @@ def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: Any) -> None:
                 KC_PATCH and not (state_dir() / "intents" / "infra-keycloak.json").exists())
 
     wait_until(recovered, 120, "keycloak back on its last good")
-    from ccci_tasks.state.reports import load_report
+    from ccci_tasks.state.reports import RunReport, load_report
 
-    dead = wait_until(lambda: load_report(state_dir(), run_id).verdict and
-                      load_report(state_dir(), run_id), 60, "the dead reconcile's verdict")
+    def with_verdict() -> RunReport | None:
+        report = load_report(state_dir(), run_id)
+        return report if report is not None and report.verdict else None
+
+    dead = wait_until(with_verdict, 60, "the dead reconcile's verdict")
     assert dead.verdict == "error" and "crashed" in (dead.reason or "")
     # The infra worker reconciles on start: let that attempt (rolled back too) finish.
     wait_until(lambda: all(r.finished for r in reconciles()), 180, "every reconcile to end")
@@ -485,7 +488,8 @@ def test_keycloak_down(infra: Infra) -> None:
     try:
         report = wait(cold_run.delay(SSO, "1.1.0+1.1").id, 300)
         assert report.verdict == "error"
-        assert "realm_create" in (report.reason or "") and "keycloak" in report.reason.lower()
+        reason = report.reason or ""
+        assert "realm_create" in reason and "keycloak" in reason.lower()
         code, out = ccci("realms", "reap", "--json")
         assert code == 3, out
     finally:

@@ -164,7 +164,7 @@ def test_only_the_forged_file_changed_is_still_caught(volume: Volume) -> None:
     assert full_listing(volume.root) == volume.expected
 
 
-BREAK_STAMP: dict[str, Callable[[Path], None]] = {
+BREAK_STAMP: dict[str, Callable[[Path], object]] = {
     "missing": lambda p: p.unlink(),
     "not json": lambda p: p.write_text("{not json"),
     "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),

@@ -142,7 +142,7 @@ def test_interpolate_compose_forms() -> None:
 
 def test_render_compose_labels() -> None:
     """Every service and non-external volume gets ccci labels; app gets the version labels."""
-    compose = {
+    compose: dict[str, Any] = {
         "version": "3.8",
         "services": {
             "app": {"deploy": {"labels": ["coop-cloud.${STACK_NAME}.version=1.0.0+1.0",

@@ -101,7 +101,7 @@ def swept(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
     env = {"CCCI_RECIPES_DIR": str(recipes), "CCCI_INFRA_APPS": "traefik",
            "CCCI_TESTS_DIR": str(recipe_tests()),
            "CCCI_LEASE_TTL_S": "10", "CCCI_JANITOR_INTERVAL_S": "2"}
-    with private_system(workers, swarm, redis_server, "sweep", **env) as own:
+    with private_system(workers, swarm, redis_server, "sweep", **env) as own:  # type: ignore[arg-type]  # env: CCCI_* only
         for name in (GREEN, RED, OLD):  # seed the canonicals
             seeded = wait(cold_run.delay(name).id, 300)
             assert seeded.verdict == "pass", (name, seeded.reason)

@@ -139,25 +139,27 @@ def install_snapshot(root: Path, tars: dict[str, bytes], recipe: str = RECIPE) -
     (root / "snapshot").symlink_to(folder.name)
 
 
-def tar_bytes(build: Callable[[tarfile.TarFile], None]) -> bytes:
+def tar_bytes(build: Callable[[tarfile.TarFile], object]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         build(archive)
     return buffer.getvalue()
 
 
-def add_file(archive: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
+def add_file(archive: tarfile.TarFile, name: str, data: bytes = b"x") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     archive.addfile(info, io.BytesIO(data))
+    return info
 
 
 def add_link(archive: tarfile.TarFile, name: str, target: str, kind: bytes = tarfile.SYMTYPE
-             ) -> None:
+             ) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = target
     archive.addfile(info)
+    return info
 
 
 def snapshot_files(recipe_root: Path) -> dict[str, str]:
@@ -454,8 +456,11 @@ def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
     tar_path.write_bytes(bytes(data))
     actual = hashlib.sha256(bytes(data)).hexdigest()
     expected = manifest.volumes[0].sha256
-    for call in (lambda: warmsnap.verify(state_dir, RECIPE),
-                 lambda: snapshots.restore(platform, state_dir, RECIPE, DOMAIN)):
+    calls: tuple[Callable[[], object], ...] = (
+        lambda: warmsnap.verify(state_dir, RECIPE),
+        lambda: snapshots.restore(platform, state_dir, RECIPE, DOMAIN),
+    )
+    for call in calls:
         with pytest.raises(IntegrityError) as info:
             call()
         message = str(info.value)
