@@ -28,9 +28,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:  # imported by the fixtures themselves, after the environment is set here
+    from fake_forge import FakeForge
+    from push_receiver import PushReceiver
+
+    from ccci_tasks.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -364,7 +370,7 @@ def state_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def settings(state_dir: Path) -> Any:
+def settings(state_dir: Path) -> Settings:
     """Fresh ``Settings`` from the test environment."""
     from ccci_tasks.config import get_settings
 
@@ -493,7 +499,7 @@ def celery_app(redis_url: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def push_receiver() -> Iterator[Any]:
+def push_receiver() -> Iterator[PushReceiver]:
     """One HTTP push receiver on 127.0.0.1:PUSH_PORT for the whole session."""
     from push_receiver import PushReceiver  # tests/ is on sys.path (pytest rootdir import)
 
@@ -526,7 +532,7 @@ os.environ.update(FORGE_ENV)
 
 
 @pytest.fixture(scope="session")
-def fake_forge() -> Iterator[Any]:
+def fake_forge() -> Iterator[FakeForge]:
     """The forge stand-in for the whole session, its bot token admin of every repository."""
     from fake_forge import FakeForge  # tests/ is on sys.path (pytest rootdir import)
 

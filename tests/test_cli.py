@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import TEST_ENV
 
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import WaitTimeout
 
 
@@ -91,7 +92,7 @@ def test_check_ok(redis_url: str, swarm: Any, state_dir: Path) -> None:
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["ok"] is True
 
 
-def test_wait_timeout_says_what_it_saw(settings: Any) -> None:
+def test_wait_timeout_says_what_it_saw(settings: Settings) -> None:
     """runs.wait times out naming the run and where it was last seen."""
     from ccci_tasks.runs import wait
 

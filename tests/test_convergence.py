@@ -16,6 +16,7 @@ from conftest import TEST_BASE
 from test_swarm_platform import commit_on, deploy_and_serve, replace_once
 
 from ccci_tasks import constants
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import DeployFailed, InvalidInput
 from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.base import DeployedState, ServiceState, TaskRef
@@ -225,7 +226,7 @@ SERVES_THEN_DIES = (
 
 
 @pytest.fixture
-def platform(settings: Any, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: Any) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and the test state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ def _tag_sha(recipes: Path, tag: str) -> str:
 
 @pytest.fixture
 def own_workers(workers: Workers, swarm: Any, example_recipes: Path,
-                redis_server: str) -> Iterator[Any]:
+                redis_server: str) -> Iterator[Callable[..., Workers]]:
     """A factory of private worker sets; the session workers are paused meanwhile."""
     from ccci_tasks.config import get_settings
 
@@ -62,7 +62,7 @@ def _watch_live(swarm: Any, stop: threading.Event, seen: list[int]) -> None:
 
 
 def test_max_tests_two_never_more_than_two_live(
-    own_workers: Any, swarm: Any, example_recipes: Path
+    own_workers: Callable[..., Workers], swarm: Any, example_recipes: Path
 ) -> None:
     """With MAX_TESTS=2 and four cold runs enqueued at once, never more than two apps are
     live, and all four finish green."""
@@ -85,7 +85,7 @@ def test_max_tests_two_never_more_than_two_live(
 
 
 def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
-    own_workers: Any, swarm: Any, example_recipes: Path
+    own_workers: Callable[..., Workers], swarm: Any, example_recipes: Path
 ) -> None:
     """SIGKILL the runs worker mid cold run and restart it: within lease TTL + janitor
     interval the cold app and its volumes are gone, the slot is free, and the next queued

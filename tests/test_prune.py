@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from ccci_tasks import constants as c
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import ConfigError
 from ccci_tasks.lanes.stale import plan_prune, prune_stale
 from ccci_tasks.naming import stack_name, warm_domain
@@ -53,7 +54,7 @@ def test_plan_keeps_enrolled_reserved_and_foreign(tmp_path: Path) -> None:
     assert plan.kept_deployed == ("warm-busy-app.ci.localhost",)
 
 
-def test_prune_refuses_without_tests_dir(settings: Any, state_dir: Path) -> None:
+def test_prune_refuses_without_tests_dir(settings: Settings, state_dir: Path) -> None:
     """A missing tests dir aborts the prune instead of treating every recipe as stale."""
     _seed(state_dir, "custom-html")
     broken = settings.model_copy(update={"tests_dir": state_dir / "no-such-dir"})
@@ -63,7 +64,7 @@ def test_prune_refuses_without_tests_dir(settings: Any, state_dir: Path) -> None
 
 
 @pytest.mark.docker
-def test_prune_stale_on_the_swarm(settings: Any, clean_swarm: Any, state_dir: Path) -> None:
+def test_prune_stale_on_the_swarm(settings: Settings, clean_swarm: Any, state_dir: Path) -> None:
     """A stale recipe's registry, snapshot and warm volume go; the enrolled one stays."""
     from ccci_tasks.platform.swarm import SwarmPlatform
 

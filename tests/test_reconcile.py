@@ -23,6 +23,7 @@ import pytest
 from conftest import REPO, TEST_BASE, TEST_ENV, Workers, _free_port
 from fake_keycloak import FakeKeycloak
 from faults import labels, ours, private_system, wait_until
+from push_receiver import PushReceiver
 from recipe_commits import GIT, make_commit
 from recipe_tags import keep_tags_upto, session_copy
 
@@ -219,7 +220,7 @@ def test_patch_bump_is_applied(infra: Infra, swarm: Any) -> None:
 
 @pytest.mark.parametrize(("target", "bump"), [(KC_MINOR, "minor"), (KC_MAJOR, "major")])
 def test_flagged_minor_and_major_bumps_are_held(
-    infra: Infra, swarm: Any, push_receiver: Any, target: str, bump: str
+    infra: Infra, swarm: Any, push_receiver: PushReceiver, target: str, bump: str
 ) -> None:
     """A minor bump whose release note flags a manual migration, and a major bump: outcome
     held, exit 0, nothing redeployed, an upgrade-held alert carrying the flagged line,

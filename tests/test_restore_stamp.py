@@ -15,6 +15,7 @@ import pytest
 from test_warmsnap import DOMAIN, RECIPE, VERSION, make_volume, populate
 
 from ccci_tasks import snapshots
+from ccci_tasks.config import Settings
 from ccci_tasks.platform.base import VolumeInfo
 from ccci_tasks.snapshots.incremental import plan_restore
 from ccci_tasks.snapshots.voltar import Restored, restore_dirs, snapshot_dirs
@@ -252,7 +253,7 @@ def test_plan_restore(change: dict[str, FileStat], gone: list[str], remove: list
 
 @pytest.mark.docker
 def test_warmsnap_restores_incrementally_beside_the_snapshot(
-    clean_swarm: Any, settings: Any, state_dir: Path
+    clean_swarm: Any, settings: Settings, state_dir: Path
 ) -> None:
     """warmsnap.restore keeps its stamp beside the snapshot (never inside it): the second
     restore is incremental, the volume equals the snapshot, the snapshot is byte-identical."""

@@ -18,6 +18,7 @@ import pytest
 from conftest import TEST_BASE
 
 from ccci_tasks import snapshots
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import DeployFailed, WaitTimeout
 from ccci_tasks.naming import warm_domain
 from ccci_tasks.platform.swarm import SwarmPlatform
@@ -32,7 +33,7 @@ EXAMPLE_TESTS = Path(__file__).resolve().parent.parent / "examples" / "tests-rec
 
 
 @pytest.fixture
-def platform(settings: Any, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: Any) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import TEST_BASE
 
 from ccci_tasks import constants
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, DeployFailed
 from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.engine import parse_timestamp
@@ -40,7 +41,7 @@ FAIL_FAST_BOUND_S = 80.0  # the slowest of them, a fresh crash loop, takes about
 
 
 @pytest.fixture
-def platform(settings: Any, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: Any) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and the test state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 

@@ -21,9 +21,11 @@ import pytest
 
 from ccci_tasks import constants as c
 from ccci_tasks import snapshots
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import IntegrityError, SnapshotError, SnapshotRefused, UnsafeArchive
 from ccci_tasks.naming import stack_name, warm_domain
 from ccci_tasks.platform.base import VolumeInfo
+from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.snapshots.tarcheck import check_members
 from ccci_tasks.snapshots.voltar import restore_dirs, snapshot_dirs
 from ccci_tasks.state import warmsnap
@@ -170,7 +172,7 @@ def snapshot_files(recipe_root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def platform(settings: Any, clean_swarm: Any) -> Any:
+def platform(settings: Settings, clean_swarm: Any) -> SwarmPlatform:
     from ccci_tasks.platform.swarm import SwarmPlatform
 
     return SwarmPlatform(settings)
@@ -247,7 +249,8 @@ def test_dir_round_trip_without_docker(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_round_trip_on_a_docker_volume(platform: Any, clean_swarm: Any, state_dir: Path) -> None:
+def test_round_trip_on_a_docker_volume(platform: SwarmPlatform, clean_swarm: Any,
+                                       state_dir: Path) -> None:
     """2,000 files, links, a 100 MiB and a sparse file, uid 999/0600: restored exactly."""
     mount = make_volume(clean_swarm)
     populate(mount)
@@ -284,7 +287,7 @@ def test_round_trip_on_a_docker_volume(platform: Any, clean_swarm: Any, state_di
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_new_snapshot_replaces_old_atomically(platform: Any, clean_swarm: Any,
+def test_new_snapshot_replaces_old_atomically(platform: SwarmPlatform, clean_swarm: Any,
                                               state_dir: Path) -> None:
     """A second snapshot becomes current and the superseded folder is removed."""
     mount = make_volume(clean_swarm)
@@ -299,7 +302,7 @@ def test_new_snapshot_replaces_old_atomically(platform: Any, clean_swarm: Any,
         os.readlink(root / "snapshot")]
 
 
-def wait_serving(platform: Any, domain: str, timeout_s: float = 120) -> None:
+def wait_serving(platform: SwarmPlatform, domain: str, timeout_s: float = 120) -> None:
     """Wait until the app answers /version.txt (its boot has written to the volume)."""
     import httpx
 
@@ -317,7 +320,8 @@ def wait_serving(platform: Any, domain: str, timeout_s: float = 120) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_refused_while_deployed(platform: Any, settings: Any, state_dir: Path) -> None:
+def test_refused_while_deployed(platform: SwarmPlatform, settings: Settings,
+                                state_dir: Path) -> None:
     """With the example recipe deployed, snapshot and restore refuse and change nothing."""
     recipe, version = "custom-html", "1.0.0+1.0"
     domain = warm_domain(recipe, settings.base_domain)
@@ -364,7 +368,7 @@ _SNAPSHOT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_killed_snapshot_leaves_previous_intact(platform: Any, clean_swarm: Any,
+def test_killed_snapshot_leaves_previous_intact(platform: SwarmPlatform, clean_swarm: Any,
                                                 state_dir: Path) -> None:
     """SIGKILL midway through a snapshot: the previous one is byte-identical; leftovers go."""
     mount = make_volume(clean_swarm)
@@ -405,7 +409,7 @@ def test_killed_snapshot_leaves_previous_intact(platform: Any, clean_swarm: Any,
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_out_of_space_leaves_previous_intact(platform: Any, clean_swarm: Any,
+def test_out_of_space_leaves_previous_intact(platform: SwarmPlatform, clean_swarm: Any,
                                              tmpfs: Path) -> None:
     """A snapshot that fills the disk fails cleanly; the previous one is byte-identical."""
     mount = make_volume(clean_swarm)
@@ -427,7 +431,7 @@ def test_out_of_space_leaves_previous_intact(platform: Any, clean_swarm: Any,
 @pytest.mark.docker
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink-absolute", "symlink-up",
                                   "symlink-chain"])
-def test_restore_refuses_unsafe_tar(platform: Any, clean_swarm: Any, state_dir: Path,
+def test_restore_refuses_unsafe_tar(platform: SwarmPlatform, clean_swarm: Any, state_dir: Path,
                                     case: str) -> None:
     """A tar with an escaping member is refused by restore; the volume is untouched."""
     mount = make_volume(clean_swarm)
@@ -442,7 +446,7 @@ def test_restore_refuses_unsafe_tar(platform: Any, clean_swarm: Any, state_dir: 
 
 
 @pytest.mark.docker
-def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
+def test_flipped_byte_fails_verify_and_restore(platform: SwarmPlatform, clean_swarm: Any,
                                                state_dir: Path) -> None:
     """One flipped byte: verify and restore name the volume and both hashes; no change."""
     mount = make_volume(clean_swarm)
@@ -469,7 +473,7 @@ def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
 
 
 @pytest.mark.docker
-def test_snapshot_of_app_without_volumes_refused(platform: Any, state_dir: Path) -> None:
+def test_snapshot_of_app_without_volumes_refused(platform: SwarmPlatform, state_dir: Path) -> None:
     """An app with no volumes never replaces a snapshot with an empty one."""
     with pytest.raises(SnapshotError, match="no volumes"):
         snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
