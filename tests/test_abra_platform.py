@@ -49,7 +49,10 @@ GIT_ID = ["-c", "user.name=ccci", "-c", "user.email=ccci@example.org"]
 
 
 class InMemoryDockerState:
-    """A stand-in for ``DockerState``: deployed stacks are a set; calls are recorded."""
+    """A stand-in for ``DockerState``: deployed stacks are a set; calls are recorded.
+
+    ``AbraPlatform`` is typed to take the ``DockerState`` class, hence the
+    ``type: ignore[arg-type]`` where this stand-in is handed to it."""
 
     def __init__(self, deployed: set[str] | None = None) -> None:
         self.deployed_domains = set(deployed or ())

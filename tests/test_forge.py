@@ -168,7 +168,9 @@ def test_quick_testme_runs_the_pr_head_and_reports_its_verdict(up: FakeForge,
     forge, sha = up, _head(up)
     before = _reports()
     delivery = _comment(forge, MAINTAINER, "!testme --quick")
-    lane, run_id = ACCEPTED.match(delivery.text).groups()  # type: ignore[union-attr]
+    accepted = ACCEPTED.match(delivery.text)
+    assert accepted is not None, delivery.text
+    lane, run_id = accepted.groups()
     redelivered = forge.send_hook(delivery.body, delivery=delivery.delivery)
     assert (redelivered.status, redelivered.text.split(":")[0]) == (200, "duplicate")
     assert lane == "quick"
