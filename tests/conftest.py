@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:  # imported by the fixtures themselves, after the environment is set here
+    from docker import DockerClient
     from fake_forge import FakeForge
     from push_receiver import PushReceiver
 
@@ -177,7 +178,7 @@ def _start_dockerd() -> None:
 
 
 @pytest.fixture(scope="session")
-def swarm() -> Iterator[Any]:
+def swarm() -> Iterator[DockerClient]:
     """A docker SDK client for an engine in swarm mode."""
     if shutil.which("docker") is None:
         need("the docker CLI is not installed (apt-get install docker.io)")
@@ -204,7 +205,7 @@ def swarm() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def example_recipes(swarm: Any) -> Path:
+def example_recipes(swarm: DockerClient) -> Path:
     """The example recipe repositories (git tags per version) and their images (the Debian
     image of the PostgreSQL recipes takes about a minute the first time on a host)."""
     dest = Path(TEST_ENV["CCCI_RECIPES_DIR"])
@@ -347,7 +348,7 @@ def remove_stale_sessions(client: Any) -> list[str]:
 
 
 @pytest.fixture
-def clean_swarm(swarm: Any, example_recipes: Path) -> Iterator[Any]:
+def clean_swarm(swarm: DockerClient, example_recipes: Path) -> Iterator[DockerClient]:
     """The swarm with no ccci services or volumes before and after the test."""
     remove_ccci_objects(swarm)
     yield swarm

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import pytest
@@ -25,6 +25,9 @@ from ccci_tasks.platform.engine_events import StackEvents, concerns_stack
 from ccci_tasks.platform.envfile import set_keys
 from ccci_tasks.platform.stacks import ServiceDetail
 from ccci_tasks.platform.swarm import UPDATE_MONITOR, SwarmPlatform, render_compose
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 STACK = "cust-1a2b3c_ci_localhost"
 A, B, C = TaskRef("task-a", "cont-a"), TaskRef("task-b", "cont-b"), TaskRef("task-c", "cont-c")
@@ -164,7 +167,7 @@ def _labelled_container(client: Any, stack: str) -> Any:
 
 
 @pytest.mark.docker
-def test_stack_events_wake_only_for_their_stack(swarm: Any, example_recipes: Path) -> None:
+def test_stack_events_wake_only_for_their_stack(swarm: DockerClient, example_recipes: Path) -> None:
     """A container event of the watched stack wakes the waiter; another stack's does not."""
     mine, other = f"evt-{new_run_hex()}_x", f"evt-{new_run_hex()}_x"
     created = []
@@ -226,7 +229,7 @@ SERVES_THEN_DIES = (
 
 
 @pytest.fixture
-def platform(settings: Settings, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and the test state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 

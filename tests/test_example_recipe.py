@@ -9,11 +9,14 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -96,7 +99,7 @@ def _app_log(client: Any) -> str:
 
 
 def test_cold_boot_waits_init_delay_and_warm_boot_does_not(
-    clean_swarm: Any, example_recipes: Path, tmp_path: Path
+    clean_swarm: DockerClient, example_recipes: Path, tmp_path: Path
 ) -> None:
     """1.0.0+1.0 serves its version on its loopback port; the first boot initialises the
     empty volume (its log says so, and it takes at least INIT_DELAY); the warm boot on the kept

@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import (
@@ -34,6 +34,9 @@ from recipe_commits import make_commit
 from web_support import bridge_process
 
 from ccci_tasks.state.reports import RunReport
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -74,7 +77,7 @@ def _reports() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
            ) -> Iterator[RunReport]:
     """A clean system, then the first cold run on latest (the canonical for quick runs)."""
     from ccci_tasks.config import get_settings

@@ -14,13 +14,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import TEST_ENV, Workers, flush_redis, ours, remove_ccci_objects
 from recipe_commits import make_commit
 
 from ccci_tasks.state.reports import RunReport
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -64,7 +67,7 @@ def _wait(run_id: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
            ) -> Iterator[RunReport]:
     """A clean system, then the first cold run on latest of the enrolled example."""
     from ccci_tasks.config import get_settings
@@ -84,7 +87,8 @@ def state() -> Path:
     return Path(TEST_ENV["CCCI_STATE_DIR"])
 
 
-def test_first_cold_run_seeds_the_canonical(seeded: RunReport, swarm: Any, state: Path) -> None:
+def test_first_cold_run_seeds_the_canonical(seeded: RunReport, swarm: DockerClient,
+                                            state: Path) -> None:
     """The first green cold run on latest writes canonical.json and a snapshot, and leaves
     no cold app or cold volume behind."""
     from ccci_tasks.state import canonical, warmsnap
@@ -110,7 +114,7 @@ def test_first_cold_run_seeds_the_canonical(seeded: RunReport, swarm: Any, state
 
 
 def test_quick_run_with_a_good_ref_keeps_known_good(
-    seeded: RunReport, swarm: Any, state: Path, example_recipes: Path
+    seeded: RunReport, swarm: DockerClient, state: Path, example_recipes: Path
 ) -> None:
     """A quick run of a good PR head passes, leaves registry and snapshot byte-identical,
     and leaves the canonical undeployed with its volume kept."""
@@ -134,7 +138,7 @@ def test_quick_run_with_a_good_ref_keeps_known_good(
 
 
 def test_quick_run_with_a_bad_ref_restores_known_good(
-    seeded: RunReport, swarm: Any, state: Path, example_recipes: Path
+    seeded: RunReport, swarm: DockerClient, state: Path, example_recipes: Path
 ) -> None:
     """A quick run whose head names a missing image is red at once with the reason (the
     image is named: the deploy was failed, not waited out to DEPLOY_TIMEOUT), restores the
@@ -165,7 +169,7 @@ def test_quick_run_with_a_bad_ref_restores_known_good(
 
 
 def test_quick_runs_are_serial_and_fifo(
-    seeded: RunReport, swarm: Any, state: Path, example_recipes: Path
+    seeded: RunReport, swarm: DockerClient, state: Path, example_recipes: Path
 ) -> None:
     """With MAX_TESTS=1, four quick runs enqueued at once never overlap and finish in FIFO
     order; a watcher sampling the swarm every 100 ms never sees two apps live."""
@@ -201,7 +205,7 @@ def test_quick_runs_are_serial_and_fifo(
 
 
 def test_quick_run_without_canonical_runs_cold(
-    seeded: RunReport, swarm: Any, example_recipes: Path, state: Path
+    seeded: RunReport, swarm: DockerClient, example_recipes: Path, state: Path
 ) -> None:
     """A quick run of a recipe that has no canonical runs a full cold run instead, and the
     report says so."""
@@ -234,7 +238,7 @@ def test_quick_run_without_canonical_runs_cold(
     ],
 )
 def test_bad_input_is_an_error_and_deploys_nothing(
-    workers: Workers, swarm: Any, example_recipes: Path, redis_server: str,
+    workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str,
     recipe: str, ref: str, needle: str,
 ) -> None:
     """Bad input through quick_run.delay gives verdict error with a clear reason naming the

@@ -11,7 +11,7 @@ import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import TEST_ENV, Workers, flush_redis, ours, remove_ccci_objects
@@ -19,6 +19,9 @@ from recipe_commits import GIT, make_commit
 from test_lanes import _wait, _wipe
 
 from ccci_tasks.state.reports import RunReport
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -98,7 +101,7 @@ def _fingerprint(state: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
            ) -> Iterator[RunReport]:
     """A clean system with the two-part recipe enrolled and seeded by a cold run."""
     from ccci_tasks.tasks import cold_run
@@ -111,7 +114,7 @@ def seeded(workers: Workers, swarm: Any, example_recipes: Path, redis_server: st
     remove_ccci_objects(swarm)
 
 
-def test_cold_run_seeds_every_volume(seeded: RunReport, swarm: Any) -> None:
+def test_cold_run_seeds_every_volume(seeded: RunReport, swarm: DockerClient) -> None:
     """A two-service recipe is green on its own health path, and its canonical snapshot
     holds both volumes; nothing cold is left."""
     from ccci_tasks.state import warmsnap
@@ -127,7 +130,7 @@ def test_cold_run_seeds_every_volume(seeded: RunReport, swarm: Any) -> None:
     assert _labelled(swarm.volumes.list(), "cold") == []
 
 
-def test_quick_runs_good_and_crash_looping(seeded: RunReport, swarm: Any,
+def test_quick_runs_good_and_crash_looping(seeded: RunReport, swarm: DockerClient,
                                            example_recipes: Path) -> None:
     """A good head passes; a head whose second service crash-loops fails fast with the task
     error; both leave the canonical's registry and snapshot byte-identical."""

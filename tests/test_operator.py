@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -28,6 +28,9 @@ from conftest import (
 )
 from faults import wait_until, wipe
 from recipe_commits import make_commit
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -50,7 +53,7 @@ def ccci(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
            ) -> Iterator[dict[str, Any]]:
     """A clean system whose custom-html canonical is seeded by `ccci cold --wait`."""
     from ccci_tasks.config import get_settings

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -41,6 +41,9 @@ from recipe_commits import make_commit
 from web_support import bridge_process, saved_report
 
 from ccci_tasks.state.reports import RunReport
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -85,7 +88,7 @@ def _wait_run(run_id: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
            ) -> Iterator[RunReport]:
     from ccci_tasks.config import get_settings
     from ccci_tasks.tasks import cold_run

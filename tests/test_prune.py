@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -14,6 +14,9 @@ from ccci_tasks.lanes.stale import plan_prune, prune_stale
 from ccci_tasks.naming import stack_name, warm_domain
 from ccci_tasks.platform.base import AppInfo, Kind
 from ccci_tasks.state.canonical import Canonical, write_registry
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 BASE = "ci.localhost"
 
@@ -64,7 +67,8 @@ def test_prune_refuses_without_tests_dir(settings: Settings, state_dir: Path) ->
 
 
 @pytest.mark.docker
-def test_prune_stale_on_the_swarm(settings: Settings, clean_swarm: Any, state_dir: Path) -> None:
+def test_prune_stale_on_the_swarm(settings: Settings, clean_swarm: DockerClient,
+                                  state_dir: Path) -> None:
     """A stale recipe's registry, snapshot and warm volume go; the enrolled one stays."""
     from ccci_tasks.platform.swarm import SwarmPlatform
 

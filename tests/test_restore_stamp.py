@@ -9,7 +9,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from test_warmsnap import DOMAIN, RECIPE, VERSION, make_volume, populate
@@ -22,6 +22,9 @@ from ccci_tasks.snapshots.voltar import Restored, restore_dirs, snapshot_dirs
 from ccci_tasks.state import warmsnap
 from ccci_tasks.state.volstamp import FileStat, Member
 from ccci_tasks.state.warmsnap import STAMP_DIR
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 Row = tuple[str, str, int, int, int, int, int, str, tuple[tuple[str, bytes], ...]]
 
@@ -253,7 +256,7 @@ def test_plan_restore(change: dict[str, FileStat], gone: list[str], remove: list
 
 @pytest.mark.docker
 def test_warmsnap_restores_incrementally_beside_the_snapshot(
-    clean_swarm: Any, settings: Settings, state_dir: Path
+    clean_swarm: DockerClient, settings: Settings, state_dir: Path
 ) -> None:
     """warmsnap.restore keeps its stamp beside the snapshot (never inside it): the second
     restore is incremental, the volume equals the snapshot, the snapshot is byte-identical."""

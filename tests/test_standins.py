@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -26,6 +26,9 @@ from ccci_tasks.probes import reconverged, serving
 from ccci_tasks.state.infra import infra_dir
 from ccci_tasks.state.meta import RecipeMeta, load_meta
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CONVERGE_S = 60.0
@@ -33,7 +36,7 @@ EXAMPLE_TESTS = Path(__file__).resolve().parent.parent / "examples" / "tests-rec
 
 
 @pytest.fixture
-def platform(settings: Settings, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 

@@ -7,7 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -28,6 +28,9 @@ from ccci_tasks.platform.swarm import (
 )
 from ccci_tasks.probes import reconverged, serving, version_moved
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 docker = pytest.mark.docker
 
 RECIPE = "custom-html"
@@ -41,7 +44,7 @@ FAIL_FAST_BOUND_S = 80.0  # the slowest of them, a fresh crash loop, takes about
 
 
 @pytest.fixture
-def platform(settings: Settings, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and the test state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 

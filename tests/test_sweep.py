@@ -20,13 +20,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import REPO, TEST_ENV, Workers
 from faults import Watcher, fingerprint, ours, private_system, wait_until
 from recipe_commits import GIT, make_commit
 from recipe_tags import keep_tags_upto, session_copy
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -83,7 +86,7 @@ def sweep_reports() -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def swept(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str,
+def swept(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swept]:
     """Three recipes seeded (one then red, one then de-enrolled), then one sweep with a
     quick run and a second sweep fired in its middle, watched every 100 ms."""
@@ -162,7 +165,7 @@ def test_green_recipe_promoted_red_one_untouched(swept: Swept) -> None:
     assert fingerprint(state(), RED) == swept.red_before
 
 
-def test_de_enrolled_recipe_warm_data_gone(swept: Swept, swarm: Any) -> None:
+def test_de_enrolled_recipe_warm_data_gone(swept: Swept, swarm: DockerClient) -> None:
     """The de-enrolled recipe's registry, snapshot and volumes are gone."""
     assert not (state() / OLD).exists()
     assert not [v for v in swarm.volumes.list(filters={"label": f"ccci.recipe={OLD}"})

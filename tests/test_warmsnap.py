@@ -15,7 +15,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -29,6 +29,9 @@ from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.snapshots.tarcheck import check_members
 from ccci_tasks.snapshots.voltar import restore_dirs, snapshot_dirs
 from ccci_tasks.state import warmsnap
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "snaptest"
@@ -172,7 +175,7 @@ def snapshot_files(recipe_root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def platform(settings: Settings, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     from ccci_tasks.platform.swarm import SwarmPlatform
 
     return SwarmPlatform(settings)
@@ -249,7 +252,7 @@ def test_dir_round_trip_without_docker(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_round_trip_on_a_docker_volume(platform: SwarmPlatform, clean_swarm: Any,
+def test_round_trip_on_a_docker_volume(platform: SwarmPlatform, clean_swarm: DockerClient,
                                        state_dir: Path) -> None:
     """2,000 files, links, a 100 MiB and a sparse file, uid 999/0600: restored exactly."""
     mount = make_volume(clean_swarm)
@@ -287,7 +290,7 @@ def test_round_trip_on_a_docker_volume(platform: SwarmPlatform, clean_swarm: Any
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_new_snapshot_replaces_old_atomically(platform: SwarmPlatform, clean_swarm: Any,
+def test_new_snapshot_replaces_old_atomically(platform: SwarmPlatform, clean_swarm: DockerClient,
                                               state_dir: Path) -> None:
     """A second snapshot becomes current and the superseded folder is removed."""
     mount = make_volume(clean_swarm)
@@ -368,7 +371,7 @@ _SNAPSHOT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_killed_snapshot_leaves_previous_intact(platform: SwarmPlatform, clean_swarm: Any,
+def test_killed_snapshot_leaves_previous_intact(platform: SwarmPlatform, clean_swarm: DockerClient,
                                                 state_dir: Path) -> None:
     """SIGKILL midway through a snapshot: the previous one is byte-identical; leftovers go."""
     mount = make_volume(clean_swarm)
@@ -409,7 +412,7 @@ def test_killed_snapshot_leaves_previous_intact(platform: SwarmPlatform, clean_s
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_out_of_space_leaves_previous_intact(platform: SwarmPlatform, clean_swarm: Any,
+def test_out_of_space_leaves_previous_intact(platform: SwarmPlatform, clean_swarm: DockerClient,
                                              tmpfs: Path) -> None:
     """A snapshot that fills the disk fails cleanly; the previous one is byte-identical."""
     mount = make_volume(clean_swarm)
@@ -431,8 +434,8 @@ def test_out_of_space_leaves_previous_intact(platform: SwarmPlatform, clean_swar
 @pytest.mark.docker
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink-absolute", "symlink-up",
                                   "symlink-chain"])
-def test_restore_refuses_unsafe_tar(platform: SwarmPlatform, clean_swarm: Any, state_dir: Path,
-                                    case: str) -> None:
+def test_restore_refuses_unsafe_tar(platform: SwarmPlatform, clean_swarm: DockerClient,
+                                    state_dir: Path, case: str) -> None:
     """A tar with an escaping member is refused by restore; the volume is untouched."""
     mount = make_volume(clean_swarm)
     populate(mount, files=20, big_mib=0)
@@ -446,7 +449,7 @@ def test_restore_refuses_unsafe_tar(platform: SwarmPlatform, clean_swarm: Any, s
 
 
 @pytest.mark.docker
-def test_flipped_byte_fails_verify_and_restore(platform: SwarmPlatform, clean_swarm: Any,
+def test_flipped_byte_fails_verify_and_restore(platform: SwarmPlatform, clean_swarm: DockerClient,
                                                state_dir: Path) -> None:
     """One flipped byte: verify and restore name the volume and both hashes; no change."""
     mount = make_volume(clean_swarm)
