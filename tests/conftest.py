@@ -230,12 +230,12 @@ def ours(obj: Any) -> bool:
     return domain == TEST_BASE or domain.endswith("." + TEST_BASE)
 
 
-def _containers(client: Any) -> list[Any]:
+def _containers(client: DockerClient) -> list[Any]:
     """Every ccci-labelled container, from one listing (sparse: not inspected one by one)."""
     return list(client.containers.list(all=True, sparse=True, filters={"label": "ccci.kind"}))
 
 
-def remove_ccci_objects(client: Any) -> None:
+def remove_ccci_objects(client: DockerClient) -> None:
     """Remove the test system's ccci-labelled services and volumes (test isolation).
 
     Objects of another ccci system on the same engine (e.g. `make up`) are left alone.
@@ -291,7 +291,7 @@ def _session_live(base: str) -> bool:
     return False
 
 
-def remove_stale_sessions(client: Any) -> list[str]:
+def remove_stale_sessions(client: DockerClient) -> list[str]:
     """Remove the ccci services, containers and volumes that ended test sessions left behind
     (a killed session never cleans up; its crash-looping app would confuse later sessions).
     Only test bases (``t<6hex>.localhost``) of sessions not running now; never `make up`'s."""

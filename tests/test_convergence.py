@@ -158,7 +158,7 @@ def test_render_compose_sets_the_update_monitor_unless_the_recipe_does() -> None
 # --------------------------------------------------------------------------- engine events
 
 
-def _labelled_container(client: Any, stack: str) -> Any:
+def _labelled_container(client: DockerClient, stack: str) -> Any:
     return client.containers.create(
         "ccci/custom-html:1.0", entrypoint=["/bin/true"],
         labels={constants.STACK_NAMESPACE_LABEL: stack, constants.LABEL_KIND: "cold",

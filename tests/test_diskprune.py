@@ -78,7 +78,7 @@ def docker_import(tag: str, marker: str, hexid: str, with_busybox: bool = False)
     return out.stdout.strip()
 
 
-def exists(client: Any, kind: str, object_id: str) -> bool:
+def exists(client: DockerClient, kind: str, object_id: str) -> bool:
     getter = {"image": client.images.get, "container": client.containers.get,
               "volume": client.volumes.get, "service": client.services.get}[kind]
     try:
@@ -222,7 +222,7 @@ def above_use() -> str:
     return str(math.floor(used) + 1)
 
 
-def assert_all_stay(client: Any, objects: Made, service: str) -> None:
+def assert_all_stay(client: DockerClient, objects: Made, service: str) -> None:
     for image_id in objects.images:
         assert exists(client, "image", image_id), image_id
     for cid in objects.containers:
@@ -230,7 +230,7 @@ def assert_all_stay(client: Any, objects: Made, service: str) -> None:
     assert_kept(client, objects, service)
 
 
-def assert_kept(client: Any, objects: Made, service: str) -> None:
+def assert_kept(client: DockerClient, objects: Made, service: str) -> None:
     """What no prune may take: tagged or used images, volumes, the live service."""
     for image_id in objects.images - objects.gone_images:
         assert exists(client, "image", image_id), f"image {image_id} was removed"

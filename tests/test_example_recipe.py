@@ -9,7 +9,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import docker
 import httpx
@@ -59,7 +59,7 @@ def _stack_deploy(tree: Path, env: dict[str, str]) -> None:
     )
 
 
-def _stack_rm(client: Any) -> None:
+def _stack_rm(client: DockerClient) -> None:
     """`docker stack rm`, then stop the leftover containers (swarm's agent is slow at it)."""
     subprocess.run(["docker", "stack", "rm", STACK], check=True, capture_output=True, timeout=60)
     label = f"{NAMESPACE}={STACK}"
@@ -92,7 +92,7 @@ def _time_to_serve(url: str, expect: str, timeout_s: float = 60) -> float:
     raise AssertionError(f"{url} did not serve {expect!r} within {timeout_s} s; last: {last}")
 
 
-def _app_log(client: Any) -> str:
+def _app_log(client: DockerClient) -> str:
     """The log of the stack's one running app container."""
     [container] = client.containers.list(filters={"label": f"{NAMESPACE}={STACK}"})
     return str(container.logs(stdout=True, stderr=True).decode(errors="replace"))

@@ -49,13 +49,14 @@ def _fingerprint(state: Path) -> dict[str, str]:
             hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def _services(client: Any, kind: str | None = None, recipe: str | None = RECIPE) -> list[Any]:
+def _services(client: DockerClient, kind: str | None = None, recipe: str | None = RECIPE
+              ) -> list[Any]:
     labels = [f"ccci.kind={kind}" if kind else "ccci.kind"]
     labels += [f"ccci.recipe={recipe}"] if recipe else []
     return [s for s in client.services.list(filters={"label": labels}) if ours(s)]
 
 
-def _volumes(client: Any, kind: str, recipe: str | None = RECIPE) -> list[Any]:
+def _volumes(client: DockerClient, kind: str, recipe: str | None = RECIPE) -> list[Any]:
     labels = [f"ccci.kind={kind}"] + ([f"ccci.recipe={recipe}"] if recipe else [])
     return [v for v in client.volumes.list(filters={"label": labels}) if ours(v)]
 

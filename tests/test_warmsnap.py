@@ -15,7 +15,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -117,7 +117,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return found
 
 
-def make_volume(client: Any, domain: str = DOMAIN, name: str = "data") -> Path:
+def make_volume(client: DockerClient, domain: str = DOMAIN, name: str = "data") -> Path:
     """A local Docker volume of ``domain``'s stack, labelled as the platform expects."""
     stack = stack_name(domain)
     volume = client.volumes.create(
