@@ -33,9 +33,10 @@ import tarfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from bench import lanes
 from bench.soakfaults import KINDS, POINTS, SoakSystem, restart_dockerd
@@ -43,6 +44,8 @@ from bench.system import REPO
 
 if TYPE_CHECKING:  # ccci_tasks is imported once the bench system has set the environment
     from ccci_tasks.state.reports import RunReport
+
+T = TypeVar("T")
 
 RECIPE = "custom-html"
 # Where a fault lands: a step of the lane (cold runs on latest promote).
@@ -97,7 +100,8 @@ def _report(run_id: str) -> RunReport | None:
     return load_report(get_settings().state_dir, run_id)
 
 
-def _until(check: Any, timeout_s: float, poll_s: float = 0.2) -> Any:
+def _until(check: Callable[[], T | Literal[False] | None], timeout_s: float, poll_s: float = 0.2
+           ) -> T | None:
     deadline = time.monotonic() + timeout_s
     while True:
         with contextlib.suppress(Exception):

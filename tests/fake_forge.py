@@ -55,14 +55,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import fake_forge_git as githttp
+
+T = TypeVar("T")
 
 GIT_TIMEOUT_S = 30
 HOOK_TIMEOUT_S = 10
@@ -297,7 +300,8 @@ class FakeForge:
             return [r for r in self.requests
                     if (method is None or r.method == method) and contains in r.path]
 
-    def wait_for(self, check: Any, what: str, timeout_s: float = 60.0) -> Any:
+    def wait_for(self, check: Callable[[], T | Literal[False] | None], what: str,
+                 timeout_s: float = 60.0) -> T:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             value = check()

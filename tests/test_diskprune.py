@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 TEST_LABEL = "ccci.test-prune"  # marks the objects this module makes
 ALLOWED_WAIT_S = 180.0  # other sessions' deploys may converge meanwhile
 CONVERGE_S = 60.0
+PruneEnv = Callable[..., Settings]  # settings from the environment plus CCCI_PRUNE_* values
 
 
 def rootfs(marker: str, with_busybox: bool = False) -> bytes:
@@ -192,7 +193,7 @@ def made(swarm: DockerClient, live_service: tuple[str, str, str]) -> Iterator[Ma
 
 
 @pytest.fixture
-def prune_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+def prune_env(monkeypatch: pytest.MonkeyPatch) -> PruneEnv:
     """Settings from the test environment plus the given CCCI_PRUNE_* variables."""
 
     def make(**env: str) -> Settings:
@@ -257,7 +258,7 @@ def until_allowed(attempt: Callable[[], Any], allowed: Callable[[Any], bool]) ->
 
 @pytest.mark.docker
 def test_refused_while_a_run_is_in_flight(
-    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """A real prune with a run in flight removes nothing and names the run."""
     settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=below_use(), CCCI_PRUNE_MIN_AGE_H="0")
@@ -271,7 +272,7 @@ def test_refused_while_a_run_is_in_flight(
 
 @pytest.mark.docker
 def test_refused_below_the_threshold(
-    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """A real prune with the disk below the threshold removes nothing and says so."""
     settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=above_use(), CCCI_PRUNE_MIN_AGE_H="0")
@@ -285,7 +286,7 @@ def test_refused_below_the_threshold(
 
 @pytest.mark.docker
 def test_dry_run_lists_then_act_removes_exactly_those(
-    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """A dry run lists this test's dangling image and stopped containers and removes nothing;
     acting on the engine's plan (cut to this test's objects) removes exactly those, and keeps
@@ -334,7 +335,7 @@ def test_dry_run_lists_then_act_removes_exactly_those(
 
 
 @pytest.mark.docker
-def test_act_checks_each_image_again(swarm: DockerClient, made: Made, prune_env: Any) -> None:
+def test_act_checks_each_image_again(swarm: DockerClient, made: Made, prune_env: PruneEnv) -> None:
     """An image tagged or taken into use after the plan is kept, with the reason."""
     hexid = os.urandom(3).hex()
     swarm.images.get(made.dangling).tag(f"ccci-prune-test/{hexid}", "late")
@@ -359,7 +360,7 @@ def test_act_checks_each_image_again(swarm: DockerClient, made: Made, prune_env:
 
 @pytest.mark.docker
 def test_the_abra_platform_prunes_the_same_engine(
-    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """On the abra backend the prune reads the engine through the docker SDK too: a dry run
     lists this test's dangling image and stopped containers, never what must stay, and a real
@@ -388,7 +389,7 @@ def test_docker_unreachable_is_a_platform_error(settings: Settings) -> None:
 
 
 @pytest.mark.docker
-def test_refused_while_a_service_converges(swarm: DockerClient, prune_env: Any) -> None:
+def test_refused_while_a_service_converges(swarm: DockerClient, prune_env: PruneEnv) -> None:
     """A service that cannot reach its replicas closes the gate, named in ``why``."""
     hexid = os.urandom(3).hex()
     name = f"ccci-prune-test-{hexid}"
@@ -415,7 +416,7 @@ def test_refused_while_a_service_converges(swarm: DockerClient, prune_env: Any) 
 
 @pytest.mark.docker
 def test_a_crash_looping_service_does_not_hold_the_prune(
-    swarm: DockerClient, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """A service whose task exits non-zero and is restarted at once changes all the time, yet
     converges to nothing: once the engine shows CRASH_LOOP_FAILURES failed tasks since its

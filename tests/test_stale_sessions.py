@@ -11,7 +11,8 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import LIVE_DIR, remove_stale_sessions
@@ -24,7 +25,7 @@ IMAGE = "ccci/custom-html:1.0"  # built by examples/make_recipes.py
 
 
 @pytest.fixture
-def made(swarm: DockerClient, example_recipes: Any) -> Iterator[dict[str, str]]:
+def made(swarm: DockerClient, example_recipes: Path) -> Iterator[dict[str, str]]:
     """Three idle services: an ended session's, a running session's and `make up`'s."""
     bases = {"ended": f"t{os.urandom(3).hex()}.localhost",
              "running": f"t{os.urandom(3).hex()}.localhost", "up": "localhost"}

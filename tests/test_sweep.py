@@ -31,6 +31,8 @@ from recipe_tags import keep_tags_upto, session_copy
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from ccci_tasks.state.reports import RunReport
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 GREEN, RED, OLD = "custom-html", "red-html", "old-html"
@@ -40,8 +42,8 @@ ENROLLED = "WARM_CANONICAL = True\nHEALTH_OK = [200]\nDEPLOY_TIMEOUT = 90\nHTTP_
 @dataclass
 class Swept:
     workers: Workers
-    report: Any
-    quick: Any
+    report: tuple[int, Any]  # the exit code and the parsed --json output
+    quick: RunReport
     second: tuple[int, Any]
     most_live: int
     red_before: dict[str, str]

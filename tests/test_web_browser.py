@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from browser import chromium, text_of
@@ -106,7 +106,7 @@ def test_running_page_takes_the_next_step_without_reload(site: str, state: Path,
     assert "running" not in timeline
 
 
-def _wait(browser: WebDriver, check: Any, timeout_s: float) -> float:
+def _wait(browser: WebDriver, check: Callable[[], object], timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
