@@ -17,9 +17,12 @@ reset:
 test: bootstrap
 	.venv/bin/pytest
 
+# mypy checks the files pyproject.toml lists (the package, ccci_rig, workers, tests, bench, the
+# example recipes' scripts), then each example recipe's tests on their own (same module names).
 lint: bootstrap
 	.venv/bin/ruff check .
-	.venv/bin/mypy --strict ccci_tasks ccci_rig
+	.venv/bin/mypy --strict
+	for tests in examples/tests-recipes/*/; do .venv/bin/mypy --strict "$$tests" || exit 1; done
 
 bench: bootstrap
 	scripts/services.sh

@@ -122,8 +122,8 @@ def measure_lanes(system: BenchSystem, recipes: tuple[str, ...] = RECIPES) -> di
 def _boot_stop(app: dict[str, Any]) -> tuple[float, float]:
     """The app's warm boot (a PostgreSQL recipe's: its stack's) and stop, medians."""
     if "stack_boot_s" in app:
-        return app["stack_boot_s"]["median"], app["app_stop_s"]["median"]
-    return app["warm_boot_s"]["median"], app["stop_s"]["median"]
+        return float(app["stack_boot_s"]["median"]), float(app["app_stop_s"]["median"])
+    return float(app["warm_boot_s"]["median"]), float(app["stop_s"]["median"])
 
 
 def _app_floor(app: dict[str, Any]) -> float:
@@ -132,7 +132,7 @@ def _app_floor(app: dict[str, Any]) -> float:
     its end without grace (its data is restored next), which costs the app nothing."""
     boot, stop = _boot_stop(app)
     if "migrate_boot_s" in app:
-        return boot + stop + app["migrate_boot_s"]["median"]
+        return boot + stop + float(app["migrate_boot_s"]["median"])
     return boot + stop + boot
 
 

@@ -27,10 +27,13 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench import lanes
 from bench.system import REPO, BenchSystem
+
+if TYPE_CHECKING:
+    import redis
 
 RESULTS = REPO / "bench" / "results"
 OWN = {"info", "memory", "scan", "ping", "select", "client|setinfo", "client"}
@@ -43,7 +46,7 @@ BEAT_SETTLE_S = 15
 class Probe:
     """Redis's counters at one moment."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         self.at = time.monotonic()
         stats = client.info("commandstats")
         self.calls = Counter({name.removeprefix("cmdstat_"): int(v["calls"])
@@ -71,7 +74,7 @@ def delta(before: Probe, after: Probe, idle_per_s: float = 0.0) -> dict[str, Any
     }
 
 
-def keys_by_prefix(client: Any) -> dict[str, dict[str, int]]:
+def keys_by_prefix(client: redis.Redis) -> dict[str, dict[str, int]]:
     """Count and MEMORY USAGE of every key, grouped by the first prefix it has."""
     groups: dict[str, dict[str, int]] = {p or "other": {"keys": 0, "bytes": 0} for p in PREFIXES}
     for key in client.scan_iter(count=1000):
@@ -82,7 +85,7 @@ def keys_by_prefix(client: Any) -> dict[str, dict[str, int]]:
     return {k: v for k, v in groups.items() if v["keys"]}
 
 
-def window(client: Any, seconds: float) -> dict[str, Any]:
+def window(client: redis.Redis, seconds: float) -> dict[str, Any]:
     before = Probe(client)
     time.sleep(seconds)
     return delta(before, Probe(client))
@@ -104,7 +107,7 @@ class Beat:
         self.proc.wait(timeout=30)
 
 
-def measure_hosts(system: BenchSystem, client: Any, seconds: float) -> dict[str, Any]:
+def measure_hosts(system: BenchSystem, client: redis.Redis, seconds: float) -> dict[str, Any]:
     """Each process of a host alone and idle (workers ready, beat past its start)."""
     out: dict[str, Any] = {}
     for role in ("runs", "infra", "alerts"):
@@ -134,7 +137,7 @@ def measure_hosts(system: BenchSystem, client: Any, seconds: float) -> dict[str,
     return out
 
 
-def measure_janitor(system: BenchSystem, client: Any, rounds: int,
+def measure_janitor(system: BenchSystem, client: redis.Redis, rounds: int,
                     idle_per_s: float) -> dict[str, Any]:
     """Janitor rounds through the alerts worker (the side queue), one after the other."""
     from ccci_tasks.celery_app import app
@@ -154,7 +157,7 @@ def measure_janitor(system: BenchSystem, client: Any, rounds: int,
     return {"median_round": median, "rounds": len(per_round)}
 
 
-def measure_runs(system: BenchSystem, client: Any, batch: int,
+def measure_runs(system: BenchSystem, client: redis.Redis, batch: int,
                  idle_per_s: float) -> dict[str, Any]:
     """A seeded canonical, then ``batch`` quick runs and ``batch`` cold runs of a PR commit."""
     recipes_dir = Path(system.env["CCCI_RECIPES_DIR"])

@@ -14,10 +14,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 RUN_TIMEOUT_S = 900
 POLL_S = 0.01
+
+
+class StepFigures(TypedDict):
+    name: str
+    duration_s: float
+    ok: bool
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class RunFigures:
     report_s: float  # the report's started_at -> finished_at
     queue_to_first_step_s: float
     steps_s: float  # the sum of the steps' own durations
-    steps: list[dict[str, Any]]
+    steps: list[StepFigures]
 
     @property
     def orchestration_per_step_s(self) -> float:
@@ -135,7 +141,7 @@ def run(lane: str, recipe: str, ref: str | None) -> RunFigures:
         time.sleep(POLL_S)
     _wait_released(run_id)
     assert report.finished_at is not None
-    steps = [{"name": s.name, "duration_s": round(s.duration_s, 4), "ok": s.ok}
+    steps = [StepFigures(name=s.name, duration_s=round(s.duration_s, 4), ok=s.ok)
              for s in report.steps]
     first = report.steps[0].started_at if report.steps else report.finished_at
     return RunFigures(

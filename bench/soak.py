@@ -33,13 +33,19 @@ import tarfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from bench import lanes
 from bench.soakfaults import KINDS, POINTS, SoakSystem, restart_dockerd
 from bench.system import REPO
+
+if TYPE_CHECKING:  # ccci_tasks is imported once the bench system has set the environment
+    from ccci_tasks.state.reports import RunReport
+
+T = TypeVar("T")
 
 RECIPE = "custom-html"
 # Where a fault lands: a step of the lane (cold runs on latest promote).
@@ -87,14 +93,15 @@ class Watcher:
         self.client.close()
 
 
-def _report(run_id: str) -> Any:
+def _report(run_id: str) -> RunReport | None:
     from ccci_tasks.config import get_settings
     from ccci_tasks.state.reports import load_report
 
     return load_report(get_settings().state_dir, run_id)
 
 
-def _until(check: Any, timeout_s: float, poll_s: float = 0.2) -> Any:
+def _until(check: Callable[[], T | Literal[False] | None], timeout_s: float, poll_s: float = 0.2
+           ) -> T | None:
     deadline = time.monotonic() + timeout_s
     while True:
         with contextlib.suppress(Exception):
@@ -106,7 +113,7 @@ def _until(check: Any, timeout_s: float, poll_s: float = 0.2) -> Any:
         time.sleep(poll_s)
 
 
-def _reached(report: Any, step: str) -> bool:
+def _reached(report: RunReport, step: str) -> bool:
     """The run is in ``step`` now, or past it (a short step is over between two polls)."""
     current = report.current.name if report.current is not None else None
     return current == step or step in {s.name for s in report.steps}

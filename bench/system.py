@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 60
@@ -64,7 +64,7 @@ class BenchSystem:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def __enter__(self) -> BenchSystem:
+    def __enter__(self) -> Self:
         os.environ.update(self.env)
         for key in ("CCCI_PLATFORM", "CCCI_KEYCLOAK_URL", "CCCI_ALERT_URLS", "CCCI_NOTIFY_URLS"):
             os.environ.pop(key, None)

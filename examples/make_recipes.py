@@ -122,7 +122,8 @@ class RecipeSpec:
 
     def image(self, version: VersionSpec) -> str:
         if self.debian_image is not None:
-            return debian_images().load(self.debian_image).ref
+            ref: str = debian_images().load(self.debian_image).ref
+            return ref
         return f"{self.repository}:{version.image_tag}"
 
 

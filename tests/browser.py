@@ -12,9 +12,12 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from conftest import need
+
+if TYPE_CHECKING:  # selenium is imported where a browser starts
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -24,7 +27,7 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-backgroun
 
 
 @contextmanager
-def chromium(profile_dir: Path, *, width: int = 1100, height: int = 1400) -> Iterator[Any]:
+def chromium(profile_dir: Path, *, width: int = 1100, height: int = 1400) -> Iterator[WebDriver]:
     """A headless Chromium WebDriver with a fresh profile in ``profile_dir``."""
     binary = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
     driver_bin = shutil.which("chromedriver") or (
@@ -51,7 +54,7 @@ def chromium(profile_dir: Path, *, width: int = 1100, height: int = 1400) -> Ite
         driver.quit()
 
 
-def text_of(driver: Any, element_id: str) -> str:
+def text_of(driver: WebDriver, element_id: str) -> str:
     """The rendered text of an element, read in one script (a live page swaps its parts:
     an element found first and read later may be gone by then)."""
     text = driver.execute_script(

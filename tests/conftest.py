@@ -28,9 +28,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:  # imported by the fixtures themselves, after the environment is set here
+    from docker import DockerClient
+    from fake_forge import FakeForge
+    from push_receiver import PushReceiver
+
+    from ccci_tasks.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -171,7 +178,7 @@ def _start_dockerd() -> None:
 
 
 @pytest.fixture(scope="session")
-def swarm() -> Iterator[Any]:
+def swarm() -> Iterator[DockerClient]:
     """A docker SDK client for an engine in swarm mode."""
     if shutil.which("docker") is None:
         need("the docker CLI is not installed (apt-get install docker.io)")
@@ -198,7 +205,7 @@ def swarm() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def example_recipes(swarm: Any) -> Path:
+def example_recipes(swarm: DockerClient) -> Path:
     """The example recipe repositories (git tags per version) and their images (the Debian
     image of the PostgreSQL recipes takes about a minute the first time on a host)."""
     dest = Path(TEST_ENV["CCCI_RECIPES_DIR"])
@@ -223,12 +230,12 @@ def ours(obj: Any) -> bool:
     return domain == TEST_BASE or domain.endswith("." + TEST_BASE)
 
 
-def _containers(client: Any) -> list[Any]:
+def _containers(client: DockerClient) -> list[Any]:
     """Every ccci-labelled container, from one listing (sparse: not inspected one by one)."""
     return list(client.containers.list(all=True, sparse=True, filters={"label": "ccci.kind"}))
 
 
-def remove_ccci_objects(client: Any) -> None:
+def remove_ccci_objects(client: DockerClient) -> None:
     """Remove the test system's ccci-labelled services and volumes (test isolation).
 
     Objects of another ccci system on the same engine (e.g. `make up`) are left alone.
@@ -284,7 +291,7 @@ def _session_live(base: str) -> bool:
     return False
 
 
-def remove_stale_sessions(client: Any) -> list[str]:
+def remove_stale_sessions(client: DockerClient) -> list[str]:
     """Remove the ccci services, containers and volumes that ended test sessions left behind
     (a killed session never cleans up; its crash-looping app would confuse later sessions).
     Only test bases (``t<6hex>.localhost``) of sessions not running now; never `make up`'s."""
@@ -341,7 +348,7 @@ def remove_stale_sessions(client: Any) -> list[str]:
 
 
 @pytest.fixture
-def clean_swarm(swarm: Any, example_recipes: Path) -> Iterator[Any]:
+def clean_swarm(swarm: DockerClient, example_recipes: Path) -> Iterator[DockerClient]:
     """The swarm with no ccci services or volumes before and after the test."""
     remove_ccci_objects(swarm)
     yield swarm
@@ -364,7 +371,7 @@ def state_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def settings(state_dir: Path) -> Any:
+def settings(state_dir: Path) -> Settings:
     """Fresh ``Settings`` from the test environment."""
     from ccci_tasks.config import get_settings
 
@@ -493,7 +500,7 @@ def celery_app(redis_url: str) -> Any:
 
 
 @pytest.fixture(scope="session")
-def push_receiver() -> Iterator[Any]:
+def push_receiver() -> Iterator[PushReceiver]:
     """One HTTP push receiver on 127.0.0.1:PUSH_PORT for the whole session."""
     from push_receiver import PushReceiver  # tests/ is on sys.path (pytest rootdir import)
 
@@ -526,7 +533,7 @@ os.environ.update(FORGE_ENV)
 
 
 @pytest.fixture(scope="session")
-def fake_forge() -> Iterator[Any]:
+def fake_forge() -> Iterator[FakeForge]:
     """The forge stand-in for the whole session, its bot token admin of every repository."""
     from fake_forge import FakeForge  # tests/ is on sys.path (pytest rootdir import)
 

@@ -55,14 +55,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import fake_forge_git as githttp
+
+T = TypeVar("T")
 
 GIT_TIMEOUT_S = 30
 HOOK_TIMEOUT_S = 10
@@ -297,7 +300,8 @@ class FakeForge:
             return [r for r in self.requests
                     if (method is None or r.method == method) and contains in r.path]
 
-    def wait_for(self, check: Any, what: str, timeout_s: float = 60.0) -> Any:
+    def wait_for(self, check: Callable[[], T | Literal[False] | None], what: str,
+                 timeout_s: float = 60.0) -> T:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             value = check()
@@ -475,7 +479,7 @@ class FakeForge:
                 if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
                     length = int(self.headers.get("Content-Length") or 0)
                     return self.rfile.read(length) if length else b""
-                chunks = []
+                chunks: list[bytes] = []
                 while True:
                     size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                     if size == 0:
@@ -503,15 +507,15 @@ class FakeForge:
                 api = _API.fullmatch(parts.path)
                 if api is None:
                     raw = self._raw_body() if method == "POST" else b""
-                    answer = githttp.serve(forge, method, parts.path, parse_qs(parts.query),
+                    served = githttp.serve(forge, method, parts.path, parse_qs(parts.query),
                                            dict(self.headers.items()), raw)
-                    self.send_response(answer.status)
-                    for name, value in answer.headers:
+                    self.send_response(served.status)
+                    for name, value in served.headers:
                         self.send_header(name, value)
-                    self.send_header("Content-Type", answer.ctype)
-                    self.send_header("Content-Length", str(len(answer.body)))
+                    self.send_header("Content-Type", served.ctype)
+                    self.send_header("Content-Length", str(len(served.body)))
                     self.end_headers()
-                    self.wfile.write(answer.body)
+                    self.wfile.write(served.body)
                     return
                 body = self._body() if method == "POST" else None
                 path = api.group(1)

@@ -27,7 +27,10 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:  # fake_forge imports this module
+    from fake_forge import FakeForge
 
 GIT_TIMEOUT_S: Final = 60
 UPLOAD_PACK: Final = "git-upload-pack"
@@ -116,7 +119,7 @@ def not_found() -> GitAnswer:
     return GitAnswer(404, b"Repository not found\n")
 
 
-def serve(forge: Any, method: str, path: str, query: dict[str, list[str]],
+def serve(forge: FakeForge, method: str, path: str, query: dict[str, list[str]],
           headers: dict[str, str], body: bytes) -> GitAnswer:
     """One git HTTP request to the forge stand-in ``forge``, recorded in its
     ``git_requests`` with the user its credentials name."""
@@ -132,7 +135,7 @@ def serve(forge: Any, method: str, path: str, query: dict[str, list[str]],
     return answer
 
 
-def _answer(forge: Any, method: str, path: str, query: dict[str, list[str]],
+def _answer(forge: FakeForge, method: str, path: str, query: dict[str, list[str]],
             headers: dict[str, str], body: bytes, auth: str | None,
             user: str | None) -> GitAnswer:
     match = PATH_RE.fullmatch(path)

@@ -17,16 +17,19 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from conftest import (
     TEST_ENV,
     Workers,
     flush_redis,
-    ours,
     remove_ccci_objects,
     start_workers,
 )
+from conftest import ours as ours  # re-exported: the fault tests import it from here
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 T = TypeVar("T")
 MIB = 1 << 20
@@ -46,7 +49,7 @@ def wipe(root: Path) -> None:
 
 @contextlib.contextmanager
 def private_system(
-    session_workers: Workers, swarm: Any, redis_url: str, name: str,
+    session_workers: Workers, swarm: DockerClient, redis_url: str, name: str,
     roles: tuple[str, ...] = ("runs", "infra", "alerts", "beat"), **env: str,
 ) -> Iterator[Workers]:
     """Worker processes of our own (see the module docstring); everything is put back after."""
@@ -75,10 +78,11 @@ def private_system(
         session_workers.restart_all()
 
 
-def wait_until(check: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.2) -> T:
+def wait_until(check: Callable[[], T | Literal[False] | None], timeout_s: float, what: str,
+               poll_s: float = 0.2) -> T:
     """Poll ``check`` until it returns something truthy; fail naming what and the last value."""
     deadline = time.monotonic() + timeout_s
-    last: T = check()
+    last = check()
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}; "
@@ -94,7 +98,7 @@ def labels(obj: Any) -> dict[str, str]:
     return found
 
 
-def live_stacks(swarm: Any) -> set[str]:
+def live_stacks(swarm: DockerClient) -> set[str]:
     """Stacks of this test system that take a run slot (cold apps and canonicals)."""
     return {labels(s).get("com.docker.stack.namespace", "?")
             for s in swarm.services.list(filters={"label": "ccci.kind"})
@@ -104,7 +108,7 @@ def live_stacks(swarm: Any) -> set[str]:
 class Watcher:
     """Samples the live stacks every 100 ms in a thread; ``most`` is the peak seen."""
 
-    def __init__(self, swarm: Any) -> None:
+    def __init__(self, swarm: DockerClient) -> None:
         self.swarm = swarm
         self.most = 0
         self.samples = 0
@@ -191,7 +195,7 @@ def tar_listing(path: Path) -> list[Row]:
     return sorted(rows)
 
 
-def warm_volumes(swarm: Any, recipe: str) -> dict[str, Path]:
+def warm_volumes(swarm: DockerClient, recipe: str) -> dict[str, Path]:
     """The canonical's volumes by their name relative to the stack, with mountpoints."""
     found = {}
     for volume in swarm.volumes.list(filters={"label": ["ccci.kind=warm",
@@ -202,7 +206,7 @@ def warm_volumes(swarm: Any, recipe: str) -> dict[str, Path]:
     return found
 
 
-def volumes_match_snapshot(swarm: Any, state: Path, recipe: str) -> list[str]:
+def volumes_match_snapshot(swarm: DockerClient, state: Path, recipe: str) -> list[str]:
     """Differences between the canonical's volumes and its current snapshot (none: [])."""
     import json
 
@@ -223,7 +227,7 @@ def volumes_match_snapshot(swarm: Any, state: Path, recipe: str) -> list[str]:
     return problems
 
 
-def quiet(swarm: Any, state: Path) -> str:
+def quiet(swarm: DockerClient, state: Path) -> str:
     """'' when nothing of the system is live, nothing occupies a slot and no intent is
     pending; else what is still there."""
     from ccci_tasks.admission import Slots
@@ -243,7 +247,7 @@ def quiet(swarm: Any, state: Path) -> str:
     return "; ".join(left)
 
 
-def wait_quiet(swarm: Any, state: Path, timeout_s: float) -> float:
+def wait_quiet(swarm: DockerClient, state: Path, timeout_s: float) -> float:
     """Wait until ``quiet``; returns the seconds it took, fails naming what was left."""
     started = time.monotonic()
     left = quiet(swarm, state)
@@ -286,7 +290,7 @@ class EngineEvents:
     """Docker engine events that name a stack, seen in a thread (a running container's
     health probes are no change and are left out)."""
 
-    def __init__(self, swarm: Any, stack: str) -> None:
+    def __init__(self, swarm: DockerClient, stack: str) -> None:
         self.seen: list[dict[str, Any]] = []
         self._stream = swarm.events(decode=True)
         self._stack = stack

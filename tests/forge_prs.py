@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recipe_commits import GIT, make_commit
+
+if TYPE_CHECKING:
+    from fake_forge import FakeForge
 
 SHAPES = ("fork", "branch", "agit", "fork-gone", "branch-gone")
 BASE_TAG = "1.0.0+1.0"
@@ -40,7 +43,7 @@ def source_repo(path: Path) -> Path:
     return path
 
 
-def open_pr(forge: Any, owner: str, name: str, number: int, shape: str) -> dict[str, Any]:
+def open_pr(forge: FakeForge, owner: str, name: str, number: int, shape: str) -> dict[str, Any]:
     """Open PR ``number`` of ``shape`` on ``owner/name`` (which must exist with its git data).
 
     Returns ``{sha, head_ref, head_clone_url}`` as the forge's API must report them.

@@ -56,9 +56,10 @@ def available() -> bool:
                                                     "postgres", "pg_ctl", "psql"))
 
 
-def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], *, env: dict[str, str] | None = None, input: str | None = None
+         ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
-                          **kwargs)  # type: ignore[call-overload, no-any-return]
+                          env=env, input=input)
 
 
 def find_pgdata(root: Path) -> Path:

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -38,6 +38,9 @@ from ccci_tasks.platform.abra_plan import (
 from ccci_tasks.platform.base import AppInfo, DeployedState, ServiceState
 from ccci_tasks.platform.envfile import parse_env, set_keys
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 FAKE_DIR = Path(__file__).resolve().parent / "fake_abra"
 FAKE = str(FAKE_DIR / "abra")
 RECIPE = "custom-html"
@@ -49,7 +52,10 @@ GIT_ID = ["-c", "user.name=ccci", "-c", "user.email=ccci@example.org"]
 
 
 class InMemoryDockerState:
-    """A stand-in for ``DockerState``: deployed stacks are a set; calls are recorded."""
+    """A stand-in for ``DockerState``: deployed stacks are a set; calls are recorded.
+
+    ``AbraPlatform`` is typed to take the ``DockerState`` class, hence the
+    ``type: ignore[arg-type]`` where this stand-in is handed to it."""
 
     def __init__(self, deployed: set[str] | None = None) -> None:
         self.deployed_domains = set(deployed or ())
@@ -673,7 +679,7 @@ def test_env_file_helpers() -> None:
 
 
 @pytest.mark.docker
-def test_deployed_and_volumes_read_the_real_engine(env: Env, swarm: Any) -> None:
+def test_deployed_and_volumes_read_the_real_engine(env: Env, swarm: DockerClient) -> None:
     """With a real engine, an app never deployed has no services and no volumes."""
     from ccci_tasks.platform.docker_state import DockerState
 

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import TEST_ENV, Workers
@@ -27,6 +27,9 @@ from faults import (
 )
 from recipe_commits import make_commit
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 RECIPE = "custom-html"
@@ -35,7 +38,7 @@ TTL_S, JANITOR_S = 8, 2
 
 
 @pytest.fixture(scope="module")
-def chaos_system(workers: Workers, swarm: Any, example_recipes: Path,
+def chaos_system(workers: Workers, swarm: DockerClient, example_recipes: Path,
                  redis_server: str) -> Iterator[Workers]:
     """A private system with short leases and a fast janitor, its canonical seeded."""
     from ccci_tasks.runs import wait
@@ -50,7 +53,7 @@ def chaos_system(workers: Workers, swarm: Any, example_recipes: Path,
 
 
 def test_sigkill_at_random_moments_keeps_every_promise(
-    chaos_system: Workers, swarm: Any, example_recipes: Path
+    chaos_system: Workers, swarm: DockerClient, example_recipes: Path
 ) -> None:
     """Ten quick runs of a good PR head, each with the runs worker SIGKILLed 1-20 s in and
     restarted: every report gets a verdict, the canonical volume equals its snapshot after

@@ -8,12 +8,16 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import TEST_ENV
 
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import WaitTimeout
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 
 def ccci(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -82,7 +86,7 @@ def test_enqueue_with_broker_down_exits_3(state_dir: Path, example_recipes: Path
 
 
 @pytest.mark.docker
-def test_check_ok(redis_url: str, swarm: Any, state_dir: Path) -> None:
+def test_check_ok(redis_url: str, swarm: DockerClient, state_dir: Path) -> None:
     """`ccci check` exits 0 with a live broker, a swarm engine and a writable state root."""
     done = ccci("check")
     assert done.returncode == 0, done.stderr
@@ -91,7 +95,7 @@ def test_check_ok(redis_url: str, swarm: Any, state_dir: Path) -> None:
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["ok"] is True
 
 
-def test_wait_timeout_says_what_it_saw(settings: Any) -> None:
+def test_wait_timeout_says_what_it_saw(settings: Settings) -> None:
     """runs.wait times out naming the run and where it was last seen."""
     from ccci_tasks.runs import wait
 
@@ -167,7 +171,7 @@ def test_every_command_refuses_bad_input_with_2_and_enqueues_nothing(
 
 @pytest.mark.docker
 def test_json_parses_on_every_reading_command(
-    redis_url: str, state_dir: Path, swarm: Any, example_recipes: Path
+    redis_url: str, state_dir: Path, swarm: DockerClient, example_recipes: Path
 ) -> None:
     """Every command that prints something prints one JSON document with --json."""
     for args in (("status",), ("runs", "list"), ("canonical", "list"), ("enrolled",),

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 import pytest
@@ -16,6 +16,7 @@ from conftest import TEST_BASE
 from test_swarm_platform import commit_on, deploy_and_serve, replace_once
 
 from ccci_tasks import constants
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import DeployFailed, InvalidInput
 from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.base import DeployedState, ServiceState, TaskRef
@@ -24,6 +25,9 @@ from ccci_tasks.platform.engine_events import StackEvents, concerns_stack
 from ccci_tasks.platform.envfile import set_keys
 from ccci_tasks.platform.stacks import ServiceDetail
 from ccci_tasks.platform.swarm import UPDATE_MONITOR, SwarmPlatform, render_compose
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 STACK = "cust-1a2b3c_ci_localhost"
 A, B, C = TaskRef("task-a", "cont-a"), TaskRef("task-b", "cont-b"), TaskRef("task-c", "cont-c")
@@ -138,7 +142,7 @@ def test_deployed_state_json_round_trip() -> None:
 
 def test_render_compose_sets_the_update_monitor_unless_the_recipe_does() -> None:
     """Every service gets update_config.monitor = UPDATE_MONITOR; a recipe's own value stays."""
-    compose = {"services": {
+    compose: dict[str, Any] = {"services": {
         "app": {"deploy": {"update_config": {"parallelism": 2}}},
         "db": {"deploy": {"update_config": {"monitor": "30s"}}},
         "worker": {},
@@ -154,7 +158,7 @@ def test_render_compose_sets_the_update_monitor_unless_the_recipe_does() -> None
 # --------------------------------------------------------------------------- engine events
 
 
-def _labelled_container(client: Any, stack: str) -> Any:
+def _labelled_container(client: DockerClient, stack: str) -> Any:
     return client.containers.create(
         "ccci/custom-html:1.0", entrypoint=["/bin/true"],
         labels={constants.STACK_NAMESPACE_LABEL: stack, constants.LABEL_KIND: "cold",
@@ -163,7 +167,7 @@ def _labelled_container(client: Any, stack: str) -> Any:
 
 
 @pytest.mark.docker
-def test_stack_events_wake_only_for_their_stack(swarm: Any, example_recipes: Path) -> None:
+def test_stack_events_wake_only_for_their_stack(swarm: DockerClient, example_recipes: Path) -> None:
     """A container event of the watched stack wakes the waiter; another stack's does not."""
     mine, other = f"evt-{new_run_hex()}_x", f"evt-{new_run_hex()}_x"
     created = []
@@ -225,7 +229,7 @@ SERVES_THEN_DIES = (
 
 
 @pytest.fixture
-def platform(settings: Any, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and the test state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from docker.errors import APIError, NotFound
@@ -39,9 +39,13 @@ from ccci_tasks.diskprune import (
 from ccci_tasks.errors import PlatformError
 from ccci_tasks.platform.swarm import SwarmPlatform
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 TEST_LABEL = "ccci.test-prune"  # marks the objects this module makes
 ALLOWED_WAIT_S = 180.0  # other sessions' deploys may converge meanwhile
 CONVERGE_S = 60.0
+PruneEnv = Callable[..., Settings]  # settings from the environment plus CCCI_PRUNE_* values
 
 
 def rootfs(marker: str, with_busybox: bool = False) -> bytes:
@@ -75,7 +79,7 @@ def docker_import(tag: str, marker: str, hexid: str, with_busybox: bool = False)
     return out.stdout.strip()
 
 
-def exists(client: Any, kind: str, object_id: str) -> bool:
+def exists(client: DockerClient, kind: str, object_id: str) -> bool:
     getter = {"image": client.images.get, "container": client.containers.get,
               "volume": client.volumes.get, "service": client.services.get}[kind]
     try:
@@ -118,7 +122,7 @@ class Made:
 
 
 @pytest.fixture(scope="module")
-def live_service(swarm: Any) -> Iterator[tuple[str, str, str]]:
+def live_service(swarm: DockerClient) -> Iterator[tuple[str, str, str]]:
     """A converged service running a tagged image only this module has: (hex, repo, name)."""
     hexid = os.urandom(3).hex()
     repo = f"ccci-prune-test/{hexid}"
@@ -151,7 +155,7 @@ def live_service(swarm: Any) -> Iterator[tuple[str, str, str]]:
 
 
 @pytest.fixture
-def made(swarm: Any, live_service: tuple[str, str, str]) -> Iterator[Made]:
+def made(swarm: DockerClient, live_service: tuple[str, str, str]) -> Iterator[Made]:
     """A dangling image, a used dangling image, stopped containers and volumes of this test."""
     hexid, repo, _ = live_service
     tagged = swarm.images.get(f"{repo}:live").id
@@ -189,7 +193,7 @@ def made(swarm: Any, live_service: tuple[str, str, str]) -> Iterator[Made]:
 
 
 @pytest.fixture
-def prune_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
+def prune_env(monkeypatch: pytest.MonkeyPatch) -> PruneEnv:
     """Settings from the test environment plus the given CCCI_PRUNE_* variables."""
 
     def make(**env: str) -> Settings:
@@ -200,7 +204,7 @@ def prune_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Settings]:
     return make
 
 
-def engine(swarm: Any) -> SwarmPlatform:
+def engine(swarm: DockerClient) -> SwarmPlatform:
     """The platform the prune reads and changes the engine through, on the shared client."""
     return SwarmPlatform(Settings(), client=swarm)
 
@@ -219,7 +223,7 @@ def above_use() -> str:
     return str(math.floor(used) + 1)
 
 
-def assert_all_stay(client: Any, objects: Made, service: str) -> None:
+def assert_all_stay(client: DockerClient, objects: Made, service: str) -> None:
     for image_id in objects.images:
         assert exists(client, "image", image_id), image_id
     for cid in objects.containers:
@@ -227,7 +231,7 @@ def assert_all_stay(client: Any, objects: Made, service: str) -> None:
     assert_kept(client, objects, service)
 
 
-def assert_kept(client: Any, objects: Made, service: str) -> None:
+def assert_kept(client: DockerClient, objects: Made, service: str) -> None:
     """What no prune may take: tagged or used images, volumes, the live service."""
     for image_id in objects.images - objects.gone_images:
         assert exists(client, "image", image_id), f"image {image_id} was removed"
@@ -254,7 +258,7 @@ def until_allowed(attempt: Callable[[], Any], allowed: Callable[[Any], bool]) ->
 
 @pytest.mark.docker
 def test_refused_while_a_run_is_in_flight(
-    swarm: Any, made: Made, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """A real prune with a run in flight removes nothing and names the run."""
     settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=below_use(), CCCI_PRUNE_MIN_AGE_H="0")
@@ -268,7 +272,7 @@ def test_refused_while_a_run_is_in_flight(
 
 @pytest.mark.docker
 def test_refused_below_the_threshold(
-    swarm: Any, made: Made, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """A real prune with the disk below the threshold removes nothing and says so."""
     settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=above_use(), CCCI_PRUNE_MIN_AGE_H="0")
@@ -282,7 +286,7 @@ def test_refused_below_the_threshold(
 
 @pytest.mark.docker
 def test_dry_run_lists_then_act_removes_exactly_those(
-    swarm: Any, made: Made, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """A dry run lists this test's dangling image and stopped containers and removes nothing;
     acting on the engine's plan (cut to this test's objects) removes exactly those, and keeps
@@ -331,7 +335,7 @@ def test_dry_run_lists_then_act_removes_exactly_those(
 
 
 @pytest.mark.docker
-def test_act_checks_each_image_again(swarm: Any, made: Made, prune_env: Any) -> None:
+def test_act_checks_each_image_again(swarm: DockerClient, made: Made, prune_env: PruneEnv) -> None:
     """An image tagged or taken into use after the plan is kept, with the reason."""
     hexid = os.urandom(3).hex()
     swarm.images.get(made.dangling).tag(f"ccci-prune-test/{hexid}", "late")
@@ -356,7 +360,7 @@ def test_act_checks_each_image_again(swarm: Any, made: Made, prune_env: Any) -> 
 
 @pytest.mark.docker
 def test_the_abra_platform_prunes_the_same_engine(
-    swarm: Any, made: Made, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, made: Made, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """On the abra backend the prune reads the engine through the docker SDK too: a dry run
     lists this test's dangling image and stopped containers, never what must stay, and a real
@@ -385,7 +389,7 @@ def test_docker_unreachable_is_a_platform_error(settings: Settings) -> None:
 
 
 @pytest.mark.docker
-def test_refused_while_a_service_converges(swarm: Any, prune_env: Any) -> None:
+def test_refused_while_a_service_converges(swarm: DockerClient, prune_env: PruneEnv) -> None:
     """A service that cannot reach its replicas closes the gate, named in ``why``."""
     hexid = os.urandom(3).hex()
     name = f"ccci-prune-test-{hexid}"
@@ -412,7 +416,7 @@ def test_refused_while_a_service_converges(swarm: Any, prune_env: Any) -> None:
 
 @pytest.mark.docker
 def test_a_crash_looping_service_does_not_hold_the_prune(
-    swarm: Any, live_service: tuple[str, str, str], prune_env: Any
+    swarm: DockerClient, live_service: tuple[str, str, str], prune_env: PruneEnv
 ) -> None:
     """A service whose task exits non-zero and is restarted at once changes all the time, yet
     converges to nothing: once the engine shows CRASH_LOOP_FAILURES failed tasks since its
@@ -453,7 +457,7 @@ def test_a_crash_looping_service_does_not_hold_the_prune(
 
 @pytest.mark.docker
 def test_task_count_fallback_agrees_with_the_engine(
-    swarm: Any, live_service: tuple[str, str, str]
+    swarm: DockerClient, live_service: tuple[str, str, str]
 ) -> None:
     """On engines without service status, counting tasks gives the engine's own figures."""
     from ccci_tasks.platform import engine_objects

@@ -21,11 +21,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import SESSION_DIR, TEST_ENV, Workers
 from faults import Watcher, ours, private_system, wait_until
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -62,7 +65,7 @@ def restart_dockerd() -> float:
 
 
 @pytest.fixture(scope="module")
-def system(workers: Workers, swarm: Any, example_recipes: Path,
+def system(workers: Workers, swarm: DockerClient, example_recipes: Path,
            redis_server: str) -> Iterator[Workers]:
     """A private system with a fast janitor."""
     with private_system(workers, swarm, redis_server, "engine",
@@ -74,7 +77,7 @@ ENGINE = re.compile(r"docker|engine", re.IGNORECASE)
 
 
 @pytest.fixture(autouse=True)
-def _engine_connections(swarm: Any) -> Iterator[None]:
+def _engine_connections(swarm: DockerClient) -> Iterator[None]:
     """The engine's restart cuts the Docker API connections this process holds in its pools;
     they are dropped, and collected here, not during a later test (ResourceWarning)."""
     yield
@@ -84,7 +87,7 @@ def _engine_connections(swarm: Any) -> Iterator[None]:
         gc.collect()
 
 
-def test_engine_restart_mid_cold_run(system: Workers, swarm: Any) -> None:
+def test_engine_restart_mid_cold_run(system: Workers, swarm: DockerClient) -> None:
     """dockerd restarted while a cold run installs its app: see the module docstring for
     what each phase must come to."""
     from ccci_tasks.admission import Slots

@@ -9,11 +9,14 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import docker
 import httpx
 import pytest
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -56,7 +59,7 @@ def _stack_deploy(tree: Path, env: dict[str, str]) -> None:
     )
 
 
-def _stack_rm(client: Any) -> None:
+def _stack_rm(client: DockerClient) -> None:
     """`docker stack rm`, then stop the leftover containers (swarm's agent is slow at it)."""
     subprocess.run(["docker", "stack", "rm", STACK], check=True, capture_output=True, timeout=60)
     label = f"{NAMESPACE}={STACK}"
@@ -89,14 +92,14 @@ def _time_to_serve(url: str, expect: str, timeout_s: float = 60) -> float:
     raise AssertionError(f"{url} did not serve {expect!r} within {timeout_s} s; last: {last}")
 
 
-def _app_log(client: Any) -> str:
+def _app_log(client: DockerClient) -> str:
     """The log of the stack's one running app container."""
     [container] = client.containers.list(filters={"label": f"{NAMESPACE}={STACK}"})
     return str(container.logs(stdout=True, stderr=True).decode(errors="replace"))
 
 
 def test_cold_boot_waits_init_delay_and_warm_boot_does_not(
-    clean_swarm: Any, example_recipes: Path, tmp_path: Path
+    clean_swarm: DockerClient, example_recipes: Path, tmp_path: Path
 ) -> None:
     """1.0.0+1.0 serves its version on its loopback port; the first boot initialises the
     empty volume (its log says so, and it takes at least INIT_DELAY); the warm boot on the kept

@@ -24,7 +24,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import TEST_ENV, Workers
@@ -42,6 +42,9 @@ from faults import (
 )
 from recipe_commits import make_commit
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 RECIPE = "custom-html"
@@ -50,7 +53,7 @@ CLEANUP_S = TTL_S + 4 * JANITOR_S + 40
 
 
 @pytest.fixture(scope="module")
-def system(workers: Workers, swarm: Any, example_recipes: Path,
+def system(workers: Workers, swarm: DockerClient, example_recipes: Path,
            redis_server: str) -> Iterator[Workers]:
     """A private system with a 6 s lease and a 1 s janitor, its canonical seeded."""
     with private_system(workers, swarm, redis_server, "failpoints",
@@ -111,7 +114,7 @@ def _intents() -> list[str]:
     return sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def _known_good(swarm: Any) -> tuple[dict[str, str], dict[str, Any]]:
+def _known_good(swarm: DockerClient) -> tuple[dict[str, str], dict[str, Any]]:
     volumes = {name: dir_listing(path) for name, path in warm_volumes(swarm, RECIPE).items()}
     return fingerprint(_state(), RECIPE), volumes
 
@@ -133,7 +136,7 @@ PAUSED = [
 @pytest.mark.parametrize(("lane", "points", "promoted"), PAUSED,
                          ids=[f"{lane}-{points.split('=')[0]}" for lane, points, _ in PAUSED])
 def test_paused_at_a_failpoint_is_dead_before_the_next_admission_and_never_acts(
-    system: Workers, swarm: Any, pr_sha: str, lane: str, points: str, promoted: bool
+    system: Workers, swarm: DockerClient, pr_sha: str, lane: str, points: str, promoted: bool
 ) -> None:
     """The first run stops itself at the point; past its lease the janitor SIGKILLs it and
     only then is the queued quick run admitted; that run passes; the known-good is intact
@@ -200,7 +203,7 @@ KILLED = [
 @pytest.mark.parametrize(("lane", "points"), KILLED,
                          ids=[f"{lane}-{points.split('=')[0]}" for lane, points in KILLED])
 def test_killed_at_a_failpoint_leaves_the_known_good_and_the_next_run_green(
-    system: Workers, swarm: Any, pr_sha: str, lane: str, points: str
+    system: Workers, swarm: DockerClient, pr_sha: str, lane: str, points: str
 ) -> None:
     """The first run's step dies at the point (SIGKILL of its own process): whatever its
     redelivery makes of the run, the known-good is intact afterwards, nothing stays live,

@@ -20,12 +20,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import TEST_ENV, Workers
 from faults import EngineEvents, PidWatch, dir_listing, ours, private_system, wait_until
 from recipe_tags import keep_tags_upto, session_copy
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -36,7 +39,7 @@ WAIT_S = 240
 
 
 @pytest.fixture(scope="module")
-def infra(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str,
+def infra(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workers, Path]]:
     """A private system whose only live-warm app is keycloak, deployed at its oldest tag."""
     recipes = tmp_path_factory.mktemp("fp-recipes")
@@ -86,13 +89,13 @@ def _fired() -> dict[str, Any] | None:
     return None
 
 
-def _data(swarm: Any) -> Path:
+def _data(swarm: DockerClient) -> Path:
     (volume,) = [v for v in swarm.volumes.list(filters={"label": f"ccci.recipe={APP}"})
                  if ours(v)]
     return Path(volume.attrs["Mountpoint"])
 
 
-def _version(swarm: Any) -> str | None:
+def _version(swarm: DockerClient) -> str | None:
     for service in swarm.services.list(filters={"label": f"ccci.recipe={APP}"}):
         if ours(service):
             for key, value in (service.attrs["Spec"].get("Labels") or {}).items():
@@ -101,7 +104,7 @@ def _version(swarm: Any) -> str | None:
     return None
 
 
-def _known(swarm: Any) -> dict[str, Any]:
+def _known(swarm: DockerClient) -> dict[str, Any]:
     """The app's recorded state, its snapshot's files, its data and the intents."""
     state = _state()
     files = [state / "infra" / f"{APP}.json"]
@@ -127,7 +130,7 @@ CASES = [
 @pytest.mark.parametrize(("newest", "points", "verdict", "runs"), CASES,
                          ids=[f"{n}-{p.split('=')[0]}" for n, p, _, _ in CASES])
 def test_reconcile_paused_at_a_failpoint_is_dead_before_the_next_and_never_acts(
-    infra: tuple[Workers, Path], swarm: Any, example_recipes: Path, newest: str,
+    infra: tuple[Workers, Path], swarm: DockerClient, example_recipes: Path, newest: str,
     points: str, verdict: str, runs: str,
 ) -> None:
     """The reconcile the restarted infra worker starts stops itself at the point; the

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -35,6 +35,9 @@ from faults import (
 )
 from recipe_commits import make_commit
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 RECIPE = "custom-html"
@@ -51,7 +54,7 @@ REFUSED_S = 10
 
 
 @pytest.fixture(scope="module")
-def system(workers: Workers, swarm: Any, example_recipes: Path,
+def system(workers: Workers, swarm: DockerClient, example_recipes: Path,
            redis_server: str) -> Iterator[Workers]:
     """A private system with short leases and a fast janitor, its canonical seeded."""
     with private_system(workers, swarm, redis_server, "faults",
@@ -119,7 +122,7 @@ def _runs_pgid(system: Workers) -> int:
     return system.procs["runs"].pid  # started with start_new_session: its own group
 
 
-def _warm_services(swarm: Any) -> list[Any]:
+def _warm_services(swarm: DockerClient) -> list[Any]:
     return [s for s in swarm.services.list(filters={"label": "ccci.kind=warm"}) if ours(s)]
 
 
@@ -127,7 +130,7 @@ def _warm_services(swarm: Any) -> list[Any]:
 
 
 def test_flipped_byte_is_refused_before_anything_is_deployed(
-    system: Workers, swarm: Any, state: Path, pr_sha: str
+    system: Workers, swarm: DockerClient, state: Path, pr_sha: str
 ) -> None:
     """One flipped byte in a snapshot tar: the quick run is refused (error, naming volume
     and hashes) before any service exists, the volume is untouched, a snapshot-corrupt alert
@@ -164,7 +167,7 @@ def test_flipped_byte_is_refused_before_anything_is_deployed(
 
 
 def test_garbage_registry_is_refused_within_seconds_and_cold_reseeds(
-    system: Workers, swarm: Any, state: Path, pr_sha: str
+    system: Workers, swarm: DockerClient, state: Path, pr_sha: str
 ) -> None:
     """A canonical.json that does not parse: the quick run ends error "refused:" at the door
     (no step ran, in seconds); a cold run on latest still works and re-seeds a valid
@@ -214,7 +217,7 @@ def test_bad_recipe_meta_is_refused_within_seconds(
 
 
 def test_restore_killed_halfway_is_finished_before_the_next_run_deploys(
-    system: Workers, swarm: Any, state: Path, pr_sha: str
+    system: Workers, swarm: DockerClient, state: Path, pr_sha: str
 ) -> None:
     """The runs worker is SIGKILLed in the middle of a quick run's restore (its volume
     half-written). The next quick run is queued at once; before it deploys the canonical
@@ -281,7 +284,7 @@ def _holder_of(state: Path, run_id: str) -> tuple[int, str] | None:
     return None
 
 
-def _chaos_version(swarm: Any) -> str | None:
+def _chaos_version(swarm: DockerClient) -> str | None:
     """The chaos-version label of the canonical's app service, if deployed."""
     for service in _warm_services(swarm):
         for key, value in (service.attrs["Spec"].get("Labels") or {}).items():
@@ -291,7 +294,7 @@ def _chaos_version(swarm: Any) -> str | None:
 
 
 def test_worker_stopped_past_its_lease_acts_no_more(
-    system: Workers, swarm: Any, state: Path, pr_sha: str, example_recipes: Path
+    system: Workers, swarm: DockerClient, state: Path, pr_sha: str, example_recipes: Path
 ) -> None:
     """SIGSTOP a whole runs worker (master and pool) while it runs a step of a quick run,
     with a second runs worker up and a run of another PR head queued for the same
@@ -365,7 +368,7 @@ def test_worker_stopped_past_its_lease_acts_no_more(
 # --------------------------------------------------------------------------- broker
 
 
-def _cold_app_gone(swarm: Any, hexid: str) -> bool:
+def _cold_app_gone(swarm: DockerClient, hexid: str) -> bool:
     objs = swarm.services.list(filters={"label": f"ccci.run={hexid}"}) + \
         swarm.volumes.list(filters={"label": f"ccci.run={hexid}"})
     return not [o for o in objs if ours(o)]
@@ -373,7 +376,7 @@ def _cold_app_gone(swarm: Any, hexid: str) -> bool:
 
 @pytest.mark.parametrize("lane", ["cold", "quick"])
 def test_broker_flushed_mid_run(
-    system: Workers, swarm: Any, state: Path, pr_sha: str, redis_server: str, lane: str
+    system: Workers, swarm: DockerClient, state: Path, pr_sha: str, redis_server: str, lane: str
 ) -> None:
     """FLUSHALL in the middle of a run: within lease TTL + 2 janitor rounds (+ the removal)
     no app of the run is live (a cold app removed; the canonical restored and undeployed),
@@ -420,7 +423,7 @@ def test_kill_my_worker() -> None:
 
 
 def test_a_step_that_kills_its_worker_ends_its_run(
-    system: Workers, swarm: Any, state: Path, example_recipes: Path
+    system: Workers, swarm: DockerClient, state: Path, example_recipes: Path
 ) -> None:
     """A step whose delivery kills its worker (its custom test SIGKILLs it) is delivered
     3 times; then its run ends error naming the step, its app is torn down, and the run

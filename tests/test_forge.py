@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import (
@@ -24,11 +24,19 @@ from conftest import (
     FORGE_BOT,
     FORGE_OWNER,
     TEST_ENV,
+    Workers,
     flush_redis,
     remove_ccci_objects,
 )
+from fake_forge import FakeForge
+from push_receiver import PushReceiver
 from recipe_commits import make_commit
 from web_support import bridge_process
+
+from ccci_tasks.state.reports import RunReport
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -69,7 +77,8 @@ def _reports() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Any, swarm: Any, example_recipes: Path, redis_server: str) -> Iterator[Any]:
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
+           ) -> Iterator[RunReport]:
     """A clean system, then the first cold run on latest (the canonical for quick runs)."""
     from ccci_tasks.config import get_settings
     from ccci_tasks.tasks import cold_run
@@ -93,7 +102,7 @@ def bridge(redis_server: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def forge(fake_forge: Any, example_recipes: Path) -> Any:
+def forge(fake_forge: FakeForge, example_recipes: Path) -> FakeForge:
     """recipes/custom-html (private) on the forge, PR 7 from contributor's fork, PR 9 pushed
     with the AGit flow, issue 8, and two users: one who may write, one who may only read."""
     fake_forge.start()
@@ -112,33 +121,33 @@ def forge(fake_forge: Any, example_recipes: Path) -> Any:
 
 
 @pytest.fixture
-def up(forge: Any, bridge: str, seeded: Any, push_receiver: Any) -> Any:
+def up(forge: FakeForge, bridge: str, seeded: RunReport, push_receiver: PushReceiver) -> FakeForge:
     """Forge and push receiver listening, whatever the previous test did."""
     forge.start()
     push_receiver.start()
     return forge
 
 
-def _head(forge: Any, number: int = 7) -> str:
+def _head(forge: FakeForge, number: int = 7) -> str:
     sha: str = forge.pull_head(FORGE_OWNER, RECIPE, number)
     assert sha
     return sha
 
 
-def _comment(forge: Any, user: str, body: str, number: int = 7) -> Any:
+def _comment(forge: FakeForge, user: str, body: str, number: int = 7) -> Any:
     return forge.comment(FORGE_OWNER, RECIPE, number, user, body)
 
 
-def _statuses(forge: Any, sha: str) -> list[tuple[str, str]]:
+def _statuses(forge: FakeForge, sha: str) -> list[tuple[str, str]]:
     return [(s["status"], s["context"]) for s in forge.statuses(FORGE_OWNER, RECIPE, sha)]
 
 
-def _bot_comments(forge: Any, number: int = 7) -> list[str]:
+def _bot_comments(forge: FakeForge, number: int = 7) -> list[str]:
     return [c["body"] for c in forge.comments(FORGE_OWNER, RECIPE, number)
             if c["user"]["login"] == FORGE_BOT]
 
 
-def _triggered(forge: Any, user: str, body: str, number: int = 7) -> tuple[str, str]:
+def _triggered(forge: FakeForge, user: str, body: str, number: int = 7) -> tuple[str, str]:
     """Comment as ``user``; return (lane, run id) of the run the bridge accepted."""
     delivery = _comment(forge, user, body, number)
     match = ACCEPTED.match(delivery.text)
@@ -146,13 +155,13 @@ def _triggered(forge: Any, user: str, body: str, number: int = 7) -> tuple[str, 
     return match.group(1), match.group(2)
 
 
-def _wait_status(forge: Any, sha: str, state: str) -> None:
+def _wait_status(forge: FakeForge, sha: str, state: str) -> None:
     forge.wait_for(lambda: any(s == state for s, _ in _statuses(forge, sha)),
                    f"status {state} on {sha[:8]}", WAIT_S)
 
 
-def test_quick_testme_runs_the_pr_head_and_reports_its_verdict(up: Any,
-                                                               push_receiver: Any) -> None:
+def test_quick_testme_runs_the_pr_head_and_reports_its_verdict(up: FakeForge,
+                                                               push_receiver: PushReceiver) -> None:
     """'!testme --quick' on PR 7 quick-runs the PR head (fetched from the private base
     repository with the forge token) once, even if the webhook is redelivered: the head gets
     pending then success, the PR a comment naming the run id, and the notification target the
@@ -162,7 +171,9 @@ def test_quick_testme_runs_the_pr_head_and_reports_its_verdict(up: Any,
     forge, sha = up, _head(up)
     before = _reports()
     delivery = _comment(forge, MAINTAINER, "!testme --quick")
-    lane, run_id = ACCEPTED.match(delivery.text).groups()  # type: ignore[union-attr]
+    accepted = ACCEPTED.match(delivery.text)
+    assert accepted is not None, delivery.text
+    lane, run_id = accepted.groups()
     redelivered = forge.send_hook(delivery.body, delivery=delivery.delivery)
     assert (redelivered.status, redelivered.text.split(":")[0]) == (200, "duplicate")
     assert lane == "quick"
@@ -188,7 +199,7 @@ def test_quick_testme_runs_the_pr_head_and_reports_its_verdict(up: Any,
         assert line in note["message"]
 
 
-def test_testme_runs_a_cold_run_of_the_pr_head(up: Any) -> None:
+def test_testme_runs_a_cold_run_of_the_pr_head(up: FakeForge) -> None:
     """'!testme' on PR 7 cold-runs the PR head: pending, then success, context ccci/cold."""
     forge, sha = up, _head(up)
     lane, run_id = _triggered(forge, MAINTAINER, "!testme")
@@ -209,7 +220,7 @@ def test_testme_runs_a_cold_run_of_the_pr_head(up: Any) -> None:
     (MAINTAINER, "!testme foo", 7, "not '!testme'"),
     (MAINTAINER, "!testme", 8, "on an issue, not on a pull request"),
 ])
-def test_other_comments_enqueue_nothing(up: Any, user: str, body: str, number: int,
+def test_other_comments_enqueue_nothing(up: FakeForge, user: str, body: str, number: int,
                                         why: str) -> None:
     """Near-miss triggers and a comment on a plain issue are ignored; nothing is enqueued."""
     forge, before = up, _reports()
@@ -222,7 +233,7 @@ def test_other_comments_enqueue_nothing(up: Any, user: str, body: str, number: i
     assert forge.received()[asked:] == []  # the bot never even asked the forge
 
 
-def test_user_without_write_access_gets_a_polite_reply(up: Any, redis_server: str) -> None:
+def test_user_without_write_access_gets_a_polite_reply(up: FakeForge, redis_server: str) -> None:
     """'!testme' by a user who can only read starts nothing and gets a short polite reply."""
     import redis
 
@@ -239,7 +250,7 @@ def test_user_without_write_access_gets_a_polite_reply(up: Any, redis_server: st
     assert not any(run_id in body for body in _bot_comments(forge))
 
 
-def test_bad_signature_is_refused_and_enqueues_nothing(up: Any) -> None:
+def test_bad_signature_is_refused_and_enqueues_nothing(up: FakeForge) -> None:
     """A webhook signed with another secret, or not signed, is answered 401; nothing runs."""
     forge, before = up, _reports()
     body = forge.comment_payload(FORGE_OWNER, RECIPE, 7, MAINTAINER, "!testme")
@@ -250,7 +261,7 @@ def test_bad_signature_is_refused_and_enqueues_nothing(up: Any) -> None:
     assert _reports() == before
 
 
-def test_form_encoded_webhook_is_refused_with_a_hint(up: Any) -> None:
+def test_form_encoded_webhook_is_refused_with_a_hint(up: FakeForge) -> None:
     """A webhook set to Gitea's form content type (payload=<json>, signed over the JSON) is
     answered 400 saying to set application/json; nothing runs."""
     forge, before = up, _reports()
@@ -261,7 +272,7 @@ def test_form_encoded_webhook_is_refused_with_a_hint(up: Any) -> None:
     assert _reports() == before
 
 
-def test_forge_down_when_the_run_finishes_gets_the_verdict_once_later(up: Any) -> None:
+def test_forge_down_when_the_run_finishes_gets_the_verdict_once_later(up: FakeForge) -> None:
     """With the forge down when the run ends, its verdict stays in the outbox and reaches
     the forge exactly once after it is back, after pending. PR 9 is an AGit PR: its head
     exists only as the base repository's refs/pull/9/head."""

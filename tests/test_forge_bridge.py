@@ -20,6 +20,7 @@ from conftest import FORGE_ENV, FORGE_OWNER, REPO, SESSION_DIR, TEST_ENV, _free_
 from pydantic import SecretStr
 
 from ccci_tasks import constants as c
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import ConfigError
 from ccci_tasks.forge import events
 from ccci_tasks.forge.trigger import TriggerRequest
@@ -59,7 +60,7 @@ class Recorder:
 
 
 @pytest.fixture
-def bridge_parts(redis_url: str, settings: Any, tmp_path: Path) -> Iterator[tuple[Bridge,
+def bridge_parts(redis_url: str, settings: Settings, tmp_path: Path) -> Iterator[tuple[Bridge,
                                                                                    Recorder]]:
     import redis
 
@@ -171,7 +172,7 @@ def test_broker_down_answers_503_and_a_redelivery_is_taken(
     ({"forge_token": None}, "CCCI_FORGE_TOKEN"),
     ({"forge_url": "ftp://x"}, "CCCI_FORGE_URL"),
 ])
-def test_refuses_to_start_without_its_settings(settings: Any, change: dict[str, Any],
+def test_refuses_to_start_without_its_settings(settings: Settings, change: dict[str, Any],
                                                needle: str) -> None:
     """No webhook secret (or no forge) is a ConfigError that says what to set."""
     with pytest.raises(ConfigError, match=needle):

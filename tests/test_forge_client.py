@@ -11,13 +11,17 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from conftest import FORGE_BOT, FORGE_ENV, FORGE_OWNER
+from fake_forge import FakeForge
 from forge_prs import SHAPES, open_pr, source_repo
 from forge_prs import git as _git
 from pydantic import SecretStr
 from recipe_commits import make_commit
 
 from ccci_tasks import constants as c
+from ccci_tasks import proc
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import (
     CommandFailed,
     ConfigError,
@@ -39,7 +43,7 @@ MAINTAINER = "maintainer"
 
 
 @pytest.fixture
-def forge(fake_forge: Any) -> Iterator[Any]:
+def forge(fake_forge: FakeForge) -> Iterator[FakeForge]:
     """The session forge stand-in, listening."""
     fake_forge.start()
     yield fake_forge
@@ -47,7 +51,7 @@ def forge(fake_forge: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pr(forge: Any, tmp_path: Path) -> dict[str, Any]:
+def pr(forge: FakeForge, tmp_path: Path) -> dict[str, Any]:
     """A fresh repository of the owner with PR 7 from a contributor's fork."""
     name = f"r-{uuid.uuid4().hex[:8]}"
     source = source_repo(tmp_path / "source")
@@ -61,12 +65,12 @@ def pr(forge: Any, tmp_path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def client(forge: Any) -> Iterator[ForgeClient]:
+def client(forge: FakeForge) -> Iterator[ForgeClient]:
     with ForgeClient(forge.url, SecretStr(TOKEN), timeout_s=5) as api:
         yield api
 
 
-def test_pull_request_head(client: ForgeClient, forge: Any, pr: dict[str, Any]) -> None:
+def test_pull_request_head(client: ForgeClient, forge: FakeForge, pr: dict[str, Any]) -> None:
     """The client reads a PR's state, head sha and branch, and the base's clone URL."""
     pull = client.pull(FORGE_OWNER, pr["name"], 7)
     assert (pull.number, pull.state, pull.head_ref, pull.head_sha) == (7, "open", "feature",
@@ -81,8 +85,8 @@ def test_pull_request_head(client: ForgeClient, forge: Any, pr: dict[str, Any]) 
 
 @pytest.mark.parametrize(("granted", "write"), [
     ("write", True), ("admin", True), ("read", False), (None, False)])
-def test_write_access(client: ForgeClient, forge: Any, pr: dict[str, Any], granted: str | None,
-                      write: bool) -> None:
+def test_write_access(client: ForgeClient, forge: FakeForge, pr: dict[str, Any],
+                      granted: str | None, write: bool) -> None:
     """write and admin are write access; read, or a user the forge does not know, is not."""
     user = f"u{uuid.uuid4().hex[:6]}"
     if granted is not None:
@@ -90,7 +94,7 @@ def test_write_access(client: ForgeClient, forge: Any, pr: dict[str, Any], grant
     assert client.has_write(FORGE_OWNER, pr["name"], user) is write
 
 
-def test_status_and_comment_reach_the_forge(client: ForgeClient, forge: Any,
+def test_status_and_comment_reach_the_forge(client: ForgeClient, forge: FakeForge,
                                             pr: dict[str, Any]) -> None:
     """A posted status and comment are what the forge holds, with the bot as their author."""
     client.post_status(FORGE_OWNER, pr["name"], pr["sha"], "pending", "ccci/quick", "queued")
@@ -106,7 +110,7 @@ def test_status_and_comment_reach_the_forge(client: ForgeClient, forge: Any,
     assert comment["body"] == "Queued a quick run" and comment["user"]["login"] == FORGE_BOT
 
 
-def test_wrong_token_is_refused_and_never_shown(forge: Any, pr: dict[str, Any]) -> None:
+def test_wrong_token_is_refused_and_never_shown(forge: FakeForge, pr: dict[str, Any]) -> None:
     """A token the forge does not know is a 401 ForgeError; no message or repr shows it."""
     secret = "tok-hunter2-" + uuid.uuid4().hex
     with ForgeClient(forge.url, SecretStr(secret)) as api:
@@ -118,7 +122,7 @@ def test_wrong_token_is_refused_and_never_shown(forge: Any, pr: dict[str, Any]) 
             assert secret not in text
 
 
-def test_forge_down_is_a_forge_error(client: ForgeClient, forge: Any,
+def test_forge_down_is_a_forge_error(client: ForgeClient, forge: FakeForge,
                                      pr: dict[str, Any]) -> None:
     """A forge that refuses connections is a ForgeError saying there was no answer."""
     forge.stop()
@@ -144,7 +148,7 @@ def test_timeouts_are_forge_errors() -> None:
     (lambda api: api.post_status(FORGE_OWNER, "r", "abc", "pending", "c", "d"), "sha 'abc'"),
     (lambda api: api.post_status(FORGE_OWNER, "r", "a" * 40, "done", "c", "d"), "'done'"),
 ])
-def test_bad_names_never_reach_the_forge(forge: Any, call: Any, needle: str) -> None:
+def test_bad_names_never_reach_the_forge(forge: FakeForge, call: Any, needle: str) -> None:
     """Owners, users, numbers, shas and states are validated before any request."""
     before = len(forge.requests)
     with ForgeClient(forge.url, SecretStr(TOKEN)) as api, pytest.raises(InvalidInput,
@@ -169,7 +173,7 @@ def _catalogue(pr: dict[str, Any], tmp_path: Path) -> RecipeRepo:
     return RecipeRepo(dest, pr["name"])
 
 
-def test_fetch_pr_head_into_the_catalogue(forge: Any, pr: dict[str, Any],
+def test_fetch_pr_head_into_the_catalogue(forge: FakeForge, pr: dict[str, Any],
                                           tmp_path: Path) -> None:
     """The PR head is fetched over HTTP from the base repository as refs/pull/7/head; HEAD,
     branches and tags stay."""
@@ -185,7 +189,7 @@ def test_fetch_pr_head_into_the_catalogue(forge: Any, pr: dict[str, Any],
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_every_pr_shape_is_fetched_from_the_base(client: ForgeClient, forge: Any,
+def test_every_pr_shape_is_fetched_from_the_base(client: ForgeClient, forge: FakeForge,
                                                  pr: dict[str, Any], tmp_path: Path,
                                                  shape: str) -> None:
     """Whatever the PR's shape (fork, same-repository branch, AGit flow, deleted fork,
@@ -202,7 +206,7 @@ def test_every_pr_shape_is_fetched_from_the_base(client: ForgeClient, forge: Any
     assert repo.file_at(got, "compose.yml") == "greeting: hello from the PR\n"
 
 
-def test_a_head_pushed_after_the_pr_opened_is_fetched(client: ForgeClient, forge: Any,
+def test_a_head_pushed_after_the_pr_opened_is_fetched(client: ForgeClient, forge: FakeForge,
                                                       pr: dict[str, Any],
                                                       tmp_path: Path) -> None:
     """A push to the fork's branch moves the PR head; the base's refs/pull/7/head follows."""
@@ -215,7 +219,7 @@ def test_a_head_pushed_after_the_pr_opened_is_fetched(client: ForgeClient, forge
                       newer) == newer
 
 
-def test_fetch_refuses_a_head_that_moved(forge: Any, pr: dict[str, Any],
+def test_fetch_refuses_a_head_that_moved(forge: FakeForge, pr: dict[str, Any],
                                          tmp_path: Path) -> None:
     """If the head is not at the sha the forge reported, nothing is written."""
     repo = _catalogue(pr, tmp_path)
@@ -230,7 +234,7 @@ def test_fetch_refuses_a_head_that_moved(forge: Any, pr: dict[str, Any],
 
 
 @pytest.fixture
-def private(forge: Any, tmp_path: Path) -> dict[str, Any]:
+def private(forge: FakeForge, tmp_path: Path) -> dict[str, Any]:
     """A private repository of the owner with a same-repository PR 7, and a user who is
     no collaborator (``outsider``, with a token of its own)."""
     name = f"p-{uuid.uuid4().hex[:8]}"
@@ -244,7 +248,7 @@ def private(forge: Any, tmp_path: Path) -> dict[str, Any]:
 
 
 def test_private_repository_is_fetched_with_the_token_kept_out_of_argv(
-    forge: Any, private: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    forge: FakeForge, private: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Anonymous git is refused (401); with the forge token the head is fetched, the token
     reaching git through its environment only (never its command line, which any local user
@@ -256,7 +260,7 @@ def test_private_repository_is_fetched_with_the_token_kept_out_of_argv(
         repo.fetch(private["url"], ref, ref, private["sha"])
     assert [(r.user, r.status) for r in forge.git_requests[asked:]] == [(None, 401)]
     seen: list[tuple[list[str], dict[str, str]]] = []
-    real_run = recipes.run
+    real_run = proc.run  # what recipes runs commands with
 
     def spy(argv: Any, **kwargs: Any) -> Any:
         seen.append(([str(a) for a in argv], dict(kwargs.get("env") or {})))
@@ -274,7 +278,7 @@ def test_private_repository_is_fetched_with_the_token_kept_out_of_argv(
     assert {r.user for r in forge.git_requests[asked:]} == {FORGE_BOT}
 
 
-def test_the_token_goes_to_the_forge_only(forge: Any, private: dict[str, Any],
+def test_the_token_goes_to_the_forge_only(forge: FakeForge, private: dict[str, Any],
                                           tmp_path: Path) -> None:
     """A token scoped to another URL is not sent: the private fetch is refused (401)."""
     repo = _catalogue(private, tmp_path)
@@ -286,7 +290,7 @@ def test_the_token_goes_to_the_forge_only(forge: Any, private: dict[str, Any],
     assert {(r.user, r.status) for r in forge.git_requests[asked:]} == {(None, 401)}
 
 
-def test_a_token_that_may_not_read_is_refused_and_never_shown(forge: Any,
+def test_a_token_that_may_not_read_is_refused_and_never_shown(forge: FakeForge,
                                                               private: dict[str, Any],
                                                               tmp_path: Path) -> None:
     """A token whose user may not read the repository gets Gitea's 404; the error does not
@@ -301,7 +305,7 @@ def test_a_token_that_may_not_read_is_refused_and_never_shown(forge: Any,
 
 
 def test_permission_404_tells_an_unknown_user_from_an_unseen_repository(
-    forge: Any, private: dict[str, Any], client: ForgeClient
+    forge: FakeForge, private: dict[str, Any], client: ForgeClient
 ) -> None:
     """404 on the permission check: for a repository the token can see it is a user the
     forge does not know ('none'); for one it cannot see it is a ForgeAccessError saying what
@@ -349,7 +353,7 @@ class Enqueued(list[tuple[str, str, str, str]]):
 
 
 @pytest.fixture
-def world(forge: Any, tmp_path: Path, settings: Any) -> Any:
+def world(forge: FakeForge, tmp_path: Path, settings: Settings) -> Any:
     """Settings whose recipe catalogue is a fresh directory, and a maker of recipes that are
     both on the forge (owner's repository, the maintainer may write) and in the catalogue."""
 
@@ -369,14 +373,14 @@ def world(forge: Any, tmp_path: Path, settings: Any) -> Any:
 
 
 @pytest.fixture
-def broker(redis_url: str) -> Iterator[Any]:
+def broker(redis_url: str) -> Iterator[redis.Redis]:
     import redis
 
     with redis.Redis.from_url(redis_url) as client:
         yield client
 
 
-def _act(settings: Any, broker: Any, name: str, number: int,
+def _act(settings: Settings, broker: redis.Redis, name: str, number: int,
          token: str | None = None) -> tuple[Any, TriggerRequest, Enqueued]:
     if token is not None:
         settings = settings.model_copy(update={"forge_token": SecretStr(token)})
@@ -389,7 +393,7 @@ def _act(settings: Any, broker: Any, name: str, number: int,
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_every_pr_shape_runs_at_its_head(world: Any, forge: Any, broker: Any,
+def test_every_pr_shape_runs_at_its_head(world: Any, forge: FakeForge, broker: redis.Redis,
                                          shape: str) -> None:
     """Fork, same-repository branch, AGit flow, deleted fork, deleted branch: the run is
     enqueued at the full head sha, fetched into the catalogue as refs/pull/<n>/head from the
@@ -407,8 +411,8 @@ def test_every_pr_shape_runs_at_its_head(world: Any, forge: Any, broker: Any,
     assert request.run_id in reply.payload["body"] and head["sha"] in reply.payload["body"]
 
 
-def test_a_private_repository_is_fetched_with_the_forge_token(world: Any, forge: Any,
-                                                              broker: Any) -> None:
+def test_a_private_repository_is_fetched_with_the_forge_token(world: Any, forge: FakeForge,
+                                                              broker: redis.Redis) -> None:
     """A private recipe repository: the head is fetched with CCCI_FORGE_TOKEN, as the bot."""
     name = world.recipe(private=True)
     head = open_pr(forge, FORGE_OWNER, name, 6, "agit")
@@ -420,7 +424,7 @@ def test_a_private_repository_is_fetched_with_the_forge_token(world: Any, forge:
 
 
 def test_a_token_that_cannot_see_the_repository_is_an_error_with_an_alert(
-    world: Any, forge: Any, broker: Any
+    world: Any, forge: FakeForge, broker: redis.Redis
 ) -> None:
     """The forge answers the permission check 404 because the token cannot see the private
     repository: the trigger ends 'error' with a forge-access alert naming what to fix;

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from ccci_tasks.bridge import Trigger as Lane
 from ccci_tasks.forge import events, messages
-from ccci_tasks.state.reports import RunReport
+from ccci_tasks.state.reports import RunReport, Verdict
 
 SECRET = b"s3cret"
 OWNER = "recipes"
@@ -79,9 +80,9 @@ def test_no_secret_never_verifies() -> None:
     (payload(issue__pull_request=None), "quick"),  # is_pull is enough
     (payload(repository__owner={"login": "Recipes"}), "quick"),
 ])
-def test_trigger(body: dict[str, Any], lane: str) -> None:
+def test_trigger(body: dict[str, Any], lane: Lane) -> None:
     """A created '!testme' comment on a PR of <owner>/<catalogue recipe> is a trigger."""
-    assert decide(body) == events.Trigger("custom-html", 7, lane, "alice")  # type: ignore[arg-type]
+    assert decide(body) == events.Trigger("custom-html", 7, lane, "alice")
 
 
 @pytest.mark.parametrize(("body", "event", "why"), [
@@ -122,10 +123,10 @@ def test_delivery_id_header_or_body_hash() -> None:
     assert events.delivery_id({}, b"y") != hashed
 
 
-def report(verdict: str | None, reason: str | None = None, seconds: float = 83) -> RunReport:
+def report(verdict: Verdict | None, reason: str | None = None, seconds: float = 83) -> RunReport:
     start = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     return RunReport(run_id=RUN_ID, lane="quick", recipe="custom-html", ref="a" * 40,
-                     domain="warm-custom-html.ci.localhost", verdict=verdict,  # type: ignore[arg-type]
+                     domain="warm-custom-html.ci.localhost", verdict=verdict,
                      reason=reason, started_at=start,
                      finished_at=start + timedelta(seconds=seconds) if verdict else None)
 
@@ -136,7 +137,8 @@ def report(verdict: str | None, reason: str | None = None, seconds: float = 83) 
      "failed in 1 min 23 s: assert_upgrade: did not move"),
     ("error", "lease expired", "error", "error in 1 min 23 s: lease expired"),
 ])
-def test_final_status(verdict: str, reason: str | None, state: str, description: str) -> None:
+def test_final_status(verdict: Verdict, reason: str | None, state: str, description: str
+                      ) -> None:
     """pass/fail/error map to success/failure/error; the description has the duration."""
     finished = report(verdict, reason)
     assert messages.final_state(finished) == state

@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from conftest import FORGE_OWNER, PUSH_PORT
+from fake_forge import FakeForge
+from push_receiver import PushReceiver
 from pydantic import SecretStr
 from recipe_commits import GIT
 
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import AlertRelayError, ForgeError
 from ccci_tasks.forge import hooks, outbox, relay
+from ccci_tasks.outbox import StreamResult
 from ccci_tasks.push import apprise_notify
 from ccci_tasks.state import reports
 from ccci_tasks.state.clock import iso, utc_now
@@ -28,14 +33,14 @@ def _git(*args: str) -> str:
 
 
 @pytest.fixture
-def forge(fake_forge: Any) -> Iterator[Any]:
+def forge(fake_forge: FakeForge) -> Iterator[FakeForge]:
     fake_forge.start()
     yield fake_forge
     fake_forge.start()
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[Any]:
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     import redis
 
     client = redis.Redis.from_url(redis_url)
@@ -44,7 +49,7 @@ def redis_client(redis_url: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def recipe(forge: Any, tmp_path: Path, settings: Any) -> dict[str, Any]:
+def recipe(forge: FakeForge, tmp_path: Path, settings: Settings) -> dict[str, Any]:
     """A catalogue recipe (a git repo with branch main) that the forge has too."""
     name = f"d{uuid.uuid4().hex[:8]}"
     repo = tmp_path / "recipes" / name
@@ -69,11 +74,11 @@ def _written(state: Path, stream: str) -> list[outbox.Item]:
     return [m for m in outbox.sent(state) if m.stream == stream] + outbox.pending(state, stream)
 
 
-def _deliver(settings: Any, client: Any, stream: str) -> relay.StreamResult:
+def _deliver(settings: Settings, client: redis.Redis, stream: str) -> StreamResult:
     return relay.deliver_stream(settings, client, stream, notify=apprise_notify)
 
 
-def _seen(forge: Any, repo: str, sha: str) -> list[str]:
+def _seen(forge: FakeForge, repo: str, sha: str) -> list[str]:
     return [s["status"] for s in forge.statuses(FORGE_OWNER, repo, sha)]
 
 
@@ -94,7 +99,7 @@ def test_put_is_idempotent_and_ordered_per_stream(state_dir: Path) -> None:
 
 
 def test_stream_is_delivered_in_order_exactly_once(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """pending then success reach the forge in that order, once, however often relayed."""
     name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
@@ -109,7 +114,7 @@ def test_stream_is_delivered_in_order_exactly_once(
 
 
 def test_forge_down_then_back_gets_the_verdict_once_after_pending(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """A verdict written while the forge is down stays pending and arrives once when back."""
     name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
@@ -128,7 +133,7 @@ def test_forge_down_then_back_gets_the_verdict_once_after_pending(
 
 
 def test_refused_status_is_retried_and_blocks_the_ones_behind(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """A status the forge refuses (503) stays pending, and so does the verdict behind it."""
     name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
@@ -145,7 +150,7 @@ def test_refused_status_is_retried_and_blocks_the_ones_behind(
 
 
 def test_done_key_means_sent(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """A message recorded as delivered (then a crash) is only archived, never sent again."""
     name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
@@ -158,7 +163,7 @@ def test_done_key_means_sent(
 
 
 def test_a_stream_is_relayed_by_one_relay_at_a_time(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """While another relay holds a stream's lock, a second one sends nothing."""
     name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
@@ -171,7 +176,7 @@ def test_a_stream_is_relayed_by_one_relay_at_a_time(
 
 
 def test_message_undelivered_for_a_week_is_given_up(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """A message older than the done-key lifetime moves to failed/ instead of being sent."""
     name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
@@ -187,7 +192,7 @@ def test_message_undelivered_for_a_week_is_given_up(
 
 
 def test_a_malformed_message_is_given_up_and_the_stream_goes_on(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """A status without its sha moves to failed/ (logged); the one behind it is delivered."""
     name, sha, settings = recipe["name"], recipe["sha"], recipe["settings"]
@@ -202,7 +207,7 @@ def test_a_malformed_message_is_given_up_and_the_stream_goes_on(
 
 
 def test_a_message_queued_by_the_earlier_code_is_delivered(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """A pending file as the forge outbox wrote it before (same place, same keys) is read
     and delivered as it is."""
@@ -223,7 +228,7 @@ def test_a_message_queued_by_the_earlier_code_is_delivered(
 # Apprise imports the standard library's imghdr, deprecated since Python 3.11.
 @pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
 def test_notification_reaches_each_target_once(
-    redis_client: Any, settings: Any, state_dir: Path, push_receiver: Any
+    redis_client: redis.Redis, settings: Settings, state_dir: Path, push_receiver: PushReceiver
 ) -> None:
     """With two targets, one down, a retry pushes only to the one that had failed."""
     push_receiver.start()
@@ -254,13 +259,13 @@ def _dead_port() -> int:
 # --- the run hooks --------------------------------------------------------------------
 
 
-def _report(settings: Any, recipe: str, ref: str | None, lane: str = "quick") -> Any:
+def _report(settings: Settings, recipe: str, ref: str | None, lane: str = "quick") -> Any:
     run_id = str(uuid.uuid4())
     return reports.create_report(settings.state_dir, run_id, lane, recipe, ref)
 
 
 def test_hooks_write_pending_then_the_verdict(
-    recipe: dict[str, Any], redis_client: Any, state_dir: Path, forge: Any
+    recipe: dict[str, Any], redis_client: redis.Redis, state_dir: Path, forge: FakeForge
 ) -> None:
     """A run on branch main gets pending, then failure with reason and duration, on the
     branch's sha, context ccci/quick; and a finish notification is queued."""

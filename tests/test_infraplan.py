@@ -17,7 +17,7 @@ from recipe_tags import keep_tags_upto, session_copy, version_tags
 from ccci_tasks.errors import AppNotFound, InvalidInput
 from ccci_tasks.infraplan import InfraPlan, plan_reconcile
 from ccci_tasks.platform.recipes import RecipeRepo
-from ccci_tasks.state.infra import InfraState
+from ccci_tasks.state.infra import InfraState, InfraStatus
 from ccci_tasks.state.meta import load_meta
 from ccci_tasks.versions import DEFAULT_MIGRATION_PATTERNS
 
@@ -32,9 +32,10 @@ TRAEFIK = ["3.0.0+v3.1.0", "3.0.1+v3.1.1", "3.1.0+v3.2.0"]
 MIGRATION = "ATTENTION: manual migration required, export your realms first."
 
 
-def _recorded(app: str, current: str, last_good: str | None, status: str = "ok") -> InfraState:
+def _recorded(app: str, current: str, last_good: str | None, status: InfraStatus = "ok"
+              ) -> InfraState:
     return InfraState(app=app, domain=f"warm-{app}.ci.localhost", current=current,
-                      last_good=last_good, status=status)  # type: ignore[arg-type]
+                      last_good=last_good, status=status)
 
 
 def _plan(deployed: str | None, recorded: tuple[str, str | None] | None, tags: list[str],
@@ -133,7 +134,8 @@ def test_plan_table(deployed: str | None, recorded: tuple[str, str | None] | Non
 
 def test_held_plan_carries_what_the_alert_needs() -> None:
     """A held upgrade names current, target and bump, and carries the flagged lines and notes."""
-    notes = {"10.2.0+26.1.0": f"Upstream 26.1.0.\n\n  {MIGRATION}  \nOther line.\n"}
+    notes: dict[str, str | None] = {
+        "10.2.0+26.1.0": f"Upstream 26.1.0.\n\n  {MIGRATION}  \nOther line.\n"}
     plan = _plan("10.1.1+26.0.6", ("10.1.1+26.0.6", "10.1.1+26.0.6"), KC[:3], notes)
     assert plan.outcome == "held" and plan.bump == "minor"
     assert plan.flagged == (MIGRATION,)

@@ -14,11 +14,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import TEST_ENV, flush_redis, ours, remove_ccci_objects
+from conftest import TEST_ENV, Workers, flush_redis, ours, remove_ccci_objects
 from recipe_commits import make_commit
+
+from ccci_tasks.state.reports import RunReport
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -44,13 +49,14 @@ def _fingerprint(state: Path) -> dict[str, str]:
             hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def _services(client: Any, kind: str | None = None, recipe: str | None = RECIPE) -> list[Any]:
+def _services(client: DockerClient, kind: str | None = None, recipe: str | None = RECIPE
+              ) -> list[Any]:
     labels = [f"ccci.kind={kind}" if kind else "ccci.kind"]
     labels += [f"ccci.recipe={recipe}"] if recipe else []
     return [s for s in client.services.list(filters={"label": labels}) if ours(s)]
 
 
-def _volumes(client: Any, kind: str, recipe: str | None = RECIPE) -> list[Any]:
+def _volumes(client: DockerClient, kind: str, recipe: str | None = RECIPE) -> list[Any]:
     labels = [f"ccci.kind={kind}"] + ([f"ccci.recipe={recipe}"] if recipe else [])
     return [v for v in client.volumes.list(filters={"label": labels}) if ours(v)]
 
@@ -62,7 +68,8 @@ def _wait(run_id: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Any, swarm: Any, example_recipes: Path, redis_server: str) -> Iterator[Any]:
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
+           ) -> Iterator[RunReport]:
     """A clean system, then the first cold run on latest of the enrolled example."""
     from ccci_tasks.config import get_settings
     from ccci_tasks.tasks import cold_run
@@ -81,7 +88,8 @@ def state() -> Path:
     return Path(TEST_ENV["CCCI_STATE_DIR"])
 
 
-def test_first_cold_run_seeds_the_canonical(seeded: Any, swarm: Any, state: Path) -> None:
+def test_first_cold_run_seeds_the_canonical(seeded: RunReport, swarm: DockerClient,
+                                            state: Path) -> None:
     """The first green cold run on latest writes canonical.json and a snapshot, and leaves
     no cold app or cold volume behind."""
     from ccci_tasks.state import canonical, warmsnap
@@ -107,7 +115,7 @@ def test_first_cold_run_seeds_the_canonical(seeded: Any, swarm: Any, state: Path
 
 
 def test_quick_run_with_a_good_ref_keeps_known_good(
-    seeded: Any, swarm: Any, state: Path, example_recipes: Path
+    seeded: RunReport, swarm: DockerClient, state: Path, example_recipes: Path
 ) -> None:
     """A quick run of a good PR head passes, leaves registry and snapshot byte-identical,
     and leaves the canonical undeployed with its volume kept."""
@@ -131,7 +139,7 @@ def test_quick_run_with_a_good_ref_keeps_known_good(
 
 
 def test_quick_run_with_a_bad_ref_restores_known_good(
-    seeded: Any, swarm: Any, state: Path, example_recipes: Path
+    seeded: RunReport, swarm: DockerClient, state: Path, example_recipes: Path
 ) -> None:
     """A quick run whose head names a missing image is red at once with the reason (the
     image is named: the deploy was failed, not waited out to DEPLOY_TIMEOUT), restores the
@@ -162,7 +170,7 @@ def test_quick_run_with_a_bad_ref_restores_known_good(
 
 
 def test_quick_runs_are_serial_and_fifo(
-    seeded: Any, swarm: Any, state: Path, example_recipes: Path
+    seeded: RunReport, swarm: DockerClient, state: Path, example_recipes: Path
 ) -> None:
     """With MAX_TESTS=1, four quick runs enqueued at once never overlap and finish in FIFO
     order; a watcher sampling the swarm every 100 ms never sees two apps live."""
@@ -198,7 +206,7 @@ def test_quick_runs_are_serial_and_fifo(
 
 
 def test_quick_run_without_canonical_runs_cold(
-    seeded: Any, swarm: Any, example_recipes: Path, state: Path
+    seeded: RunReport, swarm: DockerClient, example_recipes: Path, state: Path
 ) -> None:
     """A quick run of a recipe that has no canonical runs a full cold run instead, and the
     report says so."""
@@ -231,7 +239,7 @@ def test_quick_run_without_canonical_runs_cold(
     ],
 )
 def test_bad_input_is_an_error_and_deploys_nothing(
-    workers: Any, swarm: Any, example_recipes: Path, redis_server: str,
+    workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str,
     recipe: str, ref: str, needle: str,
 ) -> None:
     """Bad input through quick_run.delay gives verdict error with a clear reason naming the
@@ -246,7 +254,7 @@ def test_bad_input_is_an_error_and_deploys_nothing(
     assert {s.id for s in _services(swarm)} == services_before
 
 
-def test_steps_send_progress_events(seeded: Any, example_recipes: Path) -> None:
+def test_steps_send_progress_events(seeded: RunReport, example_recipes: Path) -> None:
     """Every step of a quick run sends a ccci-step event with its step name, recipe and
     domain (what Flower shows), and records itself in the run report."""
     from ccci_tasks.celery_app import app

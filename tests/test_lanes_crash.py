@@ -9,13 +9,16 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import TEST_ENV, Workers, flush_redis, remove_ccci_objects, start_workers
 from test_lanes import RECIPE, _services, _volumes, _wait, _wipe
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -26,8 +29,8 @@ def _tag_sha(recipes: Path, tag: str) -> str:
 
 
 @pytest.fixture
-def own_workers(workers: Workers, swarm: Any, example_recipes: Path,
-                redis_server: str) -> Iterator[Any]:
+def own_workers(workers: Workers, swarm: DockerClient, example_recipes: Path,
+                redis_server: str) -> Iterator[Callable[..., Workers]]:
     """A factory of private worker sets; the session workers are paused meanwhile."""
     from ccci_tasks.config import get_settings
 
@@ -53,7 +56,7 @@ def own_workers(workers: Workers, swarm: Any, example_recipes: Path,
         workers.restart_all()
 
 
-def _watch_live(swarm: Any, stop: threading.Event, seen: list[int]) -> None:
+def _watch_live(swarm: DockerClient, stop: threading.Event, seen: list[int]) -> None:
     while not stop.is_set():
         stacks = {s.attrs["Spec"]["Labels"].get("com.docker.stack.namespace")
                   for s in _services(swarm)}
@@ -62,7 +65,7 @@ def _watch_live(swarm: Any, stop: threading.Event, seen: list[int]) -> None:
 
 
 def test_max_tests_two_never_more_than_two_live(
-    own_workers: Any, swarm: Any, example_recipes: Path
+    own_workers: Callable[..., Workers], swarm: DockerClient, example_recipes: Path
 ) -> None:
     """With MAX_TESTS=2 and four cold runs enqueued at once, never more than two apps are
     live, and all four finish green."""
@@ -85,7 +88,7 @@ def test_max_tests_two_never_more_than_two_live(
 
 
 def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
-    own_workers: Any, swarm: Any, example_recipes: Path
+    own_workers: Callable[..., Workers], swarm: DockerClient, example_recipes: Path
 ) -> None:
     """SIGKILL the runs worker mid cold run and restart it: within lease TTL + janitor
     interval the cold app and its volumes are gone, the slot is free, and the next queued

@@ -11,12 +11,17 @@ import hashlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import TEST_ENV, flush_redis, ours, remove_ccci_objects
+from conftest import TEST_ENV, Workers, flush_redis, ours, remove_ccci_objects
 from recipe_commits import GIT, make_commit
 from test_lanes import _wait, _wipe
+
+from ccci_tasks.state.reports import RunReport
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -96,7 +101,8 @@ def _fingerprint(state: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Any, swarm: Any, example_recipes: Path, redis_server: str) -> Iterator[Any]:
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
+           ) -> Iterator[RunReport]:
     """A clean system with the two-part recipe enrolled and seeded by a cold run."""
     from ccci_tasks.tasks import cold_run
 
@@ -108,7 +114,7 @@ def seeded(workers: Any, swarm: Any, example_recipes: Path, redis_server: str) -
     remove_ccci_objects(swarm)
 
 
-def test_cold_run_seeds_every_volume(seeded: Any, swarm: Any) -> None:
+def test_cold_run_seeds_every_volume(seeded: RunReport, swarm: DockerClient) -> None:
     """A two-service recipe is green on its own health path, and its canonical snapshot
     holds both volumes; nothing cold is left."""
     from ccci_tasks.state import warmsnap
@@ -124,7 +130,8 @@ def test_cold_run_seeds_every_volume(seeded: Any, swarm: Any) -> None:
     assert _labelled(swarm.volumes.list(), "cold") == []
 
 
-def test_quick_runs_good_and_crash_looping(seeded: Any, swarm: Any, example_recipes: Path) -> None:
+def test_quick_runs_good_and_crash_looping(seeded: RunReport, swarm: DockerClient,
+                                           example_recipes: Path) -> None:
     """A good head passes; a head whose second service crash-loops fails fast with the task
     error; both leave the canonical's registry and snapshot byte-identical."""
     from ccci_tasks.tasks import quick_run

@@ -13,13 +13,24 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from conftest import REPO, SESSION_DIR, TEST_ENV, _free_port, flush_redis, remove_ccci_objects
+from conftest import (
+    REPO,
+    SESSION_DIR,
+    TEST_ENV,
+    Workers,
+    _free_port,
+    flush_redis,
+    remove_ccci_objects,
+)
 from faults import wait_until, wipe
 from recipe_commits import make_commit
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -42,7 +53,8 @@ def ccci(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Any, swarm: Any, example_recipes: Path, redis_server: str) -> Iterator[Any]:
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
+           ) -> Iterator[dict[str, Any]]:
     """A clean system whose custom-html canonical is seeded by `ccci cold --wait`."""
     from ccci_tasks.config import get_settings
 
@@ -84,7 +96,7 @@ def _answers(base: str) -> bool:
         return False
 
 
-def test_version_tags_as_refs(seeded: Any) -> None:
+def test_version_tags_as_refs(seeded: dict[str, Any]) -> None:
     """`ccci quick custom-html 2.0.0+2.0 --wait` and `ccci cold custom-html --ref 1.1.0+1.1
     --wait` pass (every Co-op Cloud tag has a '+')."""
     assert seeded["verdict"] == "pass"
@@ -98,7 +110,7 @@ def test_version_tags_as_refs(seeded: Any) -> None:
     assert (report["lane"], report["ref"], report["verdict"]) == ("cold", "1.1.0+1.1", "pass")
 
 
-def test_red_quick_run_shows_its_restore(seeded: Any, example_recipes: Path) -> None:
+def test_red_quick_run_shows_its_restore(seeded: dict[str, Any], example_recipes: Path) -> None:
     """A red quick run's `runs show` lists the restore that put the known-good back, with
     its duration, in a timeline (start offset, duration, step, detail)."""
     bad = make_commit(example_recipes / RECIPE, "2.0.0+2.0",
@@ -118,7 +130,8 @@ def test_red_quick_run_shows_its_restore(seeded: Any, example_recipes: Path) -> 
     assert step["undo"] is True and step["ok"] is True and step["duration_s"] >= 0
 
 
-def test_enqueue_watch_list_queued_and_running(seeded: Any, example_recipes: Path) -> None:
+def test_enqueue_watch_list_queued_and_running(seeded: dict[str, Any],
+                                               example_recipes: Path) -> None:
     """A plain enqueue prints the run id and how to follow it; `runs list` tells a queued
     run from a running one; `ccci watch` prints each step with its duration and exits by
     the verdict."""
@@ -163,7 +176,8 @@ def test_enqueue_watch_list_queued_and_running(seeded: Any, example_recipes: Pat
     assert lines[-1].split()[2:4] == ["verdict", "pass"]
 
 
-def test_flower_shows_the_running_step(seeded: Any, flower: str, example_recipes: Path) -> None:
+def test_flower_shows_the_running_step(seeded: dict[str, Any], flower: str,
+                                       example_recipes: Path) -> None:
     """During a run, Flower's task list shows the running step as STARTED with the recipe,
     the lane and the run id in its arguments; the entry task's result says it queued a
     run; without credentials the API answers 401."""

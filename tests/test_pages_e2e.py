@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -30,13 +30,20 @@ from conftest import (
     FORGE_OWNER,
     SESSION_DIR,
     TEST_ENV,
+    Workers,
     flush_redis,
     remove_ccci_objects,
 )
+from fake_forge import FakeForge
 from faults import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from recipe_commits import make_commit
-from web_support import bridge_process
+from web_support import bridge_process, saved_report
+
+from ccci_tasks.state.reports import RunReport
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -81,7 +88,8 @@ def _wait_run(run_id: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def seeded(workers: Any, swarm: Any, example_recipes: Path, redis_server: str) -> Iterator[Any]:
+def seeded(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str
+           ) -> Iterator[RunReport]:
     from ccci_tasks.config import get_settings
     from ccci_tasks.tasks import cold_run
 
@@ -103,7 +111,7 @@ def bridge(redis_server: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def forge(fake_forge: Any, example_recipes: Path) -> Any:
+def forge(fake_forge: FakeForge, example_recipes: Path) -> FakeForge:
     fake_forge.start()
     fake_forge.add_repo(FORGE_OWNER, RECIPE, example_recipes / RECIPE)
     fake_forge.add_repo("contributor", RECIPE, example_recipes / RECIPE)
@@ -133,7 +141,7 @@ def gated_overlay() -> Iterator[Path]:
         gate.unlink(missing_ok=True)
 
 
-def _trigger(forge: Any, number: int) -> str:
+def _trigger(forge: FakeForge, number: int) -> str:
     delivery = forge.comment(FORGE_OWNER, RECIPE, number, MAINTAINER, "!testme --quick")
     match = ACCEPTED.match(delivery.text)
     assert delivery.status == 202 and match, (delivery.status, delivery.text)
@@ -147,7 +155,7 @@ def _current(run_id: str) -> str | None:
     return report.current.name if report is not None and report.current else None
 
 
-def _verdict_comments(forge: Any, number: int) -> list[str]:
+def _verdict_comments(forge: FakeForge, number: int) -> list[str]:
     return [c["body"] for c in forge.comments(FORGE_OWNER, RECIPE, number)
             if c["user"]["login"] == FORGE_BOT and "Run page:" in c["body"]]
 
@@ -158,14 +166,13 @@ def _no_secret(text: str) -> None:
 
 
 def test_red_pr_run_links_comments_once_and_hides_secrets(
-        seeded: Any, forge: Any, bridge: str, gated_overlay: Path) -> None:
+        seeded: RunReport, forge: FakeForge, bridge: str, gated_overlay: Path) -> None:
     """A red quick run from PR 21: every status links to its page; with the forge down as
     the run ends, the PR still gets exactly one comment once the forge is back (verdict,
     failing step, the end of its output in <details>, the link); the page and the JSON
     show the assertion and the stack's logs with secrets as ***; the metrics count it."""
     from ccci_tasks.config import get_settings
     from ccci_tasks.forge import hooks
-    from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks.forge import sweep
 
     run_id = _trigger(forge, PR_RED)
@@ -185,7 +192,7 @@ def test_red_pr_run_links_comments_once_and_hides_secrets(
                                for s in forge.statuses(FORGE_OWNER, RECIPE, sha)),
                    "the failure status", 150)
     # The hook again (a redelivery, the beat safety net): nothing new reaches the PR.
-    hooks.run_finished(get_settings(), load_report(_state(), run_id))
+    hooks.run_finished(get_settings(), saved_report(_state(), run_id))
     sweep.delay().get(timeout=60)
     time.sleep(3)
     assert len(_verdict_comments(forge, PR_RED)) == 1
@@ -227,7 +234,7 @@ def test_red_pr_run_links_comments_once_and_hides_secrets(
     print(f"\nscreenshot of the failed run's page: {SCREENSHOT}")
 
 
-def test_running_page_shows_next_steps_live(seeded: Any, forge: Any, bridge: str,
+def test_running_page_shows_next_steps_live(seeded: RunReport, forge: FakeForge, bridge: str,
                                             gated_overlay: Path) -> None:
     """The page of a quick run held in its custom overlay, open in headless Chromium, shows
     the overlay's end, the undo (restore) and the verdict as they happen, without reload."""

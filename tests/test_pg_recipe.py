@@ -18,13 +18,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pgcheck
 import pytest
 from conftest import TEST_ENV, Workers, need
 from faults import fingerprint, private_system, wait_quiet, wait_until
 from test_pr_commit import pr_commit
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -85,7 +88,7 @@ class SecretCollector:
 class Pg:
     shape: Shape
     workers: Workers
-    swarm: Any
+    swarm: DockerClient
     state: Path
     seed: Any  # the seeding cold run's report
     known_good: pgcheck.ClusterCheck  # the snapshot's cluster
@@ -162,11 +165,11 @@ def _snapshot_tar(state: Path, recipe: str) -> Path:
 
     snap = (state / recipe / "snapshot").resolve()
     [entry] = json.loads((snap / "manifest.json").read_text())["volumes"]
-    return snap / entry["file"]
+    return snap / str(entry["file"])
 
 
 @pytest.fixture(scope="module")
-def pg(request: pytest.FixtureRequest, workers: Workers, swarm: Any, example_recipes: Path,
+def pg(request: pytest.FixtureRequest, workers: Workers, swarm: DockerClient, example_recipes: Path,
        redis_server: str) -> Iterator[Pg]:
     """A private system whose canonical of the recipe (the test's parameter) is seeded by a
     cold run on latest; tests of one recipe share it."""

@@ -13,7 +13,7 @@ from ccci_tasks.errors import DeployFailed, IntegrityError, InvalidInput, RunFai
 from ccci_tasks.lanes import LANES, cold, get_lane, janitor, quick, steps_by_queue
 from ccci_tasks.lanes.model import Failure, RunCtx, run_hex
 from ccci_tasks.lanes.plan import should_promote, upgrade_base
-from ccci_tasks.platform.base import AppInfo
+from ccci_tasks.platform.base import AppInfo, Kind
 from ccci_tasks.state.reports import RunReport
 
 TAGS = ["1.0.0+1.0", "1.1.0+1.1", "2.0.0+2.0"]
@@ -142,14 +142,14 @@ def test_run_ctx_round_trips() -> None:
     assert run_hex(RUN) == "5d6040"
 
 
-def _app(kind: str, run: str | None, deployed: bool = True, recipe: str = "r",
+def _app(kind: Kind, run: str | None, deployed: bool = True, recipe: str = "r",
          base: str = "ci.localhost") -> AppInfo:
     from ccci_tasks import naming
 
     domain = (naming.cold_domain(recipe, run, base) if kind == "cold" and run
               else naming.warm_domain(recipe, base))
     return AppInfo(domain=domain, stack="s", recipe=recipe, kind=kind, run=run,
-                   deployed=deployed)  # type: ignore[arg-type]
+                   deployed=deployed)
 
 
 def _lease(run_id: str, *resources: str, state: str = "live") -> Lease:

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ccci_tasks import constants as c
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import ConfigError
 from ccci_tasks.lanes.stale import plan_prune, prune_stale
 from ccci_tasks.naming import stack_name, warm_domain
-from ccci_tasks.platform.base import AppInfo
+from ccci_tasks.platform.base import AppInfo, Kind
 from ccci_tasks.state.canonical import Canonical, write_registry
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 BASE = "ci.localhost"
 
 
-def _app(recipe: str, kind: str = "warm", deployed: bool = False, domain: str | None = None
+def _app(recipe: str, kind: Kind = "warm", deployed: bool = False, domain: str | None = None
          ) -> AppInfo:
     domain = domain or warm_domain(recipe, BASE)
-    return AppInfo(domain, stack_name(domain), recipe, kind, None, deployed)  # type: ignore[arg-type]
+    return AppInfo(domain, stack_name(domain), recipe, kind, None, deployed)
 
 
 def _seed(state_dir: Path, recipe: str) -> Path:
@@ -53,17 +57,18 @@ def test_plan_keeps_enrolled_reserved_and_foreign(tmp_path: Path) -> None:
     assert plan.kept_deployed == ("warm-busy-app.ci.localhost",)
 
 
-def test_prune_refuses_without_tests_dir(settings: Any, state_dir: Path) -> None:
+def test_prune_refuses_without_tests_dir(settings: Settings, state_dir: Path) -> None:
     """A missing tests dir aborts the prune instead of treating every recipe as stale."""
     _seed(state_dir, "custom-html")
     broken = settings.model_copy(update={"tests_dir": state_dir / "no-such-dir"})
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):  # before the platform is used
         prune_stale(broken, platform=None)  # type: ignore[arg-type]
     assert (state_dir / "custom-html" / "canonical.json").exists()
 
 
 @pytest.mark.docker
-def test_prune_stale_on_the_swarm(settings: Any, clean_swarm: Any, state_dir: Path) -> None:
+def test_prune_stale_on_the_swarm(settings: Settings, clean_swarm: DockerClient,
+                                  state_dir: Path) -> None:
     """A stale recipe's registry, snapshot and warm volume go; the enrolled one stays."""
     from ccci_tasks.platform.swarm import SwarmPlatform
 

@@ -13,7 +13,7 @@ import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -27,6 +27,9 @@ from ccci_tasks.platform.envfile import set_keys
 from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.probes import reconverged
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 RECIPE = "notes-pg"
@@ -34,7 +37,7 @@ CONVERGE_S = 180.0
 
 
 @pytest.fixture(scope="module")
-def platform(swarm: Any, example_recipes: Path) -> SwarmPlatform:
+def platform(swarm: DockerClient, example_recipes: Path) -> SwarmPlatform:
     from ccci_tasks.config import get_settings
 
     get_settings.cache_clear()
@@ -61,7 +64,9 @@ def _served(platform: SwarmPlatform, domain: str) -> dict[str, Any]:
 
 
 def _secrets(platform: SwarmPlatform, domain: str) -> list[Any]:
-    return platform.client.secrets.list(filters={"label": f"{constants.LABEL_DOMAIN}={domain}"})
+    found: list[Any] = platform.client.secrets.list(
+        filters={"label": f"{constants.LABEL_DOMAIN}={domain}"})
+    return found
 
 
 def _service(state: Any, short: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +207,7 @@ def test_bad_refs_rejected_before_git_runs(
 
     monkeypatch.setattr(subprocess, "run", no_process)
     monkeypatch.setattr(subprocess, "Popen", no_process)
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: recipe.commit(ref),
         lambda: recipe.short_sha(ref),
         lambda: recipe.file_at(ref, "compose.yml"),

@@ -17,14 +17,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import REPO, TEST_BASE, TEST_ENV, Workers, _free_port
 from fake_keycloak import FakeKeycloak
 from faults import labels, ours, private_system, wait_until
+from push_receiver import PushReceiver
 from recipe_commits import GIT, make_commit
 from recipe_tags import keep_tags_upto, session_copy
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -66,7 +70,7 @@ class Infra:
 
 
 @pytest.fixture(scope="module")
-def infra(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str,
+def infra(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     """A private system with keycloak and traefik as live-warm apps (first at their oldest
     tags), a Keycloak admin API stand-in, and an SSO-dependent recipe."""
@@ -89,7 +93,7 @@ def infra(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
         "CCCI_LEASE_TTL_S": "10", "CCCI_JANITOR_INTERVAL_S": "2",
     }
     try:
-        with private_system(workers, swarm, redis_server, "infra", **env) as own:
+        with private_system(workers, swarm, redis_server, "infra", **env) as own:  # type: ignore[arg-type]  # env: CCCI_* only
             yield Infra(own, recipes, example_recipes, keycloak)
     finally:
         keycloak.stop()
@@ -129,12 +133,12 @@ def infra_state(app: str) -> Any:
     return read_infra(state_dir(), app)
 
 
-def services(swarm: Any, app: str) -> list[Any]:
+def services(swarm: DockerClient, app: str) -> list[Any]:
     return [s for s in swarm.services.list(filters={"label": f"ccci.recipe={app}"})
             if ours(s) and labels(s).get("ccci.kind") == "infra"]
 
 
-def running_version(swarm: Any, app: str) -> str | None:
+def running_version(swarm: DockerClient, app: str) -> str | None:
     found = services(swarm, app)
     for service in found:
         for key, value in labels(service).items():
@@ -143,7 +147,7 @@ def running_version(swarm: Any, app: str) -> str | None:
     return None
 
 
-def data_dir(swarm: Any, app: str) -> Path:
+def data_dir(swarm: DockerClient, app: str) -> Path:
     (volume,) = [v for v in swarm.volumes.list(filters={"label": f"ccci.recipe={app}"})
                  if ours(v)]
     return Path(volume.attrs["Mountpoint"])
@@ -184,7 +188,7 @@ def alerts_of(kind: str, app: str) -> list[Any]:
 # --------------------------------------------------------------------------- reconcile
 
 
-def test_first_start_deploys_every_app(infra: Infra, swarm: Any) -> None:
+def test_first_start_deploys_every_app(infra: Infra, swarm: DockerClient) -> None:
     """When the infra worker starts, keycloak and traefik (never deployed) are deployed at
     their newest tag, health-checked and recorded (outcome deployed)."""
     def finished() -> list[Any]:
@@ -201,7 +205,7 @@ def test_first_start_deploys_every_app(infra: Infra, swarm: Any) -> None:
         assert running_version(swarm, app) == version
 
 
-def test_patch_bump_is_applied(infra: Infra, swarm: Any) -> None:
+def test_patch_bump_is_applied(infra: Infra, swarm: DockerClient) -> None:
     """keycloak's newest tag is a patch bump: `ccci reconcile keycloak --wait --json` exits
     0 with outcome applied; current = last_good = newest; one keycloak app live at it."""
     (data_dir(swarm, "keycloak") / "marker.txt").write_text("written before the upgrades\n")
@@ -219,7 +223,7 @@ def test_patch_bump_is_applied(infra: Infra, swarm: Any) -> None:
 
 @pytest.mark.parametrize(("target", "bump"), [(KC_MINOR, "minor"), (KC_MAJOR, "major")])
 def test_flagged_minor_and_major_bumps_are_held(
-    infra: Infra, swarm: Any, push_receiver: Any, target: str, bump: str
+    infra: Infra, swarm: DockerClient, push_receiver: PushReceiver, target: str, bump: str
 ) -> None:
     """A minor bump whose release note flags a manual migration, and a major bump: outcome
     held, exit 0, nothing redeployed, an upgrade-held alert carrying the flagged line,
@@ -247,7 +251,7 @@ def test_flagged_minor_and_major_bumps_are_held(
 
 @pytest.mark.parametrize("broken", [KC_BROKEN, KC_CRASH])
 def test_broken_upgrade_is_rolled_back_with_its_data(
-    infra: Infra, swarm: Any, broken: str
+    infra: Infra, swarm: DockerClient, broken: str
 ) -> None:
     """The newest keycloak writes into its volume (seen there while it runs), then fails its
     health gate (or crash-loops at deploy): exit 1, rolled-back; keycloak runs last_good
@@ -282,7 +286,7 @@ def _tag_commit(repo: Path, tag: str) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
-def test_stateless_app_rolls_back_its_version_only(infra: Infra, swarm: Any) -> None:
+def test_stateless_app_rolls_back_its_version_only(infra: Infra, swarm: DockerClient) -> None:
     """traefik (stateless): a good patch is applied; a broken one is rolled back to it
     without any snapshot being taken."""
     newest(infra, "traefik", TR_PATCH)
@@ -297,7 +301,8 @@ def test_stateless_app_rolls_back_its_version_only(infra: Infra, swarm: Any) -> 
     assert alerts_of("rolled-back", "traefik")[-1].detail["recovered"] is True
 
 
-def test_app_running_without_its_env_file_is_held_untouched(infra: Infra, swarm: Any) -> None:
+def test_app_running_without_its_env_file_is_held_untouched(infra: Infra,
+                                                            swarm: DockerClient) -> None:
     """The state root lost traefik's env file while traefik runs (e.g. the state root was
     wiped, as a reset by hand does): the reconcile is held, exit 0, the running service is
     not touched, and the upgrade-held alert says what to do. With the env file back, the
@@ -324,7 +329,7 @@ def test_app_running_without_its_env_file_is_held_untouched(infra: Infra, swarm:
     assert (code, report["outcome"]) == (0, "up-to-date"), report
 
 
-def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: Any) -> None:
+def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: DockerClient) -> None:
     """SIGKILL the infra worker in the middle of a stateful reconcile (the new version
     deployed and its file seen written on the volume): after a restart and the janitor,
     keycloak runs last_good with its data, and the broken version's file is gone."""
@@ -356,10 +361,13 @@ def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: Any) -> None:
                 KC_PATCH and not (state_dir() / "intents" / "infra-keycloak.json").exists())
 
     wait_until(recovered, 120, "keycloak back on its last good")
-    from ccci_tasks.state.reports import load_report
+    from ccci_tasks.state.reports import RunReport, load_report
 
-    dead = wait_until(lambda: load_report(state_dir(), run_id).verdict and
-                      load_report(state_dir(), run_id), 60, "the dead reconcile's verdict")
+    def with_verdict() -> RunReport | None:
+        report = load_report(state_dir(), run_id)
+        return report if report is not None and report.verdict else None
+
+    dead = wait_until(with_verdict, 60, "the dead reconcile's verdict")
     assert dead.verdict == "error" and "crashed" in (dead.reason or "")
     # The infra worker reconciles on start: let that attempt (rolled back too) finish.
     wait_until(lambda: all(r.finished for r in reconciles()), 180, "every reconcile to end")
@@ -372,7 +380,7 @@ def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: Any) -> None:
 
 
 def test_dependent_run_and_reconcile_never_overlap_and_realms_come_and_go(
-    infra: Infra, swarm: Any
+    infra: Infra, swarm: DockerClient
 ) -> None:
     """A quick run of a recipe with DEPS keycloak, enqueued together with a keycloak
     reconcile: they never run at the same time; the overlay test saw CCCI_REALM and its
@@ -485,7 +493,8 @@ def test_keycloak_down(infra: Infra) -> None:
     try:
         report = wait(cold_run.delay(SSO, "1.1.0+1.1").id, 300)
         assert report.verdict == "error"
-        assert "realm_create" in (report.reason or "") and "keycloak" in report.reason.lower()
+        reason = report.reason or ""
+        assert "realm_create" in reason and "keycloak" in reason.lower()
         code, out = ccci("realms", "reap", "--json")
         assert code == 3, out
     finally:

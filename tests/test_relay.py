@@ -6,12 +6,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import redis
+from conftest import Workers
+from push_receiver import PushReceiver
 from pydantic import SecretStr
 
 from ccci_tasks import constants as c
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import AlertRelayError
 from ccci_tasks.outbox import StreamResult, deliver
 from ccci_tasks.outbox.alerts import ALERTS, AlertSender, write_alert
@@ -22,7 +25,7 @@ DEADLINE_S = 60.0
 
 
 @pytest.fixture
-def receiver(push_receiver: Any) -> Iterator[Any]:
+def receiver(push_receiver: PushReceiver) -> Iterator[PushReceiver]:
     """The session push receiver, listening and emptied for this test."""
     push_receiver.start()
     push_receiver.clear()
@@ -31,7 +34,7 @@ def receiver(push_receiver: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[Any]:
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     import redis
 
     client = redis.Redis.from_url(redis_url)
@@ -61,7 +64,7 @@ def _summary() -> str:
 
 @pytest.mark.slow
 def test_alert_arrives_once_and_moves_to_seen(
-    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+    workers: Workers, redis_url: str, state_dir: Path, receiver: PushReceiver
 ) -> None:
     """A new alert reaches the push target exactly once and is archived in alerts/seen/."""
     summary = _summary()
@@ -80,7 +83,7 @@ def test_alert_arrives_once_and_moves_to_seen(
 
 @pytest.mark.slow
 def test_target_down_then_back_arrives_once(
-    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+    workers: Workers, redis_url: str, state_dir: Path, receiver: PushReceiver
 ) -> None:
     """While the target is down the alert stays pending; once it is back it arrives once."""
     receiver.stop()
@@ -99,7 +102,7 @@ def test_target_down_then_back_arrives_once(
 
 @pytest.mark.slow
 def test_redelivered_relay_sends_nothing(
-    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+    workers: Workers, redis_url: str, state_dir: Path, receiver: PushReceiver
 ) -> None:
     """relay_alert called again after the move sends nothing and changes nothing."""
     from ccci_tasks.tasks.alerts import relay_alert
@@ -117,7 +120,7 @@ def test_redelivered_relay_sends_nothing(
 
 @pytest.mark.slow
 def test_alert_written_while_broker_down_is_relayed_by_the_sweep(
-    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+    workers: Workers, redis_url: str, state_dir: Path, receiver: PushReceiver
 ) -> None:
     """An alert whose relay was never enqueued is relayed by relay_pending_alerts, once."""
     from ccci_tasks.tasks.alerts import relay_pending_alerts
@@ -134,7 +137,7 @@ def test_alert_written_while_broker_down_is_relayed_by_the_sweep(
 
 @pytest.mark.slow
 def test_sweep_while_target_down_then_back(
-    workers: Any, redis_url: str, state_dir: Path, receiver: Any
+    workers: Workers, redis_url: str, state_dir: Path, receiver: PushReceiver
 ) -> None:
     """A sweep during an outage leaves the alert pending; a sweep after it relays it once."""
     from ccci_tasks.tasks.alerts import relay_pending_alerts
@@ -155,7 +158,8 @@ def test_sweep_while_target_down_then_back(
 
 @pytest.mark.slow
 def test_crash_between_send_and_move_does_not_push_twice(
-    workers: Any, redis_url: str, redis_client: Any, state_dir: Path, receiver: Any
+    workers: Workers, redis_url: str, redis_client: redis.Redis, state_dir: Path,
+    receiver: PushReceiver,
 ) -> None:
     """With the done key already set (sent, then crashed) a relay only moves the alert."""
     from ccci_tasks.tasks.alerts import relay_alert
@@ -169,13 +173,13 @@ def test_crash_between_send_and_move_does_not_push_twice(
     assert receiver.matching(summary) == []
 
 
-def _relay(settings: Any, client: Any, alert_id: str,
+def _relay(settings: Settings, client: redis.Redis, alert_id: str,
            notify: Notify = apprise_notify) -> StreamResult:
     return deliver(ALERTS, settings, client, alert_id, AlertSender(settings, client, notify))
 
 
 def test_partial_failure_retries_only_the_failed_target(
-    redis_url: str, redis_client: Any, settings: Any, state_dir: Path
+    redis_url: str, redis_client: redis.Redis, settings: Settings, state_dir: Path
 ) -> None:
     """With two targets, a retry after one failed pushes only to the one that failed."""
     two = settings.model_copy(update={"alert_urls": SecretStr("json://a.test json://b.test")})
@@ -199,7 +203,7 @@ def test_partial_failure_retries_only_the_failed_target(
 
 
 def test_no_targets_leaves_alert_pending(
-    redis_url: str, redis_client: Any, settings: Any, state_dir: Path
+    redis_url: str, redis_client: redis.Redis, settings: Settings, state_dir: Path
 ) -> None:
     """Without CCCI_ALERT_URLS the alert stays pending and no error is raised."""
     none = settings.model_copy(update={"alert_urls": SecretStr("")})
@@ -209,7 +213,7 @@ def test_no_targets_leaves_alert_pending(
 
 
 def test_an_alert_relayed_elsewhere_is_left_alone(
-    redis_url: str, redis_client: Any, settings: Any, state_dir: Path
+    redis_url: str, redis_client: redis.Redis, settings: Settings, state_dir: Path
 ) -> None:
     """While another relay holds an alert's stream lock, a second one pushes nothing."""
     alert = alerts.write_alert(state_dir, "rolled-back", "traefik", "s", "d")
@@ -225,7 +229,7 @@ def test_an_alert_relayed_elsewhere_is_left_alone(
     assert alerts.load_alert(state_dir, alert.id) is not None
 
 
-def test_retry_countdown_is_capped(settings: Any) -> None:
+def test_retry_countdown_is_capped(settings: Settings) -> None:
     """Backoff doubles and stops at CCCI_ALERT_RETRY_MAX_S, far below the visibility timeout."""
     delays = [ALERTS.countdown_s(n, settings) for n in range(8)]
     assert delays[:2] == [2, 4] and max(delays) == settings.alert_retry_max_s

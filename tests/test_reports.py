@@ -91,6 +91,7 @@ def test_steps_recorded_in_order_and_replaced_on_redelivery(tmp_path: Path) -> N
     record_step(tmp_path, run_id, "upgrade", "t-2", t2, 2.5, True)
     record_step(tmp_path, run_id, "deploy", "t-1", t1, 4.25, False, "boom")
     report = record_step(tmp_path, run_id, "deploy", "t-1", t1, 4.0, True, "ok")
+    assert report is not None
     assert [(s.name, s.ok, s.detail) for s in report.steps] == [
         ("deploy", True, "ok"), ("upgrade", True, "")]
     assert load_report(tmp_path, run_id) == report

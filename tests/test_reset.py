@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import REPO, TEST_ENV
@@ -20,11 +20,14 @@ from conftest import REPO, TEST_ENV
 from ccci_tasks.constants import LABEL_DOMAIN, LABEL_KIND, LABEL_RECIPE, STACK_NAMESPACE_LABEL
 from ccci_tasks.naming import stack_name
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 pytestmark = [pytest.mark.docker]
 
 
 @pytest.fixture
-def volumes(swarm: Any) -> Iterator[dict[str, str]]:
+def volumes(swarm: DockerClient) -> Iterator[dict[str, str]]:
     """Volumes of apps of two base domains of their own, and one unlabelled volume."""
     hexid = os.urandom(3).hex()
     mine, other = f"r{hexid}.localhost", f"o{hexid}.localhost"
@@ -47,7 +50,7 @@ def volumes(swarm: Any) -> Iterator[dict[str, str]]:
 
 
 def test_reset_removes_exactly_this_base_domains_apps(
-    swarm: Any, volumes: dict[str, str], tmp_path: Path
+    swarm: DockerClient, volumes: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**os.environ, **TEST_ENV, "CCCI_BASE_DOMAIN": volumes["base"],
            "CCCI_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(REPO)}

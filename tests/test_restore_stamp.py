@@ -9,18 +9,22 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from test_warmsnap import DOMAIN, RECIPE, VERSION, make_volume, populate
 
 from ccci_tasks import snapshots
+from ccci_tasks.config import Settings
 from ccci_tasks.platform.base import VolumeInfo
 from ccci_tasks.snapshots.incremental import plan_restore
 from ccci_tasks.snapshots.voltar import Restored, restore_dirs, snapshot_dirs
 from ccci_tasks.state import warmsnap
 from ccci_tasks.state.volstamp import FileStat, Member
 from ccci_tasks.state.warmsnap import STAMP_DIR
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 Row = tuple[str, str, int, int, int, int, int, str, tuple[tuple[str, bytes], ...]]
 
@@ -164,7 +168,7 @@ def test_only_the_forged_file_changed_is_still_caught(volume: Volume) -> None:
     assert full_listing(volume.root) == volume.expected
 
 
-BREAK_STAMP: dict[str, Callable[[Path], None]] = {
+BREAK_STAMP: dict[str, Callable[[Path], object]] = {
     "missing": lambda p: p.unlink(),
     "not json": lambda p: p.write_text("{not json"),
     "truncated": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
@@ -252,7 +256,7 @@ def test_plan_restore(change: dict[str, FileStat], gone: list[str], remove: list
 
 @pytest.mark.docker
 def test_warmsnap_restores_incrementally_beside_the_snapshot(
-    clean_swarm: Any, settings: Any, state_dir: Path
+    clean_swarm: DockerClient, settings: Settings, state_dir: Path
 ) -> None:
     """warmsnap.restore keeps its stamp beside the snapshot (never inside it): the second
     restore is incremental, the volume equals the snapshot, the snapshot is byte-identical."""

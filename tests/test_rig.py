@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import (
@@ -32,6 +32,9 @@ from conftest import (
 from ccci_rig import Node, RigError, RigUnavailable, check_capabilities, recipe_images, running
 from ccci_rig import netns as nsmod
 from ccci_rig.node import reap
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker]
 
@@ -73,7 +76,7 @@ def main_bridge_container_runs() -> str:
 
 
 @pytest.fixture(scope="module")
-def capable(swarm: Any, example_recipes: Path) -> None:
+def capable(swarm: DockerClient, example_recipes: Path) -> None:
     """This machine can run a node (root, ip, nsenter, dockerd); else skip, or fail in CI."""
     try:
         check_capabilities()
@@ -107,7 +110,7 @@ def get_inside(node: Node, url: str) -> str:
     return node.run([sys.executable, "-c", PROBE, url], timeout_s=30).stdout
 
 
-def test_node_is_a_swarm_of_its_own(node: Node, swarm: Any) -> None:
+def test_node_is_a_swarm_of_its_own(node: Node, swarm: DockerClient) -> None:
     """The node's engine is an active swarm manager with a node id of its own; a stack
     deployed there exists there and not on the host's engine."""
     mine = node.swarm()

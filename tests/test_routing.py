@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import Workers
 
 from ccci_tasks import constants as c
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("queue", c.QUEUES)
-def test_task_runs_on_its_queue_worker(celery_app: Any, workers: Any, queue: str) -> None:
+def test_task_runs_on_its_queue_worker(celery_app: Any, workers: Workers, queue: str) -> None:
     """A ccci.<queue>.ping sent by name only is delivered from <queue> to <queue>'s worker."""
     results = [celery_app.send_task(c.task_name(queue, "ping")) for _ in range(3)]
     for result in results:
@@ -21,7 +22,7 @@ def test_task_runs_on_its_queue_worker(celery_app: Any, workers: Any, queue: str
         assert where["hostname"] == workers.hostname(queue)
 
 
-def test_each_worker_consumes_only_its_queue(celery_app: Any, workers: Any) -> None:
+def test_each_worker_consumes_only_its_queue(celery_app: Any, workers: Workers) -> None:
     """inspect active_queues: each role's worker consumes exactly its own queue."""
     active = celery_app.control.inspect(timeout=5).active_queues() or {}
     for queue in c.QUEUES:
@@ -29,7 +30,7 @@ def test_each_worker_consumes_only_its_queue(celery_app: Any, workers: Any) -> N
         assert names == [queue]
 
 
-def test_runs_worker_concurrency_is_max_tests(celery_app: Any, workers: Any) -> None:
+def test_runs_worker_concurrency_is_max_tests(celery_app: Any, workers: Workers) -> None:
     """The runs worker has CCCI_MAX_TESTS processes; infra and alerts have one each."""
     stats = celery_app.control.inspect(timeout=5).stats() or {}
     assert stats[workers.hostname("runs")]["pool"]["max-concurrency"] == 1
@@ -38,7 +39,7 @@ def test_runs_worker_concurrency_is_max_tests(celery_app: Any, workers: Any) -> 
 
 
 def test_tasks_still_routed_after_the_broker_lost_its_data(
-    celery_app: Any, workers: Any, redis_url: str
+    celery_app: Any, workers: Workers, redis_url: str
 ) -> None:
     """After FLUSHALL (a Redis restarted without its data), a task sent by name still
     reaches its queue's worker: routing needs no binding table in Redis."""

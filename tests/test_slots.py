@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -657,7 +657,7 @@ def test_redis_down_is_broker_error() -> None:
     cli = redis.Redis(host="127.0.0.1", port=port, password="s3cret-pw",
                       socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
     slots = Slots(cli, max_tests=1, ttl_s=5)
-    calls = [
+    calls: list[tuple[str, Callable[[], object]]] = [
         ("admitting", slots.admit),
         ("enqueueing", lambda: slots.enqueue(run())),
         ("listing occupying runs", slots.leases),

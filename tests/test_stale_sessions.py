@@ -11,17 +11,21 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from conftest import LIVE_DIR, remove_stale_sessions
 from docker.errors import APIError, NotFound
 
+if TYPE_CHECKING:
+    from docker import DockerClient
+
 IMAGE = "ccci/custom-html:1.0"  # built by examples/make_recipes.py
 
 
 @pytest.fixture
-def made(swarm: Any, example_recipes: Any) -> Iterator[dict[str, str]]:
+def made(swarm: DockerClient, example_recipes: Path) -> Iterator[dict[str, str]]:
     """Three idle services: an ended session's, a running session's and `make up`'s."""
     bases = {"ended": f"t{os.urandom(3).hex()}.localhost",
              "running": f"t{os.urandom(3).hex()}.localhost", "up": "localhost"}
@@ -61,7 +65,8 @@ def made(swarm: Any, example_recipes: Any) -> Iterator[dict[str, str]]:
 
 
 @pytest.mark.docker
-def test_only_an_ended_sessions_objects_are_removed(swarm: Any, made: dict[str, str]) -> None:
+def test_only_an_ended_sessions_objects_are_removed(swarm: DockerClient,
+                                                    made: dict[str, str]) -> None:
     """An ended session's service and the volume its container had mounted go; a running
     session's and `make up`'s stay."""
     deadline = time.monotonic() + 60

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from conftest import TEST_BASE
 
 from ccci_tasks import snapshots
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import DeployFailed, WaitTimeout
 from ccci_tasks.naming import warm_domain
 from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.probes import reconverged, serving
 from ccci_tasks.state.infra import infra_dir
 from ccci_tasks.state.meta import RecipeMeta, load_meta
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -32,7 +36,7 @@ EXAMPLE_TESTS = Path(__file__).resolve().parent.parent / "examples" / "tests-rec
 
 
 @pytest.fixture
-def platform(settings: Any, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 

@@ -168,7 +168,7 @@ def test_the_prune_names_a_crash_loop_by_the_same_rule(
 
     services = [_service("a", "s_app", "s", False), _service("d", "s_db", "s", True)]
     tasks = [_task("a", "failed", t) for t in (5, 7, 9)] + [_task("d", s, t) for s, t in db_tasks]
-    found, changed = _services(_Client(services, tasks), with_status=True)  # type: ignore[arg-type]
+    found, changed = _services(_Client(services, tasks), with_status=True)
     app = next(s for s in found if s.name == "s_app")
     assert (app.failed_tasks, app.start_failures) == ((3, 0) if crash_looping else (0, 3))
     facts = Facts(90.0, 80, (), found, (), (), (), None, changed)

@@ -149,7 +149,7 @@ def test_kill_stale_kills_a_stopped_holder_and_a_detached_tagged_command(
         assert not path.exists()
         notes = stonith.killed_notes(state_dir)
         assert {n["pid"] for n in notes} == {holder.pid, command.pid}
-        assert all(n["gone_at"] >= n["killed_at"] for n in notes)
+        assert all(str(n["gone_at"]) >= str(n["killed_at"]) for n in notes)  # ISO times
     finally:
         for proc in (holder, command, other_system):
             if proc.poll() is None:

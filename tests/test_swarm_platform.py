@@ -7,13 +7,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from conftest import TEST_BASE
 
 from ccci_tasks import constants
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, DeployFailed
 from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.engine import parse_timestamp
@@ -26,6 +27,9 @@ from ccci_tasks.platform.swarm import (
     render_compose,
 )
 from ccci_tasks.probes import reconverged, serving, version_moved
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 docker = pytest.mark.docker
 
@@ -40,7 +44,7 @@ FAIL_FAST_BOUND_S = 80.0  # the slowest of them, a fresh crash loop, takes about
 
 
 @pytest.fixture
-def platform(settings: Any, clean_swarm: Any) -> SwarmPlatform:
+def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     """A SwarmPlatform on the session swarm and the test state root."""
     return SwarmPlatform(settings, client=clean_swarm)
 
@@ -142,7 +146,7 @@ def test_interpolate_compose_forms() -> None:
 
 def test_render_compose_labels() -> None:
     """Every service and non-external volume gets ccci labels; app gets the version labels."""
-    compose = {
+    compose: dict[str, Any] = {
         "version": "3.8",
         "services": {
             "app": {"deploy": {"labels": ["coop-cloud.${STACK_NAME}.version=1.0.0+1.0",

@@ -20,13 +20,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import REPO, TEST_ENV, Workers
 from faults import Watcher, fingerprint, ours, private_system, wait_until
 from recipe_commits import GIT, make_commit
 from recipe_tags import keep_tags_upto, session_copy
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+
+    from ccci_tasks.state.reports import RunReport
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -37,8 +42,8 @@ ENROLLED = "WARM_CANONICAL = True\nHEALTH_OK = [200]\nDEPLOY_TIMEOUT = 90\nHTTP_
 @dataclass
 class Swept:
     workers: Workers
-    report: Any
-    quick: Any
+    report: tuple[int, Any]  # the exit code and the parsed --json output
+    quick: RunReport
     second: tuple[int, Any]
     most_live: int
     red_before: dict[str, str]
@@ -83,7 +88,7 @@ def sweep_reports() -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def swept(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str,
+def swept(workers: Workers, swarm: DockerClient, example_recipes: Path, redis_server: str,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swept]:
     """Three recipes seeded (one then red, one then de-enrolled), then one sweep with a
     quick run and a second sweep fired in its middle, watched every 100 ms."""
@@ -101,7 +106,7 @@ def swept(workers: Workers, swarm: Any, example_recipes: Path, redis_server: str
     env = {"CCCI_RECIPES_DIR": str(recipes), "CCCI_INFRA_APPS": "traefik",
            "CCCI_TESTS_DIR": str(recipe_tests()),
            "CCCI_LEASE_TTL_S": "10", "CCCI_JANITOR_INTERVAL_S": "2"}
-    with private_system(workers, swarm, redis_server, "sweep", **env) as own:
+    with private_system(workers, swarm, redis_server, "sweep", **env) as own:  # type: ignore[arg-type]  # env: CCCI_* only
         for name in (GREEN, RED, OLD):  # seed the canonicals
             seeded = wait(cold_run.delay(name).id, 300)
             assert seeded.verdict == "pass", (name, seeded.reason)
@@ -162,7 +167,7 @@ def test_green_recipe_promoted_red_one_untouched(swept: Swept) -> None:
     assert fingerprint(state(), RED) == swept.red_before
 
 
-def test_de_enrolled_recipe_warm_data_gone(swept: Swept, swarm: Any) -> None:
+def test_de_enrolled_recipe_warm_data_gone(swept: Swept, swarm: DockerClient) -> None:
     """The de-enrolled recipe's registry, snapshot and volumes are gone."""
     assert not (state() / OLD).exists()
     assert not [v for v in swarm.volumes.list(filters={"label": f"ccci.recipe={OLD}"})

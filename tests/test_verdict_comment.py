@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
 
 from pydantic import SecretStr
-from web_support import FakeStep, make_run
+from web_support import FakeStep, make_run, saved_report
 
 from ccci_tasks import atomic
 from ccci_tasks.config import Settings
 from ccci_tasks.forge import hooks, messages, outbox
-from ccci_tasks.state.reports import load_report
+from ccci_tasks.state.reports import RunReport
 
 TOKEN = "tok-" + uuid.uuid4().hex
 
@@ -23,14 +22,14 @@ def _settings(state: Path) -> Settings:
                     forge_token=SecretStr(TOKEN), bridge_listen="127.0.0.1:8787")
 
 
-def _red(state: Path, verdict: str = "fail") -> Any:
+def _red(state: Path, verdict: str = "fail") -> RunReport:
     run_id = str(uuid.uuid4())
     output = "\n".join(f"log {n}" for n in range(100)) + "\nE   assert ```x``` == 'y'\n" + TOKEN
     make_run(state, run_id, [FakeStep("admit"), FakeStep("overlay_custom", ok=False,
                                                           output=output, detail="failed")],
              verdict=verdict, reason=f"overlay_custom: failed with {TOKEN}")
     hooks.remember_pull(state, run_id, "recipes", "custom-html", 5)
-    return load_report(state, run_id)
+    return saved_report(state, run_id)
 
 
 def test_a_red_run_from_a_pr_gets_one_comment(tmp_path: Path) -> None:
@@ -60,10 +59,10 @@ def test_green_runs_and_runs_without_a_pr_get_no_comment(tmp_path: Path) -> None
     green = str(uuid.uuid4())
     make_run(tmp_path, green, [FakeStep("admit")])
     hooks.remember_pull(tmp_path, green, "recipes", "custom-html", 6)
-    hooks._finished(settings, load_report(tmp_path, green))
+    hooks._finished(settings, saved_report(tmp_path, green))
     lonely = str(uuid.uuid4())
     make_run(tmp_path, lonely, [FakeStep("admit", ok=False)], verdict="fail", reason="x")
-    hooks._finished(settings, load_report(tmp_path, lonely))
+    hooks._finished(settings, saved_report(tmp_path, lonely))
     assert not [i for i in outbox.pending(tmp_path) if i.kind == "comment"]
 
 

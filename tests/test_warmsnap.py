@@ -15,18 +15,23 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ccci_tasks import constants as c
 from ccci_tasks import snapshots
+from ccci_tasks.config import Settings
 from ccci_tasks.errors import IntegrityError, SnapshotError, SnapshotRefused, UnsafeArchive
 from ccci_tasks.naming import stack_name, warm_domain
 from ccci_tasks.platform.base import VolumeInfo
+from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.snapshots.tarcheck import check_members
 from ccci_tasks.snapshots.voltar import restore_dirs, snapshot_dirs
 from ccci_tasks.state import warmsnap
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = "snaptest"
@@ -112,7 +117,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return found
 
 
-def make_volume(client: Any, domain: str = DOMAIN, name: str = "data") -> Path:
+def make_volume(client: DockerClient, domain: str = DOMAIN, name: str = "data") -> Path:
     """A local Docker volume of ``domain``'s stack, labelled as the platform expects."""
     stack = stack_name(domain)
     volume = client.volumes.create(
@@ -139,25 +144,27 @@ def install_snapshot(root: Path, tars: dict[str, bytes], recipe: str = RECIPE) -
     (root / "snapshot").symlink_to(folder.name)
 
 
-def tar_bytes(build: Callable[[tarfile.TarFile], None]) -> bytes:
+def tar_bytes(build: Callable[[tarfile.TarFile], object]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         build(archive)
     return buffer.getvalue()
 
 
-def add_file(archive: tarfile.TarFile, name: str, data: bytes = b"x") -> None:
+def add_file(archive: tarfile.TarFile, name: str, data: bytes = b"x") -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     archive.addfile(info, io.BytesIO(data))
+    return info
 
 
 def add_link(archive: tarfile.TarFile, name: str, target: str, kind: bytes = tarfile.SYMTYPE
-             ) -> None:
+             ) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = target
     archive.addfile(info)
+    return info
 
 
 def snapshot_files(recipe_root: Path) -> dict[str, str]:
@@ -168,7 +175,7 @@ def snapshot_files(recipe_root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def platform(settings: Any, clean_swarm: Any) -> Any:
+def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     from ccci_tasks.platform.swarm import SwarmPlatform
 
     return SwarmPlatform(settings)
@@ -245,7 +252,8 @@ def test_dir_round_trip_without_docker(tmp_path: Path) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_round_trip_on_a_docker_volume(platform: Any, clean_swarm: Any, state_dir: Path) -> None:
+def test_round_trip_on_a_docker_volume(platform: SwarmPlatform, clean_swarm: DockerClient,
+                                       state_dir: Path) -> None:
     """2,000 files, links, a 100 MiB and a sparse file, uid 999/0600: restored exactly."""
     mount = make_volume(clean_swarm)
     populate(mount)
@@ -282,7 +290,7 @@ def test_round_trip_on_a_docker_volume(platform: Any, clean_swarm: Any, state_di
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_new_snapshot_replaces_old_atomically(platform: Any, clean_swarm: Any,
+def test_new_snapshot_replaces_old_atomically(platform: SwarmPlatform, clean_swarm: DockerClient,
                                               state_dir: Path) -> None:
     """A second snapshot becomes current and the superseded folder is removed."""
     mount = make_volume(clean_swarm)
@@ -297,7 +305,7 @@ def test_new_snapshot_replaces_old_atomically(platform: Any, clean_swarm: Any,
         os.readlink(root / "snapshot")]
 
 
-def wait_serving(platform: Any, domain: str, timeout_s: float = 120) -> None:
+def wait_serving(platform: SwarmPlatform, domain: str, timeout_s: float = 120) -> None:
     """Wait until the app answers /version.txt (its boot has written to the volume)."""
     import httpx
 
@@ -315,7 +323,8 @@ def wait_serving(platform: Any, domain: str, timeout_s: float = 120) -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_refused_while_deployed(platform: Any, settings: Any, state_dir: Path) -> None:
+def test_refused_while_deployed(platform: SwarmPlatform, settings: Settings,
+                                state_dir: Path) -> None:
     """With the example recipe deployed, snapshot and restore refuse and change nothing."""
     recipe, version = "custom-html", "1.0.0+1.0"
     domain = warm_domain(recipe, settings.base_domain)
@@ -362,7 +371,7 @@ _SNAPSHOT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_killed_snapshot_leaves_previous_intact(platform: Any, clean_swarm: Any,
+def test_killed_snapshot_leaves_previous_intact(platform: SwarmPlatform, clean_swarm: DockerClient,
                                                 state_dir: Path) -> None:
     """SIGKILL midway through a snapshot: the previous one is byte-identical; leftovers go."""
     mount = make_volume(clean_swarm)
@@ -403,7 +412,7 @@ def test_killed_snapshot_leaves_previous_intact(platform: Any, clean_swarm: Any,
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_out_of_space_leaves_previous_intact(platform: Any, clean_swarm: Any,
+def test_out_of_space_leaves_previous_intact(platform: SwarmPlatform, clean_swarm: DockerClient,
                                              tmpfs: Path) -> None:
     """A snapshot that fills the disk fails cleanly; the previous one is byte-identical."""
     mount = make_volume(clean_swarm)
@@ -425,8 +434,8 @@ def test_out_of_space_leaves_previous_intact(platform: Any, clean_swarm: Any,
 @pytest.mark.docker
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink-absolute", "symlink-up",
                                   "symlink-chain"])
-def test_restore_refuses_unsafe_tar(platform: Any, clean_swarm: Any, state_dir: Path,
-                                    case: str) -> None:
+def test_restore_refuses_unsafe_tar(platform: SwarmPlatform, clean_swarm: DockerClient,
+                                    state_dir: Path, case: str) -> None:
     """A tar with an escaping member is refused by restore; the volume is untouched."""
     mount = make_volume(clean_swarm)
     populate(mount, files=20, big_mib=0)
@@ -440,7 +449,7 @@ def test_restore_refuses_unsafe_tar(platform: Any, clean_swarm: Any, state_dir: 
 
 
 @pytest.mark.docker
-def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
+def test_flipped_byte_fails_verify_and_restore(platform: SwarmPlatform, clean_swarm: DockerClient,
                                                state_dir: Path) -> None:
     """One flipped byte: verify and restore name the volume and both hashes; no change."""
     mount = make_volume(clean_swarm)
@@ -454,8 +463,11 @@ def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
     tar_path.write_bytes(bytes(data))
     actual = hashlib.sha256(bytes(data)).hexdigest()
     expected = manifest.volumes[0].sha256
-    for call in (lambda: warmsnap.verify(state_dir, RECIPE),
-                 lambda: snapshots.restore(platform, state_dir, RECIPE, DOMAIN)):
+    calls: tuple[Callable[[], object], ...] = (
+        lambda: warmsnap.verify(state_dir, RECIPE),
+        lambda: snapshots.restore(platform, state_dir, RECIPE, DOMAIN),
+    )
+    for call in calls:
         with pytest.raises(IntegrityError) as info:
             call()
         message = str(info.value)
@@ -464,7 +476,7 @@ def test_flipped_byte_fails_verify_and_restore(platform: Any, clean_swarm: Any,
 
 
 @pytest.mark.docker
-def test_snapshot_of_app_without_volumes_refused(platform: Any, state_dir: Path) -> None:
+def test_snapshot_of_app_without_volumes_refused(platform: SwarmPlatform, state_dir: Path) -> None:
     """An app with no volumes never replaces a snapshot with an empty one."""
     with pytest.raises(SnapshotError, match="no volumes"):
         snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)

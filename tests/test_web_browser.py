@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 from browser import chromium, text_of
@@ -20,6 +20,9 @@ from ccci_tasks.redact import Redactor
 from ccci_tasks.state import outputs, reports
 from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.outputs import StepOutput
+
+if TYPE_CHECKING:  # selenium is imported where the browser starts
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +44,7 @@ def site(state: Path, redis_server: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[WebDriver]:
     with chromium(SESSION_DIR / f"chromium-{uuid.uuid4().hex[:6]}") as driver:
         yield driver
 
@@ -51,7 +54,7 @@ def _big_output(chars: int) -> str:
     return "\n".join(f"{n:06d} {line}" for n in range(chars // (len(line) + 8)))
 
 
-def test_a_run_with_1_mb_of_output_loads_fast(site: str, state: Path, browser: Any) -> None:
+def test_a_run_with_1_mb_of_output_loads_fast(site: str, state: Path, browser: WebDriver) -> None:
     """A failed run whose steps kept 1 MB of output in all loads in Chromium well within
     the budget (measured: navigation start to the load event); long outputs are shown by
     their tail with a link to the whole text."""
@@ -76,7 +79,7 @@ def test_a_run_with_1_mb_of_output_loads_fast(site: str, state: Path, browser: A
 
 
 def test_running_page_takes_the_next_step_without_reload(site: str, state: Path,
-                                                         browser: Any) -> None:
+                                                         browser: WebDriver) -> None:
     """The page of a running run shows a step that ends after it was opened, and then the
     verdict, with no reload (a marker set in the page survives)."""
     make_run(state, LIVE_ID, [FakeStep("admit"), FakeStep("deploy_canonical")],
@@ -103,7 +106,7 @@ def test_running_page_takes_the_next_step_without_reload(site: str, state: Path,
     assert "running" not in timeline
 
 
-def _wait(browser: Any, check: Any, timeout_s: float) -> float:
+def _wait(browser: WebDriver, check: Callable[[], object], timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():

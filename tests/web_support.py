@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 from conftest import REPO, SESSION_DIR, TEST_ENV, _free_port
@@ -25,6 +24,7 @@ from ccci_tasks.redact import Redactor
 from ccci_tasks.state import outputs, reports
 from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.outputs import StepOutput
+from ccci_tasks.state.reports import RunReport
 
 
 @contextmanager
@@ -75,7 +75,7 @@ class FakeStep:
 def make_run(state: Path, run_id: str, steps: list[FakeStep], *, lane: str = "quick",
              recipe: str = "custom-html", ref: str | None = "0" * 40,
              verdict: str | None = "pass", reason: str | None = "passed",
-             started: datetime | None = None, current: str | None = None) -> Any:
+             started: datetime | None = None, current: str | None = None) -> RunReport:
     """A run report as a worker writes it: created, admitted, steps, verdict (or running)."""
     start = started or utc_now() - timedelta(minutes=5)
     reports.create_report(state, run_id, lane, recipe, ref, f"warm-{recipe}.t.localhost",
@@ -96,4 +96,11 @@ def make_run(state: Path, run_id: str, steps: list[FakeStep], *, lane: str = "qu
         reports.start_step(state, run_id, current, "task-current", at)
     if verdict is not None:
         return reports.finish_report(state, run_id, verdict, reason)
-    return reports.load_report(state, run_id)
+    return saved_report(state, run_id)
+
+
+def saved_report(state: Path, run_id: str) -> RunReport:
+    """The run's report, which the test knows is on disk."""
+    report = reports.load_report(state, run_id)
+    assert report is not None, f"run {run_id} has no report under {state}"
+    return report

@@ -5,4 +5,4 @@ HEALTH_PATH = "/"
 HEALTH_OK = [200]
 DEPLOY_TIMEOUT = 120
 HTTP_TIMEOUT = 60
-DEPS = []
+DEPS: list[str] = []

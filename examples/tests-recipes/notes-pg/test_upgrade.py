@@ -3,15 +3,17 @@
 import json
 import os
 import urllib.request
+from typing import Any
 
 
-def _state() -> dict:
+def _state() -> dict[str, Any]:
     request = urllib.request.Request(
         os.environ["CCCI_BASE_URL"] + "/", headers={"Host": os.environ["CCCI_DOMAIN"]}
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
-        return json.loads(response.read().decode())
+        state: dict[str, Any] = json.loads(response.read().decode())
+        return state
 
 
 def test_every_migration_is_applied() -> None:

@@ -5,4 +5,4 @@ HEALTH_PATH = "/"
 HEALTH_OK = [200]
 DEPLOY_TIMEOUT = 180
 HTTP_TIMEOUT = 90
-DEPS = []
+DEPS: list[str] = []
