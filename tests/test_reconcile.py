@@ -380,8 +380,7 @@ def test_dependent_run_and_reconcile_never_overlap_and_realms_come_and_go(
     from ccci_tasks.lanes.model import run_hex
     from ccci_tasks.runs import wait
     from ccci_tasks.state.reports import load_report
-    from ccci_tasks.tasks import cold_run, quick_run
-    from ccci_tasks.tasks import warm_reconcile
+    from ccci_tasks.tasks import cold_run, quick_run, warm_reconcile
 
     seeded = wait(cold_run.delay(SSO).id, 300)
     assert seeded.verdict == "pass", seeded.reason

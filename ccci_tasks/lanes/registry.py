@@ -23,7 +23,7 @@ def register(lane: Lane) -> Lane:
             if other is not lane and other.entry is not None \
                     and other.entry.task == lane.entry.task:
                 raise InvalidInput(f"lane {lane.name!r}: entry task {lane.entry.task!r} is "
-                                   f"lane {other.name!r}'s already")
+                                   f"taken by lane {other.name!r}: give it another name")
     LANES[lane.name] = lane
     return lane
 
