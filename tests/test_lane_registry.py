@@ -81,6 +81,14 @@ def toy() -> Iterator[Lane]:
     registry.register(TOY)  # the one line a new lane needs (in ccci_tasks/lanes/__init__.py)
     yield TOY
     registry.unregister(TOY.name)
+    # What this process made of it: its entry task and its command.
+    from ccci_tasks.celery_app import app
+    from ccci_tasks.cli.app import main
+    from ccci_tasks.tasks.lanes import ENTRY_TASKS
+
+    if ENTRY_TASKS.pop(TOY.name, None) is not None:
+        app.tasks.unregister("ccci.alerts.toy_run")
+    main.commands.pop("toy", None)
 
 
 # --------------------------------------------------------------------------- the checks
