@@ -42,6 +42,7 @@ from ccci_tasks.lanes.model import (
     run_hex,
 )
 from ccci_tasks.lanes.recipes import check_entry, check_request, dep_resources, recipe_repo
+from ccci_tasks.lanes.registry import register
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
@@ -311,9 +312,9 @@ ENTRY = Entry(task="cold_run", queue=c.QUEUE_ALERTS, request=request, command=Co
     timeout_s=3600.0, check=check_entry,
 ))
 
-LANE = Lane(
+LANE = register(Lane(
     name=NAME, queue="runs", prepare=prepare, plan=plan, steps=steps, undo=undo,
     functions=FUNCTIONS, failure=failure, recover=recover, summary=summary, entry=ENTRY,
     pull_requests=PullRequests("!testme", f"ccci/{NAME}"),
     orphans={"canon": canon.put_back},
-)
+))

@@ -36,6 +36,7 @@ from ccci_tasks.lanes.model import (
     Submission,
 )
 from ccci_tasks.lanes.recipes import check_entry, check_request, dep_resources
+from ccci_tasks.lanes.registry import register
 from ccci_tasks.platform.base import DeployedState, Platform
 from ccci_tasks.state import warmsnap
 from ccci_tasks.state.meta import load_meta
@@ -211,9 +212,9 @@ ENTRY = Entry(task="quick_run", queue=c.QUEUE_ALERTS, request=request, command=C
     (Argument("recipe"), Argument("ref")), timeout_s=3600.0, check=check_entry,
 ))
 
-LANE = Lane(
+LANE = register(Lane(
     name=NAME, queue="runs", prepare=prepare, plan=plan, steps=steps, undo=undo,
     functions=FUNCTIONS, failure=failure, recover=recover, summary=summary, entry=ENTRY,
     pull_requests=PullRequests("!testme --quick", f"ccci/{NAME}", falls_back_to=cold.NAME),
     orphans={"canon": canon_mod.put_back},
-)
+))

@@ -47,6 +47,7 @@ from ccci_tasks.lanes.model import (
     Submission,
 )
 from ccci_tasks.lanes.recipes import recipe_repo
+from ccci_tasks.lanes.registry import register
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import intents, reports
@@ -404,8 +405,8 @@ ENTRY = Entry(task="warm_reconcile", queue=c.QUEUE_INFRA, request=request, comma
     (Argument("app_name", metavar="APP"),), timeout_s=3600.0, check=check_entry,
 ))
 
-LANE = Lane(
+LANE = register(Lane(
     name=NAME, queue="infra", prepare=prepare, plan=plan, steps=steps, undo=undo,
     functions=FUNCTIONS, failure=failure, recover=recover, needs_repo=False, entry=ENTRY,
     orphans={"infra": recover_app},
-)
+))

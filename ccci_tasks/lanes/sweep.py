@@ -44,6 +44,7 @@ from ccci_tasks.lanes.model import (
     Submission,
     Verdict,
 )
+from ccci_tasks.lanes.registry import register
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import reports, sweeps
@@ -286,8 +287,8 @@ ENTRY = Entry(task="nightly_sweep", queue=c.QUEUE_INFRA, request=request, comman
     timeout_s=6 * 3600.0,
 ))
 
-LANE = Lane(
+LANE = register(Lane(
     name=NAME, queue="infra", prepare=prepare, plan=plan, steps=steps, undo=undo,
     functions=FUNCTIONS, failure=failure, recover=recover, needs_repo=False,
     ready=ready, on_child=on_child, entry=ENTRY,
-)
+))
