@@ -1,9 +1,12 @@
-"""What else happens when a run is queued or ends: told to the parts that care.
+"""What else happens when a run is queued or ends: told to the parts that registered.
 
 Every run goes through ``run_queued`` once (when it enters the FIFO) and ``run_finished``
 once (when its verdict is written, by whoever writes it: its last step, its undo, a refusal
-at the door, the janitor). A hook never raises: a forge or a push target that is down must
-not change a run's verdict; each hook keeps its own durable outbox.
+at the door, the janitor). The parts that care (the forge's statuses, the platform's per-run
+files, a parent run waiting for its children) register here, once per process, in one place:
+``ccci_tasks.tasks.wiring``, which every process that queues or ends runs loads. This module
+imports none of them. A hook never raises: a forge or a push target that is down must not
+change a run's verdict; each hook keeps its own durable outbox.
 """
 
 from __future__ import annotations
@@ -20,22 +23,33 @@ log = logging.getLogger(__name__)
 
 Hook = Callable[["Settings", "RunReport"], None]
 
-
-def _queued_hooks() -> list[Hook]:
-    from ccci_tasks import forge
-
-    return [forge.run_queued]
+_QUEUED: list[Hook] = []
+_FINISHED: list[Hook] = []
 
 
-def _finished_hooks() -> list[Hook]:
-    from ccci_tasks import forge, platform
-    from ccci_tasks.lanes.runner import child_finished
+def _add(hooks: list[Hook], hook: Hook) -> Hook:
+    if hook not in hooks:  # registering twice (a module loaded again) calls it once
+        hooks.append(hook)
+    return hook
 
-    return [child_finished, forge.run_finished, platform.run_finished]
+
+def on_queued(hook: Hook) -> Hook:
+    """Call ``hook(settings, report)`` whenever a run is queued (in registration order)."""
+    return _add(_QUEUED, hook)
+
+
+def on_finished(hook: Hook) -> Hook:
+    """Call ``hook(settings, report)`` whenever a run's verdict is written."""
+    return _add(_FINISHED, hook)
+
+
+def registered() -> dict[str, list[Hook]]:
+    """The hooks of this process, by event (for checks and ``ccci check``)."""
+    return {"queued": list(_QUEUED), "finished": list(_FINISHED)}
 
 
 def _call(hooks: list[Hook], settings: Settings, report: RunReport, what: str) -> None:
-    for hook in hooks:
+    for hook in list(hooks):
         try:
             hook(settings, report)
         except Exception:
@@ -44,8 +58,8 @@ def _call(hooks: list[Hook], settings: Settings, report: RunReport, what: str) -
 
 
 def run_queued(settings: Settings, report: RunReport) -> None:
-    _call(_queued_hooks(), settings, report, "queued")
+    _call(_QUEUED, settings, report, "queued")
 
 
 def run_finished(settings: Settings, report: RunReport) -> None:
-    _call(_finished_hooks(), settings, report, "finished")
+    _call(_FINISHED, settings, report, "finished")

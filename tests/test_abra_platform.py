@@ -288,6 +288,9 @@ def test_a_run_directory_goes_when_its_run_ends(env: Env, tmp_path: Path,
 
     from ccci_tasks import hooks
     from ccci_tasks.state import reports
+    from ccci_tasks.tasks import wiring
+
+    wiring.wire()  # what loading ccci_tasks.tasks does in every worker
 
     # No forge and no notification targets: only the platform's hook has work here.
     settings = env.settings.model_copy(update={"platform": "abra", "forge_url": None,

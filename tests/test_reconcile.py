@@ -333,7 +333,7 @@ def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: DockerClient) ->
     """SIGKILL the infra worker in the middle of a stateful reconcile (the new version
     deployed and its file seen written on the volume): after a restart and the janitor,
     keycloak runs last_good with its data, and the broken version's file is gone."""
-    from ccci_tasks.tasks.infra import warm_reconcile
+    from ccci_tasks.tasks import warm_reconcile
 
     newest(infra, "keycloak", KC_BROKEN)
     data = data_dir(swarm, "keycloak")
@@ -388,8 +388,7 @@ def test_dependent_run_and_reconcile_never_overlap_and_realms_come_and_go(
     from ccci_tasks.lanes.model import run_hex
     from ccci_tasks.runs import wait
     from ccci_tasks.state.reports import load_report
-    from ccci_tasks.tasks import cold_run, quick_run
-    from ccci_tasks.tasks.infra import warm_reconcile
+    from ccci_tasks.tasks import cold_run, quick_run, warm_reconcile
 
     seeded = wait(cold_run.delay(SSO).id, 300)
     assert seeded.verdict == "pass", seeded.reason

@@ -325,7 +325,7 @@ class Slots:
     def hold(self, hold_id: str, recipe: str, resources: Sequence[Resource]) -> None:
         """The janitor holds ``resources`` (as a reaping entry ``hold_id``) while it cleans
         up after a run Redis no longer knows; ``finish_reap(hold_id)`` frees them."""
-        spec = RunSpec(validate_run_id(hold_id), "janitor", recipe, resources=tuple(resources))
+        spec = RunSpec.for_hold(validate_run_id(hold_id), recipe, tuple(resources))
         args: list[str] = [spec.run_id]
         for key, value in spec._hash_fields().items():
             args += [key, value]

@@ -19,6 +19,7 @@ from ccci_tasks.errors import InvalidInput
 from ccci_tasks.naming import validate_recipe, validate_ref, validate_run_id
 
 _LANE_RE: Final = re.compile(r"[a-z][a-z-]{0,30}")
+LEGACY_HOLD_LANE: Final = "janitor"  # how holds were stored before ``RunSpec.hold``
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,21 @@ class RunSpec:
     parent: str | None = None  # the run that started this one (a sweep), if any
     enqueued_at: float = 0.0  # epoch seconds, set by Slots.enqueue
     token: int = 0  # fencing token, set at admission
+    hold: bool = False  # not a run: the janitor holding resources while it cleans up
+
+    @classmethod
+    def for_hold(cls, hold_id: str, recipe: str, resources: tuple[Resource, ...]) -> RunSpec:
+        """The janitor's hold of ``resources`` (no lane) while it cleans up ``recipe``."""
+        return cls(hold_id, "", recipe, resources=resources, hold=True)
 
     def __post_init__(self) -> None:
         validate_run_id(self.run_id)
-        if not isinstance(self.lane, str) or not _LANE_RE.fullmatch(self.lane):
+        if not isinstance(self.hold, bool):
+            raise InvalidInput(f"hold {self.hold!r} of run {self.run_id} is not a bool")
+        if self.hold and self.lane != "":
+            raise InvalidInput(f"hold {self.run_id} names lane {self.lane!r}: a hold has none")
+        if not self.hold and (not isinstance(self.lane, str)
+                              or not _LANE_RE.fullmatch(self.lane)):
             raise InvalidInput(
                 f"lane {self.lane!r} of run {self.run_id} is invalid: expected a lane name "
                 "such as quick, cold, reconcile or sweep"
@@ -118,6 +130,8 @@ class RunSpec:
             out["ref"] = self.ref
         if self.parent is not None:
             out["parent"] = self.parent
+        if self.hold:
+            out["hold"] = "1"
         return out
 
     @classmethod
@@ -128,6 +142,10 @@ class RunSpec:
                 data["enqueued_at"] = float(data["enqueued_at"])
             if "token" in data:
                 data["token"] = int(data["token"])
+            if "hold" in data:
+                data["hold"] = data["hold"] == "1"
+            elif data.get("lane") == LEGACY_HOLD_LANE:  # a hold stored before the marker
+                data["lane"], data["hold"] = "", True
         except ValueError as exc:
             raise InvalidInput(f"stored run spec {raw!r} has a bad number") from exc
         data["resources"] = tuple(Resource.parse(r)

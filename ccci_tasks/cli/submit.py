@@ -1,4 +1,5 @@
-"""Commands that put a run on the queue, and follow it: quick, cold, sweep, reconcile, watch.
+"""Commands that put a run on the queue, and follow it: one per lane that declares one
+(``Entry.command``: quick, cold, sweep, reconcile), and watch.
 
 Each checks its request first (exit 2, nothing enqueued, on bad input), then fails fast when
 the broker does not answer; with ``--wait`` it follows the run and exits by its verdict.
@@ -6,6 +7,7 @@ the broker does not answer; with ``--wait`` it follows the run and exits by its 
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from typing import Any
 import click
 from redis.exceptions import RedisError
 
-from ccci_tasks import broker, naming
+from ccci_tasks import broker
 from ccci_tasks.cli.app import (
     JSON,
     WAIT,
@@ -33,6 +35,8 @@ from ccci_tasks.cli.app import (
 from ccci_tasks.cli.output import duration, report_text, ts
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import BrokerError, InvalidInput, WaitTimeout
+from ccci_tasks.lanes.model import Lane
+from ccci_tasks.lanes.registry import with_entry
 from ccci_tasks.state.reports import RunReport, report_json
 
 POLL_S = 0.5
@@ -102,80 +106,48 @@ def _enqueue(settings: Settings, send: Callable[[], Any], wait: bool, timeout: f
     raise Exit(verdict_exit(report))
 
 
-def _check_request(settings: Settings, recipe: str, ref: str | None) -> None:
-    from ccci_tasks.lanes.recipes import check_request
+def lane_command(lane: Lane) -> click.Command:
+    """The ``ccci`` command of ``lane``, made from its ``Entry.command``: its arguments, then
+    ``--wait``, ``--timeout`` and ``--json``. It checks the request (exit 2, nothing
+    enqueued), then queues the run through the lane's entry task."""
+    entry = lane.entry
+    if entry is None or entry.command is None:
+        raise InvalidInput(f"lane {lane.name!r} declares no command")
+    command = entry.command
+    params = inspect.signature(entry.request).parameters
 
-    check_request(settings, recipe, ref)
+    def enqueue(wait: bool, timeout: float, as_json: bool, **given: Any) -> None:
+        with exits():
+            settings = load_settings()
+            positive(timeout)
+            request = {name: given[name] for name in params if name in given}
+            command.check(settings, entry.request(**request))
+            from ccci_tasks.tasks.lanes import entry_of
 
+            task = entry_of(lane)
+            args = tuple(request[name] for name in params if name in request)
+            _enqueue(settings, lambda: task.delay(*args), wait, timeout, as_json)
 
-@main.command()
-@click.argument("recipe")
-@click.argument("ref")
-@WAIT
-@timeout_option(3600.0)
-@JSON
-def quick(recipe: str, ref: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Enqueue a quick run: RECIPE's canonical upgraded in place to REF."""
-    with exits():
-        settings = load_settings()
-        positive(timeout)
-        _check_request(settings, recipe, ref)
-        from ccci_tasks.tasks.lanes import quick_run
-
-        _enqueue(settings, lambda: quick_run.delay(recipe, ref), wait, timeout, as_json)
-
-
-@main.command()
-@click.argument("recipe")
-@click.option("--ref", default=None, help="Git ref or version tag (default: latest).")
-@WAIT
-@timeout_option(3600.0)
-@JSON
-def cold(recipe: str, ref: str | None, wait: bool, timeout: float, as_json: bool) -> None:
-    """Enqueue a full cold run of RECIPE (latest unless --ref)."""
-    with exits():
-        settings = load_settings()
-        positive(timeout)
-        _check_request(settings, recipe, ref)
-        from ccci_tasks.tasks.lanes import cold_run
-
-        _enqueue(settings, lambda: cold_run.delay(recipe, ref), wait, timeout, as_json)
+    enqueue.__doc__ = command.help
+    decorated: Callable[..., Any] = enqueue
+    for option in reversed((WAIT, timeout_option(command.timeout_s), JSON)):
+        decorated = option(decorated)
+    for arg in reversed(command.arguments):
+        param = params[arg.param]
+        if arg.option is None:
+            decorated = click.argument(arg.param, metavar=arg.metavar)(decorated)
+        else:
+            default = None if param.default is inspect.Parameter.empty else param.default
+            decorated = click.option(arg.option, arg.param, default=default,
+                                     help=arg.help)(decorated)
+    made: click.Command = main.command(name=command.name, help=command.help)(decorated)
+    return made
 
 
-@main.command()
-@WAIT
-@timeout_option(6 * 3600.0)
-@JSON
-def sweep(wait: bool, timeout: float, as_json: bool) -> None:
-    """Fire the nightly sweep now (infra, a cold run of every enrolled recipe, prune)."""
-    with exits():
-        settings = load_settings()
-        positive(timeout)
-        from ccci_tasks.tasks.infra import nightly_sweep
-
-        _enqueue(settings, lambda: nightly_sweep.delay(), wait, timeout, as_json)
-
-
-@main.command()
-@click.argument("app_name", metavar="APP")
-@WAIT
-@timeout_option(3600.0)
-@JSON
-def reconcile(app_name: str, wait: bool, timeout: float, as_json: bool) -> None:
-    """Reconcile the live-warm APP (one of CCCI_INFRA_APPS) to its newest version."""
-    with exits():
-        settings = load_settings()
-        positive(timeout)
-        naming.validate_recipe(app_name)
-        if app_name not in settings.infra_app_list():
-            known = ", ".join(settings.infra_app_list()) or "none"
-            raise InvalidInput(f"unknown app {app_name!r}: not in CCCI_INFRA_APPS ({known})")
-        from ccci_tasks.lanes.recipes import recipe_repo
-
-        recipe_repo(settings, app_name)
-        from ccci_tasks.tasks.infra import warm_reconcile
-
-        _enqueue(settings, lambda: warm_reconcile.delay(app_name), wait, timeout, as_json)
+LANE_COMMANDS: dict[str, click.Command] = {
+    lane.name: lane_command(lane) for lane in with_entry()
+    if lane.entry is not None and lane.entry.command is not None
+}
 
 
 @main.command()

@@ -6,9 +6,11 @@ report)`` once when its verdict is set. They only write messages into the durabl
 They never raise: a problem is logged and the run goes on.
 
 * Commit statuses: only when the forge is configured (CCCI_FORGE_URL, _TOKEN, _OWNER), for a
-  quick or cold run whose ref resolves to a commit of its recipe's catalogue repository
-  (a branch is resolved to its sha once, when queued). ``pending`` when queued, then one of
-  ``success``/``failure``/``error`` on ``<owner>/<recipe>`` at that sha, context ``ccci/<lane>``.
+  run of a lane that reports to pull requests (``Lane.pull_requests``: quick, cold) whose
+  ref resolves to a commit of its recipe's catalogue repository (a branch is resolved to its
+  sha once, when queued). ``pending`` when queued, then one of ``success``/``failure``/
+  ``error`` on ``<owner>/<recipe>`` at that sha, under the context the lane declares
+  (``ccci/<lane>``).
   Every status carries ``target_url``, the run's page (``<CCCI_PUBLIC_URL>/runs/<run_id>``).
 * The verdict comment: a run started from a PR (``remember_pull``, by the trigger) that ends
   ``fail`` or ``error`` leaves one comment on that PR: verdict, failing step, the last 40
@@ -40,6 +42,7 @@ from ccci_tasks.errors import CcciError, StateError
 from ccci_tasks.forge.client import forge_configured, validate_name
 from ccci_tasks.forge.outbox import forge_dir
 from ccci_tasks.forge.relay import FORGE
+from ccci_tasks.lanes.registry import status_context
 from ccci_tasks.naming import validate_run_id
 from ccci_tasks.outbox import publish
 from ccci_tasks.platform.recipes import RecipeRepo
@@ -51,7 +54,6 @@ log = logging.getLogger(__name__)
 WATCH_DIR: Final = "watch"
 PULLS_DIR: Final = "pulls"
 RED_VERDICTS: Final = ("fail", "error")
-STATUS_LANES: Final = ("quick", "cold")
 WATCH_MAX_AGE_S: Final = 14 * 24 * 3600  # a watched run without a report this old is dropped
 
 
@@ -100,7 +102,7 @@ def catalogue_repo(settings: Settings, recipe: str) -> RecipeRepo | None:
 
 def status_target(settings: Settings, report: RunReport) -> StatusTarget | None:
     """Where ``report``'s statuses go, or None when it gets none (see the module doc)."""
-    if not forge_configured(settings) or report.lane not in STATUS_LANES:
+    if not forge_configured(settings) or status_context(report.lane) is None:
         return None
     if report.recipe is None or report.ref is None:
         return None

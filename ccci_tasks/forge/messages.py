@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from ccci_tasks.lanes.registry import falls_back_to, status_context
 from ccci_tasks.state.reports import RunReport
 
 MAX_DESCRIPTION: Final = 140
@@ -19,8 +20,9 @@ ELLIPSIS: Final = "…"
 
 
 def context(lane: str) -> str:
-    """The status context of a lane: ``ccci/quick`` or ``ccci/cold``."""
-    return f"ccci/{lane}"
+    """The status context the lane declares (``ccci/quick``, ``ccci/cold``); ``ccci/<lane>``
+    for a lane that does not report to pull requests."""
+    return status_context(lane) or f"ccci/{lane}"
 
 
 def shorten(text: str, limit: int) -> str:
@@ -94,8 +96,9 @@ def notification(report: RunReport) -> tuple[str, str]:
 
 def queued_comment(lane: str, recipe: str, sha: str, run_id: str) -> str:
     where = f"`{context(lane)}`"
-    if lane == "quick":
-        where += f" (`{context('cold')}` if it falls back to a full cold run)"
+    fallback = falls_back_to(lane)
+    if fallback is not None:
+        where += f" (`{context(fallback)}` if it falls back to a full {fallback} run)"
     return (
         f"Queued a {lane} run of {recipe} at {sha} (the head of this pull request).\n\n"
         f"Run id: `{run_id}`\n\n"

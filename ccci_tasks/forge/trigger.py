@@ -30,6 +30,7 @@ from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, BrokerError, ForgeAccessError, InvalidInput
 from ccci_tasks.forge.client import ForgeClient, validate_name, validate_sha
 from ccci_tasks.forge.hooks import catalogue_repo, remember_pull
+from ccci_tasks.lanes.registry import LANES, status_context
 from ccci_tasks.naming import validate_recipe, validate_run_id
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.recipes import HttpToken, validate_fetch_url
@@ -51,7 +52,7 @@ class TriggerRequest:
     owner: str
     recipe: str
     number: int
-    lane: Literal["quick", "cold"]
+    lane: str  # a lane that reports to pull requests (``Lane.pull_requests``)
     user: str
     delivery: str
 
@@ -62,13 +63,14 @@ class TriggerRequest:
         validate_name("user", self.user)
         if isinstance(self.number, bool) or not isinstance(self.number, int) or self.number < 1:
             raise InvalidInput(f"pull request number {self.number!r} is invalid")
-        if self.lane not in ("quick", "cold"):
-            raise InvalidInput(f"lane {self.lane!r} is invalid: quick or cold")
+        if not isinstance(self.lane, str) or status_context(self.lane) is None:
+            known = " or ".join(sorted(n for n in LANES if status_context(n) is not None))
+            raise InvalidInput(f"lane {self.lane!r} is invalid: {known}")
         if not isinstance(self.delivery, str) or not 0 < len(self.delivery) <= 200:
             raise InvalidInput("delivery id must be a short string")
 
     @classmethod
-    def new(cls, owner: str, recipe: str, number: int, lane: Literal["quick", "cold"],
+    def new(cls, owner: str, recipe: str, number: int, lane: str,
             user: str, delivery: str) -> TriggerRequest:
         return cls(str(uuid.uuid4()), owner, recipe, number, lane, user, delivery)
 

@@ -11,11 +11,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import ccci_tasks.lanes.fence as fence
 from ccci_tasks import naming, snapshots
 from ccci_tasks.admission import Resource, Slots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, RegistryError, SnapshotError, StateError
-from ccci_tasks.lanes import fence
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
@@ -78,6 +78,16 @@ def quarantine(settings: Settings, recipe: str, reason: str) -> None:
                     "cold run on latest re-seeds it", reason)
     except CcciError as exc:
         log.error("could not write the snapshot-corrupt alert of %s: %s", recipe, exc)
+
+
+def put_back(settings: Settings, platform: Platform, recipe: str) -> list[str]:
+    """The janitor's side, for a canonical no run holds: a cut-off change finished or
+    undone (``recover``), then the canonical undeployed if it is still deployed."""
+    done = recover(settings, platform, recipe, lambda doing: None)
+    warm = naming.warm_domain(recipe, settings.base_domain)
+    if platform.deployed(warm).is_deployed:
+        platform.undeploy(warm, graceful=False)
+    return [done or f"{warm} undeployed"]
 
 
 def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,

@@ -21,14 +21,28 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import ccci_tasks.lanes.canon as canon
+import ccci_tasks.lanes.common as common
+import ccci_tasks.lanes.plan as pure
+from ccci_tasks import constants as c
 from ccci_tasks import naming, snapshots
 from ccci_tasks.admission import Resource, RunSpec
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import KeycloakError, RegistryError, RunFailed, UncleanStop
-from ccci_tasks.lanes import canon, common
-from ccci_tasks.lanes import plan as pure
-from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission, run_hex
-from ccci_tasks.lanes.recipes import check_request, dep_resources, recipe_repo
+from ccci_tasks.lanes.model import (
+    Argument,
+    Command,
+    Entry,
+    Failure,
+    Lane,
+    PullRequests,
+    RunCtx,
+    StepEnv,
+    Submission,
+    run_hex,
+)
+from ccci_tasks.lanes.recipes import check_entry, check_request, dep_resources, recipe_repo
+from ccci_tasks.lanes.registry import register
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
@@ -286,7 +300,21 @@ def summary(ctx: RunCtx, detail: str) -> str:
     return f"green at {target}"
 
 
-LANE = Lane(
+def request(recipe: str, ref: str | None = None) -> dict[str, Any]:
+    """Queue a full cold run of ``recipe`` at ``ref`` (None: latest); returns at once."""
+    return {"recipe": recipe, "ref": ref}
+
+
+ENTRY = Entry(task="cold_run", queue=c.QUEUE_ALERTS, request=request, command=Command(
+    NAME, "Enqueue a full cold run of RECIPE (latest unless --ref).",
+    (Argument("recipe"),
+     Argument("ref", option="--ref", help="Git ref or version tag (default: latest).")),
+    timeout_s=3600.0, check=check_entry,
+))
+
+LANE = register(Lane(
     name=NAME, queue="runs", prepare=prepare, plan=plan, steps=steps, undo=undo,
-    functions=FUNCTIONS, failure=failure, recover=recover, summary=summary,
-)
+    functions=FUNCTIONS, failure=failure, recover=recover, summary=summary, entry=ENTRY,
+    pull_requests=PullRequests("!testme", f"ccci/{NAME}"),
+    orphans={"canon": canon.put_back},
+))

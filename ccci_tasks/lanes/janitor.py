@@ -13,8 +13,10 @@ that runs lane steps, so a stopped step cannot hold up the round that must kill 
    is done do they free their resources (a dead run's app may still be live, and counting it
    keeps MAX_TESTS);
 2. orphans that no occupying run explains (after a broker that lost its data, say) are
-   cleaned up while the janitor holds their resources: a cold app of this system is removed;
-   a canonical that is deployed, or has a pending intent record, is put back to known-good;
+   cleaned up while the janitor holds their resources (a *hold*: ``RunSpec.hold``, not a
+   run): a cold app of this system is removed; a resource with a pending intent record, or a
+   canonical that is deployed, is cleaned up by the clean-up the lanes declare for its kind
+   (``Lane.orphans``: a canonical put back to known-good, a live-warm app rolled back);
 3. unfinished run reports that nothing explains (no lease, no queue entry, no live app, and
    their lane knows no other reason) end ``error`` ("lost");
 4. the queue moves on (``dispatch``).
@@ -33,12 +35,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from ccci_tasks import naming
+import ccci_tasks.lanes.fence as fence
+import ccci_tasks.lanes.runner as runner
+from ccci_tasks import hooks, naming
 from ccci_tasks.admission import Lease, Resource, RunSpec, Slots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput
-from ccci_tasks.lanes import LANES, canon, fence, get_lane, reconcile, runner
 from ccci_tasks.lanes.model import run_hex
+from ccci_tasks.lanes.registry import LANES, get_lane, orphans
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import AppInfo, Platform
 from ccci_tasks.state import intents, reports
@@ -136,8 +140,6 @@ def _mark_crashed(settings: Settings, spec: RunSpec, report: JanitorReport) -> N
     ended = reports.end_report(settings.state_dir, spec.run_id, "error", why) \
         if reports.load_report(settings.state_dir, spec.run_id) else None
     if ended is not None:
-        from ccci_tasks import hooks
-
         hooks.run_finished(settings, ended)
         try:
             write_alert(settings.state_dir, "run-crashed", spec.recipe,
@@ -171,7 +173,7 @@ def _recover_reaped(settings: Settings, platform: Platform, slots: Slots,
             slots.finish_reap(run_id)
             continue
         try:
-            if spec.lane == "janitor":  # a hold a previous round did not finish
+            if spec.hold:  # a hold a previous round did not finish
                 done = _recover_hold(settings, platform, spec)
             else:
                 done = get_lane(spec.lane).recover(settings, platform, spec)
@@ -183,24 +185,35 @@ def _recover_reaped(settings: Settings, platform: Platform, slots: Slots,
 
 
 def _recover_hold(settings: Settings, platform: Platform, spec: RunSpec) -> list[str]:
-    done = canon.recover(settings, platform, spec.recipe, lambda doing: None)
-    warm = naming.warm_domain(spec.recipe, settings.base_domain)
-    if platform.deployed(warm).is_deployed:
-        platform.undeploy(warm, graceful=False)
-    return [done or f"{warm} undeployed"]
+    """Finish what a hold was held for: the declared clean-up of each resource it holds
+    (a slot alone needs none: a cold app no run holds is removed by the next plan)."""
+    cleanups = orphans()
+    done: list[str] = []
+    for resource in spec.resources:
+        cleanup = cleanups.get(resource.kind)
+        if cleanup is not None:
+            done += cleanup(settings, platform, resource.name)
+    return done
+
+
+def _resources(action: Action) -> list[Resource]:
+    """What the janitor holds while it acts: a canonical takes a slot too (it is deployed
+    while it is put back); a live-warm app is held alone, as its reconcile holds it."""
+    if action.kind == "remove":
+        return [Resource.slot()]
+    if action.kind == "put_back":
+        return [Resource.slot(), Resource.canon(action.recipe)]
+    return [Resource.infra(action.recipe, exclusive=True)]
 
 
 def _act(settings: Settings, platform: Platform, slots: Slots, action: Action) -> None:
-    hold, recipe = str(uuid.uuid4()), action.recipe
+    hold, resources = str(uuid.uuid4()), _resources(action)
+    slots.hold(hold, action.recipe or "unknown", resources)
     if action.kind == "remove":
-        slots.hold(hold, recipe or "unknown", [Resource.slot()])
         platform.remove(action.domain)
-    elif action.kind == "put_back":
-        slots.hold(hold, recipe, [Resource.slot(), Resource.canon(recipe)])
-        _recover_hold(settings, platform, RunSpec(hold, "janitor", recipe))
     else:
-        slots.hold(hold, recipe, [reconcile.resource(recipe)])
-        reconcile.recover_app(settings, platform, recipe)
+        _recover_hold(settings, platform,
+                      RunSpec.for_hold(hold, action.recipe, tuple(resources)))
     slots.finish_reap(hold)
 
 
@@ -213,7 +226,7 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
     killed = fence.reap_stale(settings, slots)
     report.killed, report.problems = killed.killed, list(killed.problems)
     for _, spec in slots.reaping():  # newly reaped, and those an earlier round left
-        if spec is not None and spec.lane != "janitor":
+        if spec is not None and not spec.hold:
             _mark_crashed(settings, spec, report)
     _recover_reaped(settings, platform, slots, report, killed.stuck_runs)
 
@@ -277,7 +290,5 @@ def _end_lost(settings: Settings, slots: Slots, platform: Platform,
                "lost its data, or its worker died before it was queued)")
         ended = reports.end_report(state, lost.run_id, "error", why)
         if ended is not None:
-            from ccci_tasks import hooks
-
             hooks.run_finished(settings, ended)
             report.lost.append(lost.run_id)

@@ -5,7 +5,11 @@ a run (``prepare``, at submission, and ``plan``, at admission), the resources th
 its steps in order, its undo (the steps that run after a failure, durably), how a failure maps
 to a verdict, and how the janitor cleans up after a run that died (``recover``). The shared
 machinery (``runner``: submit, admission, steps, ending; ``janitor``; the Celery tasks; the
-CLI) reads the one registry in ``ccci_tasks.lanes`` and never asks which lane it has.
+CLI; the forge) reads the one registry in ``ccci_tasks.lanes.registry`` and never asks which
+lane it has. From outside, a lane is reached through its ``Entry`` (the Celery entry task and,
+optionally, its ``ccci`` command) and, when it reports to pull requests, its ``PullRequests``
+(the trigger comment and the commit status context). The janitor cleans up what a cut-off
+run left on a resource through the lanes' ``orphans``.
 
 A step is a plain function ``(env, ctx) -> str | Outcome``. It raises ``RunFailed`` when the
 app under test fails a check and lets other errors through; the lane's ``failure`` turns the
@@ -123,6 +127,26 @@ class RunSkipped(Exception):
 
 
 @dataclass(frozen=True)
+class Submitted:
+    """What ``submit`` says: queued (``verdict`` None), or ended at the door (refused or
+    skipped, with its verdict and reason)."""
+
+    run_id: str
+    lane: str
+    verdict: str | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        state = "refused" if self.verdict else "queued"
+        return {"run_id": self.run_id, "lane": self.lane, "state": state,
+                "verdict": self.verdict, "reason": self.reason}
+
+
+# (run_id, lane, request, parent run id) -> Submitted: queue a child run (a sweep's runs).
+SubmitFn = Callable[[str, str, Mapping[str, Any], "str | None"], Submitted]
+
+
+@dataclass(frozen=True)
 class StepEnv:
     """What a step acts through. ``platform`` is fenced: every mutation checks the lease.
     ``output`` takes what the step wants kept as its output (e.g. an overlay's pytest run)."""
@@ -133,6 +157,7 @@ class StepEnv:
     meta: RecipeMeta
     repo: RecipeRepo | None
     output: StepOutput = field(default_factory=StepOutput)
+    submit: SubmitFn | None = None  # the runner's submit, for steps that start child runs
 
 
 StepFn = Callable[[StepEnv, RunCtx], "str | Outcome | Park"]
@@ -149,6 +174,62 @@ class Submission:
     resources: tuple[Resource, ...]
     domain: str | None
     note: str | None = None
+
+
+def _checks_nothing(settings: Settings, request: Mapping[str, Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One argument of a lane's ``ccci`` command: it fills the parameter ``param`` of the
+    lane's ``Entry.request``; positional unless ``option`` (e.g. ``--ref``) is given."""
+
+    param: str
+    option: str | None = None
+    metavar: str | None = None
+    help: str | None = None
+
+
+@dataclass(frozen=True)
+class Command:
+    """The lane's ``ccci <name> ... [--wait] [--timeout S] [--json]`` command. ``check``
+    refuses a bad request before anything is enqueued (``InvalidInput``: exit 2)."""
+
+    name: str
+    help: str
+    arguments: tuple[Argument, ...] = ()
+    timeout_s: float = 3600.0
+    check: Callable[[Settings, Mapping[str, Any]], None] = _checks_nothing
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How a run of the lane is asked for: the Celery entry task ``ccci.<queue>.<task>``.
+    ``request`` is a plain function whose parameters are the task's (and whose docstring is
+    its help); it turns them into the lane's request for ``prepare``. The task queues the
+    run and returns at once; its AsyncResult id is the run id."""
+
+    task: str
+    queue: str
+    request: Callable[..., Mapping[str, Any]]
+    command: Command | None = None
+
+
+@dataclass(frozen=True)
+class PullRequests:
+    """The lane reports to pull requests: the PR comment that starts it (exactly this text),
+    the commit status context of its verdict, and the lane a run may become at submission
+    (its statuses then go under that lane's context)."""
+
+    trigger: str
+    context: str
+    falls_back_to: str | None = None
+
+
+# The janitor's clean-up of a resource a cut-off run left (no run holds it any more): given
+# the resource's name (a recipe, an app), returns what was done. Must be idempotent.
+OrphanFn = Callable[["Settings", "Platform", str], list[str]]
 
 
 def _explains_nothing(settings: Settings, report: RunReport) -> bool:
@@ -192,6 +273,13 @@ class Lane:
     on_child: Callable[[Settings, str, RunReport], None] = _ignore_child
     # The reason of a green run (default: the last step's detail).
     summary: Callable[[RunCtx, str], str] | None = None
+    # How the lane is asked for from outside (none: only started by another run).
+    entry: Entry | None = None
+    # Whether, and how, the lane reports to pull requests.
+    pull_requests: PullRequests | None = None
+    # Per resource kind (``Resource.kind``): the janitor's clean-up of such a resource that a
+    # run of this lane left when cut off (an intent record, a deployed canonical).
+    orphans: Mapping[str, OrphanFn] = field(default_factory=dict)
 
     def function(self, step: str) -> StepFn:
         try:

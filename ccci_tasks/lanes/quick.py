@@ -16,14 +16,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import ccci_tasks.lanes.canon as canon_mod
+import ccci_tasks.lanes.cold as cold
+import ccci_tasks.lanes.common as common
+from ccci_tasks import constants as c
 from ccci_tasks import naming
 from ccci_tasks.admission import Resource, RunSpec
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, InvalidInput, RunFailed, SnapshotError, StateError
-from ccci_tasks.lanes import canon as canon_mod
-from ccci_tasks.lanes import cold, common
-from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission
-from ccci_tasks.lanes.recipes import check_request, dep_resources
+from ccci_tasks.lanes.model import (
+    Argument,
+    Command,
+    Entry,
+    Failure,
+    Lane,
+    PullRequests,
+    RunCtx,
+    StepEnv,
+    Submission,
+)
+from ccci_tasks.lanes.recipes import check_entry, check_request, dep_resources
+from ccci_tasks.lanes.registry import register
 from ccci_tasks.platform.base import DeployedState, Platform
 from ccci_tasks.state import warmsnap
 from ccci_tasks.state.meta import load_meta
@@ -189,7 +202,19 @@ def summary(ctx: RunCtx, detail: str) -> str:
             f"{_known_good(ctx)}; the known-good data is back")
 
 
-LANE = Lane(
+def request(recipe: str, ref: str) -> dict[str, Any]:
+    """Queue a quick run of ``recipe`` upgraded in place to ``ref``; returns at once."""
+    return {"recipe": recipe, "ref": ref}
+
+
+ENTRY = Entry(task="quick_run", queue=c.QUEUE_ALERTS, request=request, command=Command(
+    NAME, "Enqueue a quick run: RECIPE's canonical upgraded in place to REF.",
+    (Argument("recipe"), Argument("ref")), timeout_s=3600.0, check=check_entry,
+))
+
+LANE = register(Lane(
     name=NAME, queue="runs", prepare=prepare, plan=plan, steps=steps, undo=undo,
-    functions=FUNCTIONS, failure=failure, recover=recover, summary=summary,
-)
+    functions=FUNCTIONS, failure=failure, recover=recover, summary=summary, entry=ENTRY,
+    pull_requests=PullRequests("!testme --quick", f"ccci/{NAME}", falls_back_to=cold.NAME),
+    orphans={"canon": canon_mod.put_back},
+))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,11 @@ def check_request(settings: Settings, recipe: Any, ref: Any) -> Checked:
         raise InvalidInput(f"recipe {recipe!r} has no version tags: nothing to test as latest")
     meta = load_meta(settings.tests_dir, recipe)
     return Checked(recipe, ref, repo, meta, latest)
+
+
+def check_entry(settings: Settings, request: Mapping[str, Any]) -> None:
+    """A command's check of a (recipe, ref) request before anything is enqueued."""
+    check_request(settings, request.get("recipe"), request.get("ref"))
 
 
 def dep_resources(settings: Settings, deps: Iterable[str]) -> tuple[Resource, ...]:

@@ -27,13 +27,17 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import ccci_tasks.lanes.common as common
+from ccci_tasks import constants as c
 from ccci_tasks import naming, probes, snapshots
 from ccci_tasks.admission import Resource, RunSpec
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput, StateError
 from ccci_tasks.infraplan import InfraPlan, plan_reconcile
-from ccci_tasks.lanes import common
 from ccci_tasks.lanes.model import (
+    Argument,
+    Command,
+    Entry,
     Failure,
     Lane,
     Outcome,
@@ -43,6 +47,7 @@ from ccci_tasks.lanes.model import (
     Submission,
 )
 from ccci_tasks.lanes.recipes import recipe_repo
+from ccci_tasks.lanes.registry import register
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import intents, reports
@@ -381,7 +386,27 @@ FUNCTIONS: dict[str, StepFn] = {
     "give_up": give_up,
 }
 
-LANE = Lane(
+def request(app_name: str) -> dict[str, Any]:
+    """Queue a reconcile of the live-warm app ``app_name``; returns at once."""
+    return {"recipe": app_name}
+
+
+def check_entry(settings: Settings, request: Mapping[str, Any]) -> None:
+    """The command's check: a live-warm app of CCCI_INFRA_APPS with a repository."""
+    app = naming.validate_recipe(request.get("recipe"))  # type: ignore[arg-type]
+    if app not in settings.infra_app_list():
+        known = ", ".join(settings.infra_app_list()) or "none"
+        raise InvalidInput(f"unknown app {app!r}: not in CCCI_INFRA_APPS ({known})")
+    recipe_repo(settings, app)
+
+
+ENTRY = Entry(task="warm_reconcile", queue=c.QUEUE_INFRA, request=request, command=Command(
+    NAME, "Reconcile the live-warm APP (one of CCCI_INFRA_APPS) to its newest version.",
+    (Argument("app_name", metavar="APP"),), timeout_s=3600.0, check=check_entry,
+))
+
+LANE = register(Lane(
     name=NAME, queue="infra", prepare=prepare, plan=plan, steps=steps, undo=undo,
-    functions=FUNCTIONS, failure=failure, recover=recover, needs_repo=False,
-)
+    functions=FUNCTIONS, failure=failure, recover=recover, needs_repo=False, entry=ENTRY,
+    orphans={"infra": recover_app},
+))

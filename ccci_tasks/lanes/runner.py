@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
@@ -31,10 +30,19 @@ from ccci_tasks import enqueue, failpoints, hooks, naming, redact, stonith
 from ccci_tasks.admission import RunSpec, Slots, keep_alive
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError, LeaseLost, PlatformError
-from ccci_tasks.lanes import get_lane
 from ccci_tasks.lanes.fence import Fence, FencedPlatform, journal_path
-from ccci_tasks.lanes.model import Failure, Lane, Outcome, Park, RunCtx, RunSkipped, StepEnv
+from ccci_tasks.lanes.model import (
+    Failure,
+    Lane,
+    Outcome,
+    Park,
+    RunCtx,
+    RunSkipped,
+    StepEnv,
+    Submitted,
+)
 from ccci_tasks.lanes.recipes import recipe_repo
+from ccci_tasks.lanes.registry import get_lane
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform import Platform, get_platform
 from ccci_tasks.redact import Redactor
@@ -46,21 +54,6 @@ from ccci_tasks.state.outputs import StepOutput
 log = logging.getLogger(__name__)
 
 DELIVERIES_TTL_S = 24 * 3600
-
-
-@dataclass(frozen=True)
-class Submitted:
-    """What an entry task returns (and Flower shows as its result)."""
-
-    run_id: str
-    lane: str
-    verdict: str | None  # "error" when refused at the door
-    reason: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        state = "refused" if self.verdict else "queued"
-        return {"run_id": self.run_id, "lane": self.lane, "state": state,
-                "verdict": self.verdict, "reason": self.reason}
 
 
 # ----------------------------------------------------------------------------- submit
@@ -336,8 +329,12 @@ def _env(settings: Settings, lane: Lane, ctx: RunCtx, fence: Fence,
          output: StepOutput) -> StepEnv:
     platform = FencedPlatform(get_platform(settings, run_id=ctx.run_id), fence)
     repo = recipe_repo(settings, ctx.recipe) if lane.needs_repo else None
+    def submit_child(run_id: str, lane_name: str, request: Mapping[str, Any],
+                     parent: str | None) -> Submitted:
+        return submit(settings, run_id, lane_name, request, parent=parent)
+
     return StepEnv(settings, platform, fence, load_meta(settings.tests_dir, ctx.recipe), repo,
-                   output)
+                   output, submit_child)
 
 
 # ----------------------------------------------------------------------------- output

@@ -23,11 +23,16 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+import ccci_tasks.lanes.cold as cold
+import ccci_tasks.lanes.common as common
+import ccci_tasks.lanes.reconcile as reconcile
+from ccci_tasks import constants as c
 from ccci_tasks.admission import Resource, RunSpec, Slots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, ConfigError, StateError
-from ccci_tasks.lanes import common
 from ccci_tasks.lanes.model import (
+    Command,
+    Entry,
     Failure,
     Lane,
     Outcome,
@@ -39,6 +44,7 @@ from ccci_tasks.lanes.model import (
     Submission,
     Verdict,
 )
+from ccci_tasks.lanes.registry import register
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import reports, sweeps
@@ -146,27 +152,26 @@ def on_child(settings: Settings, parent_id: str, child: reports.RunReport) -> No
 
 
 def _start(
-    env: StepEnv, ctx: RunCtx, lane: str, names: list[str], field: str
+    env: StepEnv, ctx: RunCtx, lane: Lane, names: list[str], field: str, key: str,
+    *, outcome: bool = False,
 ) -> list[dict[str, Any]]:
-    from ccci_tasks.lanes.runner import submit
-
+    """Record, then queue, a child run of ``lane`` for each of ``names``; each entry of
+    ``field`` names its child under ``key`` (and has an ``outcome`` if asked)."""
+    if env.submit is None:
+        raise CcciError(f"sweep {ctx.run_id}: this step cannot start runs (no submit)")
     started = []
     for name in names:
-        child = str(uuid.uuid4())
-        entry: dict[str, Any] = {"run_id": child, "verdict": None}
-        entry["app" if lane == "reconcile" else "recipe"] = name
-        if lane == "reconcile":
+        entry: dict[str, Any] = {"run_id": str(uuid.uuid4()), "verdict": None, key: name}
+        if outcome:
             entry["outcome"] = None
         started.append(entry)
     # Recorded before the children are queued, so every child's end finds its entry.
-    env.fence.check(f"start {len(names)} {lane} run(s)")
+    env.fence.check(f"start {len(names)} {lane.name} run(s)")
     reports.set_fields(env.settings.state_dir, ctx.run_id, **{field: started})
     for entry in started:
-        name = entry.get("app") or entry["recipe"]
-        submitted = submit(env.settings, entry["run_id"], lane, {"recipe": name},
-                           parent=ctx.run_id)
+        submitted = env.submit(entry["run_id"], lane.name, {"recipe": entry[key]}, ctx.run_id)
         if submitted.verdict is not None:  # refused at the door: already ended
-            log.warning("sweep %s: %s run of %s: %s", ctx.run_id, lane, name,
+            log.warning("sweep %s: %s run of %s: %s", ctx.run_id, lane.name, entry[key],
                         submitted.reason)
     return started
 
@@ -177,7 +182,7 @@ def reconcile_infra(env: StepEnv, ctx: RunCtx) -> str | Park:
     if not apps:
         reports.set_fields(env.settings.state_dir, ctx.run_id, infra=[])
         return "no live-warm apps (CCCI_INFRA_APPS is empty)"
-    started = _start(env, ctx, "reconcile", apps, "infra")
+    started = _start(env, ctx, reconcile.LANE, apps, "infra", "app", outcome=True)
     return Park(f"reconciling {', '.join(apps)} ({len(started)} run(s)); parked until done")
 
 
@@ -194,14 +199,14 @@ def cold_runs(env: StepEnv, ctx: RunCtx) -> Park:
                f"{env.settings.tests_dir}: the sweep would test nothing")
         _sweep_empty_alert(env.settings, why)
         raise SweepEmpty(why)
-    started = _start(env, ctx, "cold", enrolled, "recipes")
+    started = _start(env, ctx, cold.LANE, enrolled, "recipes", "recipe")
     return Park(f"cold runs on latest of {', '.join(enrolled)} ({len(started)} run(s)); "
                 "parked until done")
 
 
 def prune_stale(env: StepEnv, ctx: RunCtx) -> str:
     """R5.4: drop the warm data of recipes no longer enrolled (never a held canonical)."""
-    from ccci_tasks.lanes import stale
+    import ccci_tasks.lanes.stale as stale
 
     held = {lease.spec.canonical for lease in Slots.from_settings(env.settings).occupying()
             if lease.spec and lease.spec.canonical}
@@ -271,8 +276,19 @@ FUNCTIONS: dict[str, StepFn] = {
     "prune_stale": prune_stale, "disk_prune": disk_prune, "finish": finish,
 }
 
-LANE = Lane(
+def request(scheduled: bool = False) -> dict[str, Any]:
+    """Queue the nightly sweep (R8); returns at once. ``scheduled`` (beat) skips it when a
+    sweep completed a short while ago; a sweep already in flight is always skipped."""
+    return {"scheduled": bool(scheduled)}
+
+
+ENTRY = Entry(task="nightly_sweep", queue=c.QUEUE_INFRA, request=request, command=Command(
+    NAME, "Fire the nightly sweep now (infra, a cold run of every enrolled recipe, prune).",
+    timeout_s=6 * 3600.0,
+))
+
+LANE = register(Lane(
     name=NAME, queue="infra", prepare=prepare, plan=plan, steps=steps, undo=undo,
     functions=FUNCTIONS, failure=failure, recover=recover, needs_repo=False,
-    ready=ready, on_child=on_child,
-)
+    ready=ready, on_child=on_child, entry=ENTRY,
+))

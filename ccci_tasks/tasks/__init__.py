@@ -1,22 +1,21 @@
 """Celery tasks: thin wrappers over the modules of ``ccci_tasks``; no logic of their own.
 
 The Drone bridge imports its entry points from here:
-``from ccci_tasks.tasks import quick_run, cold_run``.
+``from ccci_tasks.tasks import quick_run, cold_run, nightly_sweep, warm_reconcile``: each
+lane's entry task by its short name (made from the lane's declaration, ``tasks.lanes``).
+Loading this package registers the run hooks of the process (``tasks.wiring``).
 """
 
-from ccci_tasks.tasks import alerts, diag, forge, infra, lanes
-from ccci_tasks.tasks.infra import nightly_sweep, warm_reconcile
-from ccci_tasks.tasks.lanes import cold_run, janitor, quick_run
+from celery import Task
 
-__all__ = [
-    "alerts",
-    "cold_run",
-    "diag",
-    "forge",
-    "infra",
-    "janitor",
-    "lanes",
-    "nightly_sweep",
-    "quick_run",
-    "warm_reconcile",
-]
+from ccci_tasks.tasks import alerts, diag, forge, infra, lanes, wiring
+from ccci_tasks.tasks.lanes import ENTRY_TASKS, janitor
+
+wiring.wire()
+
+__all__ = ["ENTRY_TASKS", "alerts", "diag", "forge", "infra", "janitor", "lanes"]
+
+
+def __getattr__(name: str) -> Task:
+    """The entry task called ``name`` (``quick_run``, ``cold_run``, ...)."""
+    return lanes.__getattr__(name)

@@ -21,11 +21,12 @@ from ccci_tasks import constants as c
 from ccci_tasks.backoff import backoff_s
 from ccci_tasks.celery_app import app
 from ccci_tasks.config import get_settings
-from ccci_tasks.errors import BrokerError, ForgeError, PlatformError
+from ccci_tasks.errors import BrokerError, ForgeError, InvalidInput, PlatformError
 from ccci_tasks.forge import hooks
 from ccci_tasks.forge.client import ForgeClient
 from ccci_tasks.forge.relay import DELIVER_BACKOFF_MAX_S, FORGE
 from ccci_tasks.forge.trigger import TriggerRequest, act, failed
+from ccci_tasks.lanes.registry import get_lane
 from ccci_tasks.outbox import publish
 from ccci_tasks.outbox import sweep as sweep_outbox
 from ccci_tasks.tasks.outbox import deliver_or_retry
@@ -37,7 +38,10 @@ TRIGGER_MAX_RETRIES: Final = 5
 
 def enqueue_run(lane: str, recipe: str, sha: str, run_id: str) -> None:
     """Publish the run's entry task under ``run_id`` (its submission tells the forge)."""
-    app.send_task(c.task_name(c.QUEUE_ALERTS, f"{lane}_run"), (recipe, sha), task_id=run_id)
+    entry = get_lane(lane).entry
+    if entry is None:
+        raise InvalidInput(f"lane {lane!r} cannot be asked for: it declares no entry task")
+    app.send_task(c.task_name(entry.queue, entry.task), (recipe, sha), task_id=run_id)
 
 
 @app.task(  # type: ignore[untyped-decorator]

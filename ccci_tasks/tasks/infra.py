@@ -1,46 +1,26 @@
-"""Infra tasks: the reconcile and sweep entry points, the realm reaper, the start-up reconcile.
+"""Infra tasks: the sweep watchdog, the realm reaper, the start-up reconcile.
 
-``warm_reconcile.delay(app)`` queues a reconcile of a live-warm app (lane ``reconcile``); its
-AsyncResult id is the run id. When a worker that consumes the ``infra`` queue is ready, every
-app of ``CCCI_INFRA_APPS`` is reconciled once (R2.4).
+The reconcile and sweep entry tasks (``warm_reconcile``, ``nightly_sweep``) are made from
+their lanes' declarations in ``ccci_tasks.tasks.lanes``. When a worker that consumes the
+``infra`` queue is ready, every app of ``CCCI_INFRA_APPS`` is reconciled once (R2.4).
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
-from celery import Task
 from celery.signals import worker_ready
 
 from ccci_tasks import constants as c
 from ccci_tasks.celery_app import app
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError
-from ccci_tasks.lanes import runner
+from ccci_tasks.lanes import reconcile, sweep
 from ccci_tasks.lanes.model import run_hex
+from ccci_tasks.tasks.lanes import entry_of
 
 log = logging.getLogger(__name__)
-
-
-def _run_id(task: Task) -> str:
-    return str(task.request.id or uuid.uuid4())
-
-
-@app.task(bind=True, name=c.task_name(c.QUEUE_INFRA, "warm_reconcile"))  # type: ignore[untyped-decorator]
-def warm_reconcile(self: Task, app_name: str) -> dict[str, Any]:
-    """Queue a reconcile of the live-warm app ``app_name``; returns at once."""
-    return runner.submit(get_settings(), _run_id(self), "reconcile",
-                         {"recipe": app_name}).to_dict()
-
-
-@app.task(bind=True, name=c.task_name(c.QUEUE_INFRA, "nightly_sweep"))  # type: ignore[untyped-decorator]
-def nightly_sweep(self: Task, scheduled: bool = False) -> dict[str, Any]:
-    """Queue the nightly sweep (R8); returns at once. ``scheduled`` (beat) skips it when a
-    sweep completed a short while ago; a sweep already in flight is always skipped."""
-    return runner.submit(get_settings(), _run_id(self), "sweep",
-                         {"scheduled": bool(scheduled)}).to_dict()
 
 
 @app.task(name=c.task_name(c.QUEUE_INFRA, "sweep_watchdog"))  # type: ignore[untyped-decorator]
@@ -57,7 +37,7 @@ def sweep_watchdog() -> dict[str, Any]:
         return {"fired": False, "age_h": round(age_h, 2)}
     log.warning("the last sweep completed %.1f h ago (more than %g h): firing one", age_h,
                 settings.sweep_max_age_h)
-    result = nightly_sweep.delay(scheduled=False)
+    result = entry_of(sweep.LANE).delay(scheduled=False)
     return {"fired": True, "age_h": round(age_h, 2), "run_id": result.id}
 
 
@@ -105,7 +85,7 @@ def _reconcile_on_start(sender: Any = None, **_: Any) -> None:
     try:
         apps = get_settings().infra_app_list()
         for name in apps:
-            warm_reconcile.delay(name)
+            entry_of(reconcile.LANE).delay(name)
     except CcciError as exc:
         log.error("could not queue the start-up reconciles: %s", exc)
         return

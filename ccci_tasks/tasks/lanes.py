@@ -1,16 +1,20 @@
 """Lane tasks: the entry points, one task per step name and queue, and the janitor.
 
-The Drone bridge calls ``quick_run.delay(recipe, ref)`` / ``cold_run.delay(recipe, ref)``:
-they check the request, queue the run and return at once (their result says it was queued or
-why it was refused); the AsyncResult id is the run id. The entry tasks run on the side queue
-(``alerts``), never behind a run's step on the ``runs`` queue: a submission is checked and
-queued (or refused) within seconds whatever is running. Each step of a lane is its own task
-(``ccci.<queue>.<step>``) so Flower shows where a run is; the step tasks are made from the
-lane registry, and run the step of the lane named in their run context.
+Every lane with an ``Entry`` gets its entry task ``ccci.<queue>.<task>``, made here from the
+declaration: its parameters are those of the lane's ``Entry.request`` (the Drone bridge calls
+``quick_run.delay(recipe, ref)`` / ``cold_run.delay(recipe, ref)``, beat
+``nightly_sweep.delay(scheduled=True)``); it checks the request, queues the run and returns
+at once (its result says it was queued or why it was refused); the AsyncResult id is the run
+id. The run entries run on the side queue (``alerts``), never behind a run's step on the
+``runs`` queue: a submission is checked and queued (or refused) within seconds whatever is
+running. Each step of a lane is its own task (``ccci.<queue>.<step>``) so Flower shows where
+a run is; the step tasks are made from the lane registry, and run the step of the lane named
+in their run context.
 """
 
 from __future__ import annotations
 
+import inspect
 import uuid
 from typing import Any
 
@@ -20,7 +24,9 @@ from ccci_tasks import constants as c
 from ccci_tasks.celery_app import app
 from ccci_tasks.config import get_settings
 from ccci_tasks.lanes import janitor as janitor_mod
-from ccci_tasks.lanes import runner, steps_by_queue
+from ccci_tasks.lanes import runner
+from ccci_tasks.lanes.model import Lane
+from ccci_tasks.lanes.registry import steps_by_queue, with_entry
 from ccci_tasks.platform import get_platform
 
 
@@ -28,18 +34,46 @@ def _run_id(task: Task) -> str:
     return str(task.request.id or uuid.uuid4())
 
 
-@app.task(bind=True, name=c.task_name(c.QUEUE_ALERTS, "quick_run"))  # type: ignore[untyped-decorator]
-def quick_run(self: Task, recipe: str, ref: str) -> dict[str, Any]:
-    """Queue a quick run of ``recipe`` upgraded in place to ``ref``; returns at once."""
-    return runner.submit(get_settings(), _run_id(self), "quick",
-                         {"recipe": recipe, "ref": ref}).to_dict()
+def entry_task(lane: Lane) -> Task:
+    """The Celery entry task of ``lane`` (registered once; asked again, the same task)."""
+    entry = lane.entry
+    if entry is None:
+        raise ValueError(f"lane {lane.name!r} declares no entry")
+    name = c.task_name(entry.queue, entry.task)
+    if name in app.tasks:
+        known: Task = app.tasks[name]
+        return known
+
+    def submit(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        request = entry.request(*args, **kwargs)
+        return runner.submit(get_settings(), _run_id(self), lane.name, request).to_dict()
+
+    params = inspect.signature(entry.request).parameters.values()
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    submit.__signature__ = inspect.Signature([self_param, *params])  # type: ignore[attr-defined]
+    submit.__name__ = submit.__qualname__ = entry.task
+    submit.__doc__ = entry.request.__doc__
+    task: Task = app.task(bind=True, name=name)(submit)
+    return task
 
 
-@app.task(bind=True, name=c.task_name(c.QUEUE_ALERTS, "cold_run"))  # type: ignore[untyped-decorator]
-def cold_run(self: Task, recipe: str, ref: str | None = None) -> dict[str, Any]:
-    """Queue a full cold run of ``recipe`` at ``ref`` (None: latest); returns at once."""
-    return runner.submit(get_settings(), _run_id(self), "cold",
-                         {"recipe": recipe, "ref": ref}).to_dict()
+# Lane name -> its entry task, for every lane that has one.
+ENTRY_TASKS: dict[str, Task] = {lane.name: entry_task(lane) for lane in with_entry()}
+
+
+def entry_of(lane: Lane) -> Task:
+    """The entry task of ``lane`` (made now for a lane registered after this module)."""
+    if lane.name not in ENTRY_TASKS:
+        ENTRY_TASKS[lane.name] = entry_task(lane)
+    return ENTRY_TASKS[lane.name]
+
+
+def by_task_name(short: str) -> Task | None:
+    """The entry task whose short name (``quick_run``, ...) is ``short``, if any."""
+    for task in ENTRY_TASKS.values():
+        if task.name.rsplit(".", 1)[-1] == short:
+            return task
+    return None
 
 
 def _step_task(queue: str, name: str) -> Task:
@@ -66,3 +100,12 @@ def janitor() -> dict[str, Any]:
     """Clean up after dead and forgotten runs, end lost reports, admit queued runs."""
     settings = get_settings()
     return janitor_mod.run(settings, get_platform(settings)).to_dict()
+
+
+def __getattr__(name: str) -> Task:
+    """``quick_run``, ``cold_run``, ``warm_reconcile``, ``nightly_sweep``, ...: the entry
+    tasks by their short names."""
+    task = by_task_name(name)
+    if task is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return task
