@@ -49,7 +49,7 @@ def require_broker(settings: Settings) -> None:
         ) from None
 
 
-def follow(settings: Settings, run_id: str, timeout_s: float,
+def follow(settings: Settings, run_id: naming.RunId, timeout_s: float,
            out: Callable[[str], None]) -> RunReport:
     """Print each step of the run as it starts and ends, until its verdict."""
     from ccci_tasks.runs import describe
@@ -90,7 +90,7 @@ def follow(settings: Settings, run_id: str, timeout_s: float,
 def _enqueue(settings: Settings, send: Callable[[], Any], wait: bool, timeout: float,
              as_json: bool) -> None:
     require_broker(settings)
-    run_id = str(send().id)
+    run_id = naming.RunId(str(send().id))  # the Celery task id of the entry task
     if not wait:
         follow_cmd = f"ccci watch {run_id}"
         emit(as_json, {"run_id": run_id, "follow": follow_cmd},
@@ -166,13 +166,13 @@ def reconcile(app_name: str, wait: bool, timeout: float, as_json: bool) -> None:
     with exits():
         settings = load_settings()
         positive(timeout)
-        naming.validate_recipe(app_name)
-        if app_name not in settings.infra_app_list():
+        app = naming.Recipe(app_name)
+        if app not in settings.infra_app_list():
             known = ", ".join(settings.infra_app_list()) or "none"
             raise InvalidInput(f"unknown app {app_name!r}: not in CCCI_INFRA_APPS ({known})")
         from ccci_tasks.lanes.recipes import recipe_repo
 
-        recipe_repo(settings, app_name)
+        recipe_repo(settings, app)
         from ccci_tasks.tasks.infra import warm_reconcile
 
         _enqueue(settings, lambda: warm_reconcile.delay(app_name), wait, timeout, as_json)
@@ -186,6 +186,5 @@ def watch(run_id: str, timeout: float) -> None:
     with exits():
         settings = load_settings()
         positive(timeout)
-        load_run(settings, run_id)
-        report = follow(settings, run_id, timeout, click.echo)
+        report = follow(settings, load_run(settings, run_id).run_id, timeout, click.echo)
         raise Exit(verdict_exit(report))

@@ -29,6 +29,7 @@ from ccci_tasks.lanes import canon, common
 from ccci_tasks.lanes import plan as pure
 from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission, run_hex
 from ccci_tasks.lanes.recipes import check_request, dep_resources, recipe_repo
+from ccci_tasks.naming import Domain, RunId
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
@@ -42,7 +43,7 @@ STEPS = (
 PROMOTE_STEPS = ("promote_deploy", "promote_health", "promote_undeploy", "promote_snapshot")
 
 
-def _domain(ctx: RunCtx) -> str:
+def _domain(ctx: RunCtx) -> Domain:
     assert ctx.domain is not None
     return ctx.domain
 
@@ -51,14 +52,14 @@ def _promote(ctx: RunCtx) -> bool:
     return bool(ctx.plan.get("promote"))
 
 
-def _warm(ctx: RunCtx) -> str:
-    return str(ctx.plan["warm_domain"])
+def _warm(ctx: RunCtx) -> Domain:
+    return Domain(ctx.plan["warm_domain"])  # the plan travels as JSON
 
 
 # ----------------------------------------------------------------------------- prepare/plan
 
 
-def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
+def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Submission:
     checked = check_request(settings, request.get("recipe"), request.get("ref"))
     promote = pure.should_promote(checked.ref, checked.meta.warm_canonical)
     resources: tuple[Resource, ...] = (Resource.slot(),)

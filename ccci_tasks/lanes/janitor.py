@@ -39,6 +39,7 @@ from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput
 from ccci_tasks.lanes import LANES, canon, fence, get_lane, reconcile, runner
 from ccci_tasks.lanes.model import run_hex
+from ccci_tasks.naming import Domain, Recipe, RunHex, RunId
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import AppInfo, Platform
 from ccci_tasks.state import intents, reports
@@ -50,8 +51,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Action:
     kind: Literal["remove", "put_back", "roll_back"]
-    domain: str
-    recipe: str
+    domain: Domain
+    recipe: str  # as the platform or an intent record names it
     why: str
 
 
@@ -69,14 +70,14 @@ class JanitorReport:
         return asdict(self)
 
 
-def ours(apps: list[AppInfo], base_domain: str) -> list[AppInfo]:
+def ours(apps: list[AppInfo], base_domain: Domain) -> list[AppInfo]:
     """The cold apps and canonicals of this system (never live-warm infra apps)."""
     return [a for a in apps if a.kind in ("cold", "warm")
             and naming.parse_domain(a.domain, base_domain) is not None]
 
 
 def plan(
-    apps: list[AppInfo], occupying: list[Lease], dirty: list[str], base_domain: str,
+    apps: list[AppInfo], occupying: list[Lease], dirty: list[str], base_domain: Domain,
     infra_dirty: Sequence[str] = (),
 ) -> list[Action]:
     """What to clean up that no occupying run explains: cold apps whose run holds nothing;
@@ -99,7 +100,7 @@ def plan(
         if recipe not in held and not any(a.recipe == recipe and a.kind == "put_back"
                                           for a in actions):
             try:
-                domain = naming.warm_domain(recipe, base_domain)
+                domain = naming.warm_domain(Recipe(recipe), base_domain)
             except InvalidInput:
                 continue
             actions.append(Action("put_back", domain, recipe,
@@ -108,7 +109,7 @@ def plan(
         if name in held_infra:
             continue
         try:
-            domain = naming.warm_domain(name, base_domain)
+            domain = naming.warm_domain(Recipe(name), base_domain)
         except InvalidInput:
             continue
         actions.append(Action("roll_back", domain, name,
@@ -117,9 +118,9 @@ def plan(
 
 
 def lost_reports(
-    unfinished: list[reports.RunReport], occupying: list[Lease], pending: list[str],
-    live_hexes: set[str], explained: set[str], now: datetime, grace_s: float,
-    touched: dict[str, datetime],
+    unfinished: list[reports.RunReport], occupying: list[Lease], pending: list[RunId],
+    live_hexes: set[RunHex], explained: set[RunId], now: datetime, grace_s: float,
+    touched: dict[RunId, datetime],
 ) -> list[reports.RunReport]:
     """Unfinished reports nothing explains, untouched for ``grace_s`` (a run being submitted
     right now has a report before it has a queue entry)."""
@@ -191,14 +192,16 @@ def _recover_hold(settings: Settings, platform: Platform, spec: RunSpec) -> list
 
 
 def _act(settings: Settings, platform: Platform, slots: Slots, action: Action) -> None:
-    hold, recipe = str(uuid.uuid4()), action.recipe
+    hold = RunId(str(uuid.uuid4()))
     if action.kind == "remove":
-        slots.hold(hold, recipe or "unknown", [Resource.slot()])
+        slots.hold(hold, Recipe(action.recipe or "unknown"), [Resource.slot()])
         platform.remove(action.domain)
     elif action.kind == "put_back":
+        recipe = Recipe(action.recipe)  # as the platform or an intent record names it
         slots.hold(hold, recipe, [Resource.slot(), Resource.canon(recipe)])
         _recover_hold(settings, platform, RunSpec(hold, "janitor", recipe))
     else:
+        recipe = Recipe(action.recipe)
         slots.hold(hold, recipe, [reconcile.resource(recipe)])
         reconcile.recover_app(settings, platform, recipe)
     slots.finish_reap(hold)

@@ -24,6 +24,7 @@ from ccci_tasks.lanes import canon as canon_mod
 from ccci_tasks.lanes import cold, common
 from ccci_tasks.lanes.model import Failure, Lane, RunCtx, StepEnv, Submission
 from ccci_tasks.lanes.recipes import check_request, dep_resources
+from ccci_tasks.naming import Domain, RunId
 from ccci_tasks.platform.base import DeployedState, Platform
 from ccci_tasks.state import warmsnap
 from ccci_tasks.state.meta import load_meta
@@ -40,7 +41,7 @@ def _known_good(ctx: RunCtx) -> str:
     return str(ctx.plan["known_good"])
 
 
-def _warm(ctx: RunCtx) -> str:
+def _warm(ctx: RunCtx) -> Domain:
     assert ctx.domain is not None
     return ctx.domain
 
@@ -48,7 +49,7 @@ def _warm(ctx: RunCtx) -> str:
 # ----------------------------------------------------------------------------- prepare/plan
 
 
-def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
+def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Submission:
     recipe, ref = request.get("recipe"), request.get("ref")
     if ref is None:
         raise InvalidInput("a quick run needs a ref (the PR head) to upgrade to")

@@ -20,12 +20,13 @@ from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError
 from ccci_tasks.lanes import runner
 from ccci_tasks.lanes.model import run_hex
+from ccci_tasks.naming import RunHex, RunId
 
 log = logging.getLogger(__name__)
 
 
-def _run_id(task: Task) -> str:
-    return str(task.request.id or uuid.uuid4())
+def _run_id(task: Task) -> RunId:
+    return RunId(str(task.request.id or uuid.uuid4()))  # the Celery task id: parsed here
 
 
 @app.task(bind=True, name=c.task_name(c.QUEUE_INFRA, "warm_reconcile"))  # type: ignore[untyped-decorator]
@@ -61,7 +62,7 @@ def sweep_watchdog() -> dict[str, Any]:
     return {"fired": True, "age_h": round(age_h, 2), "run_id": result.id}
 
 
-def live_run_hexes(settings: Settings) -> set[str]:
+def live_run_hexes(settings: Settings) -> set[RunHex]:
     """Hexes of every run that is not over: occupying, queued, or with a live cold app."""
     from ccci_tasks.admission import Slots
     from ccci_tasks.lanes.janitor import ours

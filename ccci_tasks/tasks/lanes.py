@@ -21,11 +21,12 @@ from ccci_tasks.celery_app import app
 from ccci_tasks.config import get_settings
 from ccci_tasks.lanes import janitor as janitor_mod
 from ccci_tasks.lanes import runner, steps_by_queue
+from ccci_tasks.naming import RunId
 from ccci_tasks.platform import get_platform
 
 
-def _run_id(task: Task) -> str:
-    return str(task.request.id or uuid.uuid4())
+def _run_id(task: Task) -> RunId:
+    return RunId(str(task.request.id or uuid.uuid4()))  # the Celery task id: parsed here
 
 
 @app.task(bind=True, name=c.task_name(c.QUEUE_ALERTS, "quick_run"))  # type: ignore[untyped-decorator]
