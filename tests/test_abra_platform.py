@@ -25,7 +25,7 @@ from ccci_tasks.errors import (
     PlatformError,
     WaitTimeout,
 )
-from ccci_tasks.naming import Domain, Recipe, RunHex, RunId, stack_name
+from ccci_tasks.naming import Domain, Recipe, Ref, RunHex, RunId, stack_name
 from ccci_tasks.platform.abra import AbraPlatform, run_command
 from ccci_tasks.platform.abra_plan import (
     chaos_checkout_plan,
@@ -454,7 +454,7 @@ BAD_RECIPES = ["../x", "-rf", "a/b", "$(id)", "Recipe", ""]
 def test_bad_chaos_refs_are_rejected_before_any_process(env: Env, ref: str) -> None:
     """An option- or shell-like ref is InvalidInput and no process starts."""
     with pytest.raises(InvalidInput):
-        env.platform().deploy(DOMAIN, chaos_ref=ref)
+        env.platform().deploy(DOMAIN, chaos_ref=Ref(ref))
     assert not env.log.exists()
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ccci_tasks import failpoints, stonith
 from ccci_tasks.errors import BrokerError, LeaseLost, StateError
-from ccci_tasks.naming import Domain, Recipe, RunHex, RunId
+from ccci_tasks.naming import Domain, Recipe, Ref, RunHex, RunId
 from ccci_tasks.platform.base import (
     AppInfo,
     DeployedState,
@@ -137,7 +137,7 @@ class FencedPlatform:
         return self.inner.new_app(recipe, domain, version, kind=kind, run=run)
 
     def deploy(
-        self, domain: Domain, version: str | None = None, chaos_ref: str | None = None
+        self, domain: Domain, version: str | None = None, chaos_ref: Ref | None = None
     ) -> DeployedState:
         what = f"commit {chaos_ref}" if chaos_ref else f"version {version or 'latest'}"
         self.fence.check(f"deploy {what} of {domain}")

@@ -66,6 +66,7 @@ from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, Platform
 from ccci_tasks.naming import (
     Domain,
     Recipe,
+    Ref,
     RunHex,
     RunId,
     stack_name,
@@ -83,7 +84,6 @@ from ccci_tasks.platform.abra_plan import (
     new_app_argv,
     subprocess_env,
     undeploy_argv,
-    validate_chaos_ref,
     validate_kind,
     validate_server,
 )
@@ -305,18 +305,16 @@ class AbraPlatform(EngineHousekeeping):
         return sha
 
     def deploy(
-        self, domain: Domain, version: str | None = None, chaos_ref: str | None = None
+        self, domain: Domain, version: str | None = None, chaos_ref: Ref | None = None
     ) -> DeployedState:
         """Deploy ``version`` (None: latest) or, with ``chaos_ref``, that commit as it is."""
         if version is not None:
             validate_version(version)
-        if chaos_ref is not None:
-            validate_chaos_ref(chaos_ref)
-            if version is not None:
-                raise InvalidInput(
-                    f"deploy of {domain}: give a version or a chaos ref, not both "
-                    f"(got {version!r} and {chaos_ref!r})"
-                )
+        if chaos_ref is not None and version is not None:
+            raise InvalidInput(
+                f"deploy of {domain}: give a version or a chaos ref, not both "
+                f"(got {version!r} and {chaos_ref!r})"
+            )
         named = env_file_recipe(self._read_env_file(domain))
         if named is None:
             raise PlatformError(

@@ -50,9 +50,8 @@ from typing import Final, cast
 
 from ccci_tasks.constants import KINDS
 from ccci_tasks.errors import ConfigError, InvalidInput
-from ccci_tasks.naming import Domain, Recipe, RunId, validate_ref, validate_version
+from ccci_tasks.naming import Domain, Recipe, RunId
 from ccci_tasks.platform.base import Kind
-from ccci_tasks.versions import is_version
 
 __all__ = [
     "ENV_KIND",
@@ -67,7 +66,6 @@ __all__ = [
     "new_app_argv",
     "subprocess_env",
     "undeploy_argv",
-    "validate_chaos_ref",
     "validate_kind",
     "validate_server",
 ]
@@ -103,13 +101,6 @@ def validate_kind(kind: str) -> Kind:
     if kind not in KINDS:
         raise InvalidInput(f"kind {kind!r} is invalid: it must be one of {', '.join(KINDS)}")
     return cast(Kind, kind)
-
-
-def validate_chaos_ref(ref: str) -> str:
-    """A chaos ref is a version tag, a sha or a safe ref name."""
-    if isinstance(ref, str) and is_version(ref):
-        return validate_version(ref)
-    return validate_ref(ref)
 
 
 # --------------------------------------------------------------------------- layout

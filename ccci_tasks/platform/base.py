@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
 from ccci_tasks.errors import InvalidInput, UncleanStop
-from ccci_tasks.naming import Domain, Recipe, RunHex
+from ccci_tasks.naming import Domain, Recipe, Ref, RunHex
 
 Kind = Literal["cold", "warm", "infra"]
 
@@ -227,7 +227,7 @@ class Platform(Protocol):
         ...
 
     def deploy(
-        self, domain: Domain, version: str | None = None, chaos_ref: str | None = None
+        self, domain: Domain, version: str | None = None, chaos_ref: Ref | None = None
     ) -> DeployedState:
         """Deploy ``version`` (None: latest tag) or, with ``chaos_ref``, that commit as it is.
 

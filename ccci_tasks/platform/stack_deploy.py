@@ -26,7 +26,7 @@ import yaml
 from ccci_tasks import constants
 from ccci_tasks.atomic import write_text
 from ccci_tasks.errors import AppNotFound, InvalidInput
-from ccci_tasks.naming import Domain, Recipe, validate_ref, validate_version
+from ccci_tasks.naming import Domain, Recipe, Ref, validate_version
 from ccci_tasks.platform.compose_files import ComposeFile, NeededSecret, check_stack, load_compose
 from ccci_tasks.platform.recipe_env import HTTP_PORT_KEY, RecipeEnv, read_abra_sh
 from ccci_tasks.platform.recipes import RecipeRepo
@@ -67,12 +67,10 @@ def resolve_version(repo: RecipeRepo, version: str | None) -> str:
 
 
 def resolve_ref(repo: RecipeRepo, version: str | None,
-                chaos_ref: str | None) -> tuple[str, str | None]:
+                chaos_ref: Ref | None) -> tuple[str, str | None]:
     """What to check out: ``(tag, None)``, or for a chaos deploy ``(full sha, short sha)``."""
     if chaos_ref is None:
         return resolve_version(repo, version), None
-    if not is_version(chaos_ref):
-        validate_ref(chaos_ref)
     ref = repo.commit(chaos_ref)
     return ref, repo.short_sha(ref)
 

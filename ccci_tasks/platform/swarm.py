@@ -42,6 +42,7 @@ from ccci_tasks.errors import AppNotFound, InvalidInput
 from ccci_tasks.naming import (
     Domain,
     Recipe,
+    Ref,
     RunHex,
     stack_name,
 )
@@ -183,7 +184,7 @@ class SwarmPlatform(EngineHousekeeping):
         )
 
     def deploy(
-        self, domain: Domain, version: str | None = None, chaos_ref: str | None = None
+        self, domain: Domain, version: str | None = None, chaos_ref: Ref | None = None
     ) -> DeployedState:
         """Deploy a version tag (None: latest) or, with ``chaos_ref``, that commit as it is.
 
