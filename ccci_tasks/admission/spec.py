@@ -148,9 +148,6 @@ class Lease:
     started: bool = True
     holder: str | None = None  # "<node> <pid> <start>" of the step acting for it, if any
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "run_id", RunId(self.run_id))  # as Redis holds it
-
     @property
     def node(self) -> str | None:
         """The node whose process last acted for the run."""

@@ -107,9 +107,10 @@ class RunCtx:
         return RunCtx(**{**self.__dict__, "failure": failure})
 
 
-def run_hex(run_id: RunId) -> RunHex:
-    """The 6-hex id of a run, taken from its Celery task id (a uuid)."""
-    return run_id.hex
+def run_hex(run_id: str) -> RunHex:
+    """The 6-hex id of a run, taken from its Celery task id (a uuid; a ``RunId`` as it is,
+    a task id as Celery gives it is parsed)."""
+    return RunId(run_id).hex
 
 
 def _maybe(kind: type[P], value: object) -> P | None:
