@@ -1,8 +1,10 @@
-"""Names of everything: validators for outside strings, and the domain/stack/realm schemes.
+"""Names of everything: value types for outside strings, and the domain/stack/realm schemes.
 
-Every outside string (recipe, ref, version, domain, realm, run hex) passes a validator here
-before it is used; a bad one raises ``InvalidInput`` naming the value, the rule it broke and
-what to do, and nothing has been touched yet (R1.3).
+Every outside string (recipe, ref, version, domain, realm, run id) is parsed here once, where
+it enters; a bad one raises ``InvalidInput`` naming the value, the rule it broke and what to
+do, and nothing has been touched yet (R1.3). Recipe names, refs, domains, run ids and run
+hexes become ``Recipe``, ``Ref``, ``Domain``, ``RunId`` and ``RunHex`` (``Parsed`` strings,
+made only by their parser); code further in takes those types and never re-checks them.
 
 Domain schemes (R1.1)
 ---------------------
