@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ccci_tasks.errors import ConfigError
+from ccci_tasks.naming import Domain, Recipe
 from ccci_tasks.versions import DEFAULT_MIGRATION_PATTERNS
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -41,7 +42,7 @@ class Settings(BaseSettings):
     tests_dir: Path = Path("./tests-recipes")
     platform: Literal["swarm", "abra"] = "swarm"
     recipes_dir: Path = Path("./recipes")
-    base_domain: str = "ci.localhost"
+    base_domain: Domain = Domain("ci.localhost")
     max_tests: int = Field(default=1, ge=1, le=64)
 
     prune_threshold_pct: int = Field(default=80, ge=1, le=100)
@@ -118,13 +119,6 @@ class Settings(BaseSettings):
     flower_user: str = "ccci"
     flower_password: SecretStr | None = None
 
-    @field_validator("base_domain")
-    @classmethod
-    def _base_domain_ok(cls, value: str) -> str:
-        from ccci_tasks.naming import validate_domain
-
-        return validate_domain(value)
-
     @field_validator("node")
     @classmethod
     def _node_ok(cls, value: str) -> str:
@@ -136,10 +130,8 @@ class Settings(BaseSettings):
     @field_validator("infra_apps")
     @classmethod
     def _infra_apps_ok(cls, value: str) -> str:
-        from ccci_tasks.naming import validate_recipe
-
         for app in value.split():
-            validate_recipe(app)
+            Recipe(app)
         return " ".join(value.split())
 
     @field_validator("nightly_at")
@@ -224,9 +216,9 @@ class Settings(BaseSettings):
     def notify_url_list(self) -> list[str]:
         return self.notify_urls.get_secret_value().split()
 
-    def infra_app_list(self) -> list[str]:
+    def infra_app_list(self) -> list[Recipe]:
         """The live-warm apps of ``CCCI_INFRA_APPS`` (``""``: none)."""
-        return self.infra_apps.split()
+        return [Recipe(app) for app in self.infra_apps.split()]
 
 
 @lru_cache(maxsize=1)

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
 from ccci_tasks.errors import AppNotFound, InvalidInput
-from ccci_tasks.naming import validate_recipe
+from ccci_tasks.naming import Recipe
 from ccci_tasks.state.infra import InfraState
 from ccci_tasks.versions import (
     DEFAULT_MIGRATION_PATTERNS,
@@ -120,7 +120,7 @@ def _as_version(text: str | None) -> Version | None:
 
 
 def plan_reconcile(
-    app: str,
+    app: Recipe,
     deployed: str | None,
     recorded: InfraState | None,
     tags: Iterable[str],
@@ -135,7 +135,6 @@ def plan_reconcile(
     ``deployed`` is the version label of the running app (``None``: nothing runs). Raises
     ``AppNotFound`` naming the recipe when it has no version tag.
     """
-    validate_recipe(app)
     if recorded is not None and recorded.app != app:
         raise InvalidInput(f"the recorded state is of app {recorded.app!r}, not {app!r}")
     versions = _sorted_tags(app, tags)

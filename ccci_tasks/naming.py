@@ -1,8 +1,10 @@
-"""Names of everything: validators for outside strings, and the domain/stack/realm schemes.
+"""Names of everything: value types for outside strings, and the domain/stack/realm schemes.
 
-Every outside string (recipe, ref, version, domain, realm, run hex) passes a validator here
-before it is used; a bad one raises ``InvalidInput`` naming the value, the rule it broke and
-what to do, and nothing has been touched yet (R1.3).
+Every outside string (recipe, ref, version, domain, realm, run id) is parsed here once, where
+it enters; a bad one raises ``InvalidInput`` naming the value, the rule it broke and what to
+do, and nothing has been touched yet (R1.3). Recipe names, refs, domains, run ids and run
+hexes become ``Recipe``, ``Ref``, ``Domain``, ``RunId`` and ``RunHex`` (``Parsed`` strings,
+made only by their parser); code further in takes those types and never re-checks them.
 
 Domain schemes (R1.1)
 ---------------------
@@ -44,7 +46,9 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal, Self
+
+from pydantic_core import core_schema
 
 from ccci_tasks.errors import InvalidInput
 from ccci_tasks.versions import is_version, parse_version
@@ -52,7 +56,12 @@ from ccci_tasks.versions import is_version, parse_version
 __all__ = [
     "MAX_STACK_NAME_LENGTH",
     "RUN_HEX_LEN",
+    "Domain",
     "ParsedDomain",
+    "Recipe",
+    "Ref",
+    "RunHex",
+    "RunId",
     "cold_domain",
     "cold_prefix",
     "new_run_hex",
@@ -238,9 +247,93 @@ def validate_run_hex(h: str) -> str:
     return h
 
 
-def new_run_hex() -> str:
+# --- value types --------------------------------------------------------------------------
+
+
+class Parsed(str):
+    """A string that passed its check: made only by ``Type(text)`` / ``Type.parse(text)``,
+    which raise ``InvalidInput`` like the matching ``validate_*`` function. Code inside takes
+    the type and never re-checks; ``mypy --strict`` refuses a plain ``str`` where one is due.
+    Being a ``str``, a value goes into paths, JSON, Redis and Celery arguments unchanged."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def _check(value: Any) -> object:
+        """Raise ``InvalidInput`` unless ``value`` is good text for this type."""
+        raise NotImplementedError
+
+    def __new__(cls, value: object) -> Self:
+        if type(value) is cls:
+            return value  # already parsed: no second check
+        cls._check(value)
+        return super().__new__(cls, value)
+
+    @classmethod
+    def parse(cls, value: object) -> Self:
+        """``value`` as this type, or ``InvalidInput`` naming it and the rule it broke."""
+        return cls(value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: object, handler: object) -> Any:
+        """In a pydantic record the field is checked by the same rule and stored as text."""
+        return core_schema.no_info_plain_validator_function(
+            cls, serialization=core_schema.plain_serializer_function_ser_schema(str))
+
+
+class Recipe(Parsed):
+    """A Co-op Cloud recipe name (``validate_recipe``)."""
+
+    __slots__ = ()
+    @staticmethod
+    def _check(value: Any) -> object:
+        return validate_recipe(value)
+
+
+class Ref(Parsed):
+    """A commit sha, a safe git ref name or a version tag (``validate_ref``)."""
+
+    __slots__ = ()
+    @staticmethod
+    def _check(value: Any) -> object:
+        return validate_ref(value)
+
+
+class Domain(Parsed):
+    """A lowercase DNS name of two or more labels (``validate_domain``)."""
+
+    __slots__ = ()
+    @staticmethod
+    def _check(value: Any) -> object:
+        return validate_domain(value)
+
+
+class RunId(Parsed):
+    """A run id: a Celery task id, a canonical lowercase uuid (``validate_run_id``)."""
+
+    __slots__ = ()
+    @staticmethod
+    def _check(value: Any) -> object:
+        return validate_run_id(value)
+
+    @property
+    def hex(self) -> RunHex:
+        """The run's 6-hex id (cold domains, realms): the uuid's first six hex digits."""
+        return RunHex(self[:RUN_HEX_LEN])
+
+
+class RunHex(Parsed):
+    """The 6-hex id of a run (``validate_run_hex``)."""
+
+    __slots__ = ()
+    @staticmethod
+    def _check(value: Any) -> object:
+        return validate_run_hex(value)
+
+
+def new_run_hex() -> RunHex:
     """A fresh random run id: 6 lowercase hex digits from ``secrets``."""
-    return secrets.token_hex(RUN_HEX_LEN // 2)
+    return RunHex(secrets.token_hex(RUN_HEX_LEN // 2))
 
 
 # --- domains ----------------------------------------------------------------------------
@@ -259,20 +352,20 @@ class ParsedDomain:
     run: str | None
 
 
-def cold_prefix(recipe: str) -> str:
+def cold_prefix(recipe: Recipe) -> str:
     """The prefix of ``recipe``'s cold domains: ``recipe[:4]``, ``_``→``-``, never ``warm``."""
-    prefix = validate_recipe(recipe)[:_COLD_PREFIX_LEN].replace("_", "-").rstrip("-")
+    prefix = Recipe(recipe)[:_COLD_PREFIX_LEN].replace("_", "-").rstrip("-")
     return _COLD_PREFIX_REPLACEMENTS.get(prefix, prefix)
 
 
-def warm_domain(recipe: str, base_domain: str) -> str:
+def warm_domain(recipe: Recipe, base_domain: Domain) -> Domain:
     """``warm-<recipe>.<base>`` (``_`` in the recipe becomes ``-``).
 
     Raises ``InvalidInput`` when the result is no valid domain: the recipe ends in ``-``/``_``
     or is longer than 58 characters (a DNS label holds 63), or the whole is too long.
     """
-    label = WARM_PREFIX + validate_recipe(recipe).replace("_", "-")
-    validate_domain(base_domain)
+    label = WARM_PREFIX + Recipe(recipe).replace("_", "-")
+    Domain(base_domain)
     if not _LABEL_RE.fullmatch(label):
         raise _invalid(
             "recipe name",
@@ -281,25 +374,23 @@ def warm_domain(recipe: str, base_domain: str) -> str:
             "not ending in '-')",
             "warm canonicals need a recipe name of at most 58 characters not ending in '-'/'_'",
         )
-    return validate_domain(f"{label}.{base_domain}")
+    return Domain(f"{label}.{base_domain}")
 
 
-def cold_domain(recipe: str, run_hex: str, base_domain: str) -> str:
+def cold_domain(recipe: Recipe, run_hex: RunHex, base_domain: Domain) -> Domain:
     """``<prefix>-<6hex>.<base>`` with the prefix of ``cold_prefix``."""
     prefix = cold_prefix(recipe)
-    validate_run_hex(run_hex)
-    validate_domain(base_domain)
-    return validate_domain(f"{prefix}-{run_hex}.{base_domain}")
+    return Domain(f"{prefix}-{RunHex(run_hex)}.{Domain(base_domain)}")
 
 
-def parse_domain(domain: str, base_domain: str) -> ParsedDomain | None:
+def parse_domain(domain: str, base_domain: Domain) -> ParsedDomain | None:
     """Recognise a warm or cold domain under ``base_domain``; ``None`` for anything else.
 
     Exactly one label must precede the base. A label starting with ``warm-`` is warm, always;
     otherwise it is cold only if it is ``<prefix>-<6hex>`` with a prefix ``cold_prefix`` can
     produce. Matching is exact (lowercase, no trailing dot).
     """
-    validate_domain(base_domain)
+    Domain(base_domain)
     if not isinstance(domain, str):
         return None
     suffix = "." + base_domain
@@ -319,19 +410,18 @@ def parse_domain(domain: str, base_domain: str) -> ParsedDomain | None:
     return ParsedDomain("cold", match.group(1), match.group(2))
 
 
-def stack_name(domain: str) -> str:
+def stack_name(domain: Domain) -> str:
     """The Docker stack of an app: dots → underscores, cut to 45 characters like abra."""
-    return validate_domain(domain).replace(".", "_")[:MAX_STACK_NAME_LENGTH]
+    return Domain(domain).replace(".", "_")[:MAX_STACK_NAME_LENGTH]
 
 
 # --- realms -----------------------------------------------------------------------------
 
 
-def realm_name(parent: str, run_hex: str) -> str:
+def realm_name(parent: str, run_hex: RunHex) -> str:
     """The per-run realm ``<parent>-<6hex>``; the parent is at most 93 characters."""
     validate_realm(parent)
-    validate_run_hex(run_hex)
-    name = f"{parent}-{run_hex}"
+    name = f"{parent}-{RunHex(run_hex)}"
     if len(name) > MAX_REALM_LENGTH:
         raise _invalid(
             "realm parent",

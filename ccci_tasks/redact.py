@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 if TYPE_CHECKING:
     from ccci_tasks.config import Settings
+    from ccci_tasks.naming import Domain
     from ccci_tasks.platform.base import Platform
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def for_settings(settings: Settings) -> Redactor:
     return Redactor(settings_secrets(settings))
 
 
-def app_secrets(platform: Platform, domains: Iterable[str | None]) -> list[str]:
+def app_secrets(platform: Platform, domains: Iterable[Domain | None]) -> list[str]:
     """The generated secret values of ``domains`` (apps without secrets give none)."""
     found: list[str] = []
     for domain in dict.fromkeys(d for d in domains if d):
@@ -111,6 +112,7 @@ def app_secrets(platform: Platform, domains: Iterable[str | None]) -> list[str]:
     return found
 
 
-def for_run(settings: Settings, platform: Platform, domains: Iterable[str | None]) -> Redactor:
+def for_run(settings: Settings, platform: Platform, domains: Iterable[Domain | None]
+            ) -> Redactor:
     """The redactor of a run: the settings' secrets and those of the apps it works on."""
     return Redactor([*settings_secrets(settings), *app_secrets(platform, domains)])

@@ -6,7 +6,7 @@ import time
 
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import WaitTimeout
-from ccci_tasks.naming import validate_run_id
+from ccci_tasks.naming import RunId
 from ccci_tasks.state.reports import RunReport, load_report
 
 POLL_S = 0.5
@@ -28,7 +28,7 @@ def describe(report: RunReport | None) -> str:
 
 def wait(run_id: str, timeout_s: float, settings: Settings | None = None) -> RunReport:
     """Block until run ``run_id`` has a verdict; ``WaitTimeout`` says where it was."""
-    validate_run_id(run_id)
+    run_id = RunId(run_id)  # a caller's text: parsed here
     settings = settings or get_settings()
     deadline = time.monotonic() + timeout_s
     report = None

@@ -25,7 +25,7 @@ from ccci_tasks.errors import (
     PlatformError,
     WaitTimeout,
 )
-from ccci_tasks.naming import stack_name
+from ccci_tasks.naming import Domain, Recipe, Ref, RunHex, RunId, stack_name
 from ccci_tasks.platform.abra import AbraPlatform, run_command
 from ccci_tasks.platform.abra_plan import (
     chaos_checkout_plan,
@@ -46,6 +46,8 @@ FAKE = str(FAKE_DIR / "abra")
 RECIPE = "custom-html"
 DOMAIN = "cust-1a2b3c.ci.localhost"
 RUN = "1a2b3c"
+RUN_A = RunId("aaaaaaaa-1111-4222-8333-444455556666")
+RUN_B = RunId("bbbbbbbb-1111-4222-8333-444455556666")
 VERSION = "1.0.0+1.0"
 SECRET = "hunter2-do-not-leak"
 GIT_ID = ["-c", "user.name=ccci", "-c", "user.email=ccci@example.org"]
@@ -143,7 +145,7 @@ class Env:
                                  abra_server="default")
         self.state = InMemoryDockerState()
 
-    def platform(self, run_id: str | None = "run-a", **extra: str) -> AbraPlatform:
+    def platform(self, run_id: RunId | None = RUN_A, **extra: str) -> AbraPlatform:
         return AbraPlatform(self.settings, run_id=run_id, docker_state=self.state,  # type: ignore[arg-type]
                             extra_env={**self.extra, **extra})
 
@@ -227,7 +229,7 @@ def test_subprocess_gets_a_minimal_environment_and_runs_in_abra_dir(
     platform = env.platform(TOKEN=SECRET)
     platform.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
     (call,) = env.calls()
-    assert call["ABRA_DIR"] == str(env.root / "runs" / "run-a")
+    assert call["ABRA_DIR"] == str(env.root / "runs" / RUN_A)
     assert call["cwd"] == call["ABRA_DIR"]
     # The interpreter launcher (e.g. a pyenv shim) may add its own variables, so check
     # that ours arrived and none of the worker's CCCI_* settings did.
@@ -243,11 +245,11 @@ def test_subprocess_gets_a_minimal_environment_and_runs_in_abra_dir(
 
 def test_each_run_has_its_own_abra_dir_sharing_servers(env: Env) -> None:
     """Two run ids get two ABRA_DIRs whose servers/ and catalogue/ are one shared directory."""
-    first, second = env.platform("run-a"), env.platform("run-b")
+    first, second = env.platform(RUN_A), env.platform(RUN_B)
     first.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
     second.new_app(RECIPE, "cust-4d5e6f.ci.localhost", kind="cold", run="4d5e6f")
     dirs = [call["ABRA_DIR"] for call in env.calls()]
-    assert dirs == [str(env.root / "runs" / "run-a"), str(env.root / "runs" / "run-b")]
+    assert dirs == [str(env.root / "runs" / RUN_A), str(env.root / "runs" / RUN_B)]
     for name in ("servers", "catalogue"):
         links = [Path(d) / name for d in dirs]
         assert all(link.is_symlink() for link in links)
@@ -265,9 +267,10 @@ def test_no_run_id_uses_the_shared_abra_dir(env: Env) -> None:
 
 @pytest.mark.parametrize("run_id", ["../x", "-rf", "a/b", "", "x" * 65])
 def test_unsafe_run_ids_are_rejected(env: Env, run_id: str) -> None:
-    """A run id that is no plain directory name is InvalidInput."""
+    """A run id that is no plain directory name is InvalidInput (the platform takes a RunId,
+    made only by parsing)."""
     with pytest.raises(InvalidInput):
-        env.platform(run_id=run_id)
+        env.platform(run_id=RunId(run_id))
 
 
 def test_discard_run_dir_keeps_the_shared_servers(env: Env) -> None:
@@ -296,7 +299,7 @@ def test_a_run_directory_goes_when_its_run_ends(env: Env, tmp_path: Path,
     settings = env.settings.model_copy(update={"platform": "abra", "forge_url": None,
                                                "notify_urls": SecretStr(""),
                                                "state_dir": tmp_path / "state"})
-    run_id, other = "0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a", "run-b"
+    run_id, other = RunId("0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a"), RUN_B
     ended = AbraPlatform(settings, run_id=run_id, docker_state=env.state,  # type: ignore[arg-type]
                          extra_env=env.extra)
     ended.new_app(RECIPE, DOMAIN, VERSION, kind="cold", run=RUN)
@@ -373,13 +376,13 @@ def test_chaos_deploy_in_a_new_run_clones_its_own_checkout(
     env: Env, shas: dict[str, str]
 ) -> None:
     """A later run (own ABRA_DIR, no checkout yet) clones the recipe before a chaos deploy."""
-    env.platform("run-a").new_app(RECIPE, DOMAIN, VERSION, kind="warm", run=None)
-    later = env.platform("run-b")
+    env.platform(RUN_A).new_app(RECIPE, DOMAIN, VERSION, kind="warm", run=None)
+    later = env.platform(RUN_B)
     later.deploy(DOMAIN, chaos_ref=shas["pr"][:12])
     deploy = env.calls()[-1]
-    assert deploy["ABRA_DIR"] == str(env.root / "runs" / "run-b")
+    assert deploy["ABRA_DIR"] == str(env.root / "runs" / RUN_B)
     assert deploy["recipe_head"] == shas["pr"]
-    first = env.root / "runs" / "run-a" / "recipes" / RECIPE
+    first = env.root / "runs" / RUN_A / "recipes" / RECIPE
     assert git("-C", str(first), "rev-parse", "HEAD") == shas["tag"]  # untouched
 
 
@@ -460,7 +463,7 @@ BAD_RECIPES = ["../x", "-rf", "a/b", "$(id)", "Recipe", ""]
 def test_bad_chaos_refs_are_rejected_before_any_process(env: Env, ref: str) -> None:
     """An option- or shell-like ref is InvalidInput and no process starts."""
     with pytest.raises(InvalidInput):
-        env.platform().deploy(DOMAIN, chaos_ref=ref)
+        env.platform().deploy(DOMAIN, chaos_ref=Ref(ref))
     assert not env.log.exists()
 
 
@@ -478,7 +481,7 @@ def test_bad_versions_are_rejected_before_any_process(env: Env, version: str) ->
 def test_bad_recipes_are_rejected_before_any_process(env: Env, recipe: str) -> None:
     """A recipe such as ../x or -rf is InvalidInput; nothing runs and nothing is created."""
     with pytest.raises(InvalidInput):
-        env.platform().new_app(recipe, DOMAIN, kind="cold", run=RUN)
+        env.platform().new_app(Recipe(recipe), DOMAIN, kind="cold", run=RUN)
     assert not env.log.exists()
     assert not env.root.exists()
 
@@ -495,11 +498,13 @@ def test_a_bad_recipe_in_the_env_file_is_rejected_before_any_process(env: Env) -
 @pytest.mark.parametrize("domain", ["-rf.ci.localhost", "../x", "a b.ci", "$(id).ci.localhost",
                                     "localhost", "CAPS.ci.localhost"])
 def test_bad_domains_are_rejected_before_any_process(env: Env, domain: str) -> None:
-    """Every operation validates the domain first."""
+    """Every operation takes a parsed domain: a bad one is refused before any process."""
     platform = env.platform()
-    for call in (lambda: platform.new_app(RECIPE, domain, kind="cold", run=RUN),
-                 lambda: platform.deploy(domain), lambda: platform.undeploy(domain),
-                 lambda: platform.remove(domain), lambda: platform.base_url(domain)):
+    for call in (lambda: platform.new_app(RECIPE, Domain(domain), kind="cold", run=RUN),
+                 lambda: platform.deploy(Domain(domain)),
+                 lambda: platform.undeploy(Domain(domain)),
+                 lambda: platform.remove(Domain(domain)),
+                 lambda: platform.base_url(Domain(domain))):
         with pytest.raises(InvalidInput):
             call()
     assert not env.log.exists()
@@ -511,7 +516,7 @@ def test_bad_kind_and_run_are_rejected(env: Env) -> None:
     with pytest.raises(InvalidInput):
         env.platform().new_app(RECIPE, DOMAIN, kind="hot", run=RUN)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput):
-        env.platform().new_app(RECIPE, DOMAIN, kind="cold", run="../x")
+        env.platform().new_app(RECIPE, DOMAIN, kind="cold", run=RunHex("../x"))
     assert not env.log.exists()
 
 
@@ -568,7 +573,7 @@ def test_abra_talks_to_the_engine_the_system_watches(env: Env,
     monkeypatch.setenv("DOCKER_CONTEXT", "coop-server")
     monkeypatch.setenv("SSH_AUTH_SOCK", "/run/user/1000/agent.sock")
     settings = env.settings.model_copy(update={"docker_host": "ssh://ci@swarm.example.org"})
-    platform = AbraPlatform(settings, run_id="run-a", docker_state=env.state,  # type: ignore[arg-type]
+    platform = AbraPlatform(settings, run_id=RUN_A, docker_state=env.state,  # type: ignore[arg-type]
                             extra_env=env.extra)
     platform.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
     platform.deploy(DOMAIN, VERSION)
@@ -601,7 +606,7 @@ def test_timeout_is_wait_timeout(tmp_path: Path) -> None:
 def test_missing_binary_is_platform_error(env: Env) -> None:
     """An abra that cannot be started is a PlatformError naming CCCI_ABRA_BIN."""
     settings = env.settings.model_copy(update={"abra_bin": str(env.tmp / "no-abra")})
-    platform = AbraPlatform(settings, run_id="run-a", docker_state=env.state)  # type: ignore[arg-type]
+    platform = AbraPlatform(settings, run_id=RUN_A, docker_state=env.state)  # type: ignore[arg-type]
     with pytest.raises(PlatformError, match="CCCI_ABRA_BIN"):
         platform.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
 
@@ -610,7 +615,7 @@ def test_abra_is_found_on_path(env: Env, monkeypatch: pytest.MonkeyPatch) -> Non
     """With abra_bin 'abra' the fake first on PATH is the one that runs."""
     monkeypatch.setenv("PATH", f"{FAKE_DIR}:{os.environ['PATH']}")
     settings = env.settings.model_copy(update={"abra_bin": "abra"})
-    platform = AbraPlatform(settings, run_id="run-a", docker_state=env.state,  # type: ignore[arg-type]
+    platform = AbraPlatform(settings, run_id=RUN_A, docker_state=env.state,  # type: ignore[arg-type]
                             extra_env=env.extra)
     env.state.deployed_domains.add(DOMAIN)
     platform.undeploy(DOMAIN)
@@ -686,7 +691,7 @@ def test_deployed_and_volumes_read_the_real_engine(env: Env, swarm: DockerClient
     """With a real engine, an app never deployed has no services and no volumes."""
     from ccci_tasks.platform.docker_state import DockerState
 
-    platform = AbraPlatform(env.settings, run_id="run-a", docker_state=DockerState(swarm))
+    platform = AbraPlatform(env.settings, run_id=RUN_A, docker_state=DockerState(swarm))
     domain = "abra-9f8e7d.ci.localhost"
     state = platform.deployed(domain)
     assert state.stack == "abra-9f8e7d_ci_localhost" and not state.is_deployed

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ccci_tasks.errors import InvalidInput, RegistryError
+from ccci_tasks.naming import Recipe
 from ccci_tasks.state.canonical import list_registries
 from ccci_tasks.state.infra import (
     InfraState,
@@ -99,12 +100,13 @@ def test_garbage_file_is_registry_error_naming_it(tmp_path: Path, content: str) 
 
 
 def test_bad_app_name_refused_before_any_read(tmp_path: Path) -> None:
-    """An app name that could escape the state root is refused."""
+    """An app name that could escape the state root is refused (the functions take a parsed
+    ``Recipe``)."""
     for name in ("../etc", "a/b", ""):
         with pytest.raises(InvalidInput):
-            read_infra(tmp_path, name)
+            read_infra(tmp_path, Recipe(name))
         with pytest.raises(InvalidInput):
-            infra_dir(tmp_path, name)
+            infra_dir(tmp_path, Recipe(name))
 
 
 def test_list_infra_sorted_and_not_canonicals(tmp_path: Path) -> None:

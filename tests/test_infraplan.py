@@ -16,6 +16,7 @@ from recipe_tags import keep_tags_upto, session_copy, version_tags
 
 from ccci_tasks.errors import AppNotFound, InvalidInput
 from ccci_tasks.infraplan import InfraPlan, plan_reconcile
+from ccci_tasks.naming import Recipe
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state.infra import InfraState, InfraStatus
 from ccci_tasks.state.meta import load_meta
@@ -205,7 +206,7 @@ def test_notes_may_be_a_callable_and_patterns_configurable() -> None:
 def test_bad_inputs_refused() -> None:
     """A bad app name or a state of another app is refused before deciding anything."""
     with pytest.raises(InvalidInput):
-        plan_reconcile("../x", None, None, KC, {}, stateful=False)
+        plan_reconcile(Recipe("../x"), None, None, KC, {}, stateful=False)
     with pytest.raises(InvalidInput, match="traefik"):
         plan_reconcile("keycloak", None, _recorded("traefik", "3.0.0+v3.1.0", None), KC, {},
                        stateful=False)

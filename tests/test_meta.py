@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from ccci_tasks.errors import ConfigError, InvalidInput
+from ccci_tasks.naming import Recipe
 from ccci_tasks.state.meta import RecipeMeta, enrolled_recipes, load_meta
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,7 +150,7 @@ def test_duplicate_key_and_syntax_error_refused(tmp_path: Path) -> None:
 def test_bad_recipe_name_refused(tmp_path: Path) -> None:
     """A recipe name that could escape the tests dir is refused before any read."""
     with pytest.raises(InvalidInput):
-        load_meta(tmp_path, "../etc")
+        load_meta(tmp_path, Recipe("../etc"))
 
 
 def test_enrolled_recipes(tmp_path: Path) -> None:

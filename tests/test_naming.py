@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import pickle
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -12,7 +15,13 @@ from ccci_tasks.errors import InvalidInput
 from ccci_tasks.naming import (
     MAX_STACK_NAME_LENGTH,
     RUN_HEX_LEN,
+    Domain,
+    Parsed,
     ParsedDomain,
+    Recipe,
+    Ref,
+    RunHex,
+    RunId,
     cold_domain,
     cold_prefix,
     new_run_hex,
@@ -25,9 +34,11 @@ from ccci_tasks.naming import (
     validate_recipe,
     validate_ref,
     validate_run_hex,
+    validate_run_id,
     validate_version,
     warm_domain,
 )
+from ccci_tasks.state.records import Record
 
 BASE = "ci.localhost"
 recipes = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z")
@@ -509,3 +520,66 @@ def test_realm_round_trip(parent: str, run: str) -> None:
     assert validate_realm(name) == name
     assert parse_realm(name) == (parent, run)
     assert parse_realm(name, parent=parent) == (parent, run)
+
+
+# --- value types ---------------------------------------------------------------------------
+
+VALUE_CASES = [
+    (Recipe, validate_recipe, "custom-html", "../x"),
+    (Ref, validate_ref, "1.2.0+1.2", "--upload-pack=x"),
+    (Domain, validate_domain, "ci.localhost", "CAPS.ci.localhost"),
+    (RunId, validate_run_id, "0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a", "0B6F1D5E"),
+    (RunHex, validate_run_hex, "1a2b3c", "1A2B3C"),
+]
+
+
+@pytest.mark.parametrize(("kind", "validate", "good", "bad"), VALUE_CASES)
+def test_value_types_are_made_only_by_their_parser(
+    kind: type[Parsed], validate: Callable[[str], str], good: str, bad: str
+) -> None:
+    """A value type accepts what its validator accepts and refuses the rest with the very
+    same message; a non-string is refused too."""
+    made = kind(good)
+    assert isinstance(made, kind) and made == good and kind.parse(good) == made
+    with pytest.raises(InvalidInput) as ours:
+        kind(bad)
+    with pytest.raises(InvalidInput) as theirs:
+        validate(bad)
+    assert str(ours.value) == str(theirs.value)
+    with pytest.raises(InvalidInput, match="invalid"):
+        kind(3)
+
+
+def test_a_parsed_value_is_not_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passing a value of the type through its constructor returns it as it is: code inside
+    that takes a Recipe never re-runs the check."""
+    recipe = Recipe("custom-html")
+
+    def refuse(value: object) -> str:
+        raise AssertionError(f"checked again: {value!r}")
+
+    monkeypatch.setattr(Recipe, "_check", staticmethod(refuse))
+    assert Recipe(recipe) is recipe
+    with pytest.raises(AssertionError, match="checked again"):
+        Recipe("other")  # plain text still goes through the check
+
+
+def test_value_types_travel_as_plain_text() -> None:
+    """A value is a string wherever one is read: JSON, pickle (same type back), a pydantic
+    record (checked by the same rule, dumped as text)."""
+    run = RunId("0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a")
+    assert json.loads(json.dumps({"run": run})) == {"run": str(run)}
+    back = pickle.loads(pickle.dumps(run))
+    assert type(back) is RunId and back == run
+    assert run.hex == "0b6f1d" and isinstance(run.hex, RunHex)
+
+    class Named(Record):
+        recipe: Recipe
+        domain: Domain | None = None
+
+    named = Named(recipe="keycloak", domain="warm-keycloak.ci.localhost")  # type: ignore[arg-type]
+    assert type(named.recipe) is Recipe and type(named.domain) is Domain
+    assert named.to_json() == {"recipe": "keycloak", "domain": "warm-keycloak.ci.localhost"}
+    assert all(type(v) is str for v in named.to_json().values())
+    with pytest.raises(InvalidInput, match=re.escape("recipe name '../x' is invalid")):
+        Named(recipe="../x")  # type: ignore[arg-type]

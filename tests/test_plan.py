@@ -13,13 +13,14 @@ from ccci_tasks.errors import DeployFailed, IntegrityError, InvalidInput, RunFai
 from ccci_tasks.lanes import LANES, cold, get_lane, janitor, quick, steps_by_queue
 from ccci_tasks.lanes.model import Failure, RunCtx, run_hex
 from ccci_tasks.lanes.plan import should_promote, upgrade_base
+from ccci_tasks.naming import RunId
 from ccci_tasks.platform.base import AppInfo, Kind
 from ccci_tasks.state.reports import RunReport
 
 TAGS = ["1.0.0+1.0", "1.1.0+1.1", "2.0.0+2.0"]
-RUN = "5d6040c0-6fe8-4ce8-92d0-a5bb4cd8544e"
-OTHER = "0e0e0e0e-1111-4222-8333-444455556666"
-THIRD = "7a7a7a7a-1111-4222-8333-444455556666"
+RUN = RunId("5d6040c0-6fe8-4ce8-92d0-a5bb4cd8544e")
+OTHER = RunId("0e0e0e0e-1111-4222-8333-444455556666")
+THIRD = RunId("7a7a7a7a-1111-4222-8333-444455556666")
 
 
 @pytest.mark.parametrize(
@@ -191,7 +192,7 @@ def test_lost_reports_are_those_nothing_explains() -> None:
     """A report is lost when no lease, queue entry, live app or lane reason explains it and
     it has not been touched for the grace period."""
     now = datetime.now(UTC)
-    runs = [str(__import__("uuid").uuid4()) for _ in range(6)]
+    runs = [RunId(str(__import__("uuid").uuid4())) for _ in range(6)]
     unfinished = [_report(r, 10) for r in runs]
     unfinished[5] = _report(runs[5], 0)  # submitted right now
     lost = janitor.lost_reports(

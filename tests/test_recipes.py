@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError, WaitTimeout
+from ccci_tasks.naming import Recipe
 from ccci_tasks.platform.recipes import RecipeRepo
 
 BAD_REFS = ["--upload-pack=x", "$(id)", "a..b", "-x", "a b", "main;id", "`id`"]
@@ -222,9 +223,9 @@ def test_bad_refs_rejected_before_git_runs(
 
 
 def test_bad_recipe_name() -> None:
-    """The recipe name is validated when the RecipeRepo is made."""
+    """A RecipeRepo takes a parsed recipe name: a bad one is refused before it is made."""
     with pytest.raises(InvalidInput, match=r"'\.\./x'"):
-        RecipeRepo(Path("/nonexistent"), "../x")
+        RecipeRepo(Path("/nonexistent"), Recipe("../x"))
 
 
 def test_missing_repository(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ccci_tasks.errors import InvalidInput, StateError
+from ccci_tasks.naming import Recipe
 from ccci_tasks.state import alerts, intents, records
 from ccci_tasks.state.canonical import Canonical, read_registry, registry_path
 
@@ -37,7 +38,7 @@ def test_records_are_frozen() -> None:
 class Quarantine(records.Record):
     """A small record of the kind the state root holds."""
 
-    recipe: records.RecipeText
+    recipe: Recipe
     reason: str
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ccci_tasks.errors import InvalidInput, StateError
+from ccci_tasks.naming import RunId
 from ccci_tasks.state.reports import (
     create_report,
     end_report,
@@ -52,7 +53,7 @@ def test_run_id_must_be_a_uuid(tmp_path: Path) -> None:
     """A run id that is not a Celery task id is refused before any file is touched."""
     for bad in ("../../etc/passwd", "abc", str(uuid.uuid4()).upper(), ""):
         with pytest.raises(InvalidInput, match="run id"):
-            create_report(tmp_path, bad, "cold", "custom-html")
+            create_report(tmp_path, RunId(bad), "cold", "custom-html")  # parsed first
     assert not (tmp_path / "runs").exists()
 
 

@@ -21,6 +21,7 @@ from redis.retry import Retry
 from ccci_tasks import constants as c
 from ccci_tasks.admission import KEY_EXPIRED, KEY_REAPING, Resource, RunSpec, Slots, keep_alive
 from ccci_tasks.errors import BrokerError, InvalidInput
+from ccci_tasks.naming import RunId
 
 
 class FakeClock:
@@ -600,7 +601,7 @@ def test_bad_json_and_run_ids_rejected(client: redis.Redis) -> None:
     for method in (lambda r: slots.renew(r, 1), slots.release, slots.cancel, slots.spec,
                    slots.forget, slots.finish_reap):
         with pytest.raises(InvalidInput, match="run id"):
-            method("x*")
+            method(RunId("x*"))  # a Slots method takes a parsed run id
     with pytest.raises(InvalidInput, match="live app"):
         slots.admit(["warm:../x"])
     with pytest.raises(InvalidInput, match="max_tests"):

@@ -9,20 +9,19 @@ from contextlib import contextmanager
 
 from ccci_tasks.admission.slots import Slots
 from ccci_tasks.errors import InvalidInput
-from ccci_tasks.naming import validate_run_id
+from ccci_tasks.naming import RunId
 
 log = logging.getLogger(__name__)
 
 
 @contextmanager
 def keep_alive(
-    slots: Slots, run_id: str, token: int, interval_s: float | None = None,
+    slots: Slots, run_id: RunId, token: int, interval_s: float | None = None,
     on_lost: Callable[[], None] | None = None,
 ) -> Iterator[threading.Event]:
     """Renew the run's lease from a daemon thread every ``interval_s`` (default ttl/3)
     while the block runs. Yields an event that is set once the lease is lost (then the
     thread stops renewing and calls ``on_lost``)."""
-    rid = validate_run_id(run_id)
     ttl_s = slots.ttl_s
     interval = ttl_s / 3 if interval_s is None else interval_s
     if isinstance(interval, bool) or not isinstance(interval, int | float) \
@@ -36,17 +35,17 @@ def keep_alive(
     def renew_loop() -> None:
         while not stop.wait(interval):
             try:
-                if not slots.renew(rid, token):
+                if not slots.renew(run_id, token):
                     log.warning("run %s: lease lost (expired, released or flushed); "
-                                "keep_alive stops renewing", rid)
+                                "keep_alive stops renewing", run_id)
                     lost.set()
                     if on_lost is not None:
                         on_lost()
                     return
             except Exception as exc:  # keep trying: the lease may still be alive
-                log.warning("run %s: lease renewal failed: %s", rid, exc)
+                log.warning("run %s: lease renewal failed: %s", run_id, exc)
 
-    thread = threading.Thread(target=renew_loop, name=f"ccci-lease-{rid[:8]}", daemon=True)
+    thread = threading.Thread(target=renew_loop, name=f"ccci-lease-{run_id[:8]}", daemon=True)
     thread.start()
     try:
         yield lost

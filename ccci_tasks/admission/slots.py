@@ -24,7 +24,7 @@ from ccci_tasks.admission.resources import Resource
 from ccci_tasks.admission.scripts import KEY_PARKED, Scripts
 from ccci_tasks.admission.spec import Lease, RunSpec
 from ccci_tasks.errors import BrokerError, InvalidInput
-from ccci_tasks.naming import validate_run_id
+from ccci_tasks.naming import Recipe, RunId
 
 if TYPE_CHECKING:
     from ccci_tasks.config import Settings
@@ -212,59 +212,54 @@ class Slots:
                      spec.recipe, spec.token)
         return admitted
 
-    def renew(self, run_id: str, token: int, holder: str = "") -> bool:
+    def renew(self, run_id: RunId, token: int, holder: str = "") -> bool:
         """Check the run's lease and extend it to now + ttl (the fence check); with
         ``holder`` (``"<node> <pid> <start>"``), record who acts for the run now.
 
         False when the run holds no live lease with this token (expired, released, flushed
         or re-admitted): a lost lease is never revived here.
         """
-        rid = validate_run_id(run_id)
-        return int(self._call("renew", f"renewing the lease of run {rid}", self._ttl_s, rid,
+        return int(self._call("renew", f"renewing the lease of run {run_id}", self._ttl_s, run_id,
                               int(token), holder)) == 1
 
-    def end(self, run_id: str, token: int) -> bool:
+    def end(self, run_id: RunId, token: int) -> bool:
         """The run ended: drop its lease and forget its spec in one step, only while it
         holds its live lease with ``token``. False (and nothing changed) otherwise."""
-        rid = validate_run_id(run_id)
-        ended = int(self._call("release", f"ending run {rid}", rid, int(token), "1")) == 1
+        ended = int(self._call("release", f"ending run {run_id}", run_id, int(token), "1")) == 1
         if ended:
-            log.info("run %s released its resources and was forgotten", rid)
+            log.info("run %s released its resources and was forgotten", run_id)
         return ended
 
-    def release(self, run_id: str, token: int | None = None) -> bool:
+    def release(self, run_id: RunId, token: int | None = None) -> bool:
         """Drop the run's live lease (with ``token``: only if it still holds that token).
         True if a live lease was dropped. The spec is kept until ``forget``."""
-        rid = validate_run_id(run_id)
-        released = int(self._call("release", f"releasing the lease of run {rid}", rid,
+        released = int(self._call("release", f"releasing the lease of run {run_id}", run_id,
                                   "" if token is None else int(token), "0")) == 1
         if released:
-            log.info("run %s released its resources", rid)
+            log.info("run %s released its resources", run_id)
         return released
 
-    def requeue(self, run_id: str, token: int) -> bool:
+    def requeue(self, run_id: RunId, token: int) -> bool:
         """A run could not be launched: drop its lease and put it first in line again."""
-        rid = validate_run_id(run_id)
-        return int(self._call("requeue", f"requeueing run {rid}", rid, int(token))) == 1
+        return int(self._call("requeue", f"requeueing run {run_id}", run_id, int(token))) == 1
 
-    def park(self, run_id: str, token: int) -> bool:
+    def park(self, run_id: RunId, token: int) -> bool:
         """The run waits for its child runs: it gives up its lease and resources (its spec
         stays) until ``unpark``. False if it holds no live lease with this token."""
-        rid = validate_run_id(run_id)
-        return int(self._call("park", f"parking run {rid}", rid, int(token))) == 1
+        return int(self._call("park", f"parking run {run_id}", run_id, int(token))) == 1
 
-    def unpark(self, run_id: str) -> bool:
+    def unpark(self, run_id: RunId) -> bool:
         """Put a parked run first in line again (to be admitted and continued). True if it
         was parked."""
-        rid = validate_run_id(run_id)
-        return int(self._call("unpark", f"unparking run {rid}", rid)) == 1
+        return int(self._call("unpark", f"unparking run {run_id}", run_id)) == 1
 
-    def parked(self) -> list[str]:
+    def parked(self) -> list[RunId]:
         """The parked runs."""
         with self.broker("listing parked runs"):
-            return sorted(_s(x) for x in cast(set[Any], self._client.smembers(KEY_PARKED)))
+            found = cast(set[Any], self._client.smembers(KEY_PARKED))
+        return sorted(RunId(_s(x)) for x in found)
 
-    def holds(self, run_id: str, token: int | None = None) -> bool:
+    def holds(self, run_id: RunId, token: int | None = None) -> bool:
         """True if the run holds a live (unexpired) lease (with ``token``, if given)."""
         for lease in self.occupying():
             if lease.run_id == run_id and lease.state == "live":
@@ -278,7 +273,7 @@ class Slots:
         for item in reply[1:]:
             run_id, score, state, raw = _s(item[0]), float(_s(item[1])), _s(item[2]), item[3]
             fields_ = _pairs(raw)
-            out.append(Lease(run_id, score, self._spec_or_none(run_id, fields_), state,
+            out.append(Lease(RunId(run_id), score, self._spec_or_none(run_id, fields_), state,
                              fields_.get("started", "1") == "1", fields_.get("holder")))
         return out
 
@@ -294,16 +289,14 @@ class Slots:
         specs = self._read_specs(ids, "reading the specs of pending runs")
         return [spec for spec in specs if spec is not None]
 
-    def spec(self, run_id: str) -> RunSpec | None:
+    def spec(self, run_id: RunId) -> RunSpec | None:
         """The stored spec of a run, or None if unknown or forgotten."""
-        rid = validate_run_id(run_id)
-        return self._read_specs([rid], f"reading the spec of run {rid}")[0]
+        return self._read_specs([run_id], f"reading the spec of run {run_id}")[0]
 
-    def cancel(self, run_id: str) -> bool:
+    def cancel(self, run_id: RunId) -> bool:
         """Remove a pending run from the FIFO. True if it was pending."""
-        rid = validate_run_id(run_id)
-        with self.broker(f"cancelling pending run {rid}"):
-            removed = int(self._client.lrem(c.KEY_PENDING, 0, rid))
+        with self.broker(f"cancelling pending run {run_id}"):
+            removed = int(self._client.lrem(c.KEY_PENDING, 0, run_id))
         return removed > 0
 
     def reap_expired(self) -> list[RunSpec]:
@@ -318,30 +311,28 @@ class Slots:
             log.warning("run %s (%s %s): lease expired", spec.run_id, spec.lane, spec.recipe)
         return reaped
 
-    def reaping(self) -> list[tuple[str, RunSpec | None]]:
+    def reaping(self) -> list[tuple[RunId, RunSpec | None]]:
         """Runs (and janitor holds) handed to the janitor and not yet cleaned up."""
         return [(x.run_id, x.spec) for x in self.occupying() if x.state == "reaping"]
 
-    def hold(self, hold_id: str, recipe: str, resources: Sequence[Resource]) -> None:
+    def hold(self, hold_id: RunId, recipe: Recipe, resources: Sequence[Resource]) -> None:
         """The janitor holds ``resources`` (as a reaping entry ``hold_id``) while it cleans
         up after a run Redis no longer knows; ``finish_reap(hold_id)`` frees them."""
-        spec = RunSpec.for_hold(validate_run_id(hold_id), recipe, tuple(resources))
+        spec = RunSpec.for_hold(RunId(hold_id), recipe, tuple(resources))
         args: list[str] = [spec.run_id]
         for key, value in spec._hash_fields().items():
             args += [key, value]
         self._call("hold", f"holding {', '.join(map(str, resources))} for the janitor", *args)
 
-    def finish_reap(self, run_id: str) -> bool:
+    def finish_reap(self, run_id: RunId) -> bool:
         """The janitor cleaned up after a reaped run (or a hold): free its resources and
         drop its spec. True if it was being reaped."""
-        rid = validate_run_id(run_id)
-        done = int(self._call("finish_reap", f"finishing the reap of run {rid}", rid)) == 1
+        done = int(self._call("finish_reap", f"finishing the reap of run {run_id}", run_id)) == 1
         if done:
-            log.info("run %s: cleaned up; its resources are free", rid)
+            log.info("run %s: cleaned up; its resources are free", run_id)
         return done
 
-    def forget(self, run_id: str) -> None:
+    def forget(self, run_id: RunId) -> None:
         """Drop the stored spec (after release/cancel and cleanup are done)."""
-        rid = validate_run_id(run_id)
-        with self.broker(f"forgetting run {rid}"):
-            self._client.delete(c.KEY_RUN_SPEC + rid)
+        with self.broker(f"forgetting run {run_id}"):
+            self._client.delete(c.KEY_RUN_SPEC + run_id)

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from ccci_tasks.admission.resources import Resource
 from ccci_tasks.errors import InvalidInput
-from ccci_tasks.naming import validate_recipe, validate_ref, validate_run_id
+from ccci_tasks.naming import Recipe, Ref, RunId
 
 _LANE_RE: Final = re.compile(r"[a-z][a-z-]{0,30}")
 LEGACY_HOLD_LANE: Final = "janitor"  # how holds were stored before ``RunSpec.hold``
@@ -26,23 +26,24 @@ LEGACY_HOLD_LANE: Final = "janitor"  # how holds were stored before ``RunSpec.ho
 class RunSpec:
     """What a pending or running run is: enough to start its lane and to clean up after it."""
 
-    run_id: str  # a Celery task id (uuid4 string)
+    run_id: RunId  # a Celery task id (uuid4 string)
     lane: str  # a lane name of ``ccci_tasks.lanes``
-    recipe: str  # the recipe (or live-warm app) under test
-    ref: str | None = None
+    recipe: Recipe  # the recipe (or live-warm app) under test
+    ref: Ref | None = None
     resources: tuple[Resource, ...] = ()
-    parent: str | None = None  # the run that started this one (a sweep), if any
+    parent: RunId | None = None  # the run that started this one (a sweep), if any
     enqueued_at: float = 0.0  # epoch seconds, set by Slots.enqueue
     token: int = 0  # fencing token, set at admission
     hold: bool = False  # not a run: the janitor holding resources while it cleans up
 
     @classmethod
-    def for_hold(cls, hold_id: str, recipe: str, resources: tuple[Resource, ...]) -> RunSpec:
+    def for_hold(cls, hold_id: RunId, recipe: Recipe, resources: tuple[Resource, ...]) -> RunSpec:
         """The janitor's hold of ``resources`` (no lane) while it cleans up ``recipe``."""
         return cls(hold_id, "", recipe, resources=resources, hold=True)
 
     def __post_init__(self) -> None:
-        validate_run_id(self.run_id)
+        # A spec read back from Redis or JSON is parsed here; typed values pass as they are.
+        object.__setattr__(self, "run_id", RunId(self.run_id))
         if not isinstance(self.hold, bool):
             raise InvalidInput(f"hold {self.hold!r} of run {self.run_id} is not a bool")
         if self.hold and self.lane != "":
@@ -53,9 +54,9 @@ class RunSpec:
                 f"lane {self.lane!r} of run {self.run_id} is invalid: expected a lane name "
                 "such as quick, cold, reconcile or sweep"
             )
-        validate_recipe(self.recipe)
+        object.__setattr__(self, "recipe", Recipe(self.recipe))
         if self.ref is not None:
-            validate_ref(self.ref)
+            object.__setattr__(self, "ref", Ref(self.ref))
         resources = tuple(self.resources)
         for resource in resources:
             if not isinstance(resource, Resource):
@@ -63,7 +64,7 @@ class RunSpec:
                                    "Resource: build it with Resource.parse or its constructors")
         object.__setattr__(self, "resources", resources)
         if self.parent is not None:
-            validate_run_id(self.parent)
+            object.__setattr__(self, "parent", RunId(self.parent))
         at = self.enqueued_at
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) \
                 or at < 0:
@@ -158,7 +159,7 @@ class Lease:
     """A run that occupies resources: live (``state`` ``live``) or dead and not yet cleaned
     up (``expired``, ``reaping``)."""
 
-    run_id: str
+    run_id: RunId
     expires_at: float
     spec: RunSpec | None
     state: str = "live"

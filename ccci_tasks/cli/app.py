@@ -133,8 +133,7 @@ def load_run(settings: Settings, run_id: str) -> RunReport:
     """The report of ``run_id``; a clear error when there is none."""
     from ccci_tasks.state.reports import load_report
 
-    naming.validate_run_id(run_id)
-    report = load_report(state_root(settings), run_id)
+    report = load_report(state_root(settings), naming.RunId(run_id))
     if report is None:
         raise InvalidInput(f"no run {run_id!r} under {settings.state_dir}/runs; see "
                            "`ccci runs list`")

@@ -107,10 +107,9 @@ def canonical_list(as_json: bool) -> None:
              or "no canonicals")
 
 
-def _registry(settings: Settings, recipe: str) -> Any:
+def _registry(settings: Settings, recipe: naming.Recipe) -> Any:
     from ccci_tasks.state import canonical as reg
 
-    naming.validate_recipe(recipe)
     entry = reg.read_registry(state_root(settings), recipe)
     if entry is None:
         raise InvalidInput(f"no canonical for {recipe!r}; see `ccci canonical list`")
@@ -127,9 +126,10 @@ def canonical_show(recipe: str, as_json: bool) -> None:
 
     with exits():
         settings = load_settings()
-        entry = _registry(settings, recipe)
-        manifest = warmsnap.read_current(settings.state_dir, recipe)
-        why = reg.quarantined(settings.state_dir, recipe)
+        name = naming.Recipe(recipe)
+        entry = _registry(settings, name)
+        manifest = warmsnap.read_current(settings.state_dir, name)
+        why = reg.quarantined(settings.state_dir, name)
         data = {"registry": entry.to_json(),
                 "snapshot": manifest.to_json() if manifest is not None else None,
                 "quarantined": why}
@@ -155,9 +155,10 @@ def canonical_verify(recipe: str, as_json: bool) -> None:
 
     with exits():
         settings = load_settings()
-        _registry(settings, recipe)
+        name = naming.Recipe(recipe)
+        _registry(settings, name)
         try:
-            manifest = warmsnap.verify(settings.state_dir, recipe)
+            manifest = warmsnap.verify(settings.state_dir, name)
         except SnapshotError as exc:
             emit(as_json, {"recipe": recipe, "verified": False, "why": str(exc)},
                  f"{recipe}: snapshot does NOT verify: {exc}")

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from redis.exceptions import RedisError
 
-from ccci_tasks import broker
+from ccci_tasks import broker, naming
 from ccci_tasks.cli.app import (
     JSON,
     WAIT,
@@ -53,7 +53,7 @@ def require_broker(settings: Settings) -> None:
         ) from None
 
 
-def follow(settings: Settings, run_id: str, timeout_s: float,
+def follow(settings: Settings, run_id: naming.RunId, timeout_s: float,
            out: Callable[[str], None]) -> RunReport:
     """Print each step of the run as it starts and ends, until its verdict."""
     from ccci_tasks.runs import describe
@@ -94,7 +94,7 @@ def follow(settings: Settings, run_id: str, timeout_s: float,
 def _enqueue(settings: Settings, send: Callable[[], Any], wait: bool, timeout: float,
              as_json: bool) -> None:
     require_broker(settings)
-    run_id = str(send().id)
+    run_id = naming.RunId(str(send().id))  # the Celery task id of the entry task
     if not wait:
         follow_cmd = f"ccci watch {run_id}"
         emit(as_json, {"run_id": run_id, "follow": follow_cmd},
@@ -158,6 +158,5 @@ def watch(run_id: str, timeout: float) -> None:
     with exits():
         settings = load_settings()
         positive(timeout)
-        load_run(settings, run_id)
-        report = follow(settings, run_id, timeout, click.echo)
+        report = follow(settings, load_run(settings, run_id).run_id, timeout, click.echo)
         raise Exit(verdict_exit(report))

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from ccci_tasks.bridge import Trigger as Lane
 from ccci_tasks.bridge import parse_comment
 from ccci_tasks.errors import InvalidInput
-from ccci_tasks.naming import validate_recipe
+from ccci_tasks.naming import Recipe
 
 __all__ = [
     "DELIVERY_HEADERS",
@@ -168,7 +168,7 @@ def decide(
         return Ignored(f"the repository is not owned by {owner}")
     name = _dig(payload, "repository", "name")
     try:
-        recipe = validate_recipe(name)
+        recipe = Recipe(name)
     except InvalidInput:
         return Ignored(f"repository name {str(name)[:70]!r} is not a recipe name")
     lane = parse_comment(_dig(payload, "comment", "body"))

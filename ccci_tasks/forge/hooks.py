@@ -43,7 +43,7 @@ from ccci_tasks.forge.client import forge_configured, validate_name
 from ccci_tasks.forge.outbox import forge_dir
 from ccci_tasks.forge.relay import FORGE
 from ccci_tasks.lanes.registry import status_context
-from ccci_tasks.naming import validate_run_id
+from ccci_tasks.naming import Recipe, RunId
 from ccci_tasks.outbox import publish
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state import outputs, records
@@ -73,7 +73,7 @@ class StatusTarget(records.Record):
 class Watched(records.Record):
     """``forge/watch/<run_id>.json``: a queued run whose verdict is still to be told."""
 
-    run_id: records.RunIdText
+    run_id: RunId
     target: StatusTarget | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class PullRef(records.Record):
         return f"comment:{self.owner}/{self.repo}#{self.number}"
 
 
-def catalogue_repo(settings: Settings, recipe: str) -> RecipeRepo | None:
+def catalogue_repo(settings: Settings, recipe: Recipe) -> RecipeRepo | None:
     """The recipe's repository in CCCI_RECIPES_DIR, or None when there is none."""
     path = settings.recipes_dir / recipe
     if not (path / ".git").exists():
@@ -129,11 +129,11 @@ def _watch_dir(state_dir: Path) -> Path:
     return forge_dir(state_dir) / WATCH_DIR
 
 
-def _watch_path(state_dir: Path, run_id: str) -> Path:
-    return _watch_dir(state_dir) / f"{validate_run_id(run_id)}.json"
+def _watch_path(state_dir: Path, run_id: RunId) -> Path:
+    return _watch_dir(state_dir) / f"{run_id}.json"
 
 
-def _watch_read(state_dir: Path, run_id: str) -> Watched | None:
+def _watch_read(state_dir: Path, run_id: RunId) -> Watched | None:
     try:
         return records.read(_watch_path(state_dir, run_id), Watched, what="watched run")
     except StateError:
@@ -151,16 +151,16 @@ def watched(state_dir: Path) -> list[str]:
 # --- the pull request of a run ---------------------------------------------------------
 
 
-def _pull_path(state_dir: Path, run_id: str) -> Path:
-    return forge_dir(state_dir) / PULLS_DIR / f"{validate_run_id(run_id)}.json"
+def _pull_path(state_dir: Path, run_id: RunId) -> Path:
+    return forge_dir(state_dir) / PULLS_DIR / f"{run_id}.json"
 
 
-def remember_pull(state_dir: Path, run_id: str, owner: str, repo: str, number: int) -> None:
+def remember_pull(state_dir: Path, run_id: RunId, owner: str, repo: str, number: int) -> None:
     """Record that run ``run_id`` runs for PR ``owner/repo#number`` (before it is enqueued)."""
     records.write(_pull_path(state_dir, run_id), PullRef(owner=owner, repo=repo, number=number))
 
 
-def pull_of(state_dir: Path, run_id: str) -> PullRef | None:
+def pull_of(state_dir: Path, run_id: RunId) -> PullRef | None:
     try:
         return records.read(_pull_path(state_dir, run_id), PullRef, what="pull request of a run")
     except StateError:
@@ -257,11 +257,12 @@ def run_finished(settings: Settings, report: RunReport) -> None:
 def sweep_watched(settings: Settings) -> list[str]:
     """Call ``run_finished`` for every watched run that has a verdict; return their ids."""
     done: list[str] = []
-    for run_id in watched(settings.state_dir):
+    for name in watched(settings.state_dir):
         try:
+            run_id = RunId(name)  # a file name
             report = load_report(settings.state_dir, run_id)
         except Exception as exc:
-            log.warning("watched run %s: %s", run_id, exc)
+            log.warning("watched run %s: %s", name, exc)
             continue
         if report is None:
             path = _watch_path(settings.state_dir, run_id)

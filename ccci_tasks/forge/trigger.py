@@ -31,7 +31,7 @@ from ccci_tasks.errors import AppNotFound, BrokerError, ForgeAccessError, Invali
 from ccci_tasks.forge.client import ForgeClient, validate_name, validate_sha
 from ccci_tasks.forge.hooks import catalogue_repo, remember_pull
 from ccci_tasks.lanes.registry import LANES, status_context
-from ccci_tasks.naming import validate_recipe, validate_run_id
+from ccci_tasks.naming import Recipe, RunId
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.recipes import HttpToken, validate_fetch_url
 
@@ -48,18 +48,18 @@ Enqueue = Callable[[str, str, str, str], None]
 class TriggerRequest:
     """What the webhook hands the alerts worker: a checked trigger and its run id."""
 
-    run_id: str
+    run_id: RunId
     owner: str
-    recipe: str
+    recipe: Recipe
     number: int
     lane: str  # a lane that reports to pull requests (``Lane.pull_requests``)
     user: str
     delivery: str
 
     def __post_init__(self) -> None:
-        validate_run_id(self.run_id)
+        object.__setattr__(self, "run_id", RunId(self.run_id))  # parsed from the JSON
         validate_name("owner", self.owner)
-        validate_recipe(self.recipe)
+        object.__setattr__(self, "recipe", Recipe(self.recipe))
         validate_name("user", self.user)
         if isinstance(self.number, bool) or not isinstance(self.number, int) or self.number < 1:
             raise InvalidInput(f"pull request number {self.number!r} is invalid")
@@ -72,7 +72,8 @@ class TriggerRequest:
     @classmethod
     def new(cls, owner: str, recipe: str, number: int, lane: str,
             user: str, delivery: str) -> TriggerRequest:
-        return cls(str(uuid.uuid4()), owner, recipe, number, lane, user, delivery)
+        return cls(RunId(str(uuid.uuid4())), owner, Recipe(recipe), number, lane, user,
+                   delivery)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

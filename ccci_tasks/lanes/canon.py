@@ -16,6 +16,7 @@ from ccci_tasks import naming, snapshots
 from ccci_tasks.admission import Resource, Slots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, RegistryError, SnapshotError, StateError
+from ccci_tasks.naming import Recipe
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
@@ -35,7 +36,7 @@ class Usable:
     corrupt: bool = False
 
 
-def usable(settings: Settings, recipe: str) -> Usable:
+def usable(settings: Settings, recipe: Recipe) -> Usable:
     """Cheap checks (no hashing): registry, domain, snapshot manifest, versions agree."""
     state = settings.state_dir
     why_quarantined = canonical.quarantined(state, recipe)
@@ -67,7 +68,7 @@ def usable(settings: Settings, recipe: str) -> Usable:
     return Usable(registry)
 
 
-def quarantine(settings: Settings, recipe: str, reason: str) -> None:
+def quarantine(settings: Settings, recipe: Recipe, reason: str) -> None:
     """Mark the canonical so no quick run uses it, and alert the operators (once)."""
     if canonical.quarantined(settings.state_dir, recipe) is not None:
         return
@@ -80,7 +81,7 @@ def quarantine(settings: Settings, recipe: str, reason: str) -> None:
         log.error("could not write the snapshot-corrupt alert of %s: %s", recipe, exc)
 
 
-def put_back(settings: Settings, platform: Platform, recipe: str) -> list[str]:
+def put_back(settings: Settings, platform: Platform, recipe: Recipe) -> list[str]:
     """The janitor's side, for a canonical no run holds: a cut-off change finished or
     undone (``recover``), then the canonical undeployed if it is still deployed."""
     done = recover(settings, platform, recipe, lambda doing: None)
@@ -90,7 +91,7 @@ def put_back(settings: Settings, platform: Platform, recipe: str) -> list[str]:
     return [done or f"{warm} undeployed"]
 
 
-def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,
+def recover(settings: Settings, platform: Platform, recipe: Recipe, guard: Guard,
             owner: intents.Owner | None = None) -> str | None:
     """Finish or undo a pending change of the canonical; None when there is none.
 
@@ -145,7 +146,7 @@ def recover(settings: Settings, platform: Platform, recipe: str, guard: Guard,
     return "; ".join(done)
 
 
-def mark_dirty(settings: Settings, recipe: str, owner: intents.Owner, guard: Guard, *,
+def mark_dirty(settings: Settings, recipe: Recipe, owner: intents.Owner, guard: Guard, *,
                kind: intents.Kind = "dirty", **detail: str) -> None:
     """Record, before touching it, that the canonical's data may change (after ``guard``,
     the caller's fence check)."""

@@ -43,6 +43,7 @@ from ccci_tasks.lanes.model import (
 )
 from ccci_tasks.lanes.recipes import check_entry, check_request, dep_resources, recipe_repo
 from ccci_tasks.lanes.registry import register
+from ccci_tasks.naming import Domain, RunId
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import canonical, intents, warmsnap
@@ -56,7 +57,7 @@ STEPS = (
 PROMOTE_STEPS = ("promote_deploy", "promote_health", "promote_undeploy", "promote_snapshot")
 
 
-def _domain(ctx: RunCtx) -> str:
+def _domain(ctx: RunCtx) -> Domain:
     assert ctx.domain is not None
     return ctx.domain
 
@@ -65,14 +66,14 @@ def _promote(ctx: RunCtx) -> bool:
     return bool(ctx.plan.get("promote"))
 
 
-def _warm(ctx: RunCtx) -> str:
-    return str(ctx.plan["warm_domain"])
+def _warm(ctx: RunCtx) -> Domain:
+    return Domain(ctx.plan["warm_domain"])  # the plan travels as JSON
 
 
 # ----------------------------------------------------------------------------- prepare/plan
 
 
-def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
+def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Submission:
     checked = check_request(settings, request.get("recipe"), request.get("ref"))
     promote = pure.should_promote(checked.ref, checked.meta.warm_canonical)
     resources: tuple[Resource, ...] = (Resource.slot(),)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ccci_tasks import probes
 from ccci_tasks.errors import DeployFailed, KeycloakError, RunFailed, WaitTimeout
 from ccci_tasks.lanes.model import RunCtx, StepEnv
+from ccci_tasks.naming import Domain
 from ccci_tasks.platform.base import DeployedState
 from ccci_tasks.proc import run
 
@@ -22,7 +23,7 @@ def app_failed(what: str, exc: Exception) -> RunFailed:
     return RunFailed(f"{what}: {exc}")
 
 
-def converge(env: StepEnv, domain: str, what: str) -> DeployedState:
+def converge(env: StepEnv, domain: Domain, what: str) -> DeployedState:
     """Wait for the app under test; its failure to converge is a red verdict."""
     try:
         return env.platform.wait_converged(domain, env.meta.deploy_timeout)
@@ -30,7 +31,7 @@ def converge(env: StepEnv, domain: str, what: str) -> DeployedState:
         raise app_failed(what, exc) from exc
 
 
-def serving(env: StepEnv, domain: str) -> int:
+def serving(env: StepEnv, domain: Domain) -> int:
     return probes.serving(
         env.platform.base_url(domain),
         host=domain,
@@ -40,7 +41,7 @@ def serving(env: StepEnv, domain: str) -> int:
     )
 
 
-def assert_serving(env: StepEnv, domain: str, what: str) -> int:
+def assert_serving(env: StepEnv, domain: Domain, what: str) -> int:
     try:
         return serving(env, domain)
     except WaitTimeout as exc:
@@ -83,7 +84,7 @@ def assert_still_running(env: StepEnv, ctx: RunCtx) -> str:
 
 
 def assert_upgraded(
-    env: StepEnv, domain: str, before: DeployedState, ref: str | None, target: str | None,
+    env: StepEnv, domain: Domain, before: DeployedState, ref: str | None, target: str | None,
     ctx: RunCtx | None = None,
 ) -> str:
     """Generic UPGRADE (R6.4): reconverged + version moved + serving."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from ccci_tasks import failpoints, stonith
 from ccci_tasks.errors import BrokerError, LeaseLost, StateError
+from ccci_tasks.naming import Domain, Recipe, Ref, RunHex, RunId
 from ccci_tasks.platform.base import (
     AppInfo,
     DeployedState,
@@ -51,7 +52,7 @@ def journal_path(state_dir: Path, run_id: str) -> Path:
 class Fence:
     """The run's lease as seen by one step: ``renew``, ``check`` before acting."""
 
-    def __init__(self, slots: Slots, run_id: str, token: int, journal: Path | None) -> None:
+    def __init__(self, slots: Slots, run_id: RunId, token: int, journal: Path | None) -> None:
         self.slots = slots
         self.run_id = run_id
         self.token = token
@@ -129,51 +130,52 @@ class FencedPlatform:
         self.fence = fence
 
     def new_app(
-        self, recipe: str, domain: str, version: str | None = None, *, kind: Kind, run: str | None
+        self, recipe: Recipe, domain: Domain, version: str | None = None, *, kind: Kind,
+        run: RunHex | None,
     ) -> AppInfo:
         self.fence.check(f"create app {domain}")
         return self.inner.new_app(recipe, domain, version, kind=kind, run=run)
 
     def deploy(
-        self, domain: str, version: str | None = None, chaos_ref: str | None = None
+        self, domain: Domain, version: str | None = None, chaos_ref: Ref | None = None
     ) -> DeployedState:
         what = f"commit {chaos_ref}" if chaos_ref else f"version {version or 'latest'}"
         self.fence.check(f"deploy {what} of {domain}")
         return self.inner.deploy(domain, version, chaos_ref)
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
+    def undeploy(self, domain: Domain, *, graceful: bool = True) -> StopReport:
         self.fence.check(f"undeploy {domain}" + ("" if graceful else " (no graceful stop)"))
         return self.inner.undeploy(domain, graceful=graceful)
 
-    def remove(self, domain: str) -> None:
+    def remove(self, domain: Domain) -> None:
         self.fence.check(f"remove {domain} with its volumes")
         self.inner.remove(domain)
 
-    def volumes(self, domain: str) -> list[VolumeInfo]:
+    def volumes(self, domain: Domain) -> list[VolumeInfo]:
         return self.inner.volumes(domain)
 
-    def deployed(self, domain: str) -> DeployedState:
+    def deployed(self, domain: Domain) -> DeployedState:
         return self.inner.deployed(domain)
 
-    def has_config(self, domain: str) -> bool:
+    def has_config(self, domain: Domain) -> bool:
         return self.inner.has_config(domain)
 
     def live_apps(self) -> list[AppInfo]:
         return self.inner.live_apps()
 
-    def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
+    def wait_converged(self, domain: Domain, timeout_s: float) -> DeployedState:
         return self.inner.wait_converged(domain, timeout_s)
 
-    def still_running(self, domain: str, since: DeployedState) -> None:
+    def still_running(self, domain: Domain, since: DeployedState) -> None:
         self.inner.still_running(domain, since)
 
-    def base_url(self, domain: str) -> str:
+    def base_url(self, domain: Domain) -> str:
         return self.inner.base_url(domain)
 
-    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+    def service_logs(self, domain: Domain, tail: int) -> dict[str, str]:
         return self.inner.service_logs(domain, tail)
 
-    def secret_values(self, domain: str) -> list[str]:
+    def secret_values(self, domain: Domain) -> list[str]:
         return self.inner.secret_values(domain)
 
     def engine_objects(self) -> EngineObjects:

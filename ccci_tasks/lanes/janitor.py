@@ -43,6 +43,7 @@ from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError, InvalidInput
 from ccci_tasks.lanes.model import run_hex
 from ccci_tasks.lanes.registry import LANES, get_lane, orphans
+from ccci_tasks.naming import Domain, Recipe, RunHex, RunId
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import AppInfo, Platform
 from ccci_tasks.state import intents, reports
@@ -54,8 +55,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Action:
     kind: Literal["remove", "put_back", "roll_back"]
-    domain: str
-    recipe: str
+    domain: Domain
+    recipe: str  # as the platform or an intent record names it
     why: str
 
 
@@ -73,14 +74,14 @@ class JanitorReport:
         return asdict(self)
 
 
-def ours(apps: list[AppInfo], base_domain: str) -> list[AppInfo]:
+def ours(apps: list[AppInfo], base_domain: Domain) -> list[AppInfo]:
     """The cold apps and canonicals of this system (never live-warm infra apps)."""
     return [a for a in apps if a.kind in ("cold", "warm")
             and naming.parse_domain(a.domain, base_domain) is not None]
 
 
 def plan(
-    apps: list[AppInfo], occupying: list[Lease], dirty: list[str], base_domain: str,
+    apps: list[AppInfo], occupying: list[Lease], dirty: list[str], base_domain: Domain,
     infra_dirty: Sequence[str] = (),
 ) -> list[Action]:
     """What to clean up that no occupying run explains: cold apps whose run holds nothing;
@@ -103,7 +104,7 @@ def plan(
         if recipe not in held and not any(a.recipe == recipe and a.kind == "put_back"
                                           for a in actions):
             try:
-                domain = naming.warm_domain(recipe, base_domain)
+                domain = naming.warm_domain(Recipe(recipe), base_domain)
             except InvalidInput:
                 continue
             actions.append(Action("put_back", domain, recipe,
@@ -112,7 +113,7 @@ def plan(
         if name in held_infra:
             continue
         try:
-            domain = naming.warm_domain(name, base_domain)
+            domain = naming.warm_domain(Recipe(name), base_domain)
         except InvalidInput:
             continue
         actions.append(Action("roll_back", domain, name,
@@ -121,9 +122,9 @@ def plan(
 
 
 def lost_reports(
-    unfinished: list[reports.RunReport], occupying: list[Lease], pending: list[str],
-    live_hexes: set[str], explained: set[str], now: datetime, grace_s: float,
-    touched: dict[str, datetime],
+    unfinished: list[reports.RunReport], occupying: list[Lease], pending: list[RunId],
+    live_hexes: set[RunHex], explained: set[RunId], now: datetime, grace_s: float,
+    touched: dict[RunId, datetime],
 ) -> list[reports.RunReport]:
     """Unfinished reports nothing explains, untouched for ``grace_s`` (a run being submitted
     right now has a report before it has a queue entry)."""
@@ -192,7 +193,7 @@ def _recover_hold(settings: Settings, platform: Platform, spec: RunSpec) -> list
     for resource in spec.resources:
         cleanup = cleanups.get(resource.kind)
         if cleanup is not None:
-            done += cleanup(settings, platform, resource.name)
+            done += cleanup(settings, platform, Recipe(resource.name))
     return done
 
 
@@ -207,13 +208,13 @@ def _resources(action: Action) -> list[Resource]:
 
 
 def _act(settings: Settings, platform: Platform, slots: Slots, action: Action) -> None:
-    hold, resources = str(uuid.uuid4()), _resources(action)
-    slots.hold(hold, action.recipe or "unknown", resources)
+    hold, resources = RunId(str(uuid.uuid4())), _resources(action)
+    slots.hold(hold, Recipe(action.recipe or "unknown"), resources)
     if action.kind == "remove":
         platform.remove(action.domain)
     else:
         _recover_hold(settings, platform,
-                      RunSpec.for_hold(hold, action.recipe, tuple(resources)))
+                      RunSpec.for_hold(hold, Recipe(action.recipe), tuple(resources)))
     slots.finish_reap(hold)
 
 

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ccci_tasks import naming
 from ccci_tasks.errors import InvalidInput
+from ccci_tasks.naming import Domain, Parsed, Recipe, Ref, RunHex, RunId
 from ccci_tasks.state.outputs import StepOutput
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ccci_tasks.state.reports import RunReport
 
 Verdict = Literal["pass", "fail", "error"]
+P = TypeVar("P", bound=Parsed)
 
 
 @dataclass(frozen=True)
@@ -51,21 +53,32 @@ class Failure:
 class RunCtx:
     """Everything a step knows about its run; passed to every step task as a JSON dict."""
 
-    run_id: str
+    run_id: RunId
     lane: str
-    recipe: str  # the recipe under test, or the live-warm app of a reconcile
-    ref: str | None
-    domain: str | None  # the app the run works on (cold per-run domain, canonical, ...)
+    recipe: Recipe  # the recipe under test, or the live-warm app of a reconcile
+    ref: Ref | None
+    domain: Domain | None  # the app the run works on (cold per-run domain, canonical, ...)
     token: int  # fencing token of the run's lease
-    deps: tuple[str, ...] = ()
+    deps: tuple[Recipe, ...] = ()
     plan: Mapping[str, Any] = field(default_factory=dict)  # the lane's own decisions
     failure: Failure | None = None  # set for the undo steps
-    parent: str | None = None
+    parent: RunId | None = None
+
+    def __post_init__(self) -> None:
+        # A context read back from a step task's JSON argument is parsed here, once; values
+        # that are already typed pass as they are.
+        set_ = object.__setattr__
+        set_(self, "run_id", RunId(self.run_id))
+        set_(self, "recipe", Recipe(self.recipe))
+        set_(self, "ref", _maybe(Ref, self.ref))
+        set_(self, "domain", _maybe(Domain, self.domain))
+        set_(self, "parent", _maybe(RunId, self.parent))
+        set_(self, "deps", tuple(Recipe(d) for d in self.deps))
 
     @property
-    def run_hex(self) -> str:
+    def run_hex(self) -> RunHex:
         """The 6-hex id of the run (cold domains, realms)."""
-        return run_hex(self.run_id)
+        return self.run_id.hex
 
     @property
     def realm(self) -> str | None:
@@ -82,6 +95,7 @@ class RunCtx:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunCtx:
+        """A context from a step task's JSON argument (its names are parsed on construction)."""
         try:
             failure = data.get("failure")
             return cls(**{
@@ -97,9 +111,14 @@ class RunCtx:
         return RunCtx(**{**self.__dict__, "failure": failure})
 
 
-def run_hex(run_id: str) -> str:
-    """The 6-hex id of a run, taken from its Celery task id (a uuid)."""
-    return naming.validate_run_hex(run_id.replace("-", "")[:6].lower())
+def run_hex(run_id: str) -> RunHex:
+    """The 6-hex id of a run, taken from its Celery task id (a uuid; a ``RunId`` as it is,
+    a task id as Celery gives it is parsed)."""
+    return RunId(run_id).hex
+
+
+def _maybe(kind: type[P], value: object) -> P | None:
+    return None if value is None else kind(value)
 
 
 @dataclass(frozen=True)
@@ -143,7 +162,7 @@ class Submitted:
 
 
 # (run_id, lane, request, parent run id) -> Submitted: queue a child run (a sweep's runs).
-SubmitFn = Callable[[str, str, Mapping[str, Any], "str | None"], Submitted]
+SubmitFn = Callable[[RunId, str, Mapping[str, Any], "RunId | None"], Submitted]
 
 
 @dataclass(frozen=True)
@@ -169,10 +188,10 @@ class Submission:
     asked for (a quick run without a usable canonical falls back to a cold run)."""
 
     lane: str
-    recipe: str
-    ref: str | None
+    recipe: Recipe
+    ref: Ref | None
     resources: tuple[Resource, ...]
-    domain: str | None
+    domain: Domain | None
     note: str | None = None
 
 
@@ -229,18 +248,18 @@ class PullRequests:
 
 # The janitor's clean-up of a resource a cut-off run left (no run holds it any more): given
 # the resource's name (a recipe, an app), returns what was done. Must be idempotent.
-OrphanFn = Callable[["Settings", "Platform", str], list[str]]
+OrphanFn = Callable[["Settings", "Platform", Recipe], list[str]]
 
 
 def _explains_nothing(settings: Settings, report: RunReport) -> bool:
     return False
 
 
-def _always_ready(settings: Settings, run_id: str) -> bool:
+def _always_ready(settings: Settings, run_id: RunId) -> bool:
     return True
 
 
-def _ignore_child(settings: Settings, parent_id: str, child: RunReport) -> None:
+def _ignore_child(settings: Settings, parent_id: RunId, child: RunReport) -> None:
     return None
 
 
@@ -252,7 +271,7 @@ class Lane:
     queue: str
     # At submission: check the request (recipe, ref, ...) and say what to queue. Raises
     # InvalidInput/ConfigError/StateError (the run is refused, nothing is queued).
-    prepare: Callable[[Settings, str, Mapping[str, Any]], Submission]
+    prepare: Callable[[Settings, RunId, Mapping[str, Any]], Submission]
     # At admission: the run's plan from what is observed now.
     plan: Callable[[Settings, RunSpec], RunCtx]
     steps: Callable[[RunCtx], tuple[str, ...]]
@@ -269,8 +288,8 @@ class Lane:
     explains: Callable[[Settings, RunReport], bool] = _explains_nothing
     needs_repo: bool = True  # steps get the recipe's repository
     # A parked run (see ``Park``): may it go on now? And: one of its child runs ended.
-    ready: Callable[[Settings, str], bool] = _always_ready
-    on_child: Callable[[Settings, str, RunReport], None] = _ignore_child
+    ready: Callable[[Settings, RunId], bool] = _always_ready
+    on_child: Callable[[Settings, RunId, RunReport], None] = _ignore_child
     # The reason of a green run (default: the last step's detail).
     summary: Callable[[RunCtx, str], str] | None = None
     # How the lane is asked for from outside (none: only started by another run).

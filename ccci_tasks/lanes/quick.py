@@ -37,6 +37,7 @@ from ccci_tasks.lanes.model import (
 )
 from ccci_tasks.lanes.recipes import check_entry, check_request, dep_resources
 from ccci_tasks.lanes.registry import register
+from ccci_tasks.naming import Domain, RunId
 from ccci_tasks.platform.base import DeployedState, Platform
 from ccci_tasks.state import warmsnap
 from ccci_tasks.state.meta import load_meta
@@ -53,7 +54,7 @@ def _known_good(ctx: RunCtx) -> str:
     return str(ctx.plan["known_good"])
 
 
-def _warm(ctx: RunCtx) -> str:
+def _warm(ctx: RunCtx) -> Domain:
     assert ctx.domain is not None
     return ctx.domain
 
@@ -61,7 +62,7 @@ def _warm(ctx: RunCtx) -> str:
 # ----------------------------------------------------------------------------- prepare/plan
 
 
-def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
+def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Submission:
     recipe, ref = request.get("recipe"), request.get("ref")
     if ref is None:
         raise InvalidInput("a quick run needs a ref (the PR head) to upgrade to")

@@ -6,17 +6,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ccci_tasks import naming
 from ccci_tasks.admission import Resource
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, InvalidInput
+from ccci_tasks.naming import Recipe, Ref
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state.meta import RecipeMeta, load_meta
 
 
-def recipe_repo(settings: Settings, recipe: str) -> RecipeRepo:
+def recipe_repo(settings: Settings, recipe: Recipe) -> RecipeRepo:
     """The recipe's repository, or ``InvalidInput`` naming the recipe when there is none."""
-    naming.validate_recipe(recipe)
     path = settings.recipes_dir / recipe
     if not (path / ".git").exists():
         raise InvalidInput(
@@ -31,22 +30,22 @@ class Checked:
     """A recipe request that passed every check: the names are valid, the repository
     exists, the ref names a commit (or latest has a tag), the CI config reads."""
 
-    recipe: str
-    ref: str | None
+    recipe: Recipe
+    ref: Ref | None
     repo: RecipeRepo
     meta: RecipeMeta
     latest: str | None
 
 
-def check_request(settings: Settings, recipe: Any, ref: Any) -> Checked:
-    """Check a (recipe, ref) request; ``InvalidInput``/``ConfigError`` name the bad value."""
-    if not isinstance(recipe, str):
-        raise InvalidInput(f"recipe {recipe!r} is not a string")
-    if ref is not None and not isinstance(ref, str):
-        raise InvalidInput(f"ref {ref!r} is not a string")
-    naming.validate_recipe(recipe)
-    if ref is not None:
-        naming.validate_ref(ref)
+def check_request(settings: Settings, recipe_text: Any, ref_text: Any) -> Checked:
+    """Parse a (recipe, ref) request, the edge of every entry task: ``InvalidInput`` /
+    ``ConfigError`` name the bad value."""
+    if not isinstance(recipe_text, str):
+        raise InvalidInput(f"recipe {recipe_text!r} is not a string")
+    if ref_text is not None and not isinstance(ref_text, str):
+        raise InvalidInput(f"ref {ref_text!r} is not a string")
+    recipe = Recipe(recipe_text)
+    ref = None if ref_text is None else Ref(ref_text)
     repo = recipe_repo(settings, recipe)
     if ref is not None:
         try:

@@ -48,6 +48,7 @@ from ccci_tasks.lanes.model import (
 )
 from ccci_tasks.lanes.recipes import recipe_repo
 from ccci_tasks.lanes.registry import register
+from ccci_tasks.naming import Domain, Recipe, RunId
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import intents, reports
@@ -69,7 +70,7 @@ NOTHING_TO_UNDO = ("admit", "hold", "confirm")
 Guard = Callable[[str], None]
 
 
-def resource(app: str) -> Resource:
+def resource(app: Recipe) -> Resource:
     """What a reconcile holds: its app, alone. Its ``key`` names the app's intent record."""
     return Resource.infra(app, exclusive=True)
 
@@ -78,7 +79,7 @@ def _plan(ctx: RunCtx) -> dict[str, Any]:
     return dict(ctx.plan)
 
 
-def _domain(ctx: RunCtx) -> str:
+def _domain(ctx: RunCtx) -> Domain:
     assert ctx.domain is not None
     return ctx.domain
 
@@ -86,11 +87,11 @@ def _domain(ctx: RunCtx) -> str:
 # ----------------------------------------------------------------------------- prepare/plan
 
 
-def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
-    app = request.get("recipe")
-    if not isinstance(app, str):
-        raise InvalidInput(f"app {app!r} is not a string")
-    naming.validate_recipe(app)
+def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Submission:
+    text = request.get("recipe")
+    if not isinstance(text, str):
+        raise InvalidInput(f"app {text!r} is not a string")
+    app = Recipe(text)
     if app not in settings.infra_app_list():
         known = ", ".join(settings.infra_app_list()) or "none"
         raise InvalidInput(f"unknown app {app!r}: it is not in CCCI_INFRA_APPS ({known})")
@@ -102,7 +103,7 @@ def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Subm
     return Submission(NAME, app, None, (resource(app),), domain)
 
 
-def observe_plan(settings: Settings, platform: Platform, app: str) -> InfraPlan:
+def observe_plan(settings: Settings, platform: Platform, app: Recipe) -> InfraPlan:
     """The reconcile's decision from what runs now, what was recorded, tags and notes."""
     domain = naming.warm_domain(app, settings.base_domain)
     repo = recipe_repo(settings, app)
@@ -159,20 +160,20 @@ def failure(ctx: RunCtx, step: str, exc: BaseException) -> Failure:
 # ----------------------------------------------------------------------------- acting
 
 
-def _health(platform: Platform, meta: RecipeMeta, domain: str) -> int:
+def _health(platform: Platform, meta: RecipeMeta, domain: Domain) -> int:
     platform.wait_converged(domain, meta.deploy_timeout)
     return probes.serving(platform.base_url(domain), host=domain,
                           ok_codes=tuple(meta.health_ok), timeout_s=meta.http_timeout,
                           path=meta.health_path)
 
 
-def _record(settings: Settings, app: str, domain: str, current: str, last_good: str | None,
+def _record(settings: Settings, app: Recipe, domain: Domain, current: str, last_good: str | None,
             status: InfraStatus) -> None:
     write_infra(settings.state_dir, InfraState(app=app, domain=domain, current=current,
                                                last_good=last_good, status=status))
 
 
-def roll_back(settings: Settings, platform: Platform, app: str, guard: Guard) -> str:
+def roll_back(settings: Settings, platform: Platform, app: Recipe, guard: Guard) -> str:
     """Put ``app`` back on the version of its pending intent (its data too, when a snapshot
     of that version was taken): undeploy, restore, redeploy, health. Raises when it fails."""
     intent = intents.read_intent(settings.state_dir, resource(app).key)
@@ -195,7 +196,7 @@ def roll_back(settings: Settings, platform: Platform, app: str, guard: Guard) ->
     return "; ".join(done)
 
 
-def finish_rollback(settings: Settings, app: str, recovered: bool, why: str,
+def finish_rollback(settings: Settings, app: Recipe, recovered: bool, why: str,
                     owner: intents.Owner | None) -> Outcome:
     """After a rollback (done or failed): state, alerts, the intent, the outcome. ``owner``:
     the run (``None``: the janitor, after the kill)."""
@@ -359,7 +360,7 @@ def recover(settings: Settings, platform: Platform, spec: RunSpec) -> list[str]:
     return recover_app(settings, platform, spec.recipe)
 
 
-def recover_app(settings: Settings, platform: Platform, app: str) -> list[str]:
+def recover_app(settings: Settings, platform: Platform, app: Recipe) -> list[str]:
     """Roll ``app`` back through its intent record (the janitor's side). A rollback that
     fails leaves the record for the next round and alerts once."""
     try:
@@ -393,7 +394,7 @@ def request(app_name: str) -> dict[str, Any]:
 
 def check_entry(settings: Settings, request: Mapping[str, Any]) -> None:
     """The command's check: a live-warm app of CCCI_INFRA_APPS with a repository."""
-    app = naming.validate_recipe(request.get("recipe"))  # type: ignore[arg-type]
+    app = Recipe(request.get("recipe"))
     if app not in settings.infra_app_list():
         known = ", ".join(settings.infra_app_list()) or "none"
         raise InvalidInput(f"unknown app {app!r}: not in CCCI_INFRA_APPS ({known})")

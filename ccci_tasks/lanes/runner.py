@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task
 
@@ -43,6 +43,7 @@ from ccci_tasks.lanes.model import (
 )
 from ccci_tasks.lanes.recipes import recipe_repo
 from ccci_tasks.lanes.registry import get_lane
+from ccci_tasks.naming import Domain, Parsed, Recipe, Ref, RunId
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform import Platform, get_platform
 from ccci_tasks.redact import Redactor
@@ -51,6 +52,7 @@ from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.meta import load_meta
 from ccci_tasks.state.outputs import StepOutput
 
+P = TypeVar("P", bound=Parsed)
 log = logging.getLogger(__name__)
 
 DELIVERIES_TTL_S = 24 * 3600
@@ -60,16 +62,14 @@ DELIVERIES_TTL_S = 24 * 3600
 
 
 def submit(
-    settings: Settings, run_id: str, lane_name: str, request: Mapping[str, Any],
-    parent: str | None = None,
+    settings: Settings, run_id: RunId, lane_name: str, request: Mapping[str, Any],
+    parent: RunId | None = None,
 ) -> Submitted:
     """Check and queue a run. Any refusal ends the run at once with verdict ``error``."""
     state = settings.state_dir
-    recipe = request.get("recipe")
-    ref = request.get("ref")
     reports.create_report(state, run_id, lane_name if isinstance(lane_name, str) else "x",
-                          recipe if _safe_name(recipe) else None,
-                          ref if _safe_ref(ref) else None)
+                          _or_none(Recipe, request.get("recipe")),
+                          _or_none(Ref, request.get("ref")))
     try:
         lane = get_lane(lane_name)
         prepared = lane.prepare(settings, run_id, request)
@@ -102,23 +102,16 @@ def submit(
     return Submitted(run_id, prepared.lane, None, prepared.note)
 
 
-def _safe_name(value: object) -> bool:
+def _or_none(kind: type[P], value: object) -> P | None:
+    """``value`` as ``kind`` for the report of a refused request, or None when it is bad
+    (the lane's ``prepare`` says why)."""
     try:
-        naming.validate_recipe(value)  # type: ignore[arg-type]
+        return kind(value)
     except CcciError:
-        return False
-    return True
+        return None
 
 
-def _safe_ref(value: object) -> bool:
-    try:
-        naming.validate_ref(value)  # type: ignore[arg-type]
-    except CcciError:
-        return False
-    return True
-
-
-def _refuse(settings: Settings, run_id: str, lane: str, reason: str) -> Submitted:
+def _refuse(settings: Settings, run_id: RunId, lane: str, reason: str) -> Submitted:
     reason = redact.for_settings(settings).text(reason)
     ended = reports.end_report(settings.state_dir, run_id, "error", reason)
     if ended is not None:
@@ -151,7 +144,7 @@ def dispatch(settings: Settings) -> list[str]:
     except PlatformError as exc:  # without the engine's truth, admit nothing
         log.warning("admission postponed: cannot observe the Docker engine: %s", exc)
         return []
-    launched = []
+    launched: list[str] = []
     for spec in slots.admit(live):
         lane = get_lane(spec.lane)
         try:
@@ -329,8 +322,8 @@ def _env(settings: Settings, lane: Lane, ctx: RunCtx, fence: Fence,
          output: StepOutput) -> StepEnv:
     platform = FencedPlatform(get_platform(settings, run_id=ctx.run_id), fence)
     repo = recipe_repo(settings, ctx.recipe) if lane.needs_repo else None
-    def submit_child(run_id: str, lane_name: str, request: Mapping[str, Any],
-                     parent: str | None) -> Submitted:
+    def submit_child(run_id: RunId, lane_name: str, request: Mapping[str, Any],
+                     parent: RunId | None) -> Submitted:
         return submit(settings, run_id, lane_name, request, parent=parent)
 
     return StepEnv(settings, platform, fence, load_meta(settings.tests_dir, ctx.recipe), repo,
@@ -346,11 +339,12 @@ class StepFailed(CcciError):
     """A step failed (its Celery task ends FAILURE with this, redacted, message)."""
 
 
-def run_redactor(settings: Settings, domain: str | None, recipe: str | None) -> Redactor:
+def run_redactor(settings: Settings, domain: Domain | None, recipe: Recipe | None
+                 ) -> Redactor:
     """The settings' secrets and the generated secrets of the run's app and of its recipe's
     canonical."""
     domains = [domain]
-    if recipe is not None and _safe_name(recipe):
+    if recipe is not None:
         domains.append(naming.warm_domain(recipe, settings.base_domain))
     try:
         platform = get_platform(settings)
@@ -419,7 +413,7 @@ def _after_undo_step(
 # ----------------------------------------------------------------------------- parking
 
 
-def resume(settings: Settings, run_id: str) -> bool:
+def resume(settings: Settings, run_id: RunId) -> bool:
     """Continue a parked run: first in line again, then admitted and planned anew."""
     if not Slots.from_settings(settings).unpark(run_id):
         return False
@@ -431,9 +425,10 @@ def resume(settings: Settings, run_id: str) -> bool:
 def child_finished(settings: Settings, child: reports.RunReport) -> None:
     """A run that a parent run started has ended: tell the parent's lane; resume the
     parent once it is ready."""
-    parent_id = child.extra.get("parent")
-    if not isinstance(parent_id, str):
+    parent_text = child.extra.get("parent")
+    if not isinstance(parent_text, str):
         return
+    parent_id = RunId(parent_text)  # read back from the child's report
     parent = reports.load_report(settings.state_dir, parent_id)
     if parent is None or parent.finished:
         return
@@ -447,7 +442,7 @@ def child_finished(settings: Settings, child: reports.RunReport) -> None:
 
 
 def end_run(
-    settings: Settings, run_id: str, token: int, verdict: str, reason: str | None,
+    settings: Settings, run_id: RunId, token: int, verdict: str, reason: str | None,
     *, dispatch_next: bool = True,
 ) -> None:
     """While the run still holds its lease: write the verdict (the first one wins), release

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import InvalidInput
-from ccci_tasks.naming import warm_domain
+from ccci_tasks.naming import Domain, Recipe, warm_domain
 from ccci_tasks.platform.base import AppInfo, Platform
 from ccci_tasks.state.canonical import is_recipe_dir_name
 from ccci_tasks.state.meta import enrolled_recipes
@@ -32,19 +32,19 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PrunePlan:
     state_dirs: tuple[Path, ...]  # <state>/<recipe> folders to delete
-    apps: tuple[str, ...]  # warm domains to remove from the platform
+    apps: tuple[Domain, ...]  # warm domains to remove from the platform
     kept_deployed: tuple[str, ...]  # stale warm apps left alone because they are deployed
 
 
-def _warm_domain_or_none(recipe: str, base_domain: str) -> str | None:
+def _warm_domain_or_none(recipe: str, base_domain: Domain) -> Domain | None:
     try:
-        return warm_domain(recipe, base_domain)
+        return warm_domain(Recipe(recipe), base_domain)  # as the platform names it
     except InvalidInput:
         return None
 
 
 def plan_prune(
-    state_dir: Path, base_domain: str, enrolled: list[str], apps: list[AppInfo]
+    state_dir: Path, base_domain: Domain, enrolled: list[str], apps: list[AppInfo]
 ) -> PrunePlan:
     """What to prune, from the enrolled recipes, the state root and the platform's apps."""
     keep = set(enrolled)
@@ -59,8 +59,8 @@ def plan_prune(
                 and child.name not in keep
             ):
                 dirs.append(child)
-    remove: list[str] = []
-    deployed: list[str] = []
+    remove: list[Domain] = []
+    deployed: list[Domain] = []
     for app in sorted(apps, key=lambda a: a.domain):
         if app.kind != "warm" or app.recipe in keep:
             continue
@@ -82,9 +82,9 @@ def prune_stale(
     plan = plan_prune(settings.state_dir, settings.base_domain, [*enrolled, *held],
                       platform.live_apps())
     removed: list[str] = []
-    for domain in plan.apps:
-        platform.remove(domain)
-        removed.append(f"app:{domain}")
+    for app in plan.apps:
+        platform.remove(app)
+        removed.append(f"app:{app}")
     for folder in plan.state_dirs:
         shutil.rmtree(folder)
         removed.append(f"state:{folder}")

@@ -45,6 +45,7 @@ from ccci_tasks.lanes.model import (
     Verdict,
 )
 from ccci_tasks.lanes.registry import register
+from ccci_tasks.naming import Recipe, RunId
 from ccci_tasks.outbox.alerts import write_alert
 from ccci_tasks.platform.base import Platform
 from ccci_tasks.state import reports, sweeps
@@ -54,7 +55,7 @@ from ccci_tasks.state.meta import enrolled_recipes
 log = logging.getLogger(__name__)
 
 NAME = "sweep"
-RECIPE = "sweep"  # the "recipe" a sweep report names: the sweep is of every recipe
+RECIPE = Recipe("sweep")  # the "recipe" a sweep report names: the sweep is of every recipe
 ALL_STEPS = ("admit", "reconcile_infra", "cold_runs", "prune_stale", "disk_prune", "finish")
 
 
@@ -62,7 +63,7 @@ class SweepEmpty(CcciError):
     """The sweep found nothing to test: no enrolled recipe, or no readable tests dir."""
 
 
-def _report(settings: Settings, run_id: str) -> reports.RunReport:
+def _report(settings: Settings, run_id: RunId) -> reports.RunReport:
     report = reports.load_report(settings.state_dir, run_id)
     if report is None:
         raise StateError(f"sweep {run_id} has no report")
@@ -72,7 +73,7 @@ def _report(settings: Settings, run_id: str) -> reports.RunReport:
 # ----------------------------------------------------------------------------- prepare/plan
 
 
-def prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
+def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Submission:
     for other in reports.list_reports(settings.state_dir):
         if other.lane == NAME and not other.finished and other.run_id != run_id:
             raise RunSkipped(f"sweep {other.run_id} is in flight (started "
@@ -119,7 +120,7 @@ def recover(settings: Settings, platform: Platform, spec: RunSpec) -> list[str]:
     return []  # nothing of its own is live; its child runs are runs of their own
 
 
-def ready(settings: Settings, run_id: str) -> bool:
+def ready(settings: Settings, run_id: RunId) -> bool:
     """Parked until every child run it started has a verdict."""
     report = reports.load_report(settings.state_dir, run_id)
     if report is None:
@@ -132,7 +133,7 @@ def ready(settings: Settings, run_id: str) -> bool:
     )
 
 
-def on_child(settings: Settings, parent_id: str, child: reports.RunReport) -> None:
+def on_child(settings: Settings, parent_id: RunId, child: reports.RunReport) -> None:
     """Record a child run's verdict (and a reconcile's outcome) in the sweep's report."""
     report = _report(settings, parent_id)
     changes: dict[str, Any] = {}
@@ -152,7 +153,7 @@ def on_child(settings: Settings, parent_id: str, child: reports.RunReport) -> No
 
 
 def _start(
-    env: StepEnv, ctx: RunCtx, lane: Lane, names: list[str], field: str, key: str,
+    env: StepEnv, ctx: RunCtx, lane: Lane, names: list[Recipe], field: str, key: str,
     *, outcome: bool = False,
 ) -> list[dict[str, Any]]:
     """Record, then queue, a child run of ``lane`` for each of ``names``; each entry of
@@ -161,7 +162,8 @@ def _start(
         raise CcciError(f"sweep {ctx.run_id}: this step cannot start runs (no submit)")
     started = []
     for name in names:
-        entry: dict[str, Any] = {"run_id": str(uuid.uuid4()), "verdict": None, key: name}
+        child = RunId(str(uuid.uuid4()))
+        entry: dict[str, Any] = {"run_id": child, "verdict": None, key: name}
         if outcome:
             entry["outcome"] = None
         started.append(entry)
@@ -233,7 +235,7 @@ def disk_prune(env: StepEnv, ctx: RunCtx) -> str:
     return f"disk {result.get('disk_used_pct')}% used; prune: {result.get('why')}"
 
 
-def _refreshed(settings: Settings, run_id: str) -> reports.RunReport:
+def _refreshed(settings: Settings, run_id: RunId) -> reports.RunReport:
     """The sweep's report with every child's verdict read from the child's own report."""
     report = _report(settings, run_id)
     changes = {}

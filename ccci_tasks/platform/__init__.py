@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ccci_tasks.config import Settings
+from ccci_tasks.naming import RunId
 from ccci_tasks.platform.base import (
     AppInfo,
     ContainerStop,
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from ccci_tasks.state.reports import RunReport
 
 
-def get_platform(settings: Settings, run_id: str | None = None) -> Platform:
+def get_platform(settings: Settings, run_id: RunId | None = None) -> Platform:
     """The configured platform. ``run_id`` gives the abra backend its own ABRA_DIR."""
     if settings.platform == "abra":
         from ccci_tasks.platform.abra import AbraPlatform

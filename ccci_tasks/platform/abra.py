@@ -64,10 +64,12 @@ import ccci_tasks.atomic as atomic
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
 from ccci_tasks.naming import (
+    Domain,
+    Recipe,
+    Ref,
+    RunHex,
+    RunId,
     stack_name,
-    validate_domain,
-    validate_recipe,
-    validate_run_hex,
     validate_version,
 )
 from ccci_tasks.platform.abra_plan import (
@@ -80,10 +82,8 @@ from ccci_tasks.platform.abra_plan import (
     deploy_argv,
     env_file_recipe,
     new_app_argv,
-    run_dir_name,
     subprocess_env,
     undeploy_argv,
-    validate_chaos_ref,
     validate_kind,
     validate_server,
 )
@@ -177,13 +177,13 @@ class AbraPlatform(EngineHousekeeping):
     def __init__(
         self,
         settings: Settings,
-        run_id: str | None = None,
+        run_id: RunId | None = None,
         docker_state: DockerState | None = None,
         *,
         extra_env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
-        self.run_id = None if run_id is None else run_dir_name(run_id)
+        self.run_id = run_id
         self.layout = AbraLayout(
             root=Path(settings.abra_root), run_id=self.run_id,
             server=validate_server(settings.abra_server),
@@ -224,10 +224,10 @@ class AbraPlatform(EngineHousekeeping):
         prepare_layout(self.layout)
         run_command(argv, env=self._env(), timeout_s=timeout_s, cwd=self.abra_dir)
 
-    def has_config(self, domain: str) -> bool:
-        return self.layout.env_file(validate_domain(domain)).is_file()
+    def has_config(self, domain: Domain) -> bool:
+        return self.layout.env_file(domain).is_file()
 
-    def _read_env_file(self, domain: str) -> dict[str, str]:
+    def _read_env_file(self, domain: Domain) -> dict[str, str]:
         path = self.layout.env_file(domain)
         try:
             return parse_env(path.read_text(encoding="utf-8"))
@@ -238,7 +238,7 @@ class AbraPlatform(EngineHousekeeping):
         except OSError as exc:
             raise PlatformError(f"cannot read the env file {path} of {domain}: {exc}") from exc
 
-    def _write_env_keys(self, domain: str, values: Mapping[str, str]) -> None:
+    def _write_env_keys(self, domain: Domain, values: Mapping[str, str]) -> None:
         path = self.layout.env_file(domain)
         try:
             text = path.read_text(encoding="utf-8")
@@ -250,17 +250,13 @@ class AbraPlatform(EngineHousekeeping):
     # --- Platform ---------------------------------------------------------------------
 
     def new_app(
-        self, recipe: str, domain: str, version: str | None = None, *, kind: Kind,
-        run: str | None,
+        self, recipe: Recipe, domain: Domain, version: str | None = None, *, kind: Kind,
+        run: RunHex | None,
     ) -> AppInfo:
         """``abra app new`` (unless the env file exists), then record kind/run/recipe in it."""
-        validate_recipe(recipe)
-        validate_domain(domain)
         if version is not None:
             validate_version(version)
         kind = validate_kind(kind)
-        if run is not None:
-            validate_run_hex(run)
         path = self.layout.env_file(domain)
         existed = path.exists()
         if existed:
@@ -277,7 +273,7 @@ class AbraPlatform(EngineHousekeeping):
                     f"abra app new {recipe} for {domain} exited 0 but wrote no env file at "
                     f"{path}; check CCCI_ABRA_SERVER and the abra version"
                 )
-        values = {ENV_RECIPE: recipe, ENV_KIND: kind}
+        values: dict[str, str] = {ENV_RECIPE: recipe, ENV_KIND: kind}
         if run is not None:
             values[ENV_RUN] = run
         self._write_env_keys(domain, values)
@@ -285,7 +281,7 @@ class AbraPlatform(EngineHousekeeping):
         return AppInfo(domain=domain, stack=stack_name(domain), recipe=recipe, kind=kind,
                        run=run, deployed=deployed)
 
-    def _chaos_checkout(self, recipe: str, ref: str) -> str:
+    def _chaos_checkout(self, recipe: Recipe, ref: str) -> str:
         """Check ``ref`` out (detached) in this run's recipe checkout; return its sha."""
         checkout = self.layout.checkout(recipe)
         mirror = Path(self.settings.recipes_dir) / recipe
@@ -309,26 +305,23 @@ class AbraPlatform(EngineHousekeeping):
         return sha
 
     def deploy(
-        self, domain: str, version: str | None = None, chaos_ref: str | None = None
+        self, domain: Domain, version: str | None = None, chaos_ref: Ref | None = None
     ) -> DeployedState:
         """Deploy ``version`` (None: latest) or, with ``chaos_ref``, that commit as it is."""
-        validate_domain(domain)
         if version is not None:
             validate_version(version)
-        if chaos_ref is not None:
-            validate_chaos_ref(chaos_ref)
-            if version is not None:
-                raise InvalidInput(
-                    f"deploy of {domain}: give a version or a chaos ref, not both "
-                    f"(got {version!r} and {chaos_ref!r})"
-                )
-        recipe = env_file_recipe(self._read_env_file(domain))
-        if recipe is None:
+        if chaos_ref is not None and version is not None:
+            raise InvalidInput(
+                f"deploy of {domain}: give a version or a chaos ref, not both "
+                f"(got {version!r} and {chaos_ref!r})"
+            )
+        named = env_file_recipe(self._read_env_file(domain))
+        if named is None:
             raise PlatformError(
                 f"the env file {self.layout.env_file(domain)} names no recipe "
                 f"({'/'.join(RECIPE_KEYS)}); recreate the app with new_app"
             )
-        validate_recipe(recipe)
+        recipe = Recipe(named)  # read from the env file
         prepare_layout(self.layout)
         if chaos_ref is not None:
             sha = self._chaos_checkout(recipe, chaos_ref)
@@ -340,11 +333,10 @@ class AbraPlatform(EngineHousekeeping):
         self._abra(argv, timeout_s=ABRA_DEPLOY_TIMEOUT_S)
         return self.state.deployed(domain)
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
+    def undeploy(self, domain: Domain, *, graceful: bool = True) -> StopReport:
         """``abra app undeploy`` when deployed, then wait until services and containers are
         gone. Graceful: each container's end is watched (``platform.stops``); not graceful:
         the containers are killed once the services are gone."""
-        validate_domain(domain)
         deployed = self.state.deployed(domain).is_deployed
         argv = undeploy_argv(self.abra, domain)
         if graceful:
@@ -359,7 +351,7 @@ class AbraPlatform(EngineHousekeeping):
         self.state.wait_undeployed(domain, UNDEPLOY_WAIT_S)
         return StopReport(graceful=False)
 
-    def _abra_killing(self, argv: list[str], domain: str) -> None:
+    def _abra_killing(self, argv: list[str], domain: Domain) -> None:
         """Run abra; meanwhile kill the stack's containers as soon as its services are gone.
 
         abra may itself wait for the stack's tasks to end; killing them lets it return
@@ -375,16 +367,14 @@ class AbraPlatform(EngineHousekeeping):
                     killed = True
             running.result()
 
-    def secret_values(self, domain: str) -> list[str]:
+    def secret_values(self, domain: Domain) -> list[str]:
         """None known: abra prints the secrets it generates once (``app new --secrets``,
         never kept or logged here) and Docker never gives a secret's value back."""
-        validate_domain(domain)
         return []
 
-    def remove(self, domain: str) -> None:
+    def remove(self, domain: Domain) -> None:
         """Undeploy without a graceful stop, then delete the stack's volumes and secrets and
         the app's env file."""
-        validate_domain(domain)
         self.undeploy(domain, graceful=False)
         self.state.remove_volumes(domain)
         self.state.remove_secrets(domain)
@@ -394,23 +384,23 @@ class AbraPlatform(EngineHousekeeping):
         except OSError as exc:
             raise PlatformError(f"cannot delete the env file {path} of {domain}: {exc}") from exc
 
-    def volumes(self, domain: str) -> list[VolumeInfo]:
-        return self.state.volumes(validate_domain(domain))
+    def volumes(self, domain: Domain) -> list[VolumeInfo]:
+        return self.state.volumes(domain)
 
-    def deployed(self, domain: str) -> DeployedState:
-        return self.state.deployed(validate_domain(domain))
+    def deployed(self, domain: Domain) -> DeployedState:
+        return self.state.deployed(domain)
 
-    def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
-        return self.state.wait_converged(validate_domain(domain), timeout_s)
+    def wait_converged(self, domain: Domain, timeout_s: float) -> DeployedState:
+        return self.state.wait_converged(domain, timeout_s)
 
-    def still_running(self, domain: str, since: DeployedState) -> None:
-        self.state.still_running(validate_domain(domain), since)
+    def still_running(self, domain: Domain, since: DeployedState) -> None:
+        self.state.still_running(domain, since)
 
-    def base_url(self, domain: str) -> str:
+    def base_url(self, domain: Domain) -> str:
         """``https://<domain>``: probes go through Traefik on the server."""
-        return f"https://{validate_domain(domain)}"
+        return f"https://{domain}"
 
-    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+    def service_logs(self, domain: Domain, tail: int) -> dict[str, str]:
         """Through Docker, like the rest of the state (``abra app logs`` follows)."""
         return stack_logs(self.state.client, domain, tail)
 
@@ -419,14 +409,12 @@ class AbraPlatform(EngineHousekeeping):
         server_dir = self.layout.server_dir
         apps = []
         for path in sorted(server_dir.glob("*.env")) if server_dir.is_dir() else []:
-            domain = path.name[: -len(".env")]
             try:
-                validate_domain(domain)
+                domain = Domain(path.name[: -len(".env")])
                 values = parse_env(path.read_text(encoding="utf-8"))
                 kind = validate_kind(values.get(ENV_KIND, ""))
-                run = values.get(ENV_RUN) or None
-                if run is not None:
-                    validate_run_hex(run)
+                found = values.get(ENV_RUN) or None
+                run = None if found is None else RunHex(found)
             except (InvalidInput, OSError, UnicodeDecodeError):
                 continue
             apps.append(AppInfo(domain=domain, stack=stack_name(domain),
@@ -456,6 +444,6 @@ class AbraPlatform(EngineHousekeeping):
         shutil.rmtree(abra_dir, ignore_errors=True)
 
 
-def discard_run_dir(settings: Settings, run_id: str) -> None:
+def discard_run_dir(settings: Settings, run_id: RunId) -> None:
     """The run ``run_id`` ended: delete ``<abra_root>/runs/<run_id>/`` (nothing if absent)."""
     AbraPlatform(settings, run_id=run_id).discard_run_dir()

@@ -50,9 +50,8 @@ from typing import Final, cast
 
 from ccci_tasks.constants import KINDS
 from ccci_tasks.errors import ConfigError, InvalidInput
-from ccci_tasks.naming import validate_ref, validate_version
+from ccci_tasks.naming import Domain, Recipe, RunId
 from ccci_tasks.platform.base import Kind
-from ccci_tasks.versions import is_version
 
 __all__ = [
     "ENV_KIND",
@@ -65,10 +64,8 @@ __all__ = [
     "deploy_argv",
     "env_file_recipe",
     "new_app_argv",
-    "run_dir_name",
     "subprocess_env",
     "undeploy_argv",
-    "validate_chaos_ref",
     "validate_kind",
     "validate_server",
 ]
@@ -84,23 +81,11 @@ ENV_RECIPE: Final = "CCCI_RECIPE"
 # Where an env file names its recipe: ours first, then abra's (newer ``RECIPE``, older ``TYPE``).
 RECIPE_KEYS: Final = (ENV_RECIPE, "RECIPE", "TYPE")
 
-_RUN_DIR_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _SERVER_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
 _SHA_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 # --------------------------------------------------------------------------- names
-
-
-def run_dir_name(run_id: str) -> str:
-    """``run_id`` as the name of the run's own ABRA_DIR folder: any run id (a uuid, as
-    ``naming.validate_run_id`` checks them) or other safe name of up to 64 characters."""
-    if not isinstance(run_id, str) or not _RUN_DIR_RE.fullmatch(run_id):
-        raise InvalidInput(
-            f"run id {run_id!r} is invalid: it must match ^[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}$; "
-            "give the Celery task id of the run"
-        )
-    return run_id
 
 
 def validate_server(server: str) -> str:
@@ -118,13 +103,6 @@ def validate_kind(kind: str) -> Kind:
     return cast(Kind, kind)
 
 
-def validate_chaos_ref(ref: str) -> str:
-    """A chaos ref is a version tag, a sha or a safe ref name."""
-    if isinstance(ref, str) and is_version(ref):
-        return validate_version(ref)
-    return validate_ref(ref)
-
-
 # --------------------------------------------------------------------------- layout
 
 
@@ -133,7 +111,7 @@ class AbraLayout:
     """Where one run's ABRA_DIR and the shared directories are. Pure paths, no I/O."""
 
     root: Path
-    run_id: str | None
+    run_id: RunId | None
     server: str
 
     @property
@@ -152,10 +130,10 @@ class AbraLayout:
         """The shared env-file directory (``$ABRA_DIR/servers/<server>`` resolves here)."""
         return self.root / "servers" / self.server
 
-    def env_file(self, domain: str) -> Path:
+    def env_file(self, domain: Domain) -> Path:
         return self.server_dir / f"{domain}.env"
 
-    def checkout(self, recipe: str) -> Path:
+    def checkout(self, recipe: Recipe) -> Path:
         return self.abra_dir / "recipes" / recipe
 
 
@@ -163,7 +141,7 @@ class AbraLayout:
 
 
 def new_app_argv(
-    abra: str, recipe: str, domain: str, server: str, version: str | None = None
+    abra: str, recipe: Recipe, domain: Domain, server: str, version: str | None = None
 ) -> list[str]:
     """``abra app new <recipe> [<version>] --server S --domain D --secrets --no-input``."""
     positional = [recipe] if version is None else [recipe, version]
@@ -172,7 +150,7 @@ def new_app_argv(
 
 
 def deploy_argv(
-    abra: str, domain: str, version: str | None = None, *, chaos: bool = False,
+    abra: str, domain: Domain, version: str | None = None, *, chaos: bool = False,
     force: bool = False,
 ) -> list[str]:
     """``abra app deploy <domain> [<version>] [--chaos] [--force] --no-input ...``."""
@@ -190,7 +168,7 @@ def deploy_argv(
     return [*argv, NO_INPUT, "--no-domain-checks", "--no-converge-checks"]
 
 
-def undeploy_argv(abra: str, domain: str) -> list[str]:
+def undeploy_argv(abra: str, domain: Domain) -> list[str]:
     """``abra app undeploy <domain> --no-input`` (keeps volumes)."""
     return [abra, "app", "undeploy", domain, NO_INPUT]
 

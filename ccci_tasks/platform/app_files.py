@@ -26,7 +26,12 @@ from typing import Final, cast
 from ccci_tasks import constants
 from ccci_tasks.atomic import file_lock, write_text
 from ccci_tasks.errors import AppNotFound, InvalidInput, PlatformError
-from ccci_tasks.naming import stack_name, validate_domain, validate_recipe, validate_run_hex
+from ccci_tasks.naming import (
+    Domain,
+    Recipe,
+    RunHex,
+    stack_name,
+)
 from ccci_tasks.platform.base import AppInfo, Kind
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipe_env import RecipeEnv, read_recipe_env
@@ -46,16 +51,16 @@ class AppFiles:
     def __init__(self, apps_dir: Path) -> None:
         self.apps_dir = apps_dir
 
-    def env_path(self, domain: str) -> Path:
-        return self.apps_dir / f"{validate_domain(domain)}.env"
+    def env_path(self, domain: Domain) -> Path:
+        return self.apps_dir / f"{domain}.env"
 
-    def deploy_root(self, domain: str) -> Path:
-        return self.apps_dir / f"{validate_domain(domain)}.d"
+    def deploy_root(self, domain: Domain) -> Path:
+        return self.apps_dir / f"{domain}.d"
 
-    def secrets_path(self, domain: str) -> Path:
-        return self.apps_dir / f"{validate_domain(domain)}.secrets"
+    def secrets_path(self, domain: Domain) -> Path:
+        return self.apps_dir / f"{domain}.secrets"
 
-    def recipe_env(self, domain: str) -> RecipeEnv:
+    def recipe_env(self, domain: Domain) -> RecipeEnv:
         """The app's env file, read strictly; ``AppNotFound`` when the app was never created."""
         path = self.env_path(domain)
         try:
@@ -105,7 +110,7 @@ class AppFiles:
             f"remove stale app env files under {self.apps_dir}"
         )
 
-    def create_env(self, recipe: str, domain: str, kind: Kind, run: str | None,
+    def create_env(self, recipe: Recipe, domain: Domain, kind: Kind, run: RunHex | None,
                    sample: Sample) -> None:
         """Create (or refresh) the app's env file, keeping its ports once allocated.
 
@@ -150,11 +155,10 @@ class AppFiles:
         for path in sorted(self.apps_dir.glob("*.env")) if self.apps_dir.is_dir() else []:
             try:
                 env = parse_env(path.read_text(encoding="utf-8"))
-                domain = validate_domain(env.get("DOMAIN", ""))
-                recipe = validate_recipe(env.get("RECIPE", ""))
-                run = env.get("CCCI_RUN") or None
-                if run is not None:
-                    validate_run_hex(run)
+                domain = Domain(env.get("DOMAIN", ""))
+                recipe = Recipe(env.get("RECIPE", ""))
+                found = env.get("CCCI_RUN") or None
+                run = None if found is None else RunHex(found)
             except (OSError, ValueError):
                 continue
             kind = env.get("CCCI_KIND", "")
@@ -164,7 +168,7 @@ class AppFiles:
                                 kind=cast(Kind, kind), run=run, deployed=False))
         return apps
 
-    def prune_deploy_dirs(self, domain: str) -> None:
+    def prune_deploy_dirs(self, domain: Domain) -> None:
         """Keep the newest ``KEEP_DEPLOY_DIRS`` deploy directories of the app."""
         root = self.deploy_root(domain)
         dirs = sorted(
@@ -174,7 +178,7 @@ class AppFiles:
         for old in dirs[:-KEEP_DEPLOY_DIRS]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def forget(self, domain: str) -> None:
+    def forget(self, domain: Domain) -> None:
         """Delete the app's env file and deploy directories."""
         self.env_path(domain).unlink(missing_ok=True)
         shutil.rmtree(self.deploy_root(domain), ignore_errors=True)

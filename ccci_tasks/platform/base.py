@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
 from ccci_tasks.errors import InvalidInput, UncleanStop
+from ccci_tasks.naming import Domain, Recipe, Ref, RunHex
 
 Kind = Literal["cold", "warm", "infra"]
 
@@ -55,7 +56,7 @@ class ServiceState:
 class DeployedState:
     """What is deployed for one app; ``services`` is empty when undeployed."""
 
-    domain: str
+    domain: Domain
     stack: str
     version: str | None = None  # coop-cloud.<stack>.version label
     chaos_version: str | None = None  # coop-cloud.<stack>.chaos-version label
@@ -123,7 +124,7 @@ class StopReport:
     def unclean(self) -> tuple[ContainerStop, ...]:
         return tuple(s for s in self.stops if s.killed is not None and s.volumes)
 
-    def require_clean(self, domain: str, doing: str) -> None:
+    def require_clean(self, domain: Domain, doing: str) -> None:
         """Raise ``UncleanStop`` unless every container exited by itself (its data is then
         consistent); ``doing`` says what needs that (e.g. "take a snapshot")."""
         if not self.graceful or not self.watched:
@@ -157,11 +158,11 @@ class VolumeInfo:
 class AppInfo:
     """An app known to the platform by its ``ccci.*`` labels or its env file."""
 
-    domain: str
+    domain: Domain
     stack: str
-    recipe: str
+    recipe: str  # as the labels or the env file name it: may be empty
     kind: Kind
-    run: str | None  # 6-hex run id for cold apps
+    run: RunHex | None  # 6-hex run id for cold apps
     deployed: bool = False
 
 
@@ -219,13 +220,14 @@ class Platform(Protocol):
     """Operations on apps. ``domain`` is always validated by the caller (naming.py)."""
 
     def new_app(
-        self, recipe: str, domain: str, version: str | None = None, *, kind: Kind, run: str | None
+        self, recipe: Recipe, domain: Domain, version: str | None = None, *, kind: Kind,
+        run: RunHex | None,
     ) -> AppInfo:
         """Create the app's env file (allocating its loopback port). Idempotent."""
         ...
 
     def deploy(
-        self, domain: str, version: str | None = None, chaos_ref: str | None = None
+        self, domain: Domain, version: str | None = None, chaos_ref: Ref | None = None
     ) -> DeployedState:
         """Deploy ``version`` (None: latest tag) or, with ``chaos_ref``, that commit as it is.
 
@@ -233,7 +235,7 @@ class Platform(Protocol):
         """
         ...
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
+    def undeploy(self, domain: Domain, *, graceful: bool = True) -> StopReport:
         """Remove the app's services and wait until services and containers are gone.
 
         Keeps volumes. ``graceful``: every container gets its stop signal and its stop grace
@@ -244,15 +246,15 @@ class Platform(Protocol):
         """
         ...
 
-    def remove(self, domain: str) -> None:
+    def remove(self, domain: Domain) -> None:
         """Undeploy without a graceful stop, then delete volumes, secrets and the env file."""
         ...
 
-    def volumes(self, domain: str) -> list[VolumeInfo]:
+    def volumes(self, domain: Domain) -> list[VolumeInfo]:
         """The app's named volumes (they survive undeploy)."""
         ...
 
-    def has_config(self, domain: str) -> bool:
+    def has_config(self, domain: Domain) -> bool:
         """Whether the app's env file exists (``new_app`` made it and nothing removed it).
 
         An app that runs without it (e.g. its state root was wiped) can be neither probed nor
@@ -260,7 +262,7 @@ class Platform(Protocol):
         """
         ...
 
-    def deployed(self, domain: str) -> DeployedState:
+    def deployed(self, domain: Domain) -> DeployedState:
         """Observe what is deployed now."""
         ...
 
@@ -268,7 +270,7 @@ class Platform(Protocol):
         """Every app carrying ccci labels (services or volumes) or having an env file."""
         ...
 
-    def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
+    def wait_converged(self, domain: Domain, timeout_s: float) -> DeployedState:
         """Wait until every service runs its desired replicas, its update settled, and the app
         is up (swarm platform: its loopback port accepts connections).
 
@@ -278,7 +280,7 @@ class Platform(Protocol):
         """
         ...
 
-    def still_running(self, domain: str, since: DeployedState) -> None:
+    def still_running(self, domain: Domain, since: DeployedState) -> None:
         """Raise ``DeployFailed`` when a task running in ``since`` has died or been replaced.
 
         ``since`` is what ``wait_converged`` returned. Cheap (one observation); call it right
@@ -287,16 +289,16 @@ class Platform(Protocol):
         """
         ...
 
-    def base_url(self, domain: str) -> str:
+    def base_url(self, domain: Domain) -> str:
         """Where HTTP probes go for this app (loopback on the swarm platform)."""
         ...
 
-    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+    def service_logs(self, domain: Domain, tail: int) -> dict[str, str]:
         """The last ``tail`` log lines of every service of the app: ``{service: text}``,
         oldest line first; ``{}`` when nothing is deployed. Reads only."""
         ...
 
-    def secret_values(self, domain: str) -> list[str]:
+    def secret_values(self, domain: Domain) -> list[str]:
         """The values of the app's generated secrets, so that they can be redacted from
         everything people read (reports, step output, pages); ``[]`` when it has none or
         the platform cannot tell. Never log them."""

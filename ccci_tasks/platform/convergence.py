@@ -46,7 +46,7 @@ import docker
 from docker.errors import DockerException, NotFound
 
 from ccci_tasks.errors import DeployFailed, InvalidInput, WaitTimeout
-from ccci_tasks.naming import stack_name
+from ccci_tasks.naming import Domain, stack_name
 from ccci_tasks.platform.base import CRASH_LOOP_FAILURES, DeployedState, TaskRef
 from ccci_tasks.platform.engine_events import EVENTS_SLACK_S, StackEvents
 from ccci_tasks.platform.stacks import ServiceDetail, observe
@@ -178,7 +178,7 @@ def _stop_quietly(client: docker.DockerClient, container_id: str, grace_s: float
 
 def wait_converged(
     client: docker.DockerClient,
-    domain: str,
+    domain: Domain,
     timeout_s: float,
     *,
     ready: Readiness | None = None,
@@ -261,7 +261,7 @@ def wait_converged(
 # --------------------------------------------------------------------------- staying up
 
 
-def still_running(client: docker.DockerClient, domain: str, since: DeployedState) -> None:
+def still_running(client: docker.DockerClient, domain: Domain, since: DeployedState) -> None:
     """Raise ``DeployFailed`` when a task running in ``since`` died or was replaced."""
     if not any(svc.tasks for svc in since.services):
         raise InvalidInput(

@@ -36,7 +36,11 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, PlatformError
-from ccci_tasks.naming import validate_recipe, validate_ref, validate_version
+from ccci_tasks.naming import (
+    Recipe,
+    validate_ref,
+    validate_version,
+)
 from ccci_tasks.proc import run
 from ccci_tasks.versions import is_version, parse_version
 from ccci_tasks.versions import latest as latest_version
@@ -136,9 +140,9 @@ class RecipeRepo:
     """One recipe git repository at ``path`` (e.g. ``<CCCI_RECIPES_DIR>/<recipe>``)."""
 
     def __init__(
-        self, path: Path, recipe: str, *, timeout_s: float = DEFAULT_GIT_TIMEOUT_S
+        self, path: Path, recipe: Recipe, *, timeout_s: float = DEFAULT_GIT_TIMEOUT_S
     ) -> None:
-        self.recipe = validate_recipe(recipe)
+        self.recipe = recipe
         self.path = Path(path)
         self.timeout_s = timeout_s
 

@@ -14,7 +14,7 @@ import docker
 
 from ccci_tasks import constants
 from ccci_tasks.errors import InvalidInput
-from ccci_tasks.naming import stack_name, validate_domain
+from ccci_tasks.naming import Domain, stack_name
 from ccci_tasks.platform.engine import docker_errors, parse_timestamp
 
 MAX_TAIL_LINES: Final = 10_000
@@ -35,7 +35,7 @@ def _in_time_order(lines: list[str]) -> list[str]:
     return [line for _, line in sorted(keyed, key=lambda pair: pair[0])]
 
 
-def stack_logs(client: docker.DockerClient, domain: str, tail: int) -> dict[str, str]:
+def stack_logs(client: docker.DockerClient, domain: Domain, tail: int) -> dict[str, str]:
     """``{service name: its last tail lines}`` of ``domain``'s stack (oldest line first,
     with the engine's timestamps); ``{}`` when nothing is deployed.
 
@@ -43,7 +43,7 @@ def stack_logs(client: docker.DockerClient, domain: str, tail: int) -> dict[str,
     """
     if isinstance(tail, bool) or not isinstance(tail, int) or not 0 < tail <= MAX_TAIL_LINES:
         raise InvalidInput(f"log tail {tail!r} is invalid: 1 to {MAX_TAIL_LINES} lines")
-    stack = stack_name(validate_domain(domain))
+    stack = stack_name(domain)
     label = f"{constants.STACK_NAMESPACE_LABEL}={stack}"
     with docker_errors(f"listing the services of stack {stack}"):
         services = cast(list[dict[str, Any]],

@@ -26,7 +26,7 @@ import yaml
 from ccci_tasks import constants
 from ccci_tasks.atomic import write_text
 from ccci_tasks.errors import AppNotFound, InvalidInput
-from ccci_tasks.naming import validate_ref, validate_version
+from ccci_tasks.naming import Domain, Recipe, Ref, validate_version
 from ccci_tasks.platform.compose_files import ComposeFile, NeededSecret, check_stack, load_compose
 from ccci_tasks.platform.recipe_env import HTTP_PORT_KEY, RecipeEnv, read_abra_sh
 from ccci_tasks.platform.recipes import RecipeRepo
@@ -67,12 +67,10 @@ def resolve_version(repo: RecipeRepo, version: str | None) -> str:
 
 
 def resolve_ref(repo: RecipeRepo, version: str | None,
-                chaos_ref: str | None) -> tuple[str, str | None]:
+                chaos_ref: Ref | None) -> tuple[str, str | None]:
     """What to check out: ``(tag, None)``, or for a chaos deploy ``(full sha, short sha)``."""
     if chaos_ref is None:
         return resolve_version(repo, version), None
-    if not is_version(chaos_ref):
-        validate_ref(chaos_ref)
     ref = repo.commit(chaos_ref)
     return ref, repo.short_sha(ref)
 
@@ -101,7 +99,7 @@ class StackPlan:
     app_labels: dict[str, str]  # on the app service: the abra version labels
 
 
-def _load_composes(tree: Path, declared: RecipeEnv, domain: str) -> list[ComposeFile]:
+def _load_composes(tree: Path, declared: RecipeEnv, domain: Domain) -> list[ComposeFile]:
     where = f"the env file of {domain}, line {declared.compose_line}" \
         if declared.compose_line else f"the env file of {domain} (default COMPOSE_FILE)"
     composes = []
@@ -113,7 +111,7 @@ def _load_composes(tree: Path, declared: RecipeEnv, domain: str) -> list[Compose
     return composes
 
 
-def plan_stack(tree: Path, declared: RecipeEnv, *, domain: str, stack: str, recipe: str,
+def plan_stack(tree: Path, declared: RecipeEnv, *, domain: Domain, stack: str, recipe: Recipe,
                ref: str, short: str | None,
                newest_tag: Callable[[], str | None]) -> StackPlan:
     """Check the exported ``tree`` (at ``ref``; ``short``: a chaos deploy's short sha) and

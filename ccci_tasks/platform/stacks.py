@@ -27,7 +27,11 @@ from typing import Any, Final, cast
 import docker
 
 from ccci_tasks import constants
-from ccci_tasks.naming import stack_name, validate_domain, validate_run_hex
+from ccci_tasks.naming import (
+    Domain,
+    RunHex,
+    stack_name,
+)
 from ccci_tasks.platform.base import (
     AppInfo,
     DeployedState,
@@ -267,7 +271,7 @@ def _tasks(client: docker.DockerClient, service_id: str) -> list[dict[str, Any]]
 
 
 def observe(client: docker.DockerClient,
-            domain: str) -> tuple[DeployedState, list[ServiceDetail]]:
+            domain: Domain) -> tuple[DeployedState, list[ServiceDetail]]:
     """What is deployed for ``domain`` now plus the per-service details behind it."""
     stack = stack_name(domain)
     services = stack_services(client, stack)
@@ -297,7 +301,7 @@ def observe(client: docker.DockerClient,
     return state, details
 
 
-def volumes(client: docker.DockerClient, domain: str) -> list[VolumeInfo]:
+def volumes(client: docker.DockerClient, domain: Domain) -> list[VolumeInfo]:
     """The named volumes of ``domain``'s stack (they survive undeploy)."""
     stack = stack_name(domain)
     label = f"{constants.STACK_NAMESPACE_LABEL}={stack}"
@@ -344,13 +348,12 @@ def _app_from_labels(labels: dict[str, str], *, deployed: bool) -> AppInfo | Non
     kind = labels.get(constants.LABEL_KIND)
     domain = labels.get(constants.LABEL_DOMAIN)
     recipe = labels.get(constants.LABEL_RECIPE, "")
-    run = labels.get(constants.LABEL_RUN) or None
+    found = labels.get(constants.LABEL_RUN) or None
     if kind not in constants.KINDS or not domain:
         return None
     try:
-        validate_domain(domain)
-        if run is not None:
-            validate_run_hex(run)
+        domain = Domain(domain)  # labels read from the engine
+        run = None if found is None else RunHex(found)
     except ValueError:
         return None
     stack = labels.get(constants.STACK_NAMESPACE_LABEL) or stack_name(domain)

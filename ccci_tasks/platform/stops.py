@@ -33,7 +33,7 @@ import docker
 from docker.errors import DockerException
 
 from ccci_tasks import constants
-from ccci_tasks.naming import stack_name
+from ccci_tasks.naming import Domain, stack_name
 from ccci_tasks.platform.base import ContainerStop, StopReport
 from ccci_tasks.platform.docker_state import DockerState
 from ccci_tasks.platform.stacks import DEFAULT_STOP_GRACE_S
@@ -166,7 +166,7 @@ class StopWatch:
             self._thread.join(JOIN_S)
 
 
-def stop_watched(state: DockerState, domain: str, remove: Callable[[], None],
+def stop_watched(state: DockerState, domain: Domain, remove: Callable[[], None],
                  timeout_s: float) -> StopReport:
     """A graceful undeploy that watches each container's end: ``remove()`` takes the stack's
     services away (``docker stack rm``, ``abra app undeploy``), then the containers left

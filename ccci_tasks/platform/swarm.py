@@ -39,7 +39,13 @@ import docker
 from ccci_tasks import constants
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, InvalidInput
-from ccci_tasks.naming import stack_name, validate_domain, validate_recipe, validate_run_hex
+from ccci_tasks.naming import (
+    Domain,
+    Recipe,
+    Ref,
+    RunHex,
+    stack_name,
+)
 from ccci_tasks.platform.app_files import KEEP_DEPLOY_DIRS, PORT_RANGE, AppFiles
 from ccci_tasks.platform.app_secrets import AppSecrets
 from ccci_tasks.platform.base import AppInfo, DeployedState, Kind, StopReport, VolumeInfo
@@ -118,32 +124,33 @@ class SwarmPlatform(EngineHousekeeping):
     def apps_dir(self) -> Path:
         return self.files.apps_dir
 
-    def env_path(self, domain: str) -> Path:
+    def env_path(self, domain: Domain) -> Path:
         return self.files.env_path(domain)
 
-    def deploy_root(self, domain: str) -> Path:
+    def deploy_root(self, domain: Domain) -> Path:
         return self.files.deploy_root(domain)
 
-    def secrets_path(self, domain: str) -> Path:
+    def secrets_path(self, domain: Domain) -> Path:
         return self.files.secrets_path(domain)
 
-    def repo(self, recipe: str) -> RecipeRepo:
-        return RecipeRepo(self.settings.recipes_dir / validate_recipe(recipe), recipe)
+    def repo(self, recipe: Recipe) -> RecipeRepo:
+        return RecipeRepo(self.settings.recipes_dir / recipe, recipe)
 
-    def has_config(self, domain: str) -> bool:
+    def has_config(self, domain: Domain) -> bool:
         return self.env_path(domain).is_file()
 
-    def app_secrets(self, domain: str) -> AppSecrets:
+    def app_secrets(self, domain: Domain) -> AppSecrets:
         return AppSecrets(self.client, self.secrets_path(domain))
 
-    def read_env(self, domain: str) -> dict[str, str]:
+    def read_env(self, domain: Domain) -> dict[str, str]:
         """The app's env file; ``AppNotFound`` when the app was never created."""
         return self.files.recipe_env(domain).values
 
     # --- Platform ---------------------------------------------------------------------
 
     def new_app(
-        self, recipe: str, domain: str, version: str | None = None, *, kind: Kind, run: str | None
+        self, recipe: Recipe, domain: Domain, version: str | None = None, *, kind: Kind,
+        run: RunHex | None,
     ) -> AppInfo:
         """Create (or refresh) the app's env file, keeping its ports once allocated.
 
@@ -151,12 +158,8 @@ class SwarmPlatform(EngineHousekeeping):
         a malformed line, or a ``COMPOSE_FILE`` naming a file the recipe does not have at
         that version, is refused (naming the file and line) before anything is written.
         """
-        validate_recipe(recipe)
-        validate_domain(domain)
         if kind not in constants.KINDS:
             raise InvalidInput(f"app kind {kind!r} is invalid; use one of {constants.KINDS}")
-        if run is not None:
-            validate_run_hex(run)
 
         def sample() -> tuple[str, RecipeEnv]:
             repo = self.repo(recipe)
@@ -181,7 +184,7 @@ class SwarmPlatform(EngineHousekeeping):
         )
 
     def deploy(
-        self, domain: str, version: str | None = None, chaos_ref: str | None = None
+        self, domain: Domain, version: str | None = None, chaos_ref: Ref | None = None
     ) -> DeployedState:
         """Deploy a version tag (None: latest) or, with ``chaos_ref``, that commit as it is.
 
@@ -189,7 +192,7 @@ class SwarmPlatform(EngineHousekeeping):
         the missing secrets are created and the stack deployed.
         """
         declared = self.files.recipe_env(domain)
-        recipe = validate_recipe(declared.values.get("RECIPE", ""))
+        recipe = Recipe(declared.values.get("RECIPE", ""))  # read from the env file
         repo = self.repo(recipe)
         ref, short = resolve_ref(repo, version, chaos_ref)
         dest = self.deploy_root(domain) / f"{time.time_ns()}-{short or ref}"
@@ -203,14 +206,14 @@ class SwarmPlatform(EngineHousekeeping):
         self.files.prune_deploy_dirs(domain)
         return self.deployed(domain)
 
-    def undeploy(self, domain: str, *, graceful: bool = True) -> StopReport:
+    def undeploy(self, domain: Domain, *, graceful: bool = True) -> StopReport:
         """``docker stack rm``, then wait until services and containers are gone.
 
         Graceful: each container gets its stop signal and stop grace period, and the report
         says whether each exited by itself. Not graceful: the containers are killed at once
         (SIGKILL) and removed.
         """
-        stack = stack_name(validate_domain(domain))
+        stack = stack_name(domain)
 
         def stack_rm() -> None:
             self._run(["docker", "stack", "rm", stack], timeout_s=STACK_RM_TIMEOUT_S)
@@ -222,7 +225,7 @@ class SwarmPlatform(EngineHousekeeping):
         self.state.wait_undeployed(domain, UNDEPLOY_TIMEOUT_S)
         return StopReport(graceful=False)
 
-    def remove(self, domain: str) -> None:
+    def remove(self, domain: Domain) -> None:
         """Undeploy without a graceful stop (the data goes next), then delete volumes,
         secrets (with their values), the env file and the deploy dirs."""
         self.undeploy(domain, graceful=False)
@@ -231,14 +234,14 @@ class SwarmPlatform(EngineHousekeeping):
         self.app_secrets(domain).forget()
         self.files.forget(domain)
 
-    def secret_values(self, domain: str) -> list[str]:
+    def secret_values(self, domain: Domain) -> list[str]:
         """The values of the app's generated secrets (from its 0600 file)."""
         return sorted(self.app_secrets(domain).values().values())
 
-    def volumes(self, domain: str) -> list[VolumeInfo]:
+    def volumes(self, domain: Domain) -> list[VolumeInfo]:
         return self.state.volumes(domain)
 
-    def deployed(self, domain: str) -> DeployedState:
+    def deployed(self, domain: Domain) -> DeployedState:
         return self.state.deployed(domain)
 
     def live_apps(self) -> list[AppInfo]:
@@ -248,15 +251,15 @@ class SwarmPlatform(EngineHousekeeping):
             apps.setdefault(app.domain, app)
         return [apps[d] for d in sorted(apps)]
 
-    def wait_converged(self, domain: str, timeout_s: float) -> DeployedState:
+    def wait_converged(self, domain: Domain, timeout_s: float) -> DeployedState:
         """Converged (see ``convergence.wait_converged``) and the app's port accepts."""
         return self.state.wait_converged(domain, timeout_s, ready=self.listening(domain),
                                          probed=frozenset({APP_SERVICE}))
 
-    def still_running(self, domain: str, since: DeployedState) -> None:
-        self.state.still_running(validate_domain(domain), since)
+    def still_running(self, domain: Domain, since: DeployedState) -> None:
+        self.state.still_running(domain, since)
 
-    def listening(self, domain: str) -> Readiness:
+    def listening(self, domain: Domain) -> Readiness:
         """A readiness probe: None once ``127.0.0.1:<CCCI_HTTP_PORT>`` accepts a connection."""
         address = ("127.0.0.1", int(self.base_url(domain).rsplit(":", 1)[1]))
 
@@ -269,7 +272,7 @@ class SwarmPlatform(EngineHousekeeping):
 
         return probe
 
-    def base_url(self, domain: str) -> str:
+    def base_url(self, domain: Domain) -> str:
         port = self.read_env(domain).get("CCCI_HTTP_PORT", "")
         if not port.isdigit():
             raise AppNotFound(
@@ -278,7 +281,7 @@ class SwarmPlatform(EngineHousekeeping):
             )
         return f"http://127.0.0.1:{port}"
 
-    def service_logs(self, domain: str, tail: int) -> dict[str, str]:
+    def service_logs(self, domain: Domain, tail: int) -> dict[str, str]:
         return stack_logs(self.client, domain, tail)
 
     # --- helpers ----------------------------------------------------------------------

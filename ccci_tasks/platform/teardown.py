@@ -19,7 +19,7 @@ from docker.errors import DockerException, NotFound
 
 from ccci_tasks import constants
 from ccci_tasks.errors import PlatformError, WaitTimeout
-from ccci_tasks.naming import stack_name
+from ccci_tasks.naming import Domain, stack_name
 from ccci_tasks.platform.engine import docker_errors
 from ccci_tasks.platform.engine_events import EVENTS_SLACK_S, StackEvents
 from ccci_tasks.platform.stacks import grace_s, stack_services, volumes
@@ -47,7 +47,7 @@ def _containers(client: docker.DockerClient, stack: str) -> list[dict[str, Any]]
     return cast(list[dict[str, Any]], found)
 
 
-def wait_undeployed(client: docker.DockerClient, domain: str, timeout_s: float,
+def wait_undeployed(client: docker.DockerClient, domain: Domain, timeout_s: float,
                     poll_s: float = UNDEPLOY_POLL_S) -> None:
     """Wait until the stack's services and their containers are gone (volumes free)."""
     stack = stack_name(domain)
@@ -71,7 +71,7 @@ def wait_undeployed(client: docker.DockerClient, domain: str, timeout_s: float,
 # --------------------------------------------------------------------------- containers
 
 
-def _orphan_containers(client: docker.DockerClient, domain: str) -> list[dict[str, Any]]:
+def _orphan_containers(client: docker.DockerClient, domain: Domain) -> list[dict[str, Any]]:
     """The stack's containers once its services are gone (none while any service exists:
     swarm would start a replacement)."""
     stack = stack_name(domain)
@@ -80,7 +80,7 @@ def _orphan_containers(client: docker.DockerClient, domain: str) -> list[dict[st
     return _containers(client, stack)
 
 
-def _remove_each(client: docker.DockerClient, domain: str, doing: str,
+def _remove_each(client: docker.DockerClient, domain: Domain, doing: str,
                  remove: Callable[[dict[str, Any]], None]) -> list[str]:
     """``remove`` each orphan container of the stack, all at once (a stop waits for its own
     grace period, never for the others'); the ids removed."""
@@ -105,7 +105,7 @@ def _remove_each(client: docker.DockerClient, domain: str, doing: str,
         return [cid for cid in pool.map(one, containers) if cid is not None]
 
 
-def stop_orphan_containers(client: docker.DockerClient, domain: str,
+def stop_orphan_containers(client: docker.DockerClient, domain: Domain,
                            stop_timeout_s: int | None = None,
                            graces: Mapping[str, float] | None = None) -> list[str]:
     """Stop and remove the stack's containers once its services are gone.
@@ -126,7 +126,7 @@ def stop_orphan_containers(client: docker.DockerClient, domain: str,
     return _remove_each(client, domain, "stopping", stop)
 
 
-def kill_containers(client: docker.DockerClient, domain: str) -> list[str]:
+def kill_containers(client: docker.DockerClient, domain: Domain) -> list[str]:
     """Kill (SIGKILL, no grace) and remove the stack's containers once its services are gone.
 
     For data that is discarded or restored right after. Does nothing while any service
@@ -137,14 +137,14 @@ def kill_containers(client: docker.DockerClient, domain: str) -> list[str]:
         lambda container: client.api.remove_container(container["Id"], force=True))
 
 
-def stop_graces(client: docker.DockerClient, domain: str) -> dict[str, float]:
+def stop_graces(client: docker.DockerClient, domain: Domain) -> dict[str, float]:
     """The stop grace period of each service of the stack (full service names)."""
     return {str(s["Spec"]["Name"]): grace_s({"Spec": s["Spec"].get("TaskTemplate") or {}})
             for s in stack_services(client, stack_name(domain))}
 
 
 def running_containers(client: docker.DockerClient,
-                       domain: str) -> list[tuple[str, str, tuple[str, ...]]]:
+                       domain: Domain) -> list[tuple[str, str, tuple[str, ...]]]:
     """(container id, full service name, named volumes mounted) of every running container
     of the stack."""
     label = f"{constants.STACK_NAMESPACE_LABEL}={stack_name(domain)}"
@@ -159,7 +159,7 @@ def running_containers(client: docker.DockerClient,
 # --------------------------------------------------------------------------- data
 
 
-def remove_volumes(client: docker.DockerClient, domain: str,
+def remove_volumes(client: docker.DockerClient, domain: Domain,
                    timeout_s: float = REMOVE_VOLUME_TIMEOUT_S) -> list[str]:
     """Delete the stack's volumes (retrying while a dying container holds one)."""
     removed = []
@@ -187,7 +187,7 @@ def remove_volumes(client: docker.DockerClient, domain: str,
     return removed
 
 
-def remove_secrets(client: docker.DockerClient, domain: str) -> list[str]:
+def remove_secrets(client: docker.DockerClient, domain: Domain) -> list[str]:
     """Delete the secrets of the stack (namespace label) or labelled for ``domain``."""
     stack = stack_name(domain)
     found: dict[str, str] = {}

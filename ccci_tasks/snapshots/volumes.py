@@ -15,7 +15,12 @@ from pathlib import Path
 
 from ccci_tasks import failpoints
 from ccci_tasks.errors import SnapshotError, SnapshotRefused
-from ccci_tasks.naming import stack_name, validate_domain, validate_recipe, validate_version
+from ccci_tasks.naming import (
+    Domain,
+    Recipe,
+    stack_name,
+    validate_version,
+)
 from ccci_tasks.platform.base import Platform, VolumeInfo
 from ccci_tasks.snapshots.tarcheck import check_archive
 from ccci_tasks.snapshots.voltar import restore_dirs, snapshot_dirs
@@ -30,7 +35,7 @@ log = logging.getLogger(__name__)
 Guard = Callable[[str], None]
 
 
-def _refuse_if_deployed(platform: Platform, domain: str, doing: str) -> None:
+def _refuse_if_deployed(platform: Platform, domain: Domain, doing: str) -> None:
     state = platform.deployed(domain)
     if state.is_deployed:
         services = ", ".join(s.name for s in state.services)
@@ -46,14 +51,14 @@ def _relative(volume: VolumeInfo, stack: str) -> VolumeInfo:
     return dataclasses.replace(volume, name=name)
 
 
-def app_volumes(platform: Platform, domain: str) -> list[VolumeInfo]:
+def app_volumes(platform: Platform, domain: Domain) -> list[VolumeInfo]:
     """The app's volumes, named relative to its stack (``<stack>_data`` → ``data``)."""
     stack = stack_name(domain)
     return sorted((_relative(v, stack) for v in platform.volumes(domain)), key=lambda v: v.name)
 
 
 def snapshot(
-    platform: Platform, state_dir: Path, recipe: str, domain: str, version: str,
+    platform: Platform, state_dir: Path, recipe: Recipe, domain: Domain, version: str,
     *, base: Path | None = None, guard: Guard | None = None,
 ) -> Manifest:
     """Take the known-good snapshot of ``domain``'s volumes; the app must be undeployed.
@@ -62,8 +67,6 @@ def snapshot(
     checked as restore would) and replaces the current one only once it is complete, and
     only if ``guard`` (the caller's fence check) passes right before the swap.
     """
-    validate_recipe(recipe)
-    validate_domain(domain)
     validate_version(version)
     root = warmsnap.snapshot_root(state_dir, recipe, base)
     with warmsnap.locked(root, create=True):
@@ -105,7 +108,7 @@ def snapshot(
 
 
 def restore(
-    platform: Platform, state_dir: Path, recipe: str, domain: str,
+    platform: Platform, state_dir: Path, recipe: Recipe, domain: Domain,
     *, base: Path | None = None, guard: Guard | None = None,
 ) -> Manifest:
     """Clear each volume of ``domain`` and untar the known-good snapshot back into it.
@@ -113,8 +116,6 @@ def restore(
     Refused while the app is deployed. Every sha256 and every member is checked before
     any volume is touched, and ``guard`` (the caller's fence check) right before.
     """
-    validate_recipe(recipe)
-    validate_domain(domain)
     root = warmsnap.snapshot_root(state_dir, recipe, base)
     with warmsnap.locked(root):
         _refuse_if_deployed(platform, domain, "restore")

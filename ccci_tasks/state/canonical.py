@@ -14,7 +14,7 @@ from typing import Annotated, Final, Literal, cast
 from pydantic import AfterValidator, Field
 
 from ccci_tasks.errors import InvalidInput, RegistryError, StateError
-from ccci_tasks.naming import validate_recipe
+from ccci_tasks.naming import Domain, Recipe
 from ccci_tasks.state import records
 
 REGISTRY_FILE: Final = "canonical.json"
@@ -42,8 +42,8 @@ def _commit(commit: str | None) -> str | None:
 class Canonical(records.Record):
     """One recipe's known-good (or being seeded) data-warm canonical."""
 
-    recipe: records.RecipeText
-    domain: records.DomainText
+    recipe: Recipe
+    domain: Domain
     version: records.VersionText
     commit: Annotated[str | None, AfterValidator(_commit)]
     status: Annotated[Status, records.one_of("status", STATUSES)] = "known-good"
@@ -53,7 +53,7 @@ class Canonical(records.Record):
 class Quarantine(records.Record):
     """``<state>/<recipe>/quarantine.json``: why no quick run may use the canonical."""
 
-    recipe: records.RecipeText
+    recipe: Recipe
     reason: str
     ts: str = Field(default_factory=records.now_text)
 
@@ -63,31 +63,30 @@ def is_recipe_dir_name(name: str) -> bool:
     if name in RESERVED_NAMES:
         return False
     try:
-        validate_recipe(name)
+        Recipe(name)  # a folder read from disk
     except InvalidInput:
         return False
     return True
 
 
-def recipe_dir(state_dir: Path, recipe: str) -> Path:
-    name = validate_recipe(recipe)
-    if name in RESERVED_NAMES:
+def recipe_dir(state_dir: Path, recipe: Recipe) -> Path:
+    if recipe in RESERVED_NAMES:
         raise InvalidInput(
             f"recipe name {recipe!r} is invalid: {RESERVED_NAMES} are reserved names under the "
             "state root"
         )
-    return Path(state_dir) / name
+    return Path(state_dir) / recipe
 
 
-def registry_path(state_dir: Path, recipe: str) -> Path:
+def registry_path(state_dir: Path, recipe: Recipe) -> Path:
     return recipe_dir(state_dir, recipe) / REGISTRY_FILE
 
 
-def _recipes(state_dir: Path) -> list[str]:
+def _recipes(state_dir: Path) -> list[Recipe]:
     root = Path(state_dir)
     if not root.is_dir():
         return []
-    return [c.name for c in root.iterdir() if c.is_dir() and is_recipe_dir_name(c.name)]
+    return [Recipe(c.name) for c in root.iterdir() if c.is_dir() and is_recipe_dir_name(c.name)]
 
 
 REGISTRIES: Final = records.Store(model=Canonical, what="canonical registry",
@@ -95,7 +94,7 @@ REGISTRIES: Final = records.Store(model=Canonical, what="canonical registry",
                                   error=RegistryError)
 
 
-def read_registry(state_dir: Path, recipe: str) -> Canonical | None:
+def read_registry(state_dir: Path, recipe: Recipe) -> Canonical | None:
     """The registry of ``recipe``, ``None`` when it has none."""
     return REGISTRIES.read(state_dir, recipe)
 
@@ -110,14 +109,14 @@ def list_registries(state_dir: Path) -> list[Canonical]:
     return REGISTRIES.all(state_dir)
 
 
-def quarantine(state_dir: Path, recipe: str, reason: str) -> None:
+def quarantine(state_dir: Path, recipe: Recipe, reason: str) -> None:
     """Mark the canonical unusable: no quick run uses it until a green cold run on latest
     re-seeds it (which clears the mark)."""
     records.write(recipe_dir(state_dir, recipe) / QUARANTINE_FILE,
                   Quarantine(recipe=recipe, reason=reason))
 
 
-def quarantined(state_dir: Path, recipe: str) -> str | None:
+def quarantined(state_dir: Path, recipe: Recipe) -> str | None:
     """Why the canonical is quarantined, or None."""
     path = recipe_dir(state_dir, recipe) / QUARANTINE_FILE
     try:
@@ -127,7 +126,7 @@ def quarantined(state_dir: Path, recipe: str) -> str | None:
     return found.reason if found is not None else None
 
 
-def clear_quarantine(state_dir: Path, recipe: str) -> None:
+def clear_quarantine(state_dir: Path, recipe: Recipe) -> None:
     (recipe_dir(state_dir, recipe) / QUARANTINE_FILE).unlink(missing_ok=True)
 
 

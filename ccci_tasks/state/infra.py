@@ -18,7 +18,7 @@ from typing import Annotated, Final, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from ccci_tasks.errors import InvalidInput, RegistryError
-from ccci_tasks.naming import validate_recipe, validate_version
+from ccci_tasks.naming import Domain, Recipe, validate_version
 from ccci_tasks.state import records
 
 __all__ = [
@@ -45,8 +45,8 @@ def _version_or_none(value: str | None) -> str | None:
 class InfraState(records.Record):
     """What the reconciler last recorded about one live-warm app."""
 
-    app: records.RecipeText
-    domain: records.DomainText
+    app: Recipe
+    domain: Domain
     current: records.VersionText
     last_good: Annotated[str | None, BeforeValidator(_version_or_none)]
     status: Annotated[InfraStatus, records.one_of("status", STATUSES)] = "ok"
@@ -68,24 +68,24 @@ def infra_root(state_dir: Path) -> Path:
     return Path(state_dir) / INFRA_DIR
 
 
-def infra_path(state_dir: Path, app: str) -> Path:
+def infra_path(state_dir: Path, app: Recipe) -> Path:
     """``<state>/infra/<app>.json``."""
-    return infra_root(state_dir) / f"{validate_recipe(app)}.json"
+    return infra_root(state_dir) / f"{app}.json"
 
 
-def infra_dir(state_dir: Path, app: str) -> Path:
+def infra_dir(state_dir: Path, app: Recipe) -> Path:
     """``<state>/infra/<app>``: where the app's pre-upgrade snapshot goes."""
-    return infra_root(state_dir) / validate_recipe(app)
+    return infra_root(state_dir) / app
 
 
-def _apps(state_dir: Path) -> list[str]:
+def _apps(state_dir: Path) -> list[Recipe]:
     root = infra_root(state_dir)
     if not root.is_dir():
         return []
     found = []
     for path in root.glob("*.json"):
         try:
-            found.append(validate_recipe(path.stem))
+            found.append(Recipe(path.stem))
         except InvalidInput:
             continue  # not an app's file (a dot file, a stray name)
     return found
@@ -95,7 +95,7 @@ STATES: Final = records.Store(model=InfraState, what="live-warm state", name_fie
                               path=infra_path, names=_apps, error=RegistryError)
 
 
-def read_infra(state_dir: Path, app: str) -> InfraState | None:
+def read_infra(state_dir: Path, app: Recipe) -> InfraState | None:
     """The recorded state of ``app``, ``None`` when it has none."""
     return STATES.read(state_dir, app)
 

@@ -35,6 +35,7 @@ from pydantic import BeforeValidator, Field
 
 import ccci_tasks.atomic as atomic
 from ccci_tasks.errors import InvalidInput, StateError
+from ccci_tasks.naming import Domain, RunId
 from ccci_tasks.state import records
 
 INTENTS_DIR: Final = "intents"
@@ -59,15 +60,15 @@ class IntentOwned(StateError):
 class Owner:
     """Who may change an intent record: a run with its fencing token."""
 
-    run_id: str
+    run_id: RunId
     token: int
 
 
 class Intent(records.Record):
     resource: Annotated[str, BeforeValidator(validate_intent_resource)]
     kind: Annotated[Kind, records.one_of("intent kind", KINDS)]
-    run_id: records.RunIdText
-    domain: records.DomainText
+    run_id: RunId
+    domain: Domain
     detail: Annotated[dict[str, Any], BeforeValidator(lambda v: v or {})] = Field(
         default_factory=dict)
     ts: str = Field(default_factory=records.now_text)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ccci_tasks.errors import ConfigError, InvalidInput
-from ccci_tasks.naming import validate_recipe
+from ccci_tasks.naming import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class RecipeMeta:
     health_ok: tuple[int, ...] = (200, 301, 302)
     deploy_timeout: int = 600
     http_timeout: int = 300
-    deps: tuple[str, ...] = ()
+    deps: tuple[Recipe, ...] = ()
     # Live-warm apps only: snapshot the data volumes before an upgrade, restore on rollback.
     stateful: bool = False
 
@@ -81,16 +81,16 @@ def _statuses(value: Any) -> tuple[int, ...]:
     return tuple(dict.fromkeys(codes))
 
 
-def _deps(value: Any) -> tuple[str, ...]:
+def _deps(value: Any) -> tuple[Recipe, ...]:
     expected = 'expected a list of str app names, e.g. ["keycloak"]'
     if not isinstance(value, list | tuple):
         raise _Bad(expected)
-    names: list[str] = []
+    names: list[Recipe] = []
     for item in value:
         if not isinstance(item, str):
             raise _Bad(f"{expected}; got {item!r}")
         try:
-            names.append(validate_recipe(item))
+            names.append(Recipe(item))
         except InvalidInput as exc:
             raise _Bad(f"{expected}; {exc}") from exc
     return tuple(dict.fromkeys(names))
@@ -181,11 +181,11 @@ def parse_meta(path: Path, source: bytes | str) -> RecipeMeta:
     return RecipeMeta(**values)
 
 
-def meta_path(tests_dir: Path, recipe: str) -> Path:
-    return Path(tests_dir) / validate_recipe(recipe) / META_FILE
+def meta_path(tests_dir: Path, recipe: Recipe) -> Path:
+    return Path(tests_dir) / recipe / META_FILE
 
 
-def load_meta(tests_dir: Path, recipe: str) -> RecipeMeta:
+def load_meta(tests_dir: Path, recipe: Recipe) -> RecipeMeta:
     """The CI settings of ``recipe``; the defaults when it has no recipe_meta.py."""
     path = meta_path(tests_dir, recipe)
     try:
@@ -197,7 +197,7 @@ def load_meta(tests_dir: Path, recipe: str) -> RecipeMeta:
     return parse_meta(path, source)
 
 
-def enrolled_recipes(tests_dir: Path) -> list[str]:
+def enrolled_recipes(tests_dir: Path) -> list[Recipe]:
     """Recipes with ``WARM_CANONICAL = True``, sorted.
 
     A missing tests dir or a bad recipe_meta.py is a ``ConfigError`` rather than "nothing is
@@ -209,12 +209,12 @@ def enrolled_recipes(tests_dir: Path) -> list[str]:
             f"tests dir {root} does not exist or is not a directory; set CCCI_TESTS_DIR to the "
             "folder holding <recipe>/recipe_meta.py"
         )
-    enrolled: list[str] = []
+    enrolled: list[Recipe] = []
     for child in sorted(root.iterdir()):
         if not child.is_dir() or child.name.startswith((".", "_")):
             continue
         try:
-            recipe = validate_recipe(child.name)
+            recipe = Recipe(child.name)
         except InvalidInput:
             log.warning("ignoring %s: its name is not a recipe name", child)
             continue

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import ccci_tasks.atomic as atomic
-from ccci_tasks.naming import validate_run_id
+from ccci_tasks.naming import RunId
 from ccci_tasks.state.clock import iso, utc_now
 
 if TYPE_CHECKING:
@@ -77,18 +77,18 @@ def _safe(part: str) -> str:
     return part
 
 
-def run_output_dir(state_dir: Path, run_id: str) -> Path:
-    return Path(state_dir) / "runs" / validate_run_id(run_id)
+def run_output_dir(state_dir: Path, run_id: RunId) -> Path:
+    return Path(state_dir) / "runs" / run_id
 
 
-def output_path(state_dir: Path, run_id: str, name: str, task_id: str | None,
+def output_path(state_dir: Path, run_id: RunId, name: str, task_id: str | None,
                 undo: bool = False) -> Path:
     """Where a step's output is kept; ``ValueError`` for a name that is no file name."""
     stem = f"{'undo-' if undo else ''}{_safe(name)}-{_safe(task_id or 'direct')}"
     return run_output_dir(state_dir, run_id) / f"{stem}{SUFFIX}"
 
 
-def keep(state_dir: Path, run_id: str, name: str, task_id: str | None, undo: bool,
+def keep(state_dir: Path, run_id: RunId, name: str, task_id: str | None, undo: bool,
          output: StepOutput, redactor: Redactor) -> Path:
     """Redact, cap and write the step's output (after an earlier delivery's, if any)."""
     path = output_path(state_dir, run_id, name, task_id, undo)
@@ -103,7 +103,7 @@ def keep(state_dir: Path, run_id: str, name: str, task_id: str | None, undo: boo
     return path
 
 
-def read(state_dir: Path, run_id: str, step: Step) -> str | None:
+def read(state_dir: Path, run_id: RunId, step: Step) -> str | None:
     """The kept output of ``step`` of run ``run_id``; None when it has none."""
     try:
         path = output_path(state_dir, run_id, step.name, step.task_id, step.undo)

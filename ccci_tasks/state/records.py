@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 
 import ccci_tasks.atomic as atomic
 from ccci_tasks.errors import InvalidInput, StateError
-from ccci_tasks.naming import validate_domain, validate_recipe, validate_run_id, validate_version
+from ccci_tasks.naming import validate_version
 from ccci_tasks.state.clock import iso, parse_iso, utc_now
 
 MAX_SHOWN: Final = 80  # characters of a bad value quoted in an error
@@ -43,6 +43,7 @@ class Record(BaseModel):
 
 
 R = TypeVar("R", bound=Record)
+N = TypeVar("N", bound=str)  # a record's name: a value type such as ``Recipe``
 
 
 def problems(exc: ValidationError) -> str:
@@ -86,18 +87,18 @@ def write(path: Path, record: Record, mode: int = 0o644) -> Path:
 
 
 @dataclass(frozen=True)
-class Store(Generic[R]):
+class Store(Generic[R, N]):
     """Records of one type, one file per name (a recipe's registry, an app's state), each
     file naming itself in ``name_field``."""
 
     model: type[R]
     what: str
     name_field: str
-    path: Callable[[Path, str], Path]  # (state root, name) -> its file
-    names: Callable[[Path], Iterable[str]]  # the names that may have a file
+    path: Callable[[Path, N], Path]  # (state root, name) -> its file
+    names: Callable[[Path], Iterable[N]]  # the names that may have a file
     error: type[StateError] = StateError
 
-    def read(self, state_dir: Path, name: str) -> R | None:
+    def read(self, state_dir: Path, name: N) -> R | None:
         """The record of ``name``, ``None`` when it has none."""
         path = self.path(state_dir, name)
         record = read(path, self.model, what=self.what, error=self.error)
@@ -107,7 +108,7 @@ class Store(Generic[R]):
         return record
 
     def write(self, state_dir: Path, record: R) -> Path:
-        return write(self.path(state_dir, str(getattr(record, self.name_field))), record)
+        return write(self.path(state_dir, getattr(record, self.name_field)), record)
 
     def all(self, state_dir: Path) -> list[R]:
         """Every name's record, sorted by name."""
@@ -142,8 +143,5 @@ def now_text() -> str:
     return iso(utc_now())
 
 
-RecipeText = Annotated[str, BeforeValidator(validate_recipe)]
-DomainText = Annotated[str, BeforeValidator(validate_domain)]
 VersionText = Annotated[str, BeforeValidator(validate_version)]
-RunIdText = Annotated[str, BeforeValidator(validate_run_id)]
 UtcText = Annotated[str, AfterValidator(_utc_text)]

@@ -26,7 +26,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 import ccci_tasks.atomic as atomic
 from ccci_tasks.errors import InvalidInput, StateError
-from ccci_tasks.naming import validate_run_id
+from ccci_tasks.naming import Domain, Recipe, Ref, RunId
 from ccci_tasks.state.clock import utc_now
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,11 @@ class Current(BaseModel):
 class RunReport(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    run_id: str
+    run_id: RunId
     lane: str = Field(pattern=r"^[a-z][a-z-]{0,30}$")
-    recipe: str | None
-    ref: str | None
-    domain: str | None
+    recipe: Recipe | None
+    ref: Ref | None
+    domain: Domain | None
     verdict: Verdict | None = None
     reason: str | None = None
     started_at: AwareDatetime  # when the run was submitted
@@ -120,8 +120,8 @@ def runs_dir(state_dir: Path) -> Path:
     return Path(state_dir) / RUNS_DIR
 
 
-def report_path(state_dir: Path, run_id: str) -> Path:
-    return runs_dir(state_dir) / f"{validate_run_id(run_id)}.json"
+def report_path(state_dir: Path, run_id: RunId) -> Path:
+    return runs_dir(state_dir) / f"{run_id}.json"
 
 
 @contextmanager
@@ -147,7 +147,7 @@ def _write(state_dir: Path, report: RunReport) -> None:
     atomic.write_json(report_path(state_dir, report.run_id), report.model_dump(mode="json"))
 
 
-def _require(state_dir: Path, run_id: str) -> RunReport:
+def _require(state_dir: Path, run_id: RunId) -> RunReport:
     report = _read(report_path(state_dir, run_id))
     if report is None:
         raise StateError(f"no run report {run_id} under {runs_dir(state_dir)}")
@@ -163,7 +163,7 @@ def _validated(data: dict[str, Any], what: str) -> RunReport:
 
 def create_report(
     state_dir: Path,
-    run_id: str,
+    run_id: RunId,
     lane: str,
     recipe: str | None,
     ref: str | None = None,
@@ -191,13 +191,13 @@ def create_report(
         return report
 
 
-def load_report(state_dir: Path, run_id: str) -> RunReport | None:
+def load_report(state_dir: Path, run_id: RunId) -> RunReport | None:
     return _read(report_path(state_dir, run_id))
 
 
 def record_step(
     state_dir: Path,
-    run_id: str,
+    run_id: RunId,
     name: str,
     task_id: str | None,
     started_at: datetime,
@@ -240,7 +240,7 @@ def record_step(
 
 
 def start_step(
-    state_dir: Path, run_id: str, name: str, task_id: str | None, started_at: datetime,
+    state_dir: Path, run_id: RunId, name: str, task_id: str | None, started_at: datetime,
     *, undo: bool = False,
 ) -> RunReport | None:
     """Record that ``name`` runs now (``current``), and the admission time if unset.
@@ -259,7 +259,7 @@ def start_step(
         return updated
 
 
-def mark_admitted(state_dir: Path, run_id: str) -> None:
+def mark_admitted(state_dir: Path, run_id: RunId) -> None:
     """The run got its resources: it is running (no longer queued)."""
     with _locked(state_dir):
         report = _read(report_path(state_dir, run_id))
@@ -268,7 +268,7 @@ def mark_admitted(state_dir: Path, run_id: str) -> None:
         _write(state_dir, report.model_copy(update={"admitted_at": utc_now()}))
 
 
-def set_fields(state_dir: Path, run_id: str, **fields: Any) -> RunReport:
+def set_fields(state_dir: Path, run_id: RunId, **fields: Any) -> RunReport:
     """Set lane-specific top-level fields (JSON values), e.g. ``outcome`` of a reconcile."""
     clash = set(fields) & _CORE_FIELDS
     if clash:
@@ -284,7 +284,7 @@ def set_fields(state_dir: Path, run_id: str, **fields: Any) -> RunReport:
         return updated
 
 
-def update_report(state_dir: Path, run_id: str, **fields: Any) -> RunReport:
+def update_report(state_dir: Path, run_id: RunId, **fields: Any) -> RunReport:
     """Change some of ``recipe``, ``ref``, ``domain``, ``reason``, ``lane``."""
     unknown = set(fields) - UPDATABLE
     if unknown:
@@ -300,7 +300,7 @@ def update_report(state_dir: Path, run_id: str, **fields: Any) -> RunReport:
 
 
 def finish_report(
-    state_dir: Path, run_id: str, verdict: str, reason: str | None = None
+    state_dir: Path, run_id: RunId, verdict: str, reason: str | None = None
 ) -> RunReport:
     """Set the verdict, reason and finished_at; the first verdict wins."""
     ended = end_report(state_dir, run_id, verdict, reason)
@@ -308,7 +308,7 @@ def finish_report(
 
 
 def end_report(
-    state_dir: Path, run_id: str, verdict: str, reason: str | None = None
+    state_dir: Path, run_id: RunId, verdict: str, reason: str | None = None
 ) -> RunReport | None:
     """Like ``finish_report``, but None when the run had a verdict already (so whoever gets
     the report back is the one who ended the run)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import ccci_tasks.atomic as atomic
+from ccci_tasks.naming import RunId
 from ccci_tasks.state.clock import iso, parse_iso, utc_now
 
 SWEEP_DIR: Final = "sweep"
@@ -29,7 +30,7 @@ def _read(path: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
-def record_completed(state_dir: Path, run_id: str, verdict: str) -> None:
+def record_completed(state_dir: Path, run_id: RunId, verdict: str) -> None:
     atomic.write_json(Path(state_dir) / SWEEP_DIR / LAST_FILE,
                       {"run_id": run_id, "verdict": verdict, "finished_at": iso(utc_now())})
 

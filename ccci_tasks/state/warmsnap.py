@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from ccci_tasks.atomic import file_lock, fsync_dir, write_json
 from ccci_tasks.errors import IntegrityError, SnapshotError
-from ccci_tasks.naming import validate_recipe
+from ccci_tasks.naming import Recipe
 from ccci_tasks.state.canonical import recipe_dir
 from ccci_tasks.state.clock import compact
 
@@ -88,7 +88,7 @@ class VolumeEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    recipe: str
+    recipe: Recipe
     version: str
     taken_at: str
     volumes: tuple[VolumeEntry, ...]
@@ -137,7 +137,7 @@ def read_manifest(snap_dir: Path) -> Manifest:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         manifest = Manifest(
-            recipe=str(raw["recipe"]), version=str(raw["version"]),
+            recipe=Recipe(raw["recipe"]), version=str(raw["version"]),
             taken_at=str(raw["taken_at"]),
             volumes=tuple(_entry(v, path) for v in raw["volumes"]),
         )
@@ -189,7 +189,7 @@ def verify_entries(src_dir: Path, entries: Iterable[VolumeEntry], what: str) -> 
 # --------------------------------------------------------------------------- the swap
 
 
-def snapshot_root(state_dir: Path, recipe: str, base: Path | None = None) -> Path:
+def snapshot_root(state_dir: Path, recipe: Recipe, base: Path | None = None) -> Path:
     """The folder holding a recipe's snapshots (``base`` when given)."""
     return Path(base) if base is not None else recipe_dir(state_dir, recipe)
 
@@ -214,7 +214,7 @@ def current_dir(root: Path) -> Path | None:
     return link if link.is_dir() else None
 
 
-def current_or_fail(root: Path, recipe: str) -> Path:
+def current_or_fail(root: Path, recipe: Recipe) -> Path:
     current = current_dir(root)
     if current is None:
         raise SnapshotError(f"there is no snapshot of {recipe} under {root}")
@@ -271,16 +271,15 @@ def discard(root: Path, work: Path, final: Path) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def read_current(state_dir: Path, recipe: str, *, base: Path | None = None) -> Manifest | None:
+def read_current(state_dir: Path, recipe: Recipe, *, base: Path | None = None) -> Manifest | None:
     """The current snapshot's manifest without re-hashing, ``None`` when there is none."""
     root = snapshot_root(state_dir, recipe, base)
     current = current_dir(root)
     return read_manifest(current) if current is not None else None
 
 
-def verify(state_dir: Path, recipe: str, *, base: Path | None = None) -> Manifest:
+def verify(state_dir: Path, recipe: Recipe, *, base: Path | None = None) -> Manifest:
     """Re-hash every tar of the current snapshot against its manifest."""
-    validate_recipe(recipe)
     root = snapshot_root(state_dir, recipe, base)
     with locked(root):
         current = current_or_fail(root, recipe)

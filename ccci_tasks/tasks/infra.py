@@ -18,6 +18,7 @@ from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import CcciError
 from ccci_tasks.lanes import reconcile, sweep
 from ccci_tasks.lanes.model import run_hex
+from ccci_tasks.naming import RunHex
 from ccci_tasks.tasks.lanes import entry_of
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def sweep_watchdog() -> dict[str, Any]:
     return {"fired": True, "age_h": round(age_h, 2), "run_id": result.id}
 
 
-def live_run_hexes(settings: Settings) -> set[str]:
+def live_run_hexes(settings: Settings) -> set[RunHex]:
     """Hexes of every run that is not over: occupying, queued, or with a live cold app."""
     from ccci_tasks.admission import Slots
     from ccci_tasks.lanes.janitor import ours

@@ -27,11 +27,12 @@ from ccci_tasks.lanes import janitor as janitor_mod
 from ccci_tasks.lanes import runner
 from ccci_tasks.lanes.model import Lane
 from ccci_tasks.lanes.registry import steps_by_queue, with_entry
+from ccci_tasks.naming import RunId
 from ccci_tasks.platform import get_platform
 
 
-def _run_id(task: Task) -> str:
-    return str(task.request.id or uuid.uuid4())
+def _run_id(task: Task) -> RunId:
+    return RunId(str(task.request.id or uuid.uuid4()))  # the Celery task id: parsed here
 
 
 def entry_task(lane: Lane) -> Task:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ccci_tasks.errors import CcciError, InvalidInput
-from ccci_tasks.naming import validate_recipe, validate_run_id
+from ccci_tasks.naming import Recipe, RunId
 from ccci_tasks.redact import Redactor
 from ccci_tasks.state import outputs
 from ccci_tasks.state.clock import utc_now
@@ -36,9 +36,9 @@ class NotFound(Exception):
     """No such run (or a malformed id): answered 404."""
 
 
-def parse_run_id(text: str) -> str:
+def parse_run_id(text: str) -> RunId:
     try:
-        return validate_run_id(text)
+        return RunId(text)
     except InvalidInput:
         raise NotFound(f"no run {text[:80]!r}") from None
 
@@ -53,11 +53,11 @@ def find_report(state_dir: Path, run_id: str) -> RunReport:
     return report
 
 
-def parse_recipe_filter(value: str | None) -> str | None:
+def parse_recipe_filter(value: str | None) -> Recipe | None:
     """``?recipe=``: None (no filter) or a valid recipe name; ``InvalidInput`` otherwise."""
     if value is None or value == "":
         return None
-    return validate_recipe(value)
+    return Recipe(value)
 
 
 # --------------------------------------------------------------------------- JSON
