@@ -171,7 +171,8 @@ def snapshot_dir(volume: VolumeInfo, dest_dir: Path) -> VolumeEntry:
             raise SnapshotError(
                 f"volume {volume.name}: tar of {source} exited {returncode}: {_tail(stderr)}"
             )
-    return VolumeEntry(volume.name, file_name, size, digest.hexdigest())
+    return VolumeEntry(name=volume.name, file=file_name, size_bytes=size,
+                       sha256=digest.hexdigest())
 
 
 def snapshot_dirs(volumes: Sequence[VolumeInfo], dest_dir: Path) -> list[VolumeEntry]:

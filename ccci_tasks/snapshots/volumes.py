@@ -84,7 +84,8 @@ def snapshot(
         try:
             work.mkdir(mode=0o700)
             entries = snapshot_dirs(volumes, work)
-            manifest = Manifest(recipe, version, iso(moment), tuple(entries))
+            manifest = Manifest(recipe=recipe, version=version, taken_at=iso(moment),
+                                volumes=tuple(entries))
             warmsnap.write_manifest(work, manifest, what)
             warmsnap.verify_entries(work, manifest.volumes, what)
             for entry in manifest.volumes:

@@ -23,7 +23,6 @@ that has the same volumes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -32,14 +31,16 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Final
+
+from pydantic import AfterValidator, Field, StrictInt, StrictStr, model_validator
 
 from ccci_tasks.atomic import file_lock, fsync_dir, write_json
-from ccci_tasks.errors import IntegrityError, SnapshotError
+from ccci_tasks.errors import IntegrityError, InvalidInput, SnapshotError
 from ccci_tasks.naming import Recipe
+from ccci_tasks.state import records
 from ccci_tasks.state.canonical import recipe_dir
 from ccci_tasks.state.clock import compact
 
@@ -76,25 +77,44 @@ _SHA_RE: Final = re.compile(r"[0-9a-f]{64}")
 _VOLUME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 
 
-@dataclass(frozen=True)
-class VolumeEntry:
+def _sha256(value: str) -> str:
+    if not _SHA_RE.fullmatch(value):
+        raise ValueError(f"sha256 {value!r} is not 64 lowercase hex digits")
+    return value
+
+
+class VolumeEntry(records.Record):
     """One volume's tar in a snapshot."""
 
-    name: str
-    file: str
-    size_bytes: int
-    sha256: str
+    name: StrictStr
+    file: StrictStr
+    size_bytes: Annotated[StrictInt, Field(ge=0)]
+    sha256: Annotated[StrictStr, AfterValidator(_sha256)]
+
+    @model_validator(mode="after")
+    def _file_is_the_volumes(self) -> VolumeEntry:
+        try:
+            expected = tar_file_name(self.name)
+        except SnapshotError as exc:
+            raise ValueError(str(exc)) from None
+        if self.file != expected:
+            raise ValueError(f"volume {self.name} names file {self.file!r}, expected {expected!r}")
+        return self
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(records.Record):
+    """``manifest.json``: what a snapshot holds."""
+
     recipe: Recipe
-    version: str
-    taken_at: str
+    version: StrictStr
+    taken_at: StrictStr
     volumes: tuple[VolumeEntry, ...]
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    @model_validator(mode="after")
+    def _each_volume_once(self) -> Manifest:
+        if len({v.name for v in self.volumes}) != len(self.volumes):
+            raise ValueError("a volume is listed twice")
+        return self
 
     def volume(self, name: str) -> VolumeEntry | None:
         return next((v for v in self.volumes if v.name == name), None)
@@ -109,45 +129,20 @@ def tar_file_name(name: str) -> str:
 # --------------------------------------------------------------------------- manifests
 
 
-def _entry(raw: Any, path: Path) -> VolumeEntry:
-    if not isinstance(raw, dict):
-        raise SnapshotError(f"{path}: a volume entry is not an object: {raw!r}")
-    try:
-        entry = VolumeEntry(
-            name=raw["name"], file=raw["file"], size_bytes=raw["size_bytes"], sha256=raw["sha256"]
-        )
-    except KeyError as exc:
-        raise SnapshotError(f"{path}: volume entry {raw!r} misses {exc}") from exc
-    if not (isinstance(entry.name, str) and isinstance(entry.file, str)
-            and isinstance(entry.sha256, str) and _SHA_RE.fullmatch(entry.sha256)
-            and isinstance(entry.size_bytes, int) and entry.size_bytes >= 0):
-        raise SnapshotError(f"{path}: volume entry {raw!r} has a bad field")
-    try:
-        expected_file = tar_file_name(entry.name)
-    except SnapshotError as exc:
-        raise SnapshotError(f"{path}: {exc}") from exc
-    if entry.file != expected_file:
-        raise SnapshotError(f"{path}: volume {entry.name} names file {entry.file!r}, "
-                            f"expected {expected_file!r}")
-    return entry
-
-
 def read_manifest(snap_dir: Path) -> Manifest:
     path = Path(snap_dir) / MANIFEST_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        manifest = Manifest(
-            recipe=Recipe(raw["recipe"]), version=str(raw["version"]),
-            taken_at=str(raw["taken_at"]),
-            volumes=tuple(_entry(v, path) for v in raw["volumes"]),
-        )
     except FileNotFoundError as exc:
         raise SnapshotError(f"{path} is missing: the snapshot is incomplete") from exc
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise SnapshotError(f"{path}: unreadable manifest: {exc}") from exc
-    if len({v.name for v in manifest.volumes}) != len(manifest.volumes):
-        raise SnapshotError(f"{path}: a volume is listed twice")
-    return manifest
+    if not isinstance(raw, dict):
+        raise SnapshotError(f"{path}: unreadable manifest: not a JSON object")
+    try:
+        return Manifest(**raw)
+    except InvalidInput as exc:
+        raise SnapshotError(f"{path}: unreadable manifest: {exc}") from exc
 
 
 def write_manifest(snap_dir: Path, manifest: Manifest, what: str) -> None:
