@@ -46,9 +46,10 @@ def _docker(*args: str, input_text: str | None = None) -> str:
 
 
 def _export(repo: Path, ref: str, dest: Path) -> Path:
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.platform.recipes import RecipeRepo
 
-    return RecipeRepo(repo, repo.name).checkout(ref, dest)
+    return RecipeRepo(repo, Recipe(repo.name)).checkout(ref, dest)
 
 
 def _env(tree: Path, stack: str, ports: dict[str, str]) -> dict[str, str]:
@@ -151,10 +152,11 @@ def _app_run_argv(tree: Path, env: dict[str, str], password: Path, name: str,
 
 def measure(recipes_dir: Path, recipe: str, base: str, pr_sha: str) -> dict[str, Any]:
     """The recipe's own costs (see the module docstring), best and median of ``REPEAT``."""
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.platform.recipes import RecipeRepo
 
     repo = recipes_dir / recipe
-    latest = RecipeRepo(repo, recipe).latest()
+    latest = RecipeRepo(repo, Recipe(recipe)).latest()
     assert latest is not None
     stack = f"pgcost{os.urandom(3).hex()}"
     labels = ["--label", "ccci.kind=cold", "--label", f"ccci.domain=appcost.{base}"]

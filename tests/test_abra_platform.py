@@ -43,9 +43,9 @@ if TYPE_CHECKING:
 
 FAKE_DIR = Path(__file__).resolve().parent / "fake_abra"
 FAKE = str(FAKE_DIR / "abra")
-RECIPE = "custom-html"
-DOMAIN = "cust-1a2b3c.ci.localhost"
-RUN = "1a2b3c"
+RECIPE = Recipe("custom-html")
+DOMAIN = Domain("cust-1a2b3c.ci.localhost")
+RUN = RunHex("1a2b3c")
 RUN_A = RunId("aaaaaaaa-1111-4222-8333-444455556666")
 RUN_B = RunId("bbbbbbbb-1111-4222-8333-444455556666")
 VERSION = "1.0.0+1.0"
@@ -64,7 +64,7 @@ class InMemoryDockerState:
         self.calls: list[tuple[str, str]] = []
         self.labelled: list[AppInfo] = []
 
-    def deployed(self, domain: str) -> DeployedState:
+    def deployed(self, domain: Domain) -> DeployedState:
         services: tuple[ServiceState, ...] = ()
         if domain in self.deployed_domains:
             services = (ServiceState(f"{stack_name(domain)}_app", 1, 1, "ccci/x:1"),)
@@ -216,7 +216,7 @@ def test_new_app_refuses_an_env_file_of_another_recipe(env: Env) -> None:
     """An existing app of another recipe is an error, not silently relabelled."""
     env.platform().new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
     with pytest.raises(PlatformError, match="already exists for recipe 'custom-html'"):
-        env.platform().new_app("keycloak", DOMAIN, kind="cold", run=RUN)
+        env.platform().new_app(Recipe("keycloak"), DOMAIN, kind="cold", run=RUN)
 
 
 def test_subprocess_gets_a_minimal_environment_and_runs_in_abra_dir(
@@ -247,7 +247,7 @@ def test_each_run_has_its_own_abra_dir_sharing_servers(env: Env) -> None:
     """Two run ids get two ABRA_DIRs whose servers/ and catalogue/ are one shared directory."""
     first, second = env.platform(RUN_A), env.platform(RUN_B)
     first.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
-    second.new_app(RECIPE, "cust-4d5e6f.ci.localhost", kind="cold", run="4d5e6f")
+    second.new_app(RECIPE, Domain("cust-4d5e6f.ci.localhost"), kind="cold", run=RunHex("4d5e6f"))
     dirs = [call["ABRA_DIR"] for call in env.calls()]
     assert dirs == [str(env.root / "runs" / RUN_A), str(env.root / "runs" / RUN_B)]
     for name in ("servers", "catalogue"):
@@ -303,9 +303,9 @@ def test_a_run_directory_goes_when_its_run_ends(env: Env, tmp_path: Path,
     ended = AbraPlatform(settings, run_id=run_id, docker_state=env.state,  # type: ignore[arg-type]
                          extra_env=env.extra)
     ended.new_app(RECIPE, DOMAIN, VERSION, kind="cold", run=RUN)
-    ended.deploy(DOMAIN, chaos_ref="pr/12")
+    ended.deploy(DOMAIN, chaos_ref=Ref("pr/12"))
     running = env.platform(other)
-    running.new_app(RECIPE, "cust-4d5e6f.ci.localhost", kind="cold", run="4d5e6f")
+    running.new_app(RECIPE, Domain("cust-4d5e6f.ci.localhost"), kind="cold", run=RunHex("4d5e6f"))
     checkout = ended.abra_dir / "recipes" / RECIPE
     assert git("-C", str(checkout), "rev-parse", "HEAD") == shas["pr"]
     reports.create_report(settings.state_dir, run_id, "cold", RECIPE)
@@ -362,7 +362,7 @@ def test_chaos_deploy_checks_the_ref_out_before_deploying(
     """A chaos deploy detaches the run's checkout at the ref's sha, then runs --chaos."""
     platform = env.platform()
     platform.new_app(RECIPE, DOMAIN, VERSION, kind="cold", run=RUN)
-    platform.deploy(DOMAIN, chaos_ref="pr/12")
+    platform.deploy(DOMAIN, chaos_ref=Ref("pr/12"))
     _new, deploy = env.calls()
     assert deploy["argv"] == [FAKE, "app", "deploy", DOMAIN, "--chaos", "--no-input",
                               "--no-domain-checks", "--no-converge-checks"]
@@ -378,7 +378,7 @@ def test_chaos_deploy_in_a_new_run_clones_its_own_checkout(
     """A later run (own ABRA_DIR, no checkout yet) clones the recipe before a chaos deploy."""
     env.platform(RUN_A).new_app(RECIPE, DOMAIN, VERSION, kind="warm", run=None)
     later = env.platform(RUN_B)
-    later.deploy(DOMAIN, chaos_ref=shas["pr"][:12])
+    later.deploy(DOMAIN, chaos_ref=Ref(shas["pr"][:12]))
     deploy = env.calls()[-1]
     assert deploy["ABRA_DIR"] == str(env.root / "runs" / RUN_B)
     assert deploy["recipe_head"] == shas["pr"]
@@ -398,7 +398,7 @@ def test_chaos_deploy_fetches_a_commit_the_checkout_lacks(
     git("-C", str(mirror), "add", "README.md")
     git("-C", str(mirror), "commit", "--quiet", "-m", "three")
     late = git("-C", str(mirror), "rev-parse", "HEAD")
-    platform.deploy(DOMAIN, chaos_ref="pr/13")
+    platform.deploy(DOMAIN, chaos_ref=Ref("pr/13"))
     assert env.calls()[-1]["recipe_head"] == late
 
 
@@ -407,7 +407,7 @@ def test_chaos_deploy_of_an_unknown_ref_runs_no_abra(env: Env, shas: dict[str, s
     platform = env.platform()
     platform.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
     with pytest.raises(AppNotFound):
-        platform.deploy(DOMAIN, chaos_ref="no-such-branch")
+        platform.deploy(DOMAIN, chaos_ref=Ref("no-such-branch"))
     assert len(env.calls()) == 1
 
 
@@ -491,7 +491,7 @@ def test_a_bad_recipe_in_the_env_file_is_rejected_before_any_process(env: Env) -
     env.env_file().parent.mkdir(parents=True)
     env.env_file().write_text("TYPE=../x\nCCCI_KIND=cold\n")
     with pytest.raises(InvalidInput):
-        env.platform().deploy(DOMAIN, chaos_ref="main")
+        env.platform().deploy(DOMAIN, chaos_ref=Ref("main"))
     assert not env.log.exists()
 
 
@@ -523,7 +523,7 @@ def test_bad_kind_and_run_are_rejected(env: Env) -> None:
 def test_version_and_chaos_ref_together_are_rejected(env: Env) -> None:
     """deploy takes a version or a chaos ref, not both."""
     with pytest.raises(InvalidInput, match="not both"):
-        env.platform().deploy(DOMAIN, VERSION, chaos_ref="main")
+        env.platform().deploy(DOMAIN, VERSION, chaos_ref=Ref("main"))
     assert not env.log.exists()
 
 
@@ -632,8 +632,8 @@ def test_live_apps_come_from_env_files_and_labels(env: Env) -> None:
     platform = env.platform()
     platform.new_app(RECIPE, DOMAIN, kind="cold", run=RUN)
     (env.root / "servers" / "default" / "other.example.org.env").write_text("TYPE=x\n")
-    labelled = AppInfo("warm-keycloak.ci.localhost", "warm-keycloak_ci_localhost", "keycloak",
-                       "warm", None, deployed=True)
+    labelled = AppInfo(Domain("warm-keycloak.ci.localhost"), "warm-keycloak_ci_localhost",
+                       "keycloak", "warm", None, deployed=True)
     env.state.labelled.append(labelled)
     env.state.deployed_domains.add(DOMAIN)
     assert platform.live_apps() == [
@@ -649,16 +649,16 @@ def test_base_url_is_https_on_the_domain(env: Env) -> None:
 
 def test_argv_builders_are_pure() -> None:
     """The plan functions return exact argument lists."""
-    assert new_app_argv("abra", "r", "d.ci.localhost", "srv", "1.0.0+1") == [
+    assert new_app_argv("abra", Recipe("r"), Domain("d.ci.localhost"), "srv", "1.0.0+1") == [
         "abra", "app", "new", "r", "1.0.0+1", "--server", "srv", "--domain", "d.ci.localhost",
         "--secrets", "--no-input"]
-    assert deploy_argv("abra", "d.ci.localhost", chaos=True) == [
+    assert deploy_argv("abra", Domain("d.ci.localhost"), chaos=True) == [
         "abra", "app", "deploy", "d.ci.localhost", "--chaos", "--no-input",
         "--no-domain-checks", "--no-converge-checks"]
-    assert undeploy_argv("abra", "d.ci.localhost") == [
+    assert undeploy_argv("abra", Domain("d.ci.localhost")) == [
         "abra", "app", "undeploy", "d.ci.localhost", "--no-input"]
     with pytest.raises(InvalidInput):
-        deploy_argv("abra", "d.ci.localhost", "1.0.0+1", chaos=True)
+        deploy_argv("abra", Domain("d.ci.localhost"), "1.0.0+1", chaos=True)
 
 
 def test_chaos_checkout_plan_steps() -> None:
@@ -692,7 +692,7 @@ def test_deployed_and_volumes_read_the_real_engine(env: Env, swarm: DockerClient
     from ccci_tasks.platform.docker_state import DockerState
 
     platform = AbraPlatform(env.settings, run_id=RUN_A, docker_state=DockerState(swarm))
-    domain = "abra-9f8e7d.ci.localhost"
+    domain = Domain("abra-9f8e7d.ci.localhost")
     state = platform.deployed(domain)
     assert state.stack == "abra-9f8e7d_ci_localhost" and not state.is_deployed
     assert platform.volumes(domain) == []

@@ -35,12 +35,14 @@ from faults import (
 )
 from recipe_commits import make_commit
 
+from ccci_tasks.naming import Recipe, RunId
+
 if TYPE_CHECKING:
     from docker import DockerClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-RECIPE = "custom-html"
+RECIPE = Recipe("custom-html")
 TTL_S, JANITOR_S = 10, 2
 # A dead run is cleaned up within its lease, two janitor rounds and the removal itself (R9.5).
 # The lease and the rounds are fixed waits; the removal (a cold app, or the canonical put back
@@ -84,25 +86,25 @@ def _wait(run_id: str, timeout_s: float = 180) -> Any:
     return wait(run_id, timeout_s)
 
 
-def _quick(ref: str) -> str:
+def _quick(ref: str) -> RunId:
     from ccci_tasks.tasks import quick_run
 
-    return str(quick_run.delay(RECIPE, ref).id)
+    return RunId(str(quick_run.delay(RECIPE, ref).id))
 
 
-def _cold(recipe: str = RECIPE, ref: str | None = None) -> str:
+def _cold(recipe: str = RECIPE, ref: str | None = None) -> RunId:
     from ccci_tasks.tasks import cold_run
 
-    return str(cold_run.delay(recipe, ref).id)
+    return RunId(str(cold_run.delay(recipe, ref).id))
 
 
-def _report(state: Path, run_id: str) -> Any:
+def _report(state: Path, run_id: RunId) -> Any:
     from ccci_tasks.state.reports import load_report
 
     return load_report(state, run_id)
 
 
-def _at_step(state: Path, run_id: str, names: tuple[str, ...], timeout_s: float = 120) -> Any:
+def _at_step(state: Path, run_id: RunId, names: tuple[str, ...], timeout_s: float = 120) -> Any:
     def current() -> Any:
         report = _report(state, run_id)
         if report is not None and report.current is not None and report.current.name in names:

@@ -33,6 +33,7 @@ from push_receiver import PushReceiver
 from recipe_commits import make_commit
 from web_support import bridge_process
 
+from ccci_tasks.naming import Recipe
 from ccci_tasks.state.reports import RunReport
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-RECIPE = "custom-html"
+RECIPE = Recipe("custom-html")
 RUN_TIMEOUT_S = 300
 WAIT_S = 90
 MAINTAINER, VISITOR = "maintainer", "visitor"

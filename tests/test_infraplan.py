@@ -16,7 +16,7 @@ from recipe_tags import keep_tags_upto, session_copy, version_tags
 
 from ccci_tasks.errors import AppNotFound, InvalidInput
 from ccci_tasks.infraplan import InfraPlan, plan_reconcile
-from ccci_tasks.naming import Recipe
+from ccci_tasks.naming import Domain, Recipe
 from ccci_tasks.platform.recipes import RecipeRepo
 from ccci_tasks.state.infra import InfraState, InfraStatus
 from ccci_tasks.state.meta import load_meta
@@ -30,18 +30,21 @@ NGINX = ["1.7.0+1.27.1", "1.7.1+1.27.2", "1.8.0+2.0.0"]  # upstream leading 1 â†
 FPM = ["5.0.3+27.0.1-fpm", "5.0.4+27.0.2-fpm", "5.1.0+28.0.0-fpm"]
 TRAEFIK = ["3.0.0+v3.1.0", "3.0.1+v3.1.1", "3.1.0+v3.2.0"]
 
+KEYCLOAK_APP = Recipe("keycloak")
+TRAEFIK_APP = Recipe("traefik")
+
 MIGRATION = "ATTENTION: manual migration required, export your realms first."
 
 
-def _recorded(app: str, current: str, last_good: str | None, status: InfraStatus = "ok"
+def _recorded(app: Recipe, current: str, last_good: str | None, status: InfraStatus = "ok"
               ) -> InfraState:
-    return InfraState(app=app, domain=f"warm-{app}.ci.localhost", current=current,
+    return InfraState(app=app, domain=Domain(f"warm-{app}.ci.localhost"), current=current,
                       last_good=last_good, status=status)
 
 
 def _plan(deployed: str | None, recorded: tuple[str, str | None] | None, tags: list[str],
           notes: dict[str, str | None] | None = None, *, stateful: bool = True,
-          app: str = "keycloak") -> InfraPlan:
+          app: Recipe = KEYCLOAK_APP) -> InfraPlan:
     state = None if recorded is None else _recorded(app, *recorded)
     return plan_reconcile(app, deployed, state, tags, notes or {}, stateful=stateful,
                           patterns=DEFAULT_MIGRATION_PATTERNS)
@@ -119,7 +122,7 @@ def test_plan_table(deployed: str | None, recorded: tuple[str, str | None] | Non
                     target: str, bump: str | None, flagged_in: tuple[str, ...],
                     snapshot_first: bool, rollback_to: str | None) -> None:
     """Each set of facts gives the documented outcome, target, bump, flags and fallbacks."""
-    app = "traefik" if "+v" in (tags[-1] if tags else "") else "keycloak"
+    app = TRAEFIK_APP if "+v" in (tags[-1] if tags else "") else KEYCLOAK_APP
     plan = _plan(deployed, recorded, tags, notes, stateful=stateful, app=app)
     got = (plan.outcome, plan.target, plan.bump, plan.flagged_in, plan.snapshot_first,
            plan.rollback_to)
@@ -163,13 +166,13 @@ def test_an_app_running_without_its_config_is_held(
     state root was wiped) is held, whatever runs and whatever was recorded: it can be neither
     probed nor redeployed as it was, and the reason says what to do. Nothing running and no
     config is a plain first deployment."""
-    state = None if recorded is None else _recorded("keycloak", *recorded)
-    plan = plan_reconcile("keycloak", deployed, state, KC, {}, stateful=True, configured=False)
+    state = None if recorded is None else _recorded(KEYCLOAK_APP, *recorded)
+    plan = plan_reconcile(KEYCLOAK_APP, deployed, state, KC, {}, stateful=True, configured=False)
     assert (plan.outcome, plan.current, plan.target) == ("held", deployed, KC[-1])
     assert not plan.touches_app
     assert f"{deployed} runs on the engine, but the app's config (its env file)" in plan.why
     assert "restore the state root (CCCI_STATE_DIR)" in plan.why
-    fresh = plan_reconcile("keycloak", None, None, KC, {}, stateful=True, configured=False)
+    fresh = plan_reconcile(KEYCLOAK_APP, None, None, KC, {}, stateful=True, configured=False)
     assert (fresh.outcome, fresh.target) == ("deploy", KC[-1])
 
 
@@ -195,9 +198,9 @@ def test_notes_may_be_a_callable_and_patterns_configurable() -> None:
         asked.append(version)
         return "Please rebuild the search index." if version == "10.1.1+26.0.6" else None
 
-    plan = plan_reconcile("keycloak", "10.1.0+26.0.5", None, KC[:2], notes, stateful=True)
+    plan = plan_reconcile(KEYCLOAK_APP, "10.1.0+26.0.5", None, KC[:2], notes, stateful=True)
     assert plan.outcome == "upgrade"
-    custom = plan_reconcile("keycloak", "10.1.0+26.0.5", None, KC[:2], notes, stateful=True,
+    custom = plan_reconcile(KEYCLOAK_APP, "10.1.0+26.0.5", None, KC[:2], notes, stateful=True,
                             patterns=(r"rebuild the \w+ index",))
     assert custom.outcome == "held" and custom.flagged == ("Please rebuild the search index.",)
     assert set(asked) == {"10.1.1+26.0.6"}
@@ -208,7 +211,7 @@ def test_bad_inputs_refused() -> None:
     with pytest.raises(InvalidInput):
         plan_reconcile(Recipe("../x"), None, None, KC, {}, stateful=False)
     with pytest.raises(InvalidInput, match="traefik"):
-        plan_reconcile("keycloak", None, _recorded("traefik", "3.0.0+v3.1.0", None), KC, {},
+        plan_reconcile(KEYCLOAK_APP, None, _recorded(TRAEFIK_APP, "3.0.0+v3.1.0", None), KC, {},
                        stateful=False)
 
 
@@ -236,7 +239,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def _repo_plan(built: Path, tmp_path: Path, app: str, upto: str,
+def _repo_plan(built: Path, tmp_path: Path, app: Recipe, upto: str,
                running: str) -> tuple[InfraPlan, list[str]]:
     repo_dir = session_copy(built / app, tmp_path)
     removed = keep_tags_upto(repo_dir, upto)
@@ -267,7 +270,7 @@ def test_example_repos_give_each_scenario(
     bump: str | None, snapshot_first: bool,
 ) -> None:
     """Cutting the example repos' tags back gives each reconcile scenario the tests need."""
-    plan, removed = _repo_plan(built, tmp_path, app, upto, running)
+    plan, removed = _repo_plan(built, tmp_path, Recipe(app), upto, running)
     assert (plan.outcome, plan.target, plan.bump, plan.snapshot_first) == (
         outcome, target, bump, snapshot_first), plan.why
     assert version_tags(tmp_path / app)[-1] == upto
@@ -282,7 +285,7 @@ def test_keep_tags_upto_moves_main_back(built: Path, tmp_path: Path) -> None:
     before = version_tags(built / "keycloak")
     repo_dir = session_copy(built / "keycloak", tmp_path)
     assert keep_tags_upto(repo_dir, "1.0.1+26.0.1") == before[2:]
-    repo = RecipeRepo(repo_dir, "keycloak")
+    repo = RecipeRepo(repo_dir, KEYCLOAK_APP)
     assert repo.commit("main") == repo.commit("1.0.1+26.0.1")
     assert repo.latest() == "1.0.1+26.0.1"
     assert version_tags(built / "keycloak") == before

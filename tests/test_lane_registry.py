@@ -29,7 +29,7 @@ from ccci_tasks.lanes.model import (
     StepEnv,
     Submission,
 )
-from ccci_tasks.naming import validate_recipe
+from ccci_tasks.naming import Recipe
 from ccci_tasks.platform.base import Platform
 
 # --------------------------------------------------------------------------- the toy lane
@@ -38,7 +38,7 @@ from ccci_tasks.platform.base import Platform
 def _prepare(settings: Settings, run_id: str, request: Mapping[str, Any]) -> Submission:
     if request.get("recipe") == "nothing-to-do":
         raise RunSkipped("the toy has nothing to do")
-    recipe = validate_recipe(request.get("recipe"))  # type: ignore[arg-type]
+    recipe = Recipe(request.get("recipe"))
     return Submission("toy", recipe, request.get("ref"), (Resource.slot(),), None)
 
 
@@ -55,7 +55,7 @@ def _recover(settings: Settings, platform: Platform, spec: RunSpec) -> list[str]
 
 
 def _check(settings: Settings, request: Mapping[str, Any]) -> None:
-    validate_recipe(request.get("recipe"))  # type: ignore[arg-type]
+    Recipe(request.get("recipe"))
 
 
 def _request(recipe: str, ref: str | None = None, loud: bool = False) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from ccci_tasks.config import Settings
 from ccci_tasks.errors import RunFailed
 from ccci_tasks.lanes.common import run_overlay
 from ccci_tasks.lanes.model import RunCtx, StepEnv
+from ccci_tasks.naming import Domain, Recipe, Ref, RunId
 
 HOSTILE_PYPROJECT = """\
 [tool.pytest.ini_options]
@@ -44,8 +45,9 @@ def _env(tests_dir: Path) -> StepEnv:
 
 
 def _ctx() -> RunCtx:
-    return RunCtx(run_id="1a2b3c4d-0000-4000-8000-000000000000", lane="cold", recipe="demo",
-                  ref="1.0.0+1.0", domain="demo-1a2b3c.ci.example", token=1)
+    return RunCtx(run_id=RunId("1a2b3c4d-0000-4000-8000-000000000000"), lane="cold",
+                  recipe=Recipe("demo"), ref=Ref("1.0.0+1.0"),
+                  domain=Domain("demo-1a2b3c.ci.example"), token=1)
 
 
 @pytest.fixture

@@ -26,9 +26,10 @@ script = _load()
 
 def pr_commit(repo: Path, *, bad: bool = False, base: str | None = None) -> str:
     """A PR commit on ``base`` (default: the newest tag) as ``make pr-commit`` makes it; its sha."""
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.platform.recipes import RecipeRepo
 
-    base = base or RecipeRepo(repo, repo.name).latest()
+    base = base or RecipeRepo(repo, Recipe(repo.name)).latest()
     assert base is not None
     sha, _, _ = script.commit_pr(repo, base,
                                  lambda tree, number: script.change(tree, number, None, bad))

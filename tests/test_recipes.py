@@ -13,6 +13,7 @@ from ccci_tasks.errors import AppNotFound, CommandFailed, InvalidInput, Platform
 from ccci_tasks.naming import Recipe
 from ccci_tasks.platform.recipes import RecipeRepo
 
+DEMO = Recipe("demo")
 BAD_REFS = ["--upload-pack=x", "$(id)", "a..b", "-x", "a b", "main;id", "`id`"]
 
 
@@ -71,7 +72,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def recipe(repo: Path) -> RecipeRepo:
-    return RecipeRepo(repo, "demo")
+    return RecipeRepo(repo, DEMO)
 
 
 def test_versions_sorted_and_filtered(recipe: RecipeRepo) -> None:
@@ -84,8 +85,8 @@ def test_latest_none_without_tags(tmp_path: Path) -> None:
     """A recipe with no version tags has no latest."""
     git(tmp_path, "init", "-q", "-b", "main")
     commit_files(tmp_path, {"compose.yml": "x\n"}, "init")
-    assert RecipeRepo(tmp_path, "empty").versions() == []
-    assert RecipeRepo(tmp_path, "empty").latest() is None
+    assert RecipeRepo(tmp_path, Recipe("empty")).versions() == []
+    assert RecipeRepo(tmp_path, Recipe("empty")).latest() is None
 
 
 def test_release_notes_in_all_locations(recipe: RecipeRepo) -> None:
@@ -193,7 +194,7 @@ def test_checkout_refuses_escaping_symlink(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(PlatformError, match="cannot export"):
-        RecipeRepo(repo, "evil").checkout("main", out / "dest")
+        RecipeRepo(repo, Recipe("evil")).checkout("main", out / "dest")
     assert list(out.iterdir()) == []
 
 
@@ -231,9 +232,9 @@ def test_bad_recipe_name() -> None:
 def test_missing_repository(tmp_path: Path) -> None:
     """A missing directory or a directory that is no git repo is AppNotFound."""
     with pytest.raises(AppNotFound, match="no git repository"):
-        RecipeRepo(tmp_path / "absent", "demo").versions()
+        RecipeRepo(tmp_path / "absent", DEMO).versions()
     with pytest.raises(AppNotFound, match="no git repository"):
-        RecipeRepo(tmp_path, "demo").versions()
+        RecipeRepo(tmp_path, DEMO).versions()
 
 
 class _GitStandIn:

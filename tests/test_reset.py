@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, TEST_ENV
 
 from ccci_tasks.constants import LABEL_DOMAIN, LABEL_KIND, LABEL_RECIPE, STACK_NAMESPACE_LABEL
-from ccci_tasks.naming import stack_name
+from ccci_tasks.naming import Domain, stack_name
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -31,8 +31,9 @@ def volumes(swarm: DockerClient) -> Iterator[dict[str, str]]:
     """Volumes of apps of two base domains of their own, and one unlabelled volume."""
     hexid = os.urandom(3).hex()
     mine, other = f"r{hexid}.localhost", f"o{hexid}.localhost"
-    domains = {"infra": f"warm-keycloak.{mine}", "warm": f"warm-custom-html.{mine}",
-               "other": f"warm-custom-html.{other}"}
+    domains = {"infra": Domain(f"warm-keycloak.{mine}"),
+               "warm": Domain(f"warm-custom-html.{mine}"),
+               "other": Domain(f"warm-custom-html.{other}")}
     made = {}
     for key, domain in domains.items():
         kind = "infra" if key == "infra" else "warm"

@@ -20,7 +20,7 @@ from conftest import TEST_BASE
 from ccci_tasks import snapshots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import DeployFailed, WaitTimeout
-from ccci_tasks.naming import warm_domain
+from ccci_tasks.naming import Domain, Recipe, warm_domain
 from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.probes import reconverged, serving
 from ccci_tasks.state.infra import infra_dir
@@ -41,8 +41,12 @@ def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
     return SwarmPlatform(settings, client=clean_swarm)
 
 
-def _app(platform: SwarmPlatform, recipe: str, first: str) -> Iterator[str]:
-    domain = warm_domain(recipe, TEST_BASE)
+KEYCLOAK = Recipe("keycloak")
+TRAEFIK = Recipe("traefik")
+
+
+def _app(platform: SwarmPlatform, recipe: Recipe, first: str) -> Iterator[Domain]:
+    domain = warm_domain(recipe, Domain(TEST_BASE))
     platform.new_app(recipe, domain, first, kind="infra", run=None)
     try:
         yield domain
@@ -51,23 +55,24 @@ def _app(platform: SwarmPlatform, recipe: str, first: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def keycloak(platform: SwarmPlatform) -> Iterator[str]:
+def keycloak(platform: SwarmPlatform) -> Iterator[Domain]:
     """The live-warm keycloak stand-in's domain (env file made; removed afterwards)."""
-    yield from _app(platform, "keycloak", "1.0.0+26.0.0")
+    yield from _app(platform, KEYCLOAK, "1.0.0+26.0.0")
 
 
 @pytest.fixture
-def traefik(platform: SwarmPlatform) -> Iterator[str]:
+def traefik(platform: SwarmPlatform) -> Iterator[Domain]:
     """The live-warm traefik stand-in's domain (env file made; removed afterwards)."""
-    yield from _app(platform, "traefik", "3.0.0+v3.1.0")
+    yield from _app(platform, TRAEFIK, "3.0.0+v3.1.0")
 
 
-def _get(platform: SwarmPlatform, domain: str, path: str) -> httpx.Response:
+def _get(platform: SwarmPlatform, domain: Domain, path: str) -> httpx.Response:
     return httpx.get(platform.base_url(domain) + path, headers={"Host": domain}, timeout=5,
                      trust_env=False)
 
 
-def _deploy_healthy(platform: SwarmPlatform, domain: str, version: str, meta: RecipeMeta) -> None:
+def _deploy_healthy(platform: SwarmPlatform, domain: Domain, version: str,
+                    meta: RecipeMeta) -> None:
     """Deploy ``version``, wait until converged and its health path answers 200."""
     platform.deploy(domain, version)
     state = platform.wait_converged(domain, CONVERGE_S)
@@ -78,7 +83,7 @@ def _deploy_healthy(platform: SwarmPlatform, domain: str, version: str, meta: Re
         f"{version}\n"
 
 
-def _deploy_unhealthy(platform: SwarmPlatform, domain: str, version: str,
+def _deploy_unhealthy(platform: SwarmPlatform, domain: Domain, version: str,
                       meta: RecipeMeta) -> None:
     """Deploy ``version``: it converges and serves, but its health path answers 404."""
     platform.deploy(domain, version)
@@ -88,14 +93,14 @@ def _deploy_unhealthy(platform: SwarmPlatform, domain: str, version: str,
         serving(platform.base_url(domain), domain, meta.health_ok, 3, path=meta.health_path)
 
 
-def _data(platform: SwarmPlatform, domain: str) -> Path:
+def _data(platform: SwarmPlatform, domain: Domain) -> Path:
     [volume] = platform.volumes(domain)
     return Path(volume.mountpoint)
 
 
-def test_keycloak_versions(platform: SwarmPlatform, keycloak: str, state_dir: Path) -> None:
+def test_keycloak_versions(platform: SwarmPlatform, keycloak: Domain, state_dir: Path) -> None:
     """Good keycloak versions are healthy; broken ones write into the volume, then fail."""
-    meta = load_meta(EXAMPLE_TESTS, "keycloak")
+    meta = load_meta(EXAMPLE_TESTS, KEYCLOAK)
     assert meta.stateful
     _deploy_healthy(platform, keycloak, "1.0.0+26.0.0", meta)
     _deploy_healthy(platform, keycloak, "1.0.1+26.0.1", meta)
@@ -104,8 +109,8 @@ def test_keycloak_versions(platform: SwarmPlatform, keycloak: str, state_dir: Pa
     assert len((data / "boots.txt").read_text().splitlines()) == 2
 
     platform.undeploy(keycloak)  # the pre-upgrade snapshot, where the reconciler keeps it
-    base = infra_dir(state_dir, "keycloak")
-    manifest = snapshots.snapshot(platform, state_dir, "keycloak", keycloak, "1.0.1+26.0.1",
+    base = infra_dir(state_dir, KEYCLOAK)
+    manifest = snapshots.snapshot(platform, state_dir, KEYCLOAK, keycloak, "1.0.1+26.0.1",
                                  base=base)
     assert [v.name for v in manifest.volumes] == ["data"]
     assert (base / "snapshot" / "manifest.json").is_file()
@@ -124,7 +129,7 @@ def test_keycloak_versions(platform: SwarmPlatform, keycloak: str, state_dir: Pa
     with pytest.raises(DeployFailed, match="crash-looping"):
         platform.wait_converged(keycloak, CONVERGE_S)
     platform.undeploy(keycloak)
-    snapshots.restore(platform, state_dir, "keycloak", keycloak, base=base)
+    snapshots.restore(platform, state_dir, KEYCLOAK, keycloak, base=base)
     _deploy_healthy(platform, keycloak, "1.0.1+26.0.1", meta)
     assert not (data / "broken.txt").exists() and not (data / "crashed.txt").exists()
     assert (data / "schema").read_text() == "1\n"
@@ -134,9 +139,9 @@ def test_keycloak_versions(platform: SwarmPlatform, keycloak: str, state_dir: Pa
     assert (data / "schema").read_text() == "3\n"
 
 
-def test_traefik_versions(platform: SwarmPlatform, traefik: str) -> None:
+def test_traefik_versions(platform: SwarmPlatform, traefik: Domain) -> None:
     """Good traefik versions answer /ping 200; the broken one serves without /ping; no volume."""
-    meta = load_meta(EXAMPLE_TESTS, "traefik")
+    meta = load_meta(EXAMPLE_TESTS, TRAEFIK)
     assert not meta.stateful
     _deploy_healthy(platform, traefik, "3.0.0+v3.1.0", meta)
     assert _get(platform, traefik, "/ping").text == "OK\n"

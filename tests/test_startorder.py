@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 
 from ccci_tasks.errors import UncleanStop
+from ccci_tasks.naming import Domain
 from ccci_tasks.platform.base import ContainerStop, StopReport
 from ccci_tasks.platform.startorder import Failed, ServiceProgress, counted_failures
 from ccci_tasks.platform.stops import Running, classify
 
 S = 1_000_000_000  # one second in ns
+APP = Domain("warm-x.ci.localhost")
 
 
 def fails(*seconds: float, state: str = "failed") -> tuple[Failed, ...]:
@@ -95,18 +97,18 @@ def test_only_a_killed_container_with_a_volume_is_unclean() -> None:
     db_ok = ContainerStop("db", "b" * 64, 10.0, 0, None, ("s_pg",))
     db_killed = ContainerStop("db", "b" * 64, 10.0, 137,
                               "killed with SIGKILL after its stop grace period", ("s_pg",))
-    StopReport(True, (app, db_ok), watched=True).require_clean("warm-x", "take a snapshot")
+    StopReport(True, (app, db_ok), watched=True).require_clean(APP, "take a snapshot")
     with pytest.raises(UncleanStop, match=r"service db \(container bbbbbbbbbbbb\) did not stop "
                                           r"by itself within its stop grace period of 10 s"):
-        StopReport(True, (app, db_killed), watched=True).require_clean("warm-x", "snapshot")
+        StopReport(True, (app, db_killed), watched=True).require_clean(APP, "snapshot")
     with pytest.raises(UncleanStop, match=r"service db .* stop grace period of 10 s") as info:
-        StopReport(True, (app, db_killed), watched=True).require_clean("warm-x", "snapshot")
+        StopReport(True, (app, db_killed), watched=True).require_clean(APP, "snapshot")
     assert info.value.killed
     for unknown in (StopReport(True, (db_ok,), watched=False), StopReport(False),
                     StopReport(True, (), watched=True)):  # nothing ran: a stop cut off?
         with pytest.raises(UncleanStop, match=r"not watched|no container of it was running") \
                 as info:
-            unknown.require_clean("warm-x", "snapshot")
+            unknown.require_clean(APP, "snapshot")
         assert not info.value.killed
 
 

@@ -28,6 +28,8 @@ from faults import Watcher, fingerprint, ours, private_system, wait_until
 from recipe_commits import GIT, make_commit
 from recipe_tags import keep_tags_upto, session_copy
 
+from ccci_tasks.naming import Recipe
+
 if TYPE_CHECKING:
     from docker import DockerClient
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-GREEN, RED, OLD = "custom-html", "red-html", "old-html"
+GREEN, RED, OLD = Recipe("custom-html"), Recipe("red-html"), Recipe("old-html")
 ENROLLED = "WARM_CANONICAL = True\nHEALTH_OK = [200]\nDEPLOY_TIMEOUT = 90\nHTTP_TIMEOUT = 30\n"
 
 

@@ -23,13 +23,14 @@ from conftest import FORGE_ENV, REPO, SESSION_DIR, TEST_ENV
 from prometheus_client.parser import text_string_to_metric_families
 from web_support import FakeStep, bridge_process, make_run
 
+from ccci_tasks.naming import Domain, Recipe, RunId
 from ccci_tasks.state import canonical
 from ccci_tasks.state.clock import iso, utc_now
 
 TOKEN = FORGE_ENV["CCCI_FORGE_TOKEN"]
 HOOK_SECRET = FORGE_ENV["CCCI_WEBHOOK_SECRET"]
 WEB_USER, WEB_PASSWORD = "viewer", "web-" + uuid.uuid4().hex
-PASS_ID, FAIL_ID, ERROR_ID, RUNNING_ID, OTHER_ID = (str(uuid.uuid4()) for _ in range(5))
+PASS_ID, FAIL_ID, ERROR_ID, RUNNING_ID, OTHER_ID = (RunId(str(uuid.uuid4())) for _ in range(5))
 ASSERTION = "E       AssertionError: expected 'Hello from PR 7' in the page"
 
 
@@ -60,8 +61,9 @@ def state() -> Path:
     make_run(root, OTHER_ID, [FakeStep("admit")], recipe="stubborn-html",
              started=now - timedelta(hours=2))
     canonical.write_registry(root, canonical.Canonical(
-        recipe="custom-html", domain="warm-custom-html.t.localhost", version="2.0.0+2.0",
-        commit="a" * 40, status="known-good", ts=iso(now - timedelta(hours=1))))
+        recipe=Recipe("custom-html"), domain=Domain("warm-custom-html.t.localhost"),
+        version="2.0.0+2.0", commit="a" * 40, status="known-good",
+        ts=iso(now - timedelta(hours=1))))
     return root
 
 
@@ -204,9 +206,9 @@ def test_metrics_see_the_broker(site: str, redis_url: str) -> None:
     from ccci_tasks.config import Settings
 
     slots = Slots.from_settings(Settings())
-    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    first, second = RunId(str(uuid.uuid4())), RunId(str(uuid.uuid4()))
     for run_id in (first, second):
-        slots.enqueue(RunSpec(run_id=run_id, lane="cold", recipe="custom-html",
+        slots.enqueue(RunSpec(run_id=run_id, lane="cold", recipe=Recipe("custom-html"),
                               resources=(Resource.slot(),)))
     slots.admit([])
     families = _families(get(f"{site}/metrics").text)

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 from conftest import REPO, SESSION_DIR, TEST_ENV, _free_port
 
+from ccci_tasks.naming import RunId
 from ccci_tasks.redact import Redactor
 from ccci_tasks.state import outputs, reports
 from ccci_tasks.state.clock import utc_now
@@ -77,6 +78,7 @@ def make_run(state: Path, run_id: str, steps: list[FakeStep], *, lane: str = "qu
              verdict: str | None = "pass", reason: str | None = "passed",
              started: datetime | None = None, current: str | None = None) -> RunReport:
     """A run report as a worker writes it: created, admitted, steps, verdict (or running)."""
+    run_id = RunId(run_id)
     start = started or utc_now() - timedelta(minutes=5)
     reports.create_report(state, run_id, lane, recipe, ref, f"warm-{recipe}.t.localhost",
                           started_at=start)
@@ -101,6 +103,6 @@ def make_run(state: Path, run_id: str, steps: list[FakeStep], *, lane: str = "qu
 
 def saved_report(state: Path, run_id: str) -> RunReport:
     """The run's report, which the test knows is on disk."""
-    report = reports.load_report(state, run_id)
+    report = reports.load_report(state, RunId(run_id))
     assert report is not None, f"run {run_id} has no report under {state}"
     return report
