@@ -14,7 +14,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
+
+if TYPE_CHECKING:
+    from ccci_tasks.naming import RunId
 
 RUN_TIMEOUT_S = 900
 POLL_S = 0.01
@@ -79,9 +82,10 @@ def pr_commit(repo: Path, base: str, old: str, new: str) -> str:
 
 def pr_on_latest(recipes_dir: Path, recipe: str) -> str:
     """A PR commit on the recipe's newest tag that changes the served page."""
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.platform.recipes import RecipeRepo
 
-    latest = RecipeRepo(recipes_dir / recipe, recipe).latest()
+    latest = RecipeRepo(recipes_dir / recipe, Recipe(recipe)).latest()
     assert latest is not None
     return pr_commit(recipes_dir / recipe, latest, f"GREETING:-Hello from {recipe}",
                      "GREETING:-Hello from a PR")
@@ -107,7 +111,7 @@ def migration_commit(repo: Path, base: str) -> str:
     return str(sha)
 
 
-def _wait_released(run_id: str) -> None:
+def _wait_released(run_id: RunId) -> None:
     """The verdict is written just before the run gives its slot back: wait for that too, so
     the next run (or a worker restart) never meets a slot still held."""
     from ccci_tasks.admission import Slots
@@ -122,13 +126,14 @@ def _wait_released(run_id: str) -> None:
 def run(lane: str, recipe: str, ref: str | None) -> RunFigures:
     """Submit one run and wait for its verdict."""
     from ccci_tasks.config import get_settings
+    from ccci_tasks.naming import RunId
     from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks import cold_run, quick_run
 
     state = get_settings().state_dir
     started = time.monotonic()
     task = quick_run if lane == "quick" else cold_run
-    run_id = task.delay(recipe, ref).id
+    run_id = RunId(task.delay(recipe, ref).id)
     deadline = started + RUN_TIMEOUT_S
     while True:
         report = load_report(state, run_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ccci_tasks.errors import InvalidInput, RegistryError
+from ccci_tasks.naming import Domain, Recipe
 from ccci_tasks.state.canonical import (
     RESERVED_NAMES,
     Canonical,
@@ -17,10 +18,12 @@ from ccci_tasks.state.canonical import (
     write_registry,
 )
 
+RECIPE = Recipe("custom-html")
+
 
 def _canonical(recipe: str = "custom-html", status: str = "known-good") -> Canonical:
-    return Canonical(recipe=recipe, domain=f"warm-{recipe}.ci.localhost", version="1.1.0+1.1",
-                     commit="0123abc", status=status)  # type: ignore[arg-type]
+    return Canonical(recipe=Recipe(recipe), domain=Domain(f"warm-{recipe}.ci.localhost"),
+                     version="1.1.0+1.1", commit="0123abc", status=status)  # type: ignore[arg-type]
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -28,7 +31,7 @@ def test_round_trip(tmp_path: Path) -> None:
     canonical = _canonical()
     path = write_registry(tmp_path, canonical)
     assert path == tmp_path / "custom-html" / "canonical.json"
-    assert read_registry(tmp_path, "custom-html") == canonical
+    assert read_registry(tmp_path, RECIPE) == canonical
     raw = json.loads(path.read_text())
     assert set(raw) == {"recipe", "domain", "version", "commit", "status", "ts"}
     assert raw["ts"].endswith("Z")
@@ -37,7 +40,7 @@ def test_round_trip(tmp_path: Path) -> None:
 
 def test_missing_registry_is_none(tmp_path: Path) -> None:
     """No registry file means no canonical, not an error."""
-    assert read_registry(tmp_path, "custom-html") is None
+    assert read_registry(tmp_path, RECIPE) is None
 
 
 @pytest.mark.parametrize(
@@ -50,18 +53,18 @@ def test_missing_registry_is_none(tmp_path: Path) -> None:
 )
 def test_bad_file_names_the_file(tmp_path: Path, content: str) -> None:
     """An unusable registry file raises RegistryError naming the file."""
-    path = registry_path(tmp_path, "custom-html")
+    path = registry_path(tmp_path, RECIPE)
     path.parent.mkdir(parents=True)
     path.write_text(content)
     with pytest.raises(RegistryError, match=str(path)):
-        read_registry(tmp_path, "custom-html")
+        read_registry(tmp_path, RECIPE)
 
 
 def test_write_validates_before_writing(tmp_path: Path) -> None:
     """A bad field is refused and nothing is written."""
     with pytest.raises(InvalidInput, match="version 'not a version'"):
-        write_registry(tmp_path, Canonical(recipe="custom-html",
-                                           domain="warm-custom-html.ci.localhost",
+        write_registry(tmp_path, Canonical(recipe=RECIPE,
+                                           domain=Domain("warm-custom-html.ci.localhost"),
                                            version="not a version", commit=None))
     assert not (tmp_path / "custom-html").exists()
     with pytest.raises(InvalidInput):
@@ -74,7 +77,7 @@ def test_reserved_names_are_never_recipes(tmp_path: Path) -> None:
             "failpoints"} <= set(RESERVED_NAMES)
     for name in RESERVED_NAMES:
         with pytest.raises(InvalidInput, match="reserved"):
-            registry_path(tmp_path, name)
+            registry_path(tmp_path, Recipe(name))
         (tmp_path / name).mkdir()
         (tmp_path / name / "canonical.json").write_text("{garbage")
     assert list_registries(tmp_path) == []

@@ -18,7 +18,7 @@ from test_swarm_platform import commit_on, deploy_and_serve, replace_once
 from ccci_tasks import constants
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import DeployFailed, InvalidInput
-from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
+from ccci_tasks.naming import Domain, Recipe, cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.base import DeployedState, ServiceState, TaskRef
 from ccci_tasks.platform.convergence import is_converged, startup_left_s, vanished_tasks
 from ccci_tasks.platform.engine_events import StackEvents, concerns_stack
@@ -39,7 +39,7 @@ def svc(name: str, desired: int = 1, running: int = 1, update: str | None = None
 
 
 def deployed(*services: ServiceState) -> DeployedState:
-    return DeployedState("cust-1a2b3c.ci.localhost", STACK, "1.0.0+1.0", None, services)
+    return DeployedState(Domain("cust-1a2b3c.ci.localhost"), STACK, "1.0.0+1.0", None, services)
 
 
 # --------------------------------------------------------------------------- pure
@@ -218,7 +218,8 @@ def test_stack_events_fall_back_to_polling_when_the_engine_refuses(tmp_path: Pat
 
 # --------------------------------------------------------------------------- real deploys
 
-RECIPE = "custom-html"
+RECIPE = Recipe("custom-html")
+BASE = Domain(TEST_BASE)
 # The app serves at once, then dies 4 s later: converged and up, then gone.
 SERVES_THEN_DIES = (
     "    image: ccci/custom-html:2.0\n",
@@ -235,9 +236,9 @@ def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
 
 
 @pytest.fixture
-def domain(platform: SwarmPlatform) -> Iterator[str]:
+def domain(platform: SwarmPlatform) -> Iterator[Domain]:
     """A fresh cold domain for this test, removed afterwards."""
-    name = cold_domain(RECIPE, new_run_hex(), TEST_BASE)
+    name = cold_domain(RECIPE, new_run_hex(), BASE)
     yield name
     platform.remove(name)
 
@@ -245,7 +246,7 @@ def domain(platform: SwarmPlatform) -> Iterator[str]:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_still_running_names_an_app_that_died_after_it_came_up(
-    platform: SwarmPlatform, domain: str, example_recipes: Path
+    platform: SwarmPlatform, domain: Domain, example_recipes: Path
 ) -> None:
     """An app that is up at convergence and dies 4 s later passes still_running at first,
     then fails it with the service, the exit code and its last log lines."""
@@ -274,7 +275,7 @@ def test_still_running_names_an_app_that_died_after_it_came_up(
 @pytest.mark.docker
 @pytest.mark.slow
 def test_an_upgrade_stops_the_old_task_gracefully_and_returns_the_new_one(
-    platform: SwarmPlatform, domain: str, example_recipes: Path
+    platform: SwarmPlatform, domain: Domain, example_recipes: Path
 ) -> None:
     """After an in-place upgrade the converged state names the new task; the old one got its
     stop signal (it logged its graceful stop and exited 0)."""
@@ -295,13 +296,13 @@ def test_an_upgrade_stops_the_old_task_gracefully_and_returns_the_new_one(
     assert "custom-html: stopping" in message
 
 
-def _stubborn(platform: SwarmPlatform, example_recipes: Path, grace: str) -> str:
+def _stubborn(platform: SwarmPlatform, example_recipes: Path, grace: str) -> Domain:
     """A stubborn-html app that ignores SIGTERM, with a short first boot and ``grace``."""
-    recipe = "stubborn-html"
+    recipe = Recipe("stubborn-html")
     head = commit_on(example_recipes / recipe, "1.1.0+1.1", "compose.yml",
                      replace_once("stop_grace_period: 10s", f"stop_grace_period: {grace}"),
                      "shorter grace")
-    domain = cold_domain(recipe, new_run_hex(), TEST_BASE)
+    domain = cold_domain(recipe, new_run_hex(), BASE)
     platform.new_app(recipe, domain, kind="cold", run=None)
     env = platform.env_path(domain)
     env.write_text(set_keys(env.read_text(), {"INIT_DELAY": "0", "IGNORE_SIGTERM": "1"}))

@@ -93,7 +93,7 @@ def test_engine_restart_mid_cold_run(system: Workers, swarm: DockerClient) -> No
     from ccci_tasks.admission import Slots
     from ccci_tasks.config import get_settings
     from ccci_tasks.lanes.model import run_hex
-    from ccci_tasks.naming import cold_domain
+    from ccci_tasks.naming import Recipe, cold_domain
     from ccci_tasks.platform.swarm import SwarmPlatform
     from ccci_tasks.runs import wait
     from ccci_tasks.state.clock import utc_now
@@ -132,7 +132,7 @@ def test_engine_restart_mid_cold_run(system: Workers, swarm: DockerClient) -> No
 
         # Phase 2: once the engine is back, nothing of the run is left.
         hexid = run_hex(run_id)
-        domain = cold_domain(RECIPE, hexid, settings.base_domain)
+        domain = cold_domain(Recipe(RECIPE), hexid, settings.base_domain)
 
         def left() -> list[str]:
             found = [o.name for kind in (swarm.services, swarm.volumes, swarm.secrets)

@@ -10,11 +10,12 @@ import pytest
 
 from ccci_tasks.bridge import Trigger as Lane
 from ccci_tasks.forge import events, messages
+from ccci_tasks.naming import Domain, Recipe, Ref, RunId
 from ccci_tasks.state.reports import RunReport, Verdict
 
 SECRET = b"s3cret"
 OWNER = "recipes"
-RUN_ID = "0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a"
+RUN_ID = RunId("0b6f1d5e-3c1a-4e0a-9a55-0d5c1b2f7e3a")
 
 
 def payload(**changes: Any) -> dict[str, Any]:
@@ -125,9 +126,9 @@ def test_delivery_id_header_or_body_hash() -> None:
 
 def report(verdict: Verdict | None, reason: str | None = None, seconds: float = 83) -> RunReport:
     start = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    return RunReport(run_id=RUN_ID, lane="quick", recipe="custom-html", ref="a" * 40,
-                     domain="warm-custom-html.ci.localhost", verdict=verdict,
-                     reason=reason, started_at=start,
+    return RunReport(run_id=RUN_ID, lane="quick", recipe=Recipe("custom-html"),
+                     ref=Ref("a" * 40), domain=Domain("warm-custom-html.ci.localhost"),
+                     verdict=verdict, reason=reason, started_at=start,
                      finished_at=start + timedelta(seconds=seconds) if verdict else None)
 
 

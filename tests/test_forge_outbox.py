@@ -21,6 +21,7 @@ from recipe_commits import GIT
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AlertRelayError, ForgeError
 from ccci_tasks.forge import hooks, outbox, relay
+from ccci_tasks.naming import RunId
 from ccci_tasks.outbox import StreamResult
 from ccci_tasks.push import apprise_notify
 from ccci_tasks.state import reports
@@ -260,7 +261,7 @@ def _dead_port() -> int:
 
 
 def _report(settings: Settings, recipe: str, ref: str | None, lane: str = "quick") -> Any:
-    run_id = str(uuid.uuid4())
+    run_id = RunId(str(uuid.uuid4()))
     return reports.create_report(settings.state_dir, run_id, lane, recipe, ref)
 
 

@@ -20,6 +20,7 @@ import pytest
 from conftest import TEST_ENV, Workers, flush_redis, ours, remove_ccci_objects
 from recipe_commits import make_commit
 
+from ccci_tasks.naming import Recipe
 from ccci_tasks.state.reports import RunReport
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-RECIPE = "custom-html"
+RECIPE = Recipe("custom-html")
 RUN_TIMEOUT_S = 300
 
 

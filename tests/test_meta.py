@@ -11,6 +11,7 @@ from ccci_tasks.naming import Recipe
 from ccci_tasks.state.meta import RecipeMeta, enrolled_recipes, load_meta
 
 REPO = Path(__file__).resolve().parent.parent
+APP = Recipe("app")
 
 
 def _write(tests_dir: Path, recipe: str, text: str) -> Path:
@@ -23,7 +24,7 @@ def _write(tests_dir: Path, recipe: str, text: str) -> Path:
 
 def test_missing_file_gives_defaults(tmp_path: Path) -> None:
     """A recipe without recipe_meta.py gets the documented defaults."""
-    meta = load_meta(tmp_path, "nothing-here")
+    meta = load_meta(tmp_path, Recipe("nothing-here"))
     assert meta == RecipeMeta()
     assert meta.health_ok == (200, 301, 302)
     assert (meta.deploy_timeout, meta.http_timeout, meta.health_path) == (600, 300, "/")
@@ -33,7 +34,7 @@ def test_missing_file_gives_defaults(tmp_path: Path) -> None:
 
 def test_example_recipe_meta_parses() -> None:
     """The shipped custom-html example is enrolled and parses to its values."""
-    meta = load_meta(REPO / "examples" / "tests-recipes", "custom-html")
+    meta = load_meta(REPO / "examples" / "tests-recipes", Recipe("custom-html"))
     assert meta == RecipeMeta(True, "/", (200,), 120, 60, ())
 
 
@@ -43,8 +44,8 @@ def test_all_keys_parsed(tmp_path: Path) -> None:
            "HEALTH_OK = (200, 302)\nDEPLOY_TIMEOUT = 90\nHTTP_TIMEOUT = 30\n"
            'DEPS = ["keycloak"]\nSTATEFUL = True\nhelper = open("/etc/passwd")\n'
            "_private = 1\n")
-    assert load_meta(tmp_path, "app") == RecipeMeta(True, "/health", (200, 302), 90, 30,
-                                                    ("keycloak",), stateful=True)
+    assert load_meta(tmp_path, APP) == RecipeMeta(True, "/health", (200, 302), 90, 30,
+                                                  (Recipe("keycloak"),), stateful=True)
 
 
 def test_file_is_never_executed(tmp_path: Path) -> None:
@@ -52,7 +53,7 @@ def test_file_is_never_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     _write(tmp_path, "app", f"import os\nos.system('touch {marker}')\nWARM_CANONICAL = True\n")
     with pytest.raises(ConfigError, match="only top-level literal assignments"):
-        load_meta(tmp_path, "app")
+        load_meta(tmp_path, APP)
     assert not marker.exists()
 
 
@@ -60,7 +61,7 @@ def test_non_literal_value_refused(tmp_path: Path) -> None:
     """A value that is a call or a name is a ConfigError naming the key."""
     path = _write(tmp_path, "app", "DEPLOY_TIMEOUT = int('5')\n")
     with pytest.raises(ConfigError, match=r"DEPLOY_TIMEOUT.*must be a literal") as info:
-        load_meta(tmp_path, "app")
+        load_meta(tmp_path, APP)
     assert str(path) in str(info.value)
 
 
@@ -69,7 +70,7 @@ def test_unknown_key_did_you_mean(tmp_path: Path) -> None:
     path = _write(tmp_path, "app", "WARM_CANONICL = True\n")
     with pytest.raises(ConfigError, match=r"unknown key 'WARM_CANONICL'; did you mean "
                        r"'WARM_CANONICAL'\?") as info:
-        load_meta(tmp_path, "app")
+        load_meta(tmp_path, APP)
     assert str(path) in str(info.value)
 
 
@@ -94,7 +95,7 @@ def test_wrong_type_names_file_key_and_type(tmp_path: Path, line: str, expected:
     path = _write(tmp_path, "app", line + "\n")
     key = line.split(" ")[0]
     with pytest.raises(ConfigError) as info:
-        load_meta(tmp_path, "app")
+        load_meta(tmp_path, APP)
     text = str(info.value)
     assert str(path) in text and repr(key) in text and expected in text
 
@@ -104,7 +105,7 @@ def test_wrong_type_names_file_key_and_type(tmp_path: Path, line: str, expected:
 def test_stateful_is_a_bool_defaulting_false(tmp_path: Path, text: str, expected: bool) -> None:
     """STATEFUL reads as a bool, False when absent; it enrols nothing in canonicals."""
     _write(tmp_path, "app", text)
-    meta = load_meta(tmp_path, "app")
+    meta = load_meta(tmp_path, APP)
     assert meta.stateful is expected
     assert meta.warm_canonical is False
     assert enrolled_recipes(tmp_path) == []
@@ -114,13 +115,14 @@ def test_stateful_typo_suggests_the_key(tmp_path: Path) -> None:
     """A misspelt STATEFUL is refused with a did-you-mean hint."""
     _write(tmp_path, "app", "STATEFULL = True\n")
     with pytest.raises(ConfigError, match=r"did you mean 'STATEFUL'\?"):
-        load_meta(tmp_path, "app")
+        load_meta(tmp_path, APP)
 
 
 def test_example_infra_metas_parse() -> None:
     """The keycloak stand-in is stateful, traefik is not; neither is a canonical."""
     tests_dir = REPO / "examples" / "tests-recipes"
-    keycloak, traefik = load_meta(tests_dir, "keycloak"), load_meta(tests_dir, "traefik")
+    keycloak = load_meta(tests_dir, Recipe("keycloak"))
+    traefik = load_meta(tests_dir, Recipe("traefik"))
     assert (keycloak.stateful, keycloak.health_path, keycloak.health_ok) == (
         True, "/health/ready", (200,))
     assert (traefik.stateful, traefik.health_path) == (False, "/ping")
@@ -134,17 +136,17 @@ def test_health_ok_404_refused(tmp_path: Path) -> None:
     """404 never counts as serving: HEALTH_OK containing it is refused."""
     _write(tmp_path, "app", "HEALTH_OK = [200, 404]\n")
     with pytest.raises(ConfigError, match="404 is refused"):
-        load_meta(tmp_path, "app")
+        load_meta(tmp_path, APP)
 
 
 def test_duplicate_key_and_syntax_error_refused(tmp_path: Path) -> None:
     """A key assigned twice, or a file that is not Python, is a ConfigError."""
     _write(tmp_path, "app", "HTTP_TIMEOUT = 1\nHTTP_TIMEOUT = 2\n")
     with pytest.raises(ConfigError, match="assigned twice"):
-        load_meta(tmp_path, "app")
+        load_meta(tmp_path, APP)
     _write(tmp_path, "app", "HTTP_TIMEOUT = (\n")
     with pytest.raises(ConfigError, match="not valid Python"):
-        load_meta(tmp_path, "app")
+        load_meta(tmp_path, APP)
 
 
 def test_bad_recipe_name_refused(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from recipe_commits import make_commit
 from web_support import bridge_process, saved_report
 
+from ccci_tasks.naming import RunId
 from ccci_tasks.state.reports import RunReport
 
 if TYPE_CHECKING:
@@ -141,14 +142,14 @@ def gated_overlay() -> Iterator[Path]:
         gate.unlink(missing_ok=True)
 
 
-def _trigger(forge: FakeForge, number: int) -> str:
+def _trigger(forge: FakeForge, number: int) -> RunId:
     delivery = forge.comment(FORGE_OWNER, RECIPE, number, MAINTAINER, "!testme --quick")
     match = ACCEPTED.match(delivery.text)
     assert delivery.status == 202 and match, (delivery.status, delivery.text)
-    return match.group(2)
+    return RunId(match.group(2))
 
 
-def _current(run_id: str) -> str | None:
+def _current(run_id: RunId) -> str | None:
     from ccci_tasks.state.reports import load_report
 
     report = load_report(_state(), run_id)

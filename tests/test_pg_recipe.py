@@ -29,6 +29,8 @@ from test_pr_commit import pr_commit
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from ccci_tasks.naming import Domain, Recipe, RunId
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 TTL_S, JANITOR_S = 15, 2
@@ -96,14 +98,16 @@ class Pg:
     notes: list[str] = field(default_factory=list)
 
     @property
-    def recipe(self) -> str:
-        return self.shape.recipe
+    def recipe(self) -> Recipe:
+        from ccci_tasks.naming import Recipe
+
+        return Recipe(self.shape.recipe)
 
     @property
-    def warm(self) -> str:
-        from ccci_tasks.naming import warm_domain
+    def warm(self) -> Domain:
+        from ccci_tasks.naming import Domain, warm_domain
 
-        return warm_domain(self.recipe, TEST_ENV["CCCI_BASE_DOMAIN"])
+        return warm_domain(self.recipe, Domain(TEST_ENV["CCCI_BASE_DOMAIN"]))
 
     def volume(self) -> Path:
         [volume] = [v for v in self.swarm.volumes.list(
@@ -132,25 +136,27 @@ def _wait(run_id: str, timeout_s: float = RUN_S) -> Any:
     return wait(run_id, timeout_s)
 
 
-def _quick(recipe: str, ref: str) -> str:
+def _quick(recipe: str, ref: str) -> RunId:
+    from ccci_tasks.naming import RunId
     from ccci_tasks.tasks import quick_run
 
-    return str(quick_run.delay(recipe, ref).id)
+    return RunId(str(quick_run.delay(recipe, ref).id))
 
 
-def _cold(recipe: str, ref: str | None = None) -> str:
+def _cold(recipe: str, ref: str | None = None) -> RunId:
+    from ccci_tasks.naming import RunId
     from ccci_tasks.tasks import cold_run
 
-    return str(cold_run.delay(recipe, ref).id)
+    return RunId(str(cold_run.delay(recipe, ref).id))
 
 
-def _report(state: Path, run_id: str) -> Any:
+def _report(state: Path, run_id: RunId) -> Any:
     from ccci_tasks.state.reports import load_report
 
     return load_report(state, run_id)
 
 
-def _at_step(state: Path, run_id: str, names: tuple[str, ...], timeout_s: float = RUN_S) -> Any:
+def _at_step(state: Path, run_id: RunId, names: tuple[str, ...], timeout_s: float = RUN_S) -> Any:
     def current() -> Any:
         report = _report(state, run_id)
         if report is not None and report.current is not None and report.current.name in names:
@@ -253,7 +259,7 @@ def _db_log(pg: Pg) -> str:
     return ""
 
 
-def _kill_restore_halfway(pg: Pg, run_id: str) -> int:
+def _kill_restore_halfway(pg: Pg, run_id: RunId) -> int:
     """SIGKILL the runs worker while the run's restore has written part of the cluster;
     the number of files it had written. The restore is made a full one (no stamp), so it
     empties the volume and extracts every file."""

@@ -13,7 +13,7 @@ from ccci_tasks.errors import DeployFailed, IntegrityError, InvalidInput, RunFai
 from ccci_tasks.lanes import LANES, cold, get_lane, janitor, quick, steps_by_queue
 from ccci_tasks.lanes.model import Failure, RunCtx, run_hex
 from ccci_tasks.lanes.plan import should_promote, upgrade_base
-from ccci_tasks.naming import RunId
+from ccci_tasks.naming import Domain, Recipe, Ref, RunHex, RunId
 from ccci_tasks.platform.base import AppInfo, Kind
 from ccci_tasks.state.reports import RunReport
 
@@ -60,13 +60,13 @@ def test_only_green_cold_on_latest_of_enrolled_promotes(
     assert should_promote(ref, enrolled) is expected
 
 
-def _ctx(lane: str, promote: bool = False, deps: tuple[str, ...] = ()) -> RunCtx:
+def _ctx(lane: str, promote: bool = False, deps: tuple[Recipe, ...] = ()) -> RunCtx:
     """A run context whose plan has what any lane reads (each reads its own keys)."""
     plan = {"promote": promote, "known_good": "1.0.0+1.0", "outcome": "upgrade",
             "snapshot_first": True, "current": "1.0.0+1.0", "target": "1.0.1+1.0",
             "rollback_to": "1.0.0+1.0"}
-    return RunCtx(run_id=RUN, lane=lane, recipe="custom-html", ref=None,
-                  domain="x.ci.localhost", token=7, deps=deps, plan=plan)
+    return RunCtx(run_id=RUN, lane=lane, recipe=Recipe("custom-html"), ref=None,
+                  domain=Domain("x.ci.localhost"), token=7, deps=deps, plan=plan)
 
 
 def test_registry_lists_each_lane_once_with_its_steps() -> None:
@@ -134,8 +134,8 @@ def test_failures_map_to_verdicts_and_undo(
 
 def test_run_ctx_round_trips() -> None:
     """A run's context survives the trip through a task argument (JSON-able dict)."""
-    ctx = RunCtx(run_id=RUN, lane="cold", recipe="keyed", ref="1.1.0+1.1",
-                 domain="d.ci.localhost", token=12, deps=("keycloak",),
+    ctx = RunCtx(run_id=RUN, lane="cold", recipe=Recipe("keyed"), ref=Ref("1.1.0+1.1"),
+                 domain=Domain("d.ci.localhost"), token=12, deps=(Recipe("keycloak"),),
                  plan={"promote": False}, failure=Failure("install", "fail", "why"))
     assert RunCtx.from_dict(ctx.to_dict()) == ctx
     assert ctx.realm == "keyed-5d6040"
@@ -143,18 +143,19 @@ def test_run_ctx_round_trips() -> None:
     assert run_hex(RUN) == "5d6040"
 
 
-def _app(kind: Kind, run: str | None, deployed: bool = True, recipe: str = "r",
+def _app(kind: Kind, run: RunHex | None, deployed: bool = True, recipe: str = "r",
          base: str = "ci.localhost") -> AppInfo:
     from ccci_tasks import naming
 
-    domain = (naming.cold_domain(recipe, run, base) if kind == "cold" and run
-              else naming.warm_domain(recipe, base))
-    return AppInfo(domain=domain, stack="s", recipe=recipe, kind=kind, run=run,
+    name, base_domain = Recipe(recipe), Domain(base)
+    domain = (naming.cold_domain(name, run, base_domain) if kind == "cold" and run
+              else naming.warm_domain(name, base_domain))
+    return AppInfo(domain=domain, stack="s", recipe=name, kind=kind, run=run,
                    deployed=deployed)
 
 
-def _lease(run_id: str, *resources: str, state: str = "live") -> Lease:
-    spec = RunSpec(run_id=run_id, lane="quick", recipe="held",
+def _lease(run_id: RunId, *resources: str, state: str = "live") -> Lease:
+    spec = RunSpec(run_id=run_id, lane="quick", recipe=Recipe("held"),
                    resources=tuple(map(Resource.parse, resources)))
     return Lease(run_id=run_id, expires_at=1e12, spec=spec, state=state)
 
@@ -178,13 +179,13 @@ def test_janitor_reaps_only_what_no_occupying_run_explains() -> None:
         _app("infra", None, recipe="keycloak"),  # live-warm infra: never touched
         _app("cold", run_hex(OTHER), base="other.localhost"),  # another system's: never
     ]
-    actions = janitor.plan(apps, occupying, ["cut", "held", "stray"], "ci.localhost")
+    actions = janitor.plan(apps, occupying, ["cut", "held", "stray"], Domain("ci.localhost"))
     assert [(a.kind, a.recipe) for a in actions] == [
         ("remove", "r"), ("remove", "r"), ("put_back", "stray"), ("put_back", "cut")]
 
 
-def _report(run_id: str, minutes_ago: float) -> RunReport:
-    return RunReport(run_id=run_id, lane="cold", recipe="r", ref=None, domain=None,
+def _report(run_id: RunId, minutes_ago: float) -> RunReport:
+    return RunReport(run_id=run_id, lane="cold", recipe=Recipe("r"), ref=None, domain=None,
                      started_at=datetime.now(UTC) - timedelta(minutes=minutes_ago))
 
 

@@ -11,10 +11,11 @@ from typing import ClassVar
 import pytest
 
 from ccci_tasks.errors import InvalidInput, WaitTimeout
+from ccci_tasks.naming import Domain
 from ccci_tasks.platform.base import DeployedState, ServiceState
 from ccci_tasks.probes import reconverged, serving, version_moved, wait_serving
 
-DOMAIN = "cust-0a1b2c.ci.localhost"
+DOMAIN = Domain("cust-0a1b2c.ci.localhost")
 STACK = "cust-0a1b2c_ci_localhost"
 
 

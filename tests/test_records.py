@@ -9,18 +9,21 @@ from pathlib import Path
 import pytest
 
 from ccci_tasks.errors import InvalidInput, StateError
-from ccci_tasks.naming import Recipe
+from ccci_tasks.naming import Domain, Recipe
 from ccci_tasks.state import alerts, intents, records
 from ccci_tasks.state.canonical import Canonical, read_registry, registry_path
 
 RUN = str(uuid.uuid4())
+RECIPE = Recipe("custom-html")
 
 
 def test_a_bad_value_is_refused_where_it_is_made() -> None:
     """Every bad field is named with its value, in our validators' words, in one error."""
     with pytest.raises(InvalidInput) as caught:
-        Canonical(recipe="Custom HTML", domain="warm.ci.localhost", version="latest",
-                  commit="XYZ", status="bogus", ts="yesterday")  # type: ignore[arg-type]
+        # raw text on purpose: the record itself names every bad field in one error
+        Canonical(recipe="Custom HTML", domain="warm.ci.localhost",  # type: ignore[arg-type]
+                  version="latest", commit="XYZ",
+                  status="bogus", ts="yesterday")  # type: ignore[arg-type]
     text = str(caught.value)
     for part in ("recipe name 'Custom HTML'", "version 'latest'", "commit 'XYZ'",
                  "status 'bogus'", "ts 'yesterday'"):
@@ -29,7 +32,7 @@ def test_a_bad_value_is_refused_where_it_is_made() -> None:
 
 def test_records_are_frozen() -> None:
     """A record read or made is never changed in place."""
-    made = Canonical(recipe="custom-html", domain="warm-custom-html.ci.localhost",
+    made = Canonical(recipe=RECIPE, domain=Domain("warm-custom-html.ci.localhost"),
                      version="1.0.0+1.0", commit=None)
     with pytest.raises(ValueError, match="frozen"):
         made.version = "2.0.0+2.0"  # type: ignore[misc]
@@ -55,13 +58,13 @@ def test_an_unusable_file_names_itself(tmp_path: Path, content: str) -> None:
 def test_files_written_before_still_load(tmp_path: Path) -> None:
     """Keys a record does not know are ignored; an intent record from before fencing tokens
     (no token, detail null) loads with token 0 and an empty detail."""
-    path = registry_path(tmp_path, "custom-html")
+    path = registry_path(tmp_path, RECIPE)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({
         "recipe": "custom-html", "domain": "warm-custom-html.ci.localhost",
         "version": "1.0.0+1.0", "commit": None, "status": "known-good",
         "ts": "2026-01-01T00:00:00Z", "written_by": "a newer version"}))
-    found = read_registry(tmp_path, "custom-html")
+    found = read_registry(tmp_path, RECIPE)
     assert found is not None and found.version == "1.0.0+1.0"
     old = intents.intent_path(tmp_path, "canon:custom-html")
     old.parent.mkdir(parents=True)

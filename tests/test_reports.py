@@ -24,8 +24,8 @@ from ccci_tasks.state.reports import (
 )
 
 
-def _run_id() -> str:
-    return str(uuid.uuid4())
+def _run_id() -> RunId:
+    return RunId(str(uuid.uuid4()))
 
 
 def test_create_and_load(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from test_warmsnap import DOMAIN, RECIPE, VERSION, make_volume, populate
 
 from ccci_tasks import snapshots
 from ccci_tasks.config import Settings
+from ccci_tasks.naming import Recipe
 from ccci_tasks.platform.base import VolumeInfo
 from ccci_tasks.snapshots.incremental import plan_restore
 from ccci_tasks.snapshots.voltar import Restored, restore_dirs, snapshot_dirs
@@ -263,23 +264,24 @@ def test_warmsnap_restores_incrementally_beside_the_snapshot(
     from ccci_tasks.platform.swarm import SwarmPlatform
 
     platform = SwarmPlatform(settings)
+    recipe = Recipe(RECIPE)
     mount = make_volume(clean_swarm)
     fill(mount, files=200)
-    snapshots.snapshot(platform, state_dir, RECIPE, DOMAIN, VERSION)
+    snapshots.snapshot(platform, state_dir, recipe, DOMAIN, VERSION)
     expected = full_listing(mount)
     current = warmsnap.current_dir(state_dir / RECIPE)
     assert current is not None
     files = {p.name: p.read_bytes() for p in current.iterdir()}
-    snapshots.restore(platform, state_dir, RECIPE, DOMAIN)
+    snapshots.restore(platform, state_dir, recipe, DOMAIN)
     stamp = state_dir / RECIPE / STAMP_DIR / "data.stamp.json"
     assert stamp.is_file() and stat.S_IMODE(stamp.stat().st_mode) == 0o600
     _mutate(mount)
     before = stamp.stat().st_mtime_ns
-    snapshots.restore(platform, state_dir, RECIPE, DOMAIN)
+    snapshots.restore(platform, state_dir, recipe, DOMAIN)
     assert full_listing(mount) == expected
     assert stamp.stat().st_mtime_ns != before
     assert {p.name: p.read_bytes() for p in current.iterdir()} == files
-    assert warmsnap.verify(state_dir, RECIPE).version == VERSION
+    assert warmsnap.verify(state_dir, recipe).version == VERSION
 
 
 # --------------------------------------------------------------------------- members cache

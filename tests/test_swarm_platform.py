@@ -16,7 +16,7 @@ from conftest import TEST_BASE
 from ccci_tasks import constants
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import AppNotFound, DeployFailed
-from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
+from ccci_tasks.naming import Domain, Recipe, Ref, RunHex, cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.engine import parse_timestamp
 from ccci_tasks.platform.envfile import parse_env, set_keys
 from ccci_tasks.platform.recipes import RecipeRepo
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 docker = pytest.mark.docker
 
-RECIPE = "custom-html"
-BASE = TEST_BASE
+RECIPE = Recipe("custom-html")
+BASE = Domain(TEST_BASE)
 CONVERGE_S = 60.0
 # A failing deploy is named as soon as the engine shows it (a few seconds when idle), not when
 # a deploy timeout runs out: the tests give a long timeout and bound the wait at about ten
@@ -50,7 +50,7 @@ def platform(settings: Settings, clean_swarm: DockerClient) -> SwarmPlatform:
 
 
 @pytest.fixture
-def domain(platform: SwarmPlatform) -> Iterator[str]:
+def domain(platform: SwarmPlatform) -> Iterator[Domain]:
     """A fresh cold domain for this test, removed afterwards."""
     name = cold_domain(RECIPE, new_run_hex(), BASE)
     yield name
@@ -65,7 +65,7 @@ def git(repo: Path, *args: str, input_text: str | None = None, **env: str) -> st
     ).stdout.strip()
 
 
-def commit_on(repo: Path, base: str, path: str, edit: Callable[[str], str], msg: str) -> str:
+def commit_on(repo: Path, base: str, path: str, edit: Callable[[str], str], msg: str) -> Ref:
     """A detached commit on ``base`` with ``path`` edited; no branch or tag moves."""
     base = git(repo, "rev-parse", "--verify", f"{base}^{{commit}}")
     index = repo / ".git" / f"ccci-test-index-{os.getpid()}-{time.monotonic_ns()}"
@@ -80,7 +80,7 @@ def commit_on(repo: Path, base: str, path: str, edit: Callable[[str], str], msg:
         index.unlink(missing_ok=True)
     ident = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@ccci.invalid",
              "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@ccci.invalid"}
-    return git(repo, "commit-tree", tree, "-p", base, "-m", msg, **ident)
+    return Ref(git(repo, "commit-tree", tree, "-p", base, "-m", msg, **ident))
 
 
 def replace_once(old: str, new: str) -> Callable[[str], str]:
@@ -90,14 +90,14 @@ def replace_once(old: str, new: str) -> Callable[[str], str]:
     return edit
 
 
-def page(platform: SwarmPlatform, domain: str, path: str = "/") -> str:
+def page(platform: SwarmPlatform, domain: Domain, path: str = "/") -> str:
     response = httpx.get(platform.base_url(domain) + path, headers={"Host": domain},
                          timeout=5, trust_env=False)
     response.raise_for_status()
     return response.text
 
 
-def wait_page(platform: SwarmPlatform, domain: str, expect: str, timeout_s: float = 30) -> str:
+def wait_page(platform: SwarmPlatform, domain: Domain, expect: str, timeout_s: float = 30) -> str:
     """The page once it contains ``expect`` (the old task may answer for a moment)."""
     deadline = time.monotonic() + timeout_s
     text = ""
@@ -112,13 +112,13 @@ def wait_page(platform: SwarmPlatform, domain: str, expect: str, timeout_s: floa
     raise AssertionError(f"{domain} never showed {expect!r}; last: {text[:300]}")
 
 
-def mine(platform: SwarmPlatform, domain: str) -> list[Any]:
+def mine(platform: SwarmPlatform, domain: Domain) -> list[Any]:
     """live_apps() restricted to ``domain`` (other ccci systems may share the engine)."""
     return [a for a in platform.live_apps() if a.domain == domain]
 
 
-def deploy_and_serve(platform: SwarmPlatform, domain: str, version: str | None = None,
-                     chaos_ref: str | None = None) -> Any:
+def deploy_and_serve(platform: SwarmPlatform, domain: Domain, version: str | None = None,
+                     chaos_ref: Ref | None = None) -> Any:
     platform.deploy(domain, version, chaos_ref=chaos_ref)
     state = platform.wait_converged(domain, CONVERGE_S)
     serving(platform.base_url(domain), domain, [200], 30)
@@ -183,9 +183,9 @@ def test_parse_timestamp_orders_trimmed_fractions() -> None:
 
 
 @docker
-def test_new_app_env_file_and_port_kept(platform: SwarmPlatform, domain: str) -> None:
+def test_new_app_env_file_and_port_kept(platform: SwarmPlatform, domain: Domain) -> None:
     """new_app writes the env file from .env.sample plus ccci keys and keeps its port."""
-    run = domain.split(".")[0].rsplit("-", 1)[1]
+    run = RunHex(domain.split(".")[0].rsplit("-", 1)[1])
     info = platform.new_app(RECIPE, domain, "1.0.0+1.0", kind="cold", run=run)
     assert (info.domain, info.recipe, info.kind, info.run, info.deployed) == (
         domain, RECIPE, "cold", run, False)
@@ -205,7 +205,7 @@ def test_new_app_env_file_and_port_kept(platform: SwarmPlatform, domain: str) ->
 
 
 @docker
-def test_unknown_version_is_app_not_found(platform: SwarmPlatform, domain: str) -> None:
+def test_unknown_version_is_app_not_found(platform: SwarmPlatform, domain: Domain) -> None:
     """Deploying an unknown version names it and lists the available ones."""
     platform.new_app(RECIPE, domain, kind="cold", run=None)
     listed = r"1\.0\.0\+1\.0, 1\.1\.0\+1\.1, 2\.0\.0\+2\.0"
@@ -217,7 +217,7 @@ def test_unknown_version_is_app_not_found(platform: SwarmPlatform, domain: str) 
 
 @docker
 @pytest.mark.slow
-def test_deploy_version_serves_it(platform: SwarmPlatform, domain: str) -> None:
+def test_deploy_version_serves_it(platform: SwarmPlatform, domain: Domain) -> None:
     """Deploying 1.0.0+1.0 converges, serves its version and carries the labels."""
     platform.new_app(RECIPE, domain, "1.0.0+1.0", kind="cold", run=None)
     state = deploy_and_serve(platform, domain, "1.0.0+1.0")
@@ -237,7 +237,7 @@ def test_deploy_version_serves_it(platform: SwarmPlatform, domain: str) -> None:
 @docker
 @pytest.mark.slow
 def test_chaos_deploy_moves_version(
-    platform: SwarmPlatform, domain: str, example_recipes: Path
+    platform: SwarmPlatform, domain: Domain, example_recipes: Path
 ) -> None:
     """A chaos deploy of a commit changing GREETING moves the chaos-version to its short sha."""
     repo = example_recipes / RECIPE
@@ -263,7 +263,7 @@ def test_chaos_deploy_moves_version(
 
 @docker
 def test_chaos_without_declared_version_uses_newest_reachable_tag(
-    platform: SwarmPlatform, domain: str, example_recipes: Path
+    platform: SwarmPlatform, domain: Domain, example_recipes: Path
 ) -> None:
     """A chaos commit whose compose declares no version is labelled with its newest tag."""
     head = commit_on(example_recipes / RECIPE, "1.1.0+1.1", "compose.yml",
@@ -277,7 +277,9 @@ def test_chaos_without_declared_version_uses_newest_reachable_tag(
 
 @docker
 @pytest.mark.slow
-def test_undeploy_keeps_volumes_remove_deletes_them(platform: SwarmPlatform, domain: str) -> None:
+def test_undeploy_keeps_volumes_remove_deletes_them(
+    platform: SwarmPlatform, domain: Domain
+) -> None:
     """undeploy keeps the data volume (a file written into it survives); remove deletes it."""
     platform.new_app(RECIPE, domain, "1.0.0+1.0", kind="warm", run=None)
     deploy_and_serve(platform, domain, "1.0.0+1.0")
@@ -306,7 +308,7 @@ def test_undeploy_keeps_volumes_remove_deletes_them(platform: SwarmPlatform, dom
 @docker
 @pytest.mark.slow
 def test_missing_image_fails_fast(
-    platform: SwarmPlatform, domain: str, example_recipes: Path
+    platform: SwarmPlatform, domain: Domain, example_recipes: Path
 ) -> None:
     """A commit whose image tag does not exist fails with DeployFailed naming the image."""
     missing = "ccci/custom-html:0.0-missing"
@@ -327,7 +329,9 @@ def test_missing_image_fails_fast(
 
 @docker
 @pytest.mark.slow
-def test_crash_loop_fails_fast(platform: SwarmPlatform, domain: str, example_recipes: Path) -> None:
+def test_crash_loop_fails_fast(
+    platform: SwarmPlatform, domain: Domain, example_recipes: Path
+) -> None:
     """A head that crash-loops (FAIL_AFTER_WRITE=1) fails fast with the last task error."""
     platform.new_app(RECIPE, domain, kind="cold", run=None)
     before = deploy_and_serve(platform, domain)
@@ -354,7 +358,7 @@ def test_crash_loop_fails_fast(platform: SwarmPlatform, domain: str, example_rec
 @docker
 @pytest.mark.slow
 def test_fresh_crash_loop_fails_fast(
-    platform: SwarmPlatform, domain: str, example_recipes: Path
+    platform: SwarmPlatform, domain: Domain, example_recipes: Path
 ) -> None:
     """A first deploy whose task dies after its init delay is a crash loop, not converged."""
     head = commit_on(example_recipes / RECIPE, "2.0.0+2.0", "compose.yml",

@@ -16,6 +16,7 @@ from browser import chromium, text_of
 from conftest import SESSION_DIR
 from web_support import FakeStep, bridge_process, make_run
 
+from ccci_tasks.naming import RunId
 from ccci_tasks.redact import Redactor
 from ccci_tasks.state import outputs, reports
 from ccci_tasks.state.clock import utc_now
@@ -26,7 +27,7 @@ if TYPE_CHECKING:  # selenium is imported where the browser starts
 
 pytestmark = pytest.mark.slow
 
-BIG_ID, LIVE_ID = str(uuid.uuid4()), str(uuid.uuid4())
+BIG_ID, LIVE_ID = RunId(str(uuid.uuid4())), RunId(str(uuid.uuid4()))
 LOAD_BUDGET_S = 20.0  # the goal is 2 s; the test allows 10x for a loaded machine
 
 
