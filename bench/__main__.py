@@ -48,10 +48,11 @@ QUICK_REPEAT = 3  # steady-state quick runs per recipe and mode; the median one 
 
 def _pr(recipes_dir: Path, recipe: str) -> str:
     """A PR commit on the newest tag that changes the app: a migration for a database recipe."""
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.platform.recipes import RecipeRepo
 
     if recipe in PG_RECIPES:
-        latest = RecipeRepo(recipes_dir / recipe, recipe).latest()
+        latest = RecipeRepo(recipes_dir / recipe, Recipe(recipe)).latest()
         assert latest is not None
         return lanes.migration_commit(recipes_dir / recipe, latest)
     return lanes.pr_on_latest(recipes_dir, recipe)
@@ -74,12 +75,12 @@ def _median_run(recipe: str, ref: str, what: str) -> dict[str, Any]:
 def _still_running_cost(recipe: str) -> dict[str, Any]:
     """What one ``still_running`` check costs on a deployed app (the canonical, reattached)."""
     from ccci_tasks.config import get_settings
-    from ccci_tasks.naming import warm_domain
+    from ccci_tasks.naming import Recipe, warm_domain
     from ccci_tasks.platform.swarm import SwarmPlatform
 
     settings = get_settings()
     platform = SwarmPlatform(settings)
-    domain = warm_domain(recipe, settings.base_domain)
+    domain = warm_domain(Recipe(recipe), settings.base_domain)
     platform.deploy(domain)
     state = platform.wait_converged(domain, 120)
     times = []

@@ -43,11 +43,12 @@ def _duration_s(text: str) -> str:
 
 def recipe_app(recipes_dir: Path, recipe: str) -> dict[str, Any]:
     """The ``app`` service of the recipe's latest version: image, environment, stop grace."""
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.platform.envfile import parse_env
     from ccci_tasks.platform.recipes import RecipeRepo
     from ccci_tasks.platform.swarm import interpolate
 
-    repo = RecipeRepo(recipes_dir / recipe, recipe)
+    repo = RecipeRepo(recipes_dir / recipe, Recipe(recipe))
     latest = repo.latest()
     assert latest is not None
     sample = parse_env(repo.file_at(latest, ".env.sample") or "")

@@ -95,9 +95,10 @@ class Watcher:
 
 def _report(run_id: str) -> RunReport | None:
     from ccci_tasks.config import get_settings
+    from ccci_tasks.naming import RunId
     from ccci_tasks.state.reports import load_report
 
-    return load_report(get_settings().state_dir, run_id)
+    return load_report(get_settings().state_dir, RunId(run_id))
 
 
 def _until(check: Callable[[], T | Literal[False] | None], timeout_s: float, poll_s: float = 0.2
@@ -160,14 +161,15 @@ def _known_good_problem(system: SoakSystem) -> str:
     from ccci_tasks.config import get_settings
     from ccci_tasks.errors import CcciError
     from ccci_tasks.lanes import canon
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.state import warmsnap
 
     settings = get_settings()
-    found = canon.usable(settings, RECIPE)
+    found = canon.usable(settings, Recipe(RECIPE))
     if found.registry is None:
         return found.why
     try:
-        warmsnap.verify(settings.state_dir, RECIPE)
+        warmsnap.verify(settings.state_dir, Recipe(RECIPE))
     except CcciError as exc:
         return str(exc)
     return _volume_differs(system, settings.state_dir)
@@ -178,9 +180,10 @@ def _volume_differs(system: SoakSystem, state: Path) -> str:
     (path, type, sha256 of a file or a link's target)."""
     import docker
 
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.state import warmsnap
 
-    manifest = warmsnap.read_current(state, RECIPE)
+    manifest = warmsnap.read_current(state, Recipe(RECIPE))
     assert manifest is not None
     client = docker.from_env()
     try:
@@ -344,10 +347,11 @@ def soak(runs: int, kinds: tuple[str, ...], seed: int, ttl_s: int, janitor_s: in
         seeded = lanes.run("cold", RECIPE, None)
         if seeded.verdict != "pass":
             raise SystemExit(f"soak: seeding the canonical failed: {seeded.reason}")
+        from ccci_tasks.naming import Recipe
         from ccci_tasks.platform.recipes import RecipeRepo
 
         recipes = Path(system.env["CCCI_RECIPES_DIR"])
-        latest = RecipeRepo(recipes / RECIPE, RECIPE).latest()
+        latest = RecipeRepo(recipes / RECIPE, Recipe(RECIPE)).latest()
         assert latest is not None
         pr = lanes.pr_commit(recipes / RECIPE, latest, "GREETING:-Hello from custom-html",
                              "GREETING:-Hello from the soak")

@@ -94,9 +94,10 @@ def _cold() -> str:
 
 
 def _report(run_id: str) -> Any:
+    from ccci_tasks.naming import RunId
     from ccci_tasks.state.reports import load_report
 
-    return load_report(_state(), run_id)
+    return load_report(_state(), RunId(run_id))
 
 
 def _fired(run_id: str) -> dict[str, Any] | None:
@@ -178,7 +179,7 @@ def test_paused_at_a_failpoint_is_dead_before_the_next_admission_and_never_acts(
     else:
         assert after == before
     # Nothing of the first acts after SIGCONT (it is dead; this proves it).
-    warm = naming.warm_domain(RECIPE, get_settings().base_domain)
+    warm = naming.warm_domain(naming.Recipe(RECIPE), get_settings().base_domain)
     events = EngineEvents(swarm, naming.stack_name(warm))
     try:
         with contextlib.suppress(ProcessLookupError):

@@ -74,9 +74,10 @@ def _reconciles() -> list[Any]:
 
 
 def _report(run_id: str) -> Any:
+    from ccci_tasks.naming import RunId
     from ccci_tasks.state.reports import load_report
 
-    return load_report(_state(), run_id)
+    return load_report(_state(), RunId(run_id))
 
 
 def _fired() -> dict[str, Any] | None:
@@ -149,7 +150,7 @@ def test_reconcile_paused_at_a_failpoint_is_dead_before_the_next_and_never_acts(
     fired = wait_until(_fired, WAIT_S, f"the start-up reconcile to reach {points}")
     pid, first = int(fired["pid"]), str(fired["run_id"])
     watch = PidWatch(pid)
-    second = str(uuid.uuid4())
+    second = naming.RunId(str(uuid.uuid4()))
     runner.submit(get_settings(), second, "reconcile", {"recipe": APP})
     try:
         wait_until(lambda: (_report(second) or None) and _report(second).finished, WAIT_S,
@@ -168,7 +169,7 @@ def test_reconcile_paused_at_a_failpoint_is_dead_before_the_next_and_never_acts(
     after = _known(swarm)
     assert after["intents"] == []
     events = EngineEvents(swarm, naming.stack_name(
-        naming.warm_domain(APP, get_settings().base_domain)))
+        naming.warm_domain(naming.Recipe(APP), get_settings().base_domain)))
     try:
         time.sleep(3)
     finally:

@@ -33,6 +33,7 @@ from ccci_tasks.errors import (
 from ccci_tasks.forge import outbox
 from ccci_tasks.forge.client import ForgeClient
 from ccci_tasks.forge.trigger import ACCESS_ALERT, TriggerRequest, act
+from ccci_tasks.naming import Recipe
 from ccci_tasks.platform import recipes
 from ccci_tasks.platform.recipes import HttpToken, RecipeRepo
 from ccci_tasks.state import alerts
@@ -334,7 +335,7 @@ def test_permission_404_tells_an_unknown_user_from_an_unseen_repository(
 def test_fetch_validates_before_git_runs(tmp_path: Path, url: str, source: str, dest: str,
                                          sha: str, needle: str) -> None:
     """Non-http(s) remotes, credentials, option-like refs and short shas are refused."""
-    repo = RecipeRepo(tmp_path / "nowhere", "custom-html")  # no repo: git would fail first
+    repo = RecipeRepo(tmp_path / "nowhere", Recipe("custom-html"))  # no repo: git would fail first
     with pytest.raises(InvalidInput, match=needle):
         repo.fetch(url, source, dest, sha)
 

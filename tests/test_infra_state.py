@@ -20,6 +20,8 @@ from ccci_tasks.state.infra import (
 )
 
 DOMAIN = "warm-keycloak.ci.localhost"
+KEYCLOAK = Recipe("keycloak")
+TRAEFIK = Recipe("traefik")
 
 
 def _state(**changes: object) -> InfraState:
@@ -33,26 +35,26 @@ def test_round_trip_and_layout(tmp_path: Path) -> None:
     """A written state reads back equal at <state>/infra/<app>.json with exactly its keys."""
     state = _state(status="held")
     path = write_infra(tmp_path, state)
-    assert path == infra_path(tmp_path, "keycloak") == tmp_path / "infra" / "keycloak.json"
-    assert read_infra(tmp_path, "keycloak") == state
+    assert path == infra_path(tmp_path, KEYCLOAK) == tmp_path / "infra" / "keycloak.json"
+    assert read_infra(tmp_path, KEYCLOAK) == state
     raw = json.loads(path.read_text())
     assert set(raw) == {"app", "domain", "current", "last_good", "status", "ts"}
     assert raw["ts"].endswith("Z")
     assert not list(path.parent.glob(".*tmp-*"))
-    assert infra_dir(tmp_path, "keycloak") == tmp_path / "infra" / "keycloak"
+    assert infra_dir(tmp_path, KEYCLOAK) == tmp_path / "infra" / "keycloak"
 
 
 def test_last_good_may_be_unknown(tmp_path: Path) -> None:
     """last_good is None until a version passed the health gate; it round-trips as null."""
     write_infra(tmp_path, _state(last_good=None, status="rolled-back"))
-    state = read_infra(tmp_path, "keycloak")
+    state = read_infra(tmp_path, KEYCLOAK)
     assert state is not None and state.last_good is None
-    assert json.loads(infra_path(tmp_path, "keycloak").read_text())["last_good"] is None
+    assert json.loads(infra_path(tmp_path, KEYCLOAK).read_text())["last_good"] is None
 
 
 def test_missing_state_is_none(tmp_path: Path) -> None:
     """No state file means the app was never reconciled, not an error."""
-    assert read_infra(tmp_path, "traefik") is None
+    assert read_infra(tmp_path, TRAEFIK) is None
     assert list_infra(tmp_path) == []
 
 
@@ -92,11 +94,11 @@ def test_write_validates_before_writing(tmp_path: Path, changes: dict[str, objec
 )
 def test_garbage_file_is_registry_error_naming_it(tmp_path: Path, content: str) -> None:
     """An unusable state file raises RegistryError naming the file."""
-    path = infra_path(tmp_path, "keycloak")
+    path = infra_path(tmp_path, KEYCLOAK)
     path.parent.mkdir(parents=True)
     path.write_text(content)
     with pytest.raises(RegistryError, match=str(path)):
-        read_infra(tmp_path, "keycloak")
+        read_infra(tmp_path, KEYCLOAK)
 
 
 def test_bad_app_name_refused_before_any_read(tmp_path: Path) -> None:
@@ -115,7 +117,7 @@ def test_list_infra_sorted_and_not_canonicals(tmp_path: Path) -> None:
                                  current="3.0.1+v3.1.1", last_good="3.0.0+v3.1.0",
                                  status="rolled-back"))
     write_infra(tmp_path, _state())
-    infra_dir(tmp_path, "keycloak").mkdir()  # the snapshot folder beside the file
+    infra_dir(tmp_path, KEYCLOAK).mkdir()  # the snapshot folder beside the file
     (tmp_path / "infra" / "Not An App.json").write_text("{}")
     assert [s.app for s in list_infra(tmp_path)] == ["keycloak", "traefik"]
     assert list_registries(tmp_path) == []

@@ -18,6 +18,7 @@ from conftest import TEST_ENV, Workers, flush_redis, ours, remove_ccci_objects
 from recipe_commits import GIT, make_commit
 from test_lanes import _wait, _wipe
 
+from ccci_tasks.naming import Recipe
 from ccci_tasks.state.reports import RunReport
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-RECIPE = "two-part"
+RECIPE = Recipe("two-part")
 COMPOSE = """\
 version: "3.8"
 services:

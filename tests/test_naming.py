@@ -40,12 +40,15 @@ from ccci_tasks.naming import (
 )
 from ccci_tasks.state.records import Record
 
-BASE = "ci.localhost"
+BASE = Domain("ci.localhost")
 recipes = st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,62}\Z")
-hexes = st.from_regex(r"\A[0-9a-f]{6}\Z")
-bases = st.sampled_from(["ci.localhost", "ci.commoninternet.net", "a.b", "x1.example.org"])
+parsed_recipes = recipes.map(Recipe)
+hexes = st.from_regex(r"\A[0-9a-f]{6}\Z").map(RunHex)
+bases = st.sampled_from(["ci.localhost", "ci.commoninternet.net", "a.b", "x1.example.org"]).map(
+    Domain
+)
 # Names a warm domain can be made of: no trailing '-'/'_', at most 58 characters.
-warm_recipes = st.from_regex(r"\A[a-z0-9]([a-z0-9_-]{0,56}[a-z0-9])?\Z")
+warm_recipes = st.from_regex(r"\A[a-z0-9]([a-z0-9_-]{0,56}[a-z0-9])?\Z").map(Recipe)
 
 
 # --- validators: tables -------------------------------------------------------------------
@@ -346,14 +349,14 @@ def test_every_recipe_regex_name_is_accepted(name: str) -> None:
 
 def test_domain_examples() -> None:
     """The documented examples of both schemes, including the prefix 'warm' → 'wrm'."""
-    assert warm_domain("keycloak", BASE) == "warm-keycloak.ci.localhost"
-    assert cold_domain("keycloak", "1a2b3c", BASE) == "keyc-1a2b3c.ci.localhost"
-    assert cold_domain("ab", "1a2b3c", BASE) == "ab-1a2b3c.ci.localhost"
-    assert cold_domain("my_app", "1a2b3c", BASE) == "my-a-1a2b3c.ci.localhost"
-    assert cold_domain("ab_x", "1a2b3c", BASE) == "ab-x-1a2b3c.ci.localhost"
-    assert cold_domain("abc-x", "1a2b3c", BASE) == "abc-1a2b3c.ci.localhost"
-    assert cold_domain("warmup", "1a2b3c", BASE) == "wrm-1a2b3c.ci.localhost"
-    assert cold_domain("warm-x", "abcdef", BASE) == "wrm-abcdef.ci.localhost"
+    assert warm_domain(Recipe("keycloak"), BASE) == "warm-keycloak.ci.localhost"
+    assert cold_domain(Recipe("keycloak"), RunHex("1a2b3c"), BASE) == "keyc-1a2b3c.ci.localhost"
+    assert cold_domain(Recipe("ab"), RunHex("1a2b3c"), BASE) == "ab-1a2b3c.ci.localhost"
+    assert cold_domain(Recipe("my_app"), RunHex("1a2b3c"), BASE) == "my-a-1a2b3c.ci.localhost"
+    assert cold_domain(Recipe("ab_x"), RunHex("1a2b3c"), BASE) == "ab-x-1a2b3c.ci.localhost"
+    assert cold_domain(Recipe("abc-x"), RunHex("1a2b3c"), BASE) == "abc-1a2b3c.ci.localhost"
+    assert cold_domain(Recipe("warmup"), RunHex("1a2b3c"), BASE) == "wrm-1a2b3c.ci.localhost"
+    assert cold_domain(Recipe("warm-x"), RunHex("abcdef"), BASE) == "wrm-abcdef.ci.localhost"
 
 
 def test_warm_looking_like_cold_is_warm() -> None:
@@ -391,27 +394,28 @@ def test_parse_domain_none_for_others(domain: str) -> None:
 def test_parse_domain_rejects_bad_base() -> None:
     """A bad base domain is an error, not a silent None."""
     with pytest.raises(InvalidInput, match="'CI'"):
-        parse_domain("warm-x.CI", "CI")
+        # parse_domain checks its base again itself: what it does with an unparsed one
+        parse_domain("warm-x.CI", "CI")  # type: ignore[arg-type]
 
 
 def test_warm_domain_limits() -> None:
     """A recipe whose warm label is no DNS label (too long, trailing '-') is InvalidInput."""
-    assert warm_domain("a" * 58, BASE) == f"warm-{'a' * 58}.{BASE}"
+    assert warm_domain(Recipe("a" * 58), BASE) == f"warm-{'a' * 58}.{BASE}"
     for recipe in ("a" * 59, "ab-", "ab_"):
         with pytest.raises(InvalidInput, match=re.escape(repr(recipe))):
-            warm_domain(recipe, BASE)
+            warm_domain(Recipe(recipe), BASE)
 
 
 @given(warm_recipes, bases)
-def test_warm_round_trip(recipe: str, base: str) -> None:
+def test_warm_round_trip(recipe: Recipe, base: Domain) -> None:
     """parse(warm_domain(r)) is warm with the recipe as label ('_' shown as '-')."""
     domain = warm_domain(recipe, base)
     assert validate_domain(domain) == domain
     assert parse_domain(domain, base) == ParsedDomain("warm", recipe.replace("_", "-"), None)
 
 
-@given(recipes, hexes, bases)
-def test_cold_round_trip(recipe: str, run: str, base: str) -> None:
+@given(parsed_recipes, hexes, bases)
+def test_cold_round_trip(recipe: Recipe, run: RunHex, base: Domain) -> None:
     """parse(cold_domain(r, hex)) is cold with the recipe's prefix and the same hex."""
     domain = cold_domain(recipe, run, base)
     parsed = parse_domain(domain, base)
@@ -422,8 +426,8 @@ def test_cold_round_trip(recipe: str, run: str, base: str) -> None:
     assert not prefix.endswith("-")
 
 
-@given(warm_recipes, recipes, hexes)
-def test_warm_and_cold_never_collide(warm_recipe: str, cold_recipe: str, run: str) -> None:
+@given(warm_recipes, parsed_recipes, hexes)
+def test_warm_and_cold_never_collide(warm_recipe: Recipe, cold_recipe: Recipe, run: RunHex) -> None:
     """No warm domain equals any cold domain, and each parses as its own kind."""
     warm = warm_domain(warm_recipe, BASE)
     cold = cold_domain(cold_recipe, run, BASE)
@@ -434,14 +438,14 @@ def test_warm_and_cold_never_collide(warm_recipe: str, cold_recipe: str, run: st
 
 
 @given(hexes)
-def test_hex_named_recipe_is_warm(run: str) -> None:
+def test_hex_named_recipe_is_warm(run: RunHex) -> None:
     """warm-<6hex> (a recipe named like a hex) always parses as warm, never as cold."""
-    parsed = parse_domain(warm_domain(run, BASE), BASE)
+    parsed = parse_domain(warm_domain(Recipe(run), BASE), BASE)
     assert parsed == ParsedDomain("warm", run, None)
 
 
-@given(recipes, hexes)
-def test_cold_label_never_reserved(recipe: str, run: str) -> None:
+@given(parsed_recipes, hexes)
+def test_cold_label_never_reserved(recipe: Recipe, run: RunHex) -> None:
     """Cold labels never hold '--' at positions 3-4 (reserved for IDNA-like labels)."""
     label = cold_domain(recipe, run, BASE).split(".")[0]
     assert label[2:4] != "--"
@@ -459,18 +463,19 @@ def test_parse_domain_total(text: str) -> None:
 
 def test_stack_name() -> None:
     """Dots become underscores and the name is cut to abra's 45 characters."""
-    assert stack_name("warm-keycloak.ci.example.org") == "warm-keycloak_ci_example_org"
-    long = "warm-" + "a" * 50 + ".ci.localhost"
+    assert stack_name(Domain("warm-keycloak.ci.example.org")) == "warm-keycloak_ci_example_org"
+    long = Domain("warm-" + "a" * 50 + ".ci.localhost")
     assert stack_name(long) == long.replace(".", "_")[:45]
     assert len(stack_name(long)) == MAX_STACK_NAME_LENGTH == 45
     with pytest.raises(InvalidInput):
-        stack_name("not a domain")
+        stack_name(Domain("not a domain"))
 
 
-@given(recipes, hexes)
-def test_cold_stacks_are_distinct_per_hex(recipe: str, run: str) -> None:
+@given(parsed_recipes, hexes)
+def test_cold_stacks_are_distinct_per_hex(recipe: Recipe, run: RunHex) -> None:
     """A cold stack name is never cut, so it keeps the run's hex."""
-    assert stack_name(cold_domain(recipe, run, "ci.commoninternet.net")).split("_")[0].endswith(run)
+    base = Domain("ci.commoninternet.net")
+    assert stack_name(cold_domain(recipe, run, base)).split("_")[0].endswith(run)
 
 
 # --- run hex and realms ---------------------------------------------------------------------
@@ -485,7 +490,7 @@ def test_new_run_hex() -> None:
 
 def test_realm_examples() -> None:
     """realm_name joins parent and hex; parse_realm splits only that exact shape."""
-    assert realm_name("ccci", "1a2b3c") == "ccci-1a2b3c"
+    assert realm_name("ccci", RunHex("1a2b3c")) == "ccci-1a2b3c"
     assert parse_realm("ccci-1a2b3c") == ("ccci", "1a2b3c")
     assert parse_realm("a-1a2b3c-abcdef") == ("a-1a2b3c", "abcdef")
     assert parse_realm("ccci-1a2b3c", parent="ccci") == ("ccci", "1a2b3c")
@@ -506,15 +511,15 @@ def test_realm_examples() -> None:
 def test_realm_name_rejects_bad_parts() -> None:
     """Bad parents, bad hexes and too-long results are InvalidInput naming the value."""
     with pytest.raises(InvalidInput, match="'Bad'"):
-        realm_name("Bad", "1a2b3c")
+        realm_name("Bad", RunHex("1a2b3c"))
     with pytest.raises(InvalidInput, match="'xyz'"):
-        realm_name("ccci", "xyz")
+        realm_name("ccci", RunHex("xyz"))
     with pytest.raises(InvalidInput, match="93"):
-        realm_name("a" * 94, "1a2b3c")
+        realm_name("a" * 94, RunHex("1a2b3c"))
 
 
 @given(st.from_regex(r"\A[a-z0-9][a-z0-9_-]{0,92}\Z"), hexes)
-def test_realm_round_trip(parent: str, run: str) -> None:
+def test_realm_round_trip(parent: str, run: RunHex) -> None:
     """parse_realm(realm_name(p, h)) == (p, h), and the result is a valid realm."""
     name = realm_name(parent, run)
     assert validate_realm(name) == name

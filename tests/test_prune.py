@@ -11,23 +11,24 @@ from ccci_tasks import constants as c
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import ConfigError
 from ccci_tasks.lanes.stale import plan_prune, prune_stale
-from ccci_tasks.naming import stack_name, warm_domain
+from ccci_tasks.naming import Domain, Recipe, stack_name, warm_domain
 from ccci_tasks.platform.base import AppInfo, Kind
 from ccci_tasks.state.canonical import Canonical, write_registry
 
 if TYPE_CHECKING:
     from docker import DockerClient
 
-BASE = "ci.localhost"
+BASE = Domain("ci.localhost")
 
 
 def _app(recipe: str, kind: Kind = "warm", deployed: bool = False, domain: str | None = None
          ) -> AppInfo:
-    domain = domain or warm_domain(recipe, BASE)
-    return AppInfo(domain, stack_name(domain), recipe, kind, None, deployed)
+    parsed = Domain(domain) if domain else warm_domain(Recipe(recipe), BASE)
+    return AppInfo(parsed, stack_name(parsed), recipe, kind, None, deployed)
 
 
-def _seed(state_dir: Path, recipe: str) -> Path:
+def _seed(state_dir: Path, name: str) -> Path:
+    recipe = Recipe(name)
     write_registry(state_dir, Canonical(recipe=recipe, domain=warm_domain(recipe, BASE),
                                         version="1.0.0+1.0", commit=None))
     snap = state_dir / recipe / "snapshot.x"
@@ -73,8 +74,8 @@ def test_prune_stale_on_the_swarm(settings: Settings, clean_swarm: DockerClient,
     from ccci_tasks.platform.swarm import SwarmPlatform
 
     platform = SwarmPlatform(settings)
-    volumes = {}
-    for recipe in ("custom-html", "old-app"):
+    volumes: dict[str, str] = {}
+    for recipe in (Recipe("custom-html"), Recipe("old-app")):
         _seed(state_dir, recipe)
         domain = warm_domain(recipe, settings.base_domain)
         stack = stack_name(domain)
@@ -87,7 +88,7 @@ def test_prune_stale_on_the_swarm(settings: Settings, clean_swarm: DockerClient,
 
     removed = prune_stale(settings, platform)
 
-    stale = warm_domain("old-app", settings.base_domain)
+    stale = warm_domain(Recipe("old-app"), settings.base_domain)
     assert removed == [f"app:{stale}", f"state:{state_dir / 'old-app'}"]
     assert not (state_dir / "old-app").exists()
     assert (state_dir / "custom-html" / "snapshot" / "data.tar").exists()

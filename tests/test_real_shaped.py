@@ -22,7 +22,7 @@ from test_swarm_platform import commit_on, replace_once
 
 from ccci_tasks import constants
 from ccci_tasks.errors import DeployFailed, InvalidInput, UncleanStop
-from ccci_tasks.naming import cold_domain, new_run_hex, stack_name
+from ccci_tasks.naming import Domain, Recipe, Ref, cold_domain, new_run_hex, stack_name
 from ccci_tasks.platform.envfile import set_keys
 from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.probes import reconverged
@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-RECIPE = "notes-pg"
+RECIPE = Recipe("notes-pg")
+BASE = Domain(TEST_BASE)
 CONVERGE_S = 180.0
 
 
@@ -45,9 +46,9 @@ def platform(swarm: DockerClient, example_recipes: Path) -> SwarmPlatform:
 
 
 @pytest.fixture(scope="module")
-def app(platform: SwarmPlatform) -> Iterator[tuple[str, Any]]:
+def app(platform: SwarmPlatform) -> Iterator[tuple[Domain, Any]]:
     """notes-pg deployed on fresh volumes; (domain, the state wait_converged returned)."""
-    domain = cold_domain(RECIPE, new_run_hex(), TEST_BASE)
+    domain = cold_domain(RECIPE, new_run_hex(), BASE)
     platform.new_app(RECIPE, domain, kind="cold", run=None)
     platform.deploy(domain)
     try:
@@ -56,14 +57,14 @@ def app(platform: SwarmPlatform) -> Iterator[tuple[str, Any]]:
         platform.remove(domain)
 
 
-def _served(platform: SwarmPlatform, domain: str) -> dict[str, Any]:
+def _served(platform: SwarmPlatform, domain: Domain) -> dict[str, Any]:
     response = httpx.get(platform.base_url(domain) + "/", headers={"Host": domain}, timeout=10,
                          trust_env=False)
     response.raise_for_status()
     return dict(response.json())
 
 
-def _secrets(platform: SwarmPlatform, domain: str) -> list[Any]:
+def _secrets(platform: SwarmPlatform, domain: Domain) -> list[Any]:
     found: list[Any] = platform.client.secrets.list(
         filters={"label": f"{constants.LABEL_DOMAIN}={domain}"})
     return found
@@ -73,13 +74,13 @@ def _service(state: Any, short: str) -> Any:
     return next(s for s in state.services if s.name.endswith("_" + short))
 
 
-def _set_env(platform: SwarmPlatform, domain: str, **values: str) -> None:
+def _set_env(platform: SwarmPlatform, domain: Domain, **values: str) -> None:
     path = platform.env_path(domain)
     path.write_text(set_keys(path.read_text(), values))
 
 
 def test_first_boot_in_start_order_converges(platform: SwarmPlatform,
-                                             app: tuple[str, Any]) -> None:
+                                             app: tuple[Domain, Any]) -> None:
     """The app exits while PostgreSQL's first boot runs (initdb, then loading) and is
     restarted; those failures are start order, not a crash loop: the deploy converges, the
     app serves its 5,000 notes at the newest migration, and it counts as reconverged."""
@@ -93,7 +94,7 @@ def test_first_boot_in_start_order_converges(platform: SwarmPlatform,
     assert [m["version"] for m in served["migrations"]] == [1, 2, 3]
 
 
-def test_secret_and_ports(platform: SwarmPlatform, app: tuple[str, Any]) -> None:
+def test_secret_and_ports(platform: SwarmPlatform, app: tuple[Domain, Any]) -> None:
     """One Docker secret `<stack>_db_password_v1`, labelled for the app and not for the
     stack (stack rm keeps it); its value (40 url-safe characters, as `# length=40` asks) is
     in a 0600 file beside the env file and nowhere else the platform writes; the database
@@ -117,7 +118,7 @@ def test_secret_and_ports(platform: SwarmPlatform, app: tuple[str, Any]) -> None
 
 
 def test_graceful_undeploy_is_clean_and_keeps_the_secret(platform: SwarmPlatform,
-                                                         app: tuple[str, Any]) -> None:
+                                                         app: tuple[Domain, Any]) -> None:
     """A graceful undeploy sees every container exit by itself (PostgreSQL's fast shutdown
     on SIGINT); the secret and its value stay, and the redeploy on the kept volume
     connects with it."""
@@ -135,7 +136,7 @@ def test_graceful_undeploy_is_clean_and_keeps_the_secret(platform: SwarmPlatform
 
 
 def test_a_failing_migration_is_a_crash_loop_once_the_stack_runs(
-    platform: SwarmPlatform, app: tuple[str, Any], example_recipes: Path
+    platform: SwarmPlatform, app: tuple[Domain, Any], example_recipes: Path
 ) -> None:
     """A head whose migration fails keeps the app failing although the database runs: red
     within three failures, naming the app and its last log lines."""
@@ -146,7 +147,7 @@ def test_a_failing_migration_is_a_crash_loop_once_the_stack_runs(
     head = commit_on(example_recipes / RECIPE, head, "abra.sh",
                      replace_once("MIGRATIONS_VERSION=v3", "MIGRATIONS_VERSION=v9"),
                      "bump the migrations config")
-    platform.deploy(domain, chaos_ref=head)
+    platform.deploy(domain, chaos_ref=Ref(head))
     started = time.monotonic()
     with pytest.raises(DeployFailed) as info:
         platform.wait_converged(domain, CONVERGE_S)
@@ -158,7 +159,7 @@ def test_a_failing_migration_is_a_crash_loop_once_the_stack_runs(
 
 
 def test_a_killed_database_is_an_unclean_stop(platform: SwarmPlatform,
-                                              app: tuple[str, Any]) -> None:
+                                              app: tuple[Domain, Any]) -> None:
     """A database that ignores its stop signal is killed after its grace period: the
     report names it, the grace period and the kill, and a snapshot would be refused."""
     domain, _ = app
@@ -177,7 +178,7 @@ def test_a_killed_database_is_an_unclean_stop(platform: SwarmPlatform,
 
 
 def test_remove_takes_the_secret_and_its_value(platform: SwarmPlatform,
-                                               app: tuple[str, Any]) -> None:
+                                               app: tuple[Domain, Any]) -> None:
     """remove deletes the Docker secret, the values file, the configs and the volume."""
     domain, _ = app
     platform.remove(domain)
@@ -193,13 +194,13 @@ def test_remove_takes_the_secret_and_its_value(platform: SwarmPlatform,
 
 
 @pytest.fixture
-def fresh(platform: SwarmPlatform) -> Iterator[str]:
-    domain = cold_domain(RECIPE, new_run_hex(), TEST_BASE)
+def fresh(platform: SwarmPlatform) -> Iterator[Domain]:
+    domain = cold_domain(RECIPE, new_run_hex(), BASE)
     yield domain
     platform.remove(domain)
 
 
-def _nothing_deployed(platform: SwarmPlatform, domain: str) -> None:
+def _nothing_deployed(platform: SwarmPlatform, domain: Domain) -> None:
     assert not platform.deployed(domain).is_deployed
     assert _secrets(platform, domain) == []
     assert not platform.secrets_path(domain).exists()
@@ -227,7 +228,7 @@ def _line(repo: Path, ref: str, path: str, text: str) -> int:
     ],
 )
 def test_deploy_refuses_before_anything_deploys(
-    platform: SwarmPlatform, fresh: str, example_recipes: Path, path: str, old: str, new: str,
+    platform: SwarmPlatform, fresh: Domain, example_recipes: Path, path: str, old: str, new: str,
     expected: str,
 ) -> None:
     """A compose file naming a secret the env does not declare, or a config file from outside
@@ -237,7 +238,7 @@ def test_deploy_refuses_before_anything_deploys(
     head = commit_on(repo, "1.2.0+1.2", path, replace_once(old, new), "break the recipe")
     platform.new_app(RECIPE, fresh, kind="cold", run=None)
     with pytest.raises(InvalidInput, match=expected.format(line=_line(repo, head, path, new))):
-        platform.deploy(fresh, chaos_ref=head)
+        platform.deploy(fresh, chaos_ref=Ref(head))
     _nothing_deployed(platform, fresh)
     _set_env(platform, fresh, COMPOSE_FILE="compose.yml:compose.db.yml:compose.smtp.yml")
     line = _line_of(platform.env_path(fresh), "COMPOSE_FILE=")
@@ -266,7 +267,7 @@ def _line_of(path: Path, text: str) -> int:
     ],
 )
 def test_new_app_refuses_a_malformed_env_sample(
-    platform: SwarmPlatform, fresh: str, example_recipes: Path, tmp_path: Path, old: str,
+    platform: SwarmPlatform, fresh: Domain, example_recipes: Path, tmp_path: Path, old: str,
     new: str, expected: str,
 ) -> None:
     """A malformed .env.sample line, or a COMPOSE_FILE naming a file the recipe lacks, is

@@ -128,9 +128,10 @@ def reconciles() -> list[Any]:
 
 
 def infra_state(app: str) -> Any:
+    from ccci_tasks.naming import Recipe
     from ccci_tasks.state.infra import read_infra
 
-    return read_infra(state_dir(), app)
+    return read_infra(state_dir(), Recipe(app))
 
 
 def services(swarm: DockerClient, app: str) -> list[Any]:
@@ -386,6 +387,7 @@ def test_dependent_run_and_reconcile_never_overlap_and_realms_come_and_go(
     reconcile: they never run at the same time; the overlay test saw CCCI_REALM and its
     realm; the realm is gone after the run, pass or fail."""
     from ccci_tasks.lanes.model import run_hex
+    from ccci_tasks.naming import RunId
     from ccci_tasks.runs import wait
     from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks import cold_run, quick_run, warm_reconcile
@@ -398,7 +400,7 @@ def test_dependent_run_and_reconcile_never_overlap_and_realms_come_and_go(
                       "pr-sso")
     overlap: list[str] = []
     stop = threading.Event()
-    ids: dict[str, str] = {}
+    ids: dict[str, RunId] = {}
 
     def watch() -> None:
         while not stop.is_set():
@@ -410,8 +412,8 @@ def test_dependent_run_and_reconcile_never_overlap_and_realms_come_and_go(
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    ids["quick"] = quick_run.delay(SSO, sha).id
-    ids["reconcile"] = warm_reconcile.delay("keycloak").id
+    ids["quick"] = RunId(quick_run.delay(SSO, sha).id)
+    ids["reconcile"] = RunId(warm_reconcile.delay("keycloak").id)
     try:
         quick = wait(ids["quick"], 300)
         rec = wait(ids["reconcile"], 300)
@@ -447,12 +449,13 @@ def test_realm_reaper_deletes_exactly_the_dead_runs_realms(infra: Infra) -> None
     from ccci_tasks.admission import RunSpec, Slots
     from ccci_tasks.config import get_settings
     from ccci_tasks.lanes.model import run_hex
+    from ccci_tasks.naming import Recipe, RunId
 
     infra.workers.kill("beat")  # no janitor round admits the queued runs meanwhile
     slots = Slots.from_settings(get_settings())
-    queued = [str(uuid.uuid4()) for _ in range(50)]
+    queued = [RunId(str(uuid.uuid4())) for _ in range(50)]
     for run_id in queued:
-        slots.enqueue(RunSpec(run_id, "cold", "held-back"))
+        slots.enqueue(RunSpec(run_id, "cold", Recipe("held-back")))
     live = {f"app{i}-{run_hex(r)}" for i, r in enumerate(queued)}
     dead: set[str] = set()
     while len(dead) < 900:

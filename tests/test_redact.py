@@ -11,6 +11,7 @@ from typing import Any, cast
 from pydantic import SecretStr
 
 from ccci_tasks.config import Settings
+from ccci_tasks.naming import Domain, RunId
 from ccci_tasks.redact import MASK, Redactor, for_run, settings_secrets
 from ccci_tasks.state import outputs
 from ccci_tasks.state.outputs import MAX_STEP_OUTPUT_CHARS, StepOutput, cap
@@ -54,14 +55,14 @@ def test_app_secrets_come_from_the_platform() -> None:
     platform = SimpleNamespace(secret_values=lambda domain: [app_secret]
                                if domain == "demo-1a2b3c.ci.example" else [])
     settings = _settings(forge_token=SecretStr("tok-0987654321"))
-    redactor = for_run(settings, cast(Any, platform), ["demo-1a2b3c.ci.example", None])
+    redactor = for_run(settings, cast(Any, platform), [Domain("demo-1a2b3c.ci.example"), None])
     assert redactor.text(f"db password {app_secret}; token tok-0987654321") == \
         "db password ***; token ***"
 
     def broken(domain: str) -> list[str]:
         raise OSError("engine down")
 
-    partial = for_run(settings, cast(Any, SimpleNamespace(secret_values=broken)), ["x.y"])
+    partial = for_run(settings, cast(Any, SimpleNamespace(secret_values=broken)), [Domain("x.y")])
     assert partial.text("tok-0987654321") == MASK
 
 
@@ -77,7 +78,7 @@ def test_step_output_is_redacted_whole_and_capped(tmp_path: Path) -> None:
     # the raw cut lands inside the line with the secret: that whole line goes
     out.section("service logs", secret[5:] + "\n" + huge)
     out.section("result", f"failed: {secret}")
-    run_id = str(uuid.uuid4())
+    run_id = RunId(str(uuid.uuid4()))
     path = outputs.keep(tmp_path, run_id, "overlay_custom", "t-1", False, out,
                         Redactor([secret]))
     text = path.read_text()

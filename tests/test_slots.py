@@ -21,7 +21,7 @@ from redis.retry import Retry
 from ccci_tasks import constants as c
 from ccci_tasks.admission import KEY_EXPIRED, KEY_REAPING, Resource, RunSpec, Slots, keep_alive
 from ccci_tasks.errors import BrokerError, InvalidInput
-from ccci_tasks.naming import RunId
+from ccci_tasks.naming import Recipe, Ref, RunId
 
 
 class FakeClock:
@@ -42,15 +42,19 @@ class FakeClock:
 
 def run(lane: str = "cold", recipe: str = "app", *resources: str,
         ref: str | None = None) -> RunSpec:
-    return RunSpec(str(uuid.uuid4()), lane, recipe, ref=ref,
+    return RunSpec(new_run_id(), lane, Recipe(recipe), ref=None if ref is None else Ref(ref),
                    resources=tuple(map(Resource.parse, resources or ("slot",))))
+
+
+def new_run_id() -> RunId:
+    return RunId(str(uuid.uuid4()))
 
 
 def ids(specs: list[RunSpec]) -> list[str]:
     return [s.run_id for s in specs]
 
 
-def tok(slots: Slots, run_id: str) -> int:
+def tok(slots: Slots, run_id: RunId) -> int:
     spec = slots.spec(run_id)
     assert spec is not None
     return spec.token
@@ -395,8 +399,8 @@ def test_reaped_run_keeps_its_canonical(client: redis.Redis, clock: FakeClock) -
 def test_janitor_hold(client: redis.Redis, clock: FakeClock) -> None:
     """While the janitor holds a slot and a canonical, runs needing them wait."""
     slots = Slots(client, max_tests=1, ttl_s=10, clock=clock)
-    hold = str(uuid.uuid4())
-    slots.hold(hold, "r", [Resource.slot(), Resource.canon("r")])
+    hold = new_run_id()
+    slots.hold(hold, Recipe("r"), [Resource.slot(), Resource.canon("r")])
     a = slots.enqueue(run("quick", "r", "slot", "canon:r"))
     assert slots.admit() == []
     assert [x.state for x in slots.occupying()] == ["reaping"]
@@ -486,7 +490,7 @@ def test_keep_alive_reports_a_lost_lease(client: redis.Redis) -> None:
 def test_keep_alive_interval_checked(client: redis.Redis) -> None:
     """An interval at or above the ttl is refused: the lease would lapse between renewals."""
     slots = Slots(client, max_tests=1, ttl_s=5)
-    run_id = str(uuid.uuid4())
+    run_id = new_run_id()
     with pytest.raises(InvalidInput, match="below the lease ttl"), \
             keep_alive(slots, run_id, 1, 5):
         pass
@@ -497,13 +501,13 @@ def test_keep_alive_interval_checked(client: redis.Redis) -> None:
 
 def test_spec_json_roundtrip() -> None:
     """A spec survives to_json/from_json unchanged; version tags are refs."""
-    spec = RunSpec(str(uuid.uuid4()), "quick", "keycloak", ref="pr/12",
+    spec = RunSpec(new_run_id(), "quick", Recipe("keycloak"), ref=Ref("pr/12"),
                    resources=(Resource.slot(), Resource.canon("keycloak"),
                               Resource.infra("keycloak", exclusive=False)),
-                   parent=str(uuid.uuid4()), enqueued_at=12.5, token=3)
+                   parent=new_run_id(), enqueued_at=12.5, token=3)
     assert RunSpec.from_json(spec.to_json()) == spec
     assert spec.canonical == "keycloak"
-    versioned = RunSpec(str(uuid.uuid4()), "cold", "keycloak", ref="10.1.0+26.0.5")
+    versioned = RunSpec(new_run_id(), "cold", Recipe("keycloak"), ref=Ref("10.1.0+26.0.5"))
     assert RunSpec.from_json(versioned.to_json()) == versioned
 
 
@@ -619,7 +623,7 @@ def test_enqueue_idempotent(client: redis.Redis, clock: FakeClock) -> None:
     assert slots.enqueue(spec) == first
     assert ids(slots.pending()) == [spec.run_id]
     with pytest.raises(InvalidInput, match="different spec"):
-        slots.enqueue(RunSpec(spec.run_id, "cold", "r"))
+        slots.enqueue(RunSpec(spec.run_id, "cold", Recipe("r")))
     assert ids(slots.admit()) == [spec.run_id]
     assert slots.enqueue(spec).run_id == spec.run_id
     assert slots.pending() == []
@@ -684,7 +688,7 @@ def test_from_settings_hides_password() -> None:
     slots = Slots.from_settings(settings)
     assert (slots.max_tests, slots.ttl_s) == (2, 30.0)
     with pytest.raises(BrokerError, match=f"127.0.0.1:{port}/3") as info:
-        slots.renew(str(uuid.uuid4()), 1)
+        slots.renew(new_run_id(), 1)
     assert "hunter2pw" not in str(info.value)
 
 

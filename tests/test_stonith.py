@@ -22,10 +22,11 @@ from conftest import REPO
 
 from ccci_tasks import failpoints, stonith
 from ccci_tasks.errors import ConfigError
+from ccci_tasks.naming import Domain, Recipe, RunId
 from ccci_tasks.state import intents
 
-RUN = "0f1e2d3c-0000-4000-8000-000000000001"
-OTHER = "0f1e2d3c-0000-4000-8000-000000000002"
+RUN = RunId("0f1e2d3c-0000-4000-8000-000000000001")
+OTHER = RunId("0f1e2d3c-0000-4000-8000-000000000002")
 
 
 # --------------------------------------------------------------------------- failpoints
@@ -203,9 +204,9 @@ def test_holding_records_the_step_and_tags_its_commands(state_dir: Path) -> None
 # --------------------------------------------------------------------------- intent owners
 
 
-def _intent(run_id: str, token: int) -> intents.Intent:
+def _intent(run_id: RunId, token: int) -> intents.Intent:
     return intents.Intent(resource="canon:custom-html", kind="dirty", run_id=run_id,
-                          domain="warm-custom-html.t.localhost", token=token)
+                          domain=Domain("warm-custom-html.t.localhost"), token=token)
 
 
 def test_intent_records_change_only_by_their_owner(state_dir: Path) -> None:
@@ -265,7 +266,7 @@ def test_a_dead_run_last_held_on_another_node_waits_for_that_nodes_janitor(
     platform = get_platform(settings)
 
     def dead_run(node: str) -> str:
-        spec = slots.enqueue(RunSpec(str(uuid.uuid4()), "cold", "custom-html",
+        spec = slots.enqueue(RunSpec(RunId(str(uuid.uuid4())), "cold", Recipe("custom-html"),
                                      resources=(Resource.slot(),)))
         (admitted,) = slots.admit()
         assert slots.renew(spec.run_id, admitted.token, f"{node} 1 1")

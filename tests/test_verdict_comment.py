@@ -12,6 +12,7 @@ from web_support import FakeStep, make_run, saved_report
 from ccci_tasks import atomic
 from ccci_tasks.config import Settings
 from ccci_tasks.forge import hooks, messages, outbox
+from ccci_tasks.naming import RunId
 from ccci_tasks.state.reports import RunReport
 
 TOKEN = "tok-" + uuid.uuid4().hex
@@ -23,7 +24,7 @@ def _settings(state: Path) -> Settings:
 
 
 def _red(state: Path, verdict: str = "fail") -> RunReport:
-    run_id = str(uuid.uuid4())
+    run_id = RunId(str(uuid.uuid4()))
     output = "\n".join(f"log {n}" for n in range(100)) + "\nE   assert ```x``` == 'y'\n" + TOKEN
     make_run(state, run_id, [FakeStep("admit"), FakeStep("overlay_custom", ok=False,
                                                           output=output, detail="failed")],
@@ -56,7 +57,7 @@ def test_a_red_run_from_a_pr_gets_one_comment(tmp_path: Path) -> None:
 
 def test_green_runs_and_runs_without_a_pr_get_no_comment(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    green = str(uuid.uuid4())
+    green = RunId(str(uuid.uuid4()))
     make_run(tmp_path, green, [FakeStep("admit")])
     hooks.remember_pull(tmp_path, green, "recipes", "custom-html", 6)
     hooks._finished(settings, saved_report(tmp_path, green))

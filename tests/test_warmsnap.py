@@ -23,7 +23,7 @@ from ccci_tasks import constants as c
 from ccci_tasks import snapshots
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import IntegrityError, SnapshotError, SnapshotRefused, UnsafeArchive
-from ccci_tasks.naming import stack_name, warm_domain
+from ccci_tasks.naming import Domain, Recipe, stack_name, warm_domain
 from ccci_tasks.platform.base import VolumeInfo
 from ccci_tasks.platform.swarm import SwarmPlatform
 from ccci_tasks.snapshots.tarcheck import check_members
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
 REPO = Path(__file__).resolve().parent.parent
-RECIPE = "snaptest"
-BASE = os.environ["CCCI_BASE_DOMAIN"]  # set by conftest: cleanup removes only its objects
+RECIPE = Recipe("snaptest")
+BASE = Domain(os.environ["CCCI_BASE_DOMAIN"])  # set by conftest: cleanup removes only its objects
 DOMAIN = warm_domain(RECIPE, BASE)
 VERSION = "1.0.0+1.0"
 MIB = 1 << 20
@@ -117,7 +117,7 @@ def tree_hashes(root: Path) -> dict[str, str]:
     return found
 
 
-def make_volume(client: DockerClient, domain: str = DOMAIN, name: str = "data") -> Path:
+def make_volume(client: DockerClient, domain: Domain = DOMAIN, name: str = "data") -> Path:
     """A local Docker volume of ``domain``'s stack, labelled as the platform expects."""
     stack = stack_name(domain)
     volume = client.volumes.create(
@@ -305,7 +305,7 @@ def test_new_snapshot_replaces_old_atomically(platform: SwarmPlatform, clean_swa
         os.readlink(root / "snapshot")]
 
 
-def wait_serving(platform: SwarmPlatform, domain: str, timeout_s: float = 120) -> None:
+def wait_serving(platform: SwarmPlatform, domain: Domain, timeout_s: float = 120) -> None:
     """Wait until the app answers /version.txt (its boot has written to the volume)."""
     import httpx
 
@@ -326,7 +326,7 @@ def wait_serving(platform: SwarmPlatform, domain: str, timeout_s: float = 120) -
 def test_refused_while_deployed(platform: SwarmPlatform, settings: Settings,
                                 state_dir: Path) -> None:
     """With the example recipe deployed, snapshot and restore refuse and change nothing."""
-    recipe, version = "custom-html", "1.0.0+1.0"
+    recipe, version = Recipe("custom-html"), "1.0.0+1.0"
     domain = warm_domain(recipe, settings.base_domain)
     platform.new_app(recipe, domain, version, kind="warm", run=None)
     try:
