@@ -43,6 +43,7 @@ class Record(BaseModel):
 
 
 R = TypeVar("R", bound=Record)
+M = TypeVar("M", bound=BaseModel)  # any pydantic model kept as a file (a Record, a run report)
 N = TypeVar("N", bound=str)  # a record's name: a value type such as ``Recipe``
 
 
@@ -64,8 +65,8 @@ def problems(exc: ValidationError) -> str:
     return "; ".join(found)
 
 
-def read(path: Path, model: type[R], *, what: str,
-         error: type[StateError] = StateError) -> R | None:
+def read(path: Path, model: type[M], *, what: str,
+         error: type[StateError] = StateError) -> M | None:
     """The record in ``path``, ``None`` when there is no such file; ``error`` naming the
     file when it cannot be read or holds no valid ``model``."""
     try:

@@ -27,6 +27,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 import ccci_tasks.atomic as atomic
 from ccci_tasks.errors import InvalidInput, StateError
 from ccci_tasks.naming import Domain, Recipe, Ref, RunId
+from ccci_tasks.state import records
 from ccci_tasks.state.clock import utc_now
 
 log = logging.getLogger(__name__)
@@ -131,16 +132,7 @@ def _locked(state_dir: Path) -> Iterator[None]:
 
 
 def _read(path: Path) -> RunReport | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StateError(f"{path}: unreadable run report: {exc}") from exc
-    try:
-        return RunReport.model_validate_json(text)
-    except ValidationError as exc:
-        raise StateError(f"{path}: invalid run report: {exc}") from exc
+    return records.read(path, RunReport, what="run report")
 
 
 def _write(state_dir: Path, report: RunReport) -> None:
