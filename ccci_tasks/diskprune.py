@@ -11,15 +11,20 @@ The gates (all must be open, else nothing at all is removed):
 * the disk holding ``CCCI_PRUNE_PATH`` is used at or above ``CCCI_PRUNE_THRESHOLD_PCT``;
 * no run of this system is in flight (the caller names them, from the run slots);
 * no service on the engine is converging (any stack: running != desired replicas, or an update
-  that has not settled), since a deploy in progress may be about to use an image. A service
-  that has been in that state with no task or spec change for ``STUCK_AFTER`` is stuck, not
-  converging (e.g. its task exited 0 under an on-failure restart policy when the engine
-  restarted, so nothing will ever start it again): it is named in the reason and does not
-  hold the prune back forever. Nor does a service whose tasks crash-loop (``CRASH_LOOP_FAILURES``
-  tasks failed or rejected since its spec last changed that count by the start-order rule of
-  ``platform.startorder``, the rule ``wait_converged`` fails a deploy by): its restarts change
-  its tasks all the time, yet it converges to nothing. An app restarting while its database
-  boots is converging, not crash-looping, and holds the prune back like any deploy.
+  that has not settled), since a deploy in progress may be about to use an image. Three
+  kinds of service off their desired state are stuck, not converging: they are named in the
+  reason and do not hold the prune back forever:
+
+  - one the orchestrator will never start: settled, no task of it wanted up
+    (``ServiceState.wanted``), unchanged for ``IDLE_GRACE`` (its task exited 0 under an
+    on-failure restart policy, e.g. when the engine was stopped, and a restart of the engine
+    touched the service but starts nothing);
+  - one whose tasks crash-loop (``CRASH_LOOP_FAILURES`` tasks failed or rejected since its
+    spec last changed that count by the start-order rule of ``platform.startorder``, the rule
+    ``wait_converged`` fails a deploy by): its restarts change its tasks all the time, yet
+    it converges to nothing. An app restarting while its database boots is converging, not
+    crash-looping, and holds the prune back like any deploy;
+  - one with no task or spec change for ``STUCK_AFTER``.
 
 What goes (the disk is the host's, so engine-wide), each older than ``CCCI_PRUNE_MIN_AGE_H``:
 
@@ -61,6 +66,7 @@ from ccci_tasks.platform.base import (
 )
 
 __all__ = [
+    "IDLE_GRACE",
     "STUCK_AFTER",
     "BuildCacheFact",
     "ContainerFact",
@@ -82,6 +88,12 @@ BUILD_CACHE_SKIPPED_TYPES: Final = ("internal", "frontend")  # kept by a prune w
 # A service off its desired state with no task or spec change for this long is stuck, not
 # converging (no deploy in progress holds an image for half an hour without a task change).
 STUCK_AFTER: Final = timedelta(minutes=30)
+# A settled service off its desired state with no task the orchestrator still wants up will
+# never be started (its last task ended and the restart policy says no more; a restart that
+# waits out its delay keeps a task wanted, in state ``ready``). It is stuck once neither it
+# nor its tasks changed for this long (a service just created has its tasks a moment later;
+# an engine restart touches every service).
+IDLE_GRACE: Final = timedelta(seconds=60)
 
 
 # --------------------------------------------------------------------------- facts
@@ -142,6 +154,9 @@ def _gates(facts: Facts, now: datetime) -> tuple[bool, str]:
         if service.failed_tasks >= CRASH_LOOP_FAILURES:  # counted since its spec changed
             stuck.append(f"{off[:-1]}, crash-looping: {service.failed_tasks} tasks failed "
                          "since its last update)")
+        elif (service.wanted == 0 and service.settled
+              and (changed is None or now - changed > IDLE_GRACE)):
+            stuck.append(f"{off[:-1]}, nothing will start it: no task is wanted running)")
         elif changed is not None and now - changed > STUCK_AFTER:
             minutes = int((now - changed).total_seconds() // 60)
             stuck.append(f"{off[:-1]}, no change for {minutes} min)")

@@ -28,6 +28,7 @@ from docker.types import Mount
 
 from ccci_tasks.config import Settings
 from ccci_tasks.diskprune import (
+    IDLE_GRACE,
     STUCK_AFTER,
     PrunePlan,
     act,
@@ -451,6 +452,45 @@ def test_a_crash_looping_service_does_not_hold_the_prune(
         converging, _, stuck = result.why.partition("(stuck, not waited for:")
         assert name not in converging, result.why
         assert f"{name} (0/1 running, crash-looping: " in stuck, result.why
+    finally:
+        service.remove()
+
+
+@pytest.mark.docker
+def test_a_service_whose_task_ended_under_on_failure_does_not_hold_the_prune(
+    swarm: DockerClient, live_service: tuple[str, str, str], prune_env: PruneEnv
+) -> None:
+    """A task that exits 0 under an on-failure restart policy is never started again (as after
+    an engine restart stopped it): the engine shows no task wanted up, and a minute after its
+    last change the plan names it stuck instead of waiting half an hour for it."""
+    from docker.types import RestartPolicy
+
+    hexid, repo, _ = live_service
+    name = f"ccci-prune-done-{hexid}"
+    settings = prune_env(CCCI_PRUNE_THRESHOLD_PCT=below_use(), CCCI_PRUNE_MIN_AGE_H="0")
+    service = swarm.services.create(
+        f"{repo}:live", command=["/bin/sh", "-c", "exit 0"], name=name,
+        labels={TEST_LABEL: hexid}, container_labels={TEST_LABEL: hexid},
+        restart_policy=RestartPolicy(condition="on-failure", delay=100_000_000),
+    )
+    try:
+        deadline = time.monotonic() + CONVERGE_S
+        state = None
+        while time.monotonic() < deadline:
+            facts = observe(settings, engine(swarm), [])
+            state = next((s for s in facts.services if s.name == name), None)
+            if state is not None and state.wanted == 0:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"{name}: still a task wanted up after {CONVERGE_S} s: {state}")
+        assert (state.running, state.desired, state.failed_tasks) == (0, 1, 0), state
+        changed = facts.service_changed[name]
+        assert plan(facts, 0, changed + timedelta(seconds=5)).why.count(f"{name} (0/1 running)")
+        later = plan(facts, 0, changed + IDLE_GRACE + timedelta(seconds=1))
+        converging, _, stuck = later.why.partition("(stuck, not waited for:")
+        assert name not in converging, later.why
+        assert f"{name} (0/1 running, nothing will start it" in stuck, later.why
     finally:
         service.remove()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ccci_tasks.diskprune import (
+    IDLE_GRACE,
     STUCK_AFTER,
     BuildCacheFact,
     ContainerFact,
@@ -52,9 +53,9 @@ def cache(cid: str, *, last_used_h: float | None = 48, created_h: float = 48, si
 
 
 def svc(name: str, running: int = 1, desired: int = 1, update: str | None = None,
-        failed: int = 0) -> ServiceState:
+        failed: int = 0, wanted: int | None = None) -> ServiceState:
     return ServiceState(name=name, desired=desired, running=running, image="x:1",
-                        update_state=update, failed_tasks=failed)
+                        update_state=update, failed_tasks=failed, wanted=wanted)
 
 
 def facts(**changes: object) -> Facts:
@@ -130,6 +131,29 @@ def test_a_stuck_service_is_named_and_does_not_hold_the_prune() -> None:
     paused = svc("p_app", update="paused")
     assert plan(facts(services=(paused,), service_changed={"p_app": NOW - stuck_for}),
                 DAY_H, NOW).allowed
+
+
+def test_a_service_nothing_will_start_does_not_hold_the_prune_after_a_minute() -> None:
+    """A settled service off its desired state with no task wanted up (its task exited 0 under
+    on-failure, then the engine restarted and touched the service) will never converge: a
+    minute after its last change it is named as stuck and the prune goes ahead. Within that
+    minute, with a task still wanted (a restart waiting out its delay), with the count
+    unknown, or with an update in progress, it holds the prune back."""
+    dead = svc("infra_app", running=0, wanted=0)
+    later = NOW - IDLE_GRACE - timedelta(seconds=1)
+    result = plan(facts(services=(dead,), service_changed={"infra_app": later}), DAY_H, NOW)
+    assert result.allowed, result.why
+    assert ("stuck, not waited for: infra_app (0/1 running, nothing will start it: no task is "
+            "wanted running)") in result.why
+    assert result.images == ("sha256:dangling",)
+    for held_by, changed in ((dead, NOW - timedelta(seconds=5)),
+                             (svc("infra_app", running=0, wanted=1), later),
+                             (svc("infra_app", running=0), later),
+                             (svc("infra_app", running=0, wanted=0, update="updating"), later)):
+        held = plan(facts(services=(held_by,), service_changed={"infra_app": changed}),
+                    DAY_H, NOW)
+        assert not held.allowed, held_by
+        assert "service(s) converging: infra_app" in held.why
 
 
 def test_a_crash_looping_service_is_named_and_does_not_hold_the_prune() -> None:

@@ -46,6 +46,10 @@ class ServiceState:
     failed_tasks: int = 0
     tasks: tuple[TaskRef, ...] = ()  # the running tasks of the current spec
     start_failures: int = 0  # failed since the deploy while another service was starting
+    # Tasks the orchestrator still wants up (desired state ``ready`` or ``running``, whatever
+    # their current state); None when not observed. 0 while off the desired state means
+    # nothing will start it (e.g. its task exited 0 under an on-failure restart policy).
+    wanted: int | None = None
 
     @property
     def settled(self) -> bool:

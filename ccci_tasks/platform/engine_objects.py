@@ -42,6 +42,9 @@ __all__ = [
 MIN_BUILD_PRUNE_API: Final = "1.39"  # filters on POST /build/prune
 MIN_SERVICE_STATUS_API: Final = "1.41"  # GET /services?status=true
 _NO_TAG: Final = "<none>:<none>"
+# Desired states of a task the orchestrator will (still) start: ``ready`` while a restart
+# waits out its delay, ``running`` otherwise (swarmkit api/types.proto, TaskState).
+WANTED_STATES: Final = frozenset({"ready", "running"})
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)  # a time Docker left unset
 
 
@@ -132,6 +135,7 @@ def _services(
             running=running,
             image=str(image).split("@", 1)[0],
             update_state=update.get("State") or None,
+            wanted=sum(1 for t in mine if t.get("DesiredState") in WANTED_STATES),
         ))
     counts = {name: count for members in stacks.values()
               for name, count in counted_failures(members).items()}
