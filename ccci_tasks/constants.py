@@ -28,6 +28,10 @@ KEY_SLOTS: Final = REDIS_PREFIX + "slots:leases"  # zset run_id -> lease expiry 
 KEY_PENDING: Final = REDIS_PREFIX + "slots:pending"  # list of run ids, FIFO
 KEY_RUN_SPEC: Final = REDIS_PREFIX + "run:"  # + run_id -> hash {lane, recipe, ref, ...}
 KEY_FENCE: Final = REDIS_PREFIX + "slots:fence"  # counter: fencing tokens only grow
+# Several hosts (R15): zset node -> its last beat (server seconds), and + node -> hash of
+# what it publishes (max_tests, live apps, canonicals, workers, seen); see nodes.py.
+KEY_NODES: Final = REDIS_PREFIX + "nodes"
+KEY_NODE: Final = REDIS_PREFIX + "node:"
 KEY_DELIVERIES: Final = REDIS_PREFIX + "deliveries:"  # + run_id:step -> deliveries of a step
 KEY_RELAY_DONE: Final = REDIS_PREFIX + "relay:done:"  # + alert id[:target] -> 1 (idempotency)
 KEY_RELAY_LOCK: Final = REDIS_PREFIX + "relay:lock:"  # + alert id -> token (one relay)

@@ -22,7 +22,8 @@ from ccci_tasks import broker
 from ccci_tasks import constants as c
 from ccci_tasks.admission.resources import Resource
 from ccci_tasks.admission.scripts import KEY_PARKED, Scripts
-from ccci_tasks.admission.spec import Lease, RunSpec
+from ccci_tasks.admission.spec import NODE_RE, Lease, RunSpec
+from ccci_tasks.constants import KEY_NODE, KEY_NODES
 from ccci_tasks.errors import BrokerError, InvalidInput
 from ccci_tasks.naming import Recipe, RunId
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_NODE: Final = "local"  # a client built without settings (tests, tools)
 _LIVE_RE: Final = re.compile(r"cold:[0-9a-f]{6}|warm:[a-z0-9][a-z0-9_-]{0,62}")
 
 
@@ -53,6 +55,7 @@ class Slots:
         clock: Callable[[], float] | None = None,
         *,
         start_grace_s: float | None = None,
+        node: str = DEFAULT_NODE,
     ) -> None:
         if isinstance(max_tests, bool) or not isinstance(max_tests, int) or max_tests < 1:
             raise InvalidInput(f"max_tests {max_tests!r} is invalid: it must be an int >= 1")
@@ -66,6 +69,9 @@ class Slots:
         self._max_tests = max_tests
         self._ttl_s = float(ttl_s)
         self._grace_s = float(start_grace_s) if start_grace_s is not None else self._ttl_s
+        if not isinstance(node, str) or not NODE_RE.fullmatch(node):
+            raise InvalidInput(f"node {node!r} is invalid: expected 1-63 of [a-z0-9-] (CCCI_NODE)")
+        self._node = node
         self._clock = clock
         self._scripts = Scripts(client)
 
@@ -74,7 +80,12 @@ class Slots:
         """Slots on the broker Redis with the MAX_TESTS and lease settings."""
         client = broker.client(settings)
         return cls(client, settings.max_tests, settings.lease_ttl_s,
-                   start_grace_s=settings.lease_start_grace_s)
+                   start_grace_s=settings.lease_start_grace_s, node=settings.node)
+
+    @property
+    def node(self) -> str:
+        """The node this client admits for (CCCI_NODE)."""
+        return self._node
 
     @property
     def max_tests(self) -> int:
@@ -183,7 +194,8 @@ class Slots:
             log.info("run %s (%s %s) enqueued", spec.run_id, spec.lane, spec.recipe)
             return replace(spec, enqueued_at=float(_s(reply[1])), token=0)
         stored = RunSpec._from_hash(_pairs(reply[1]))
-        if replace(stored, enqueued_at=0.0, token=0) != replace(spec, enqueued_at=0.0, token=0):
+        if replace(stored, enqueued_at=0.0, token=0, node=None) \
+                != replace(spec, enqueued_at=0.0, token=0, node=None):
             raise InvalidInput(
                 f"run {spec.run_id} is already enqueued with a different spec "
                 f"(stored {stored.to_json()}, given {spec.to_json()}); use a new run id"
@@ -193,10 +205,14 @@ class Slots:
     def admit(self, live: Iterable[str] = ()) -> list[RunSpec]:
         """Lease free resources to pending runs in FIFO order; return the runs to start.
 
-        ``live`` are the live apps of this system as observed on the engine (``cold:<hex>``
-        for a deployed cold app, ``warm:<recipe>`` for a deployed canonical); those no
-        occupying run explains count against MAX_TESTS (and keep their canonical busy).
-        Each admitted run carries its fencing token. Never waits.
+        Admits for this client's node only (R15): runs pinned to it, and unpinned runs while
+        no other live node (``ccci_tasks.nodes``) has more free slots; MAX_TESTS counts per
+        node. A node that does not beat while others do admits nothing (it runs no runs
+        worker). ``live`` are the live apps of this system as observed on this node's engine
+        (``cold:<hex>`` for a deployed cold app, ``warm:<recipe>`` for a deployed canonical);
+        those no occupying run explains count against MAX_TESTS (and keep their canonical
+        busy); they are published for the other nodes too. Each admitted run carries its
+        fencing token and this node. Never waits.
         """
         observed = []
         for item in live:
@@ -205,7 +221,8 @@ class Slots:
                                    "warm:<recipe>")
             observed.append(item)
         reply = self._call("admit", "admitting pending runs", self._ttl_s, self._grace_s,
-                           self._max_tests, *observed)
+                           self._max_tests, self._node, self._ttl_s, KEY_NODE, KEY_NODES,
+                           *observed)
         admitted = self._specs_from_script(reply, "was admitted")
         for spec in admitted:
             log.info("run %s (%s %s) admitted with token %d", spec.run_id, spec.lane,

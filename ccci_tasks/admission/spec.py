@@ -19,6 +19,7 @@ from ccci_tasks.errors import InvalidInput
 from ccci_tasks.naming import Recipe, Ref, RunId
 
 _LANE_RE: Final = re.compile(r"[a-z][a-z-]{0,30}")
+NODE_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # as config's CCCI_NODE
 LEGACY_HOLD_LANE: Final = "janitor"  # how holds were stored before ``RunSpec.hold``
 
 
@@ -35,6 +36,8 @@ class RunSpec:
     enqueued_at: float = 0.0  # epoch seconds, set by Slots.enqueue
     token: int = 0  # fencing token, set at admission
     hold: bool = False  # not a run: the janitor holding resources while it cleans up
+    pin: str | None = None  # the node the run must run on (placement); None: any node
+    node: str | None = None  # the node that admitted it (set by admission), where it runs
 
     @classmethod
     def for_hold(cls, hold_id: RunId, recipe: Recipe, resources: tuple[Resource, ...]) -> RunSpec:
@@ -75,6 +78,11 @@ class RunSpec:
         object.__setattr__(self, "enqueued_at", float(at))
         if isinstance(self.token, bool) or not isinstance(self.token, int) or self.token < 0:
             raise InvalidInput(f"token {self.token!r} of run {self.run_id} is invalid")
+        for name in ("pin", "node"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not NODE_RE.fullmatch(value)):
+                raise InvalidInput(f"{name} {value!r} of run {self.run_id} is invalid: expected "
+                                   "a node name, 1-63 of [a-z0-9-] (CCCI_NODE)")
 
     @property
     def canonical(self) -> str | None:
@@ -133,6 +141,10 @@ class RunSpec:
             out["parent"] = self.parent
         if self.hold:
             out["hold"] = "1"
+        if self.pin is not None:
+            out["pin"] = self.pin
+        if self.node is not None:
+            out["node"] = self.node
         return out
 
     @classmethod

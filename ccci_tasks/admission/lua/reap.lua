@@ -6,7 +6,7 @@ local out = {}
 for _, id in ipairs(redis.call('ZRANGE', expired, 0, -1)) do
   local key = spec_prefix .. id
   if redis.call('HGET', key, 'started') == '0' then
-    redis.call('HDEL', key, 'token', 'started', 'holder')
+    redis.call('HDEL', key, 'token', 'started', 'holder', 'node')
     redis.call('LPUSH', pending, id)
   else
     out[#out + 1] = {id, redis.call('HGETALL', key)}

@@ -8,6 +8,6 @@ redis.call('ZREM', leases, id)
 if forget == '1' then
   redis.call('DEL', spec_prefix .. id)
 else
-  redis.call('HDEL', spec_prefix .. id, 'token', 'started', 'holder')
+  redis.call('HDEL', spec_prefix .. id, 'token', 'started', 'holder', 'node')
 end
 return 1
