@@ -38,7 +38,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "visibility_timeout": settings.visibility_timeout_s,
         "broker_connection_retry_on_startup": True,
-        "task_queues": [Queue(name, routing_key=name) for name in c.QUEUES],  # type: ignore[no-untyped-call]
+        # and this node's own runs queue (R15: a run's steps go to the node that admitted it;
+        # other nodes' queues are added when a task is sent there, ``enqueue``)
+        "task_queues": [Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
+                        for name in (*c.QUEUES, c.runs_queue(settings.node))],
         "task_default_queue": c.QUEUE_RUNS,
         "task_routes": TASK_ROUTES,
         "task_create_missing_queues": False,

@@ -139,7 +139,8 @@ def flush_redis(url: str) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
-    for pattern in ("ccci:*", "celery-task-meta-*", "runs", "infra", "alerts", "unacked*"):
+    for pattern in ("ccci:*", "celery-task-meta-*", "runs", "runs.*", "infra", "alerts",
+                    "unacked*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)

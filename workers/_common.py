@@ -15,13 +15,14 @@ class Role:
     queue: str
     concurrency: int
     disable_prefetch: bool = False
+    also: tuple[str, ...] = ()  # more queues it consumes (a node's own runs.<node>)
 
     def argv(self) -> list[str]:
         """The ``celery worker`` arguments for this role (also used by the dev compose file)."""
         args = [
             "worker",
             "--pool=prefork",
-            f"--queues={self.queue}",
+            f"--queues={','.join((self.queue, *self.also))}",
             f"--concurrency={self.concurrency}",
             f"--hostname={self.queue}@%h",
             "--prefetch-multiplier=1",

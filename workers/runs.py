@@ -3,12 +3,15 @@
 Prefetch is disabled so no lane step ages in Redis's unacked set while another step runs.
 """
 
-from ccci_tasks.constants import QUEUE_RUNS
+from ccci_tasks.config import get_settings
+from ccci_tasks.constants import QUEUE_RUNS, runs_queue
 from workers._common import Role, main, max_tests
 
 
 def role() -> Role:
-    return Role(queue=QUEUE_RUNS, concurrency=max_tests(), disable_prefetch=True)
+    """The shared ``runs`` queue and this node's own ``runs.<node>`` (R15)."""
+    return Role(queue=QUEUE_RUNS, concurrency=max_tests(), disable_prefetch=True,
+                also=(runs_queue(get_settings().node),))
 
 
 if __name__ == "__main__":
