@@ -203,7 +203,8 @@ def _recover_reaped(settings: Settings, platform: Platform, slots: Slots,
         run_id, spec = lease.run_id, lease.spec
         if run_id in stuck:
             continue  # its process is not gone yet: its resources stay held
-        node = (spec.node if spec is not None else None) or lease.node
+        # the node of the process that last acted for it, else the one that admitted it
+        node = lease.node or (spec.node if spec is not None else None)
         if node is not None and node != settings.node:
             if node not in lost:
                 report.problems.append(f"run {run_id} was last held on node {node}: waiting "
