@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -180,3 +181,22 @@ def test_pin_and_node_survive_the_broker_and_json(client: redis.Redis) -> None:
     assert two.requeue(run, admitted.token)
     again = two.spec(run)
     assert again is not None and (again.pin, again.node) == ("n2", None)
+
+
+def test_a_sweep_completed_on_one_host_counts_on_every_host(
+    client: redis.Redis, tmp_path: Path
+) -> None:
+    """The last completed sweep is kept in the broker too: a host that did not run it sees it
+    (the scheduled sweep's skip and the watchdog look from any host); its own file still
+    counts when the broker lost it."""
+    from ccci_tasks.state import sweeps
+
+    host_a, host_b = tmp_path / "a", tmp_path / "b"
+    assert sweeps.last_completed(host_b, client) is None
+    sweeps.record_completed(host_a, RunId(str(uuid.uuid4())), "pass", client)
+    seen_on_b = sweeps.last_completed(host_b, client)
+    assert seen_on_b is not None and seen_on_b == sweeps.last_completed(host_a)
+    assert sweeps.reference_time(host_b, client) == seen_on_b
+    client.delete(c.KEY_SWEEP_LAST)
+    assert sweeps.last_completed(host_b, client) is None
+    assert sweeps.last_completed(host_a, client) == seen_on_b
