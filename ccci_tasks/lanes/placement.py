@@ -37,12 +37,15 @@ def canonical_home(settings: Settings, recipe: Recipe) -> str | None:
     return nodes.canonical_node(found, recipe) if found else None
 
 
-def here(settings: Settings) -> str | None:
-    """This node when it is a live node of the registry (it runs a runs worker), else None:
-    a run found usable here is pinned here only when this host can run it."""
-    found = registry(settings) or []
-    return settings.node if any(n.node == settings.node for n in nodes.live_nodes(found)) \
-        else None
+def here(settings: Settings) -> str | bool | None:
+    """Where a run that needs this host's canonical goes: this node when it is a live node
+    of the registry (it runs a runs worker); None when no node beats (one host, as before:
+    whoever admits it); False when other nodes beat and this one does not (its runs worker
+    is gone: nothing here can run it)."""
+    live = nodes.live_nodes(registry(settings) or [])
+    if not live:
+        return None
+    return settings.node if any(n.node == settings.node for n in live) else False
 
 
 def wake(settings: Settings, pin: str | None = None) -> list[str]:

@@ -80,13 +80,17 @@ def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Su
     if found.corrupt:
         canon_mod.quarantine(settings, checked.recipe, found.why)
         raise StateError(found.why)
-    if found.registry is None:
+    where = placement.here(settings) if found.registry is not None else None
+    if found.registry is None or where is False:
+        why = found.why if found.registry is None else (
+            f"the canonical of {checked.recipe} is on node {settings.node}, whose runs worker "
+            "does not beat (lost or not started)")
         fallback = cold.prepare(settings, run_id, request)
-        note = f"{found.why}: fell back to a full cold run"
         return Submission(fallback.lane, fallback.recipe, fallback.ref, fallback.resources,
-                          fallback.domain, note, fallback.pin)
+                          fallback.domain, f"{why}: fell back to a full cold run",
+                          fallback.pin)
     return Submission(NAME, checked.recipe, checked.ref, resources, warm,
-                      pin=placement.here(settings))
+                      pin=where if isinstance(where, str) else None)
 
 
 def plan(settings: Settings, spec: RunSpec) -> RunCtx:
