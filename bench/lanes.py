@@ -127,16 +127,16 @@ def run(lane: str, recipe: str, ref: str | None) -> RunFigures:
     """Submit one run and wait for its verdict."""
     from ccci_tasks.config import get_settings
     from ccci_tasks.naming import RunId
-    from ccci_tasks.state.reports import load_report
+    from ccci_tasks.state import reports
     from ccci_tasks.tasks import cold_run, quick_run
 
-    state = get_settings().state_dir
+    store = reports.at(get_settings())
     started = time.monotonic()
     task = quick_run if lane == "quick" else cold_run
     run_id = RunId(task.delay(recipe, ref).id)
     deadline = started + RUN_TIMEOUT_S
     while True:
-        report = load_report(state, run_id)
+        report = store.load(run_id)
         if report is not None and report.finished:
             wall = time.monotonic() - started
             break

@@ -96,9 +96,9 @@ class Watcher:
 def _report(run_id: str) -> RunReport | None:
     from ccci_tasks.config import get_settings
     from ccci_tasks.naming import RunId
-    from ccci_tasks.state.reports import load_report
+    from ccci_tasks.state import reports
 
-    return load_report(get_settings().state_dir, RunId(run_id))
+    return reports.at(get_settings()).load(RunId(run_id))
 
 
 def _until(check: Callable[[], T | Literal[False] | None], timeout_s: float, poll_s: float = 0.2
@@ -366,10 +366,9 @@ def soak(runs: int, kinds: tuple[str, ...], seed: int, ttl_s: int, janitor_s: in
                       f"{row['verdict']} {row['reason'][:60]}", flush=True)
                 rows.append(row)
         from ccci_tasks.config import get_settings
-        from ccci_tasks.state.reports import list_reports
+        from ccci_tasks.state import reports
 
-        unfinished = [r.run_id for r in list_reports(get_settings().state_dir)
-                      if not r.finished]
+        unfinished = [r.run_id for r in reports.at(get_settings()).all() if not r.finished]
         stale = _stale(rows)
         result = {
             "runs": runs, "seed": seed, "fault_kinds": list(kinds),

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     # This host's name when several hosts share one broker (R15): leases name it, and a
     # host's janitor kills only its own processes. Default: the hostname, made [a-z0-9-].
     node: str = Field(default_factory=lambda: default_node())
+    # Every host reads run reports from the broker, which keeps a finished one this many days
+    # after its end; each host keeps its own copies of the reports it wrote on its disk.
+    report_broker_days: float = Field(default=30, gt=0)
 
     docker_host: str = "unix:///var/run/docker.sock"
     abra_bin: str = "abra"

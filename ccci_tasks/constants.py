@@ -41,6 +41,9 @@ KEY_DELIVERIES: Final = REDIS_PREFIX + "deliveries:"  # + run_id:step -> deliver
 KEY_RELAY_DONE: Final = REDIS_PREFIX + "relay:done:"  # + alert id[:target] -> 1 (idempotency)
 KEY_RELAY_LOCK: Final = REDIS_PREFIX + "relay:lock:"  # + alert id -> token (one relay)
 KEY_SWEEP_LAST: Final = REDIS_PREFIX + "sweep:last-success"
+KEY_REPORT: Final = REDIS_PREFIX + "report:"  # + run_id -> the run report (JSON)
+KEY_REPORTS: Final = REDIS_PREFIX + "reports"  # zset run_id -> started_at (epoch s)
+KEY_REPORTS_OPEN: Final = REDIS_PREFIX + "reports:open"  # the same, of runs without a verdict
 # celery beat (RedBeat): + entry name -> hash {definition, meta: last run}; + ":schedule" zset
 # and ":statics" set; the lock held by the one beat that fires.
 KEY_BEAT_PREFIX: Final = REDIS_PREFIX + "beat:"

@@ -7,7 +7,8 @@ import time
 from ccci_tasks.config import Settings, get_settings
 from ccci_tasks.errors import WaitTimeout
 from ccci_tasks.naming import RunId
-from ccci_tasks.state.reports import RunReport, load_report
+from ccci_tasks.state import reports
+from ccci_tasks.state.reports import RunReport
 
 POLL_S = 0.5
 
@@ -31,9 +32,9 @@ def wait(run_id: str, timeout_s: float, settings: Settings | None = None) -> Run
     run_id = RunId(run_id)  # a caller's text: parsed here
     settings = settings or get_settings()
     deadline = time.monotonic() + timeout_s
-    report = None
+    report, store = None, reports.at(settings)
     while True:
-        report = load_report(settings.state_dir, run_id)
+        report = store.load(run_id)
         if report is not None and report.finished:
             return report
         if time.monotonic() >= deadline:

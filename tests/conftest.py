@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # imported by the fixtures themselves, after the environment 
     from push_receiver import PushReceiver
 
     from ccci_tasks.config import Settings
+    from ccci_tasks.state.reports import Reports
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -152,6 +153,19 @@ def redis_url(redis_server: str) -> str:
     """The session Redis, flushed of ccci state for this test."""
     flush_redis(redis_server)
     return redis_server
+
+
+def reports_at(state_dir: Path, node: str | None = None) -> Reports:
+    """The run reports as a host of the test system sees them: the session Redis, this
+    state root (its copies), and its node name (the test environment's when None)."""
+    from ccci_tasks.config import Settings
+    from ccci_tasks.state import reports
+
+    settings = Settings()
+    changes: dict[str, Any] = {"state_dir": state_dir}
+    if node is not None:
+        changes["node"] = node
+    return reports.at(settings.model_copy(update=changes))
 
 
 # --------------------------------------------------------------------------- Docker

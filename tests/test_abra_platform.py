@@ -283,7 +283,7 @@ def test_discard_run_dir_keeps_the_shared_servers(env: Env) -> None:
 
 
 def test_a_run_directory_goes_when_its_run_ends(env: Env, tmp_path: Path,
-                                                shas: dict[str, str]) -> None:
+                                                shas: dict[str, str], redis_url: str) -> None:
     """The run-finished hook (what end_run and the janitor call once a verdict is written)
     deletes <abra root>/runs/<run id>/ with its recipe checkout; the shared servers/ and
     catalogue/, and another run's directory, stay."""
@@ -308,8 +308,9 @@ def test_a_run_directory_goes_when_its_run_ends(env: Env, tmp_path: Path,
     running.new_app(RECIPE, Domain("cust-4d5e6f.ci.localhost"), kind="cold", run=RunHex("4d5e6f"))
     checkout = ended.abra_dir / "recipes" / RECIPE
     assert git("-C", str(checkout), "rev-parse", "HEAD") == shas["pr"]
-    reports.create_report(settings.state_dir, run_id, "cold", RECIPE)
-    report = reports.end_report(settings.state_dir, run_id, "pass")
+    store = reports.at(settings)
+    store.create(run_id, "cold", RECIPE)
+    report = store.end(run_id, "pass")
     assert report is not None
     hooks.run_finished(settings, report)
     assert not ended.abra_dir.exists()

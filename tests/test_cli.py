@@ -63,7 +63,7 @@ def test_status_shows_slots(redis_url: str) -> None:
     assert data["max_tests"] == 1 and data["slots_in_use"] == 0 and data["queued"] == []
 
 
-def test_runs_show_unknown_exits_2(state_dir: Path) -> None:
+def test_runs_show_unknown_exits_2(state_dir: Path, redis_url: str) -> None:
     """`ccci runs show` of an unknown run id exits 2 and says how to find runs."""
     done = ccci("runs", "show", str(uuid.uuid4()))
     assert done.returncode == 2
@@ -190,14 +190,15 @@ def test_state_root_missing_is_said(tmp_path: Path) -> None:
         assert f"the state root {missing} does not exist" in done.stderr
 
 
-def test_env_file_of_the_checkout_is_found(tmp_path: Path) -> None:
+def test_env_file_of_the_checkout_is_found(tmp_path: Path, redis_url: str) -> None:
     """In a shell with no CCCI_* variable, the CLI reads run/ccci.env from the checkout."""
     checkout = tmp_path / "checkout"
     (checkout / "run").mkdir(parents=True)
     (checkout / "deep" / "er").mkdir(parents=True)
     state = tmp_path / "state"
     (state / "runs").mkdir(parents=True)
-    (checkout / "run" / "ccci.env").write_text(f"CCCI_STATE_DIR={state}\n")
+    (checkout / "run" / "ccci.env").write_text(f"CCCI_STATE_DIR={state}\n"
+                                               f"CCCI_BROKER_URL={redis_url}\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CCCI_")}
     done = subprocess.run([sys.executable, "-m", "ccci_tasks.cli", "runs", "list", "--json"],
                           cwd=checkout / "deep" / "er", env=env, capture_output=True,

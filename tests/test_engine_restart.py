@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import SESSION_DIR, TEST_ENV, Workers
+from conftest import SESSION_DIR, TEST_ENV, Workers, reports_at
 from faults import Watcher, ours, private_system, wait_until
 
 if TYPE_CHECKING:
@@ -97,7 +97,6 @@ def test_engine_restart_mid_cold_run(system: Workers, swarm: DockerClient) -> No
     from ccci_tasks.platform.swarm import SwarmPlatform
     from ccci_tasks.runs import wait
     from ccci_tasks.state.clock import utc_now
-    from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks import cold_run
 
     state = Path(TEST_ENV["CCCI_STATE_DIR"])
@@ -105,7 +104,7 @@ def test_engine_restart_mid_cold_run(system: Workers, swarm: DockerClient) -> No
     run_id = cold_run.delay(RECIPE, "1.1.0+1.1").id
 
     def installing() -> Any:
-        report = load_report(state, run_id)
+        report = reports_at(state).load(run_id)
         return report if report and report.current and report.current.name in (
             "install", "health_check") else None
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import TEST_ENV, Workers
+from conftest import TEST_ENV, Workers, reports_at
 from faults import (
     EngineEvents,
     PidWatch,
@@ -95,9 +95,8 @@ def _cold() -> str:
 
 def _report(run_id: str) -> Any:
     from ccci_tasks.naming import RunId
-    from ccci_tasks.state.reports import load_report
 
-    return load_report(_state(), RunId(run_id))
+    return reports_at(_state()).load(RunId(run_id))
 
 
 def _fired(run_id: str) -> dict[str, Any] | None:

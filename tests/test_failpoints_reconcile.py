@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import TEST_ENV, Workers
+from conftest import TEST_ENV, Workers, reports_at
 from faults import EngineEvents, PidWatch, dir_listing, ours, private_system, wait_until
 from recipe_tags import keep_tags_upto, session_copy
 
@@ -68,16 +68,13 @@ def _state() -> Path:
 
 
 def _reconciles() -> list[Any]:
-    from ccci_tasks.state.reports import list_reports
-
-    return [r for r in list_reports(_state()) if r.lane == "reconcile"]
+    return [r for r in reports_at(_state()).all() if r.lane == "reconcile"]
 
 
 def _report(run_id: str) -> Any:
     from ccci_tasks.naming import RunId
-    from ccci_tasks.state.reports import load_report
 
-    return load_report(_state(), RunId(run_id))
+    return reports_at(_state()).load(RunId(run_id))
 
 
 def _fired() -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 import redis
-from conftest import TEST_ENV, Workers
+from conftest import TEST_ENV, Workers, reports_at
 from faults import (
     PidWatch,
     Watcher,
@@ -99,9 +99,7 @@ def _cold(recipe: str = RECIPE, ref: str | None = None) -> RunId:
 
 
 def _report(state: Path, run_id: RunId) -> Any:
-    from ccci_tasks.state.reports import load_report
-
-    return load_report(state, run_id)
+    return reports_at(state).load(run_id)
 
 
 def _at_step(state: Path, run_id: RunId, names: tuple[str, ...], timeout_s: float = 120) -> Any:
@@ -382,8 +380,9 @@ def test_broker_flushed_mid_run(
 ) -> None:
     """FLUSHALL in the middle of a run: within lease TTL + 2 janitor rounds (+ the removal)
     no app of the run is live (a cold app removed; the canonical restored and undeployed),
-    its report ends error "lost: ..." (the janitor found nothing that explains it), MAX_TESTS
-    is never exceeded, and the next run passes."""
+    its report (read back from this host's copy, its first steps kept) ends error "lost: ..."
+    (the janitor found nothing that explains it), MAX_TESTS is never exceeded, and the next
+    run passes."""
     from ccci_tasks.lanes.model import run_hex
 
     before = fingerprint(state, RECIPE)
@@ -404,6 +403,8 @@ def test_broker_flushed_mid_run(
         later = _wait(_quick(pr_sha) if lane == "quick" else _cold(RECIPE, pr_sha))
     assert report.verdict == "error", report.reason
     assert (report.reason or "").startswith("lost: "), report.reason
+    # the steps before the flush were read back from this host's copy of the report
+    assert [s.name for s in report.steps][:1] == ["admit"], report.steps
     assert later.verdict == "pass", later.reason
     assert watcher.most <= 1
     assert fingerprint(state, RECIPE) == before

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import FORGE_OWNER, PUSH_PORT
+from conftest import FORGE_OWNER, PUSH_PORT, reports_at
 from fake_forge import FakeForge
 from push_receiver import PushReceiver
 from pydantic import SecretStr
@@ -262,7 +262,7 @@ def _dead_port() -> int:
 
 def _report(settings: Settings, recipe: str, ref: str | None, lane: str = "quick") -> Any:
     run_id = RunId(str(uuid.uuid4()))
-    return reports.create_report(settings.state_dir, run_id, lane, recipe, ref)
+    return reports.at(settings).create(run_id, lane, recipe, ref)
 
 
 def test_hooks_write_pending_then_the_verdict(
@@ -274,7 +274,7 @@ def test_hooks_write_pending_then_the_verdict(
     report = _report(settings, recipe["name"], "main")
     hooks.run_queued(settings, report)
     assert hooks.watched(state_dir) == [report.run_id]
-    finished = reports.finish_report(state_dir, report.run_id, "fail", "upgrade: did not move")
+    finished = reports_at(state_dir).finish(report.run_id, "fail", "upgrade: did not move")
     hooks.run_finished(settings, finished)
     assert hooks.watched(state_dir) == []
     stream = f"status:{FORGE_OWNER}/{recipe['name']}@{recipe['sha']}"
@@ -300,7 +300,7 @@ def test_hooks_are_idempotent_and_a_late_pending_is_dropped(
     """Calling the hooks again writes nothing new; pending after the verdict is never sent."""
     settings = recipe["settings"]
     report = _report(settings, recipe["name"], recipe["sha"], lane="cold")
-    finished = reports.finish_report(state_dir, report.run_id, "pass")
+    finished = reports_at(state_dir).finish(report.run_id, "pass")
     hooks.run_finished(settings, finished)
     hooks.run_finished(settings, finished)
     hooks.run_queued(settings, report)
@@ -327,7 +327,7 @@ def test_hooks_leave_the_forge_alone(
     name = recipe["name"] if in_catalogue else "not-there"
     report = _report(settings, name, ref, lane=lane)
     hooks.run_queued(settings, report)
-    hooks.run_finished(settings, reports.finish_report(state_dir, report.run_id, "pass"))
+    hooks.run_finished(settings, reports_at(state_dir).finish(report.run_id, "pass"))
     assert outbox.pending(state_dir) == [] and hooks.watched(state_dir) == []
 
 
@@ -339,7 +339,7 @@ def test_hooks_never_raise(recipe: dict[str, Any], state_dir: Path) -> None:
     (state_dir / "forge").mkdir(exist_ok=True)
     (state_dir / "forge" / "outbox").write_text("not a directory")
     hooks.run_queued(settings, report)
-    hooks.run_finished(settings, reports.finish_report(state_dir, report.run_id, "error", "x"))
+    hooks.run_finished(settings, reports_at(state_dir).finish(report.run_id, "error", "x"))
 
 
 def test_sweep_gives_the_verdict_of_a_run_whose_hook_was_lost(
@@ -350,7 +350,7 @@ def test_sweep_gives_the_verdict_of_a_run_whose_hook_was_lost(
     report = _report(settings, recipe["name"], "main")
     hooks.run_queued(settings, report)
     assert hooks.sweep_watched(settings) == []  # still running
-    reports.finish_report(state_dir, report.run_id, "pass")
+    reports_at(state_dir).finish(report.run_id, "pass")
     assert hooks.sweep_watched(settings) == [report.run_id]
     assert outbox.known(state_dir, f"{report.run_id}-final")
     assert hooks.sweep_watched(settings) == []

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import reports_at
 
 from ccci_tasks.admission import Resource, RunSpec
 from ccci_tasks.config import Settings
@@ -95,13 +96,12 @@ def toy() -> Iterator[Lane]:
 
 
 def test_the_toy_lane_gets_its_entry_task_from_its_declaration(
-    toy: Lane, settings: Settings
+    toy: Lane, settings: Settings, redis_url: str
 ) -> None:
     """The entry task is ccci.<queue>.<task>, with the parameters and help of the lane's
     request function; run, it submits a run of the toy lane (refused or skipped at the
     door: no worker knows the toy)."""
     from ccci_tasks.celery_app import app
-    from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks.lanes import entry_of
 
     task = entry_of(toy)
@@ -116,7 +116,7 @@ def test_the_toy_lane_gets_its_entry_task_from_its_declaration(
     assert "Not A Recipe" in refused["reason"]
     skipped = task.apply(args=("nothing-to-do",)).get()
     assert skipped["verdict"] == "pass" and skipped["reason"].startswith("skipped: ")
-    report = load_report(settings.state_dir, skipped["run_id"])
+    report = reports_at(settings.state_dir).load(skipped["run_id"])
     assert report is not None and report.lane == "toy" and report.finished
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import TEST_ENV, Workers, flush_redis, remove_ccci_objects, start_workers
+from conftest import TEST_ENV, Workers, flush_redis, remove_ccci_objects, reports_at, start_workers
 from test_lanes import RECIPE, _services, _volumes, _wait, _wipe
 
 if TYPE_CHECKING:
@@ -96,7 +96,6 @@ def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
     from ccci_tasks.admission import Slots
     from ccci_tasks.config import get_settings
     from ccci_tasks.lanes.model import run_hex
-    from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks import cold_run
 
     own = own_workers("crash", ("runs", "infra", "alerts", "beat"))
@@ -122,7 +121,7 @@ def test_sigkilled_runs_worker_is_reaped_and_the_queue_moves_on(
     # seconds (2-6 s) on an idle machine, which the bound allows ten times over.
     limit = settings.lease_ttl_s + settings.janitor_interval_s + 10 * 6
     while True:
-        report = load_report(settings.state_dir, first)
+        report = reports_at(settings.state_dir).load(first)
         gone = not [x for x in _services(swarm, "cold") + _volumes(swarm, "cold")
                     if (x.attrs.get("Spec", {}).get("Labels") or x.attrs.get("Labels") or {})
                     .get("ccci.run") == hexid]

@@ -33,6 +33,7 @@ from conftest import (
     Workers,
     flush_redis,
     remove_ccci_objects,
+    reports_at,
 )
 from fake_forge import FakeForge
 from faults import wait_until
@@ -150,9 +151,7 @@ def _trigger(forge: FakeForge, number: int) -> RunId:
 
 
 def _current(run_id: RunId) -> str | None:
-    from ccci_tasks.state.reports import load_report
-
-    report = load_report(_state(), run_id)
+    report = reports_at(_state()).load(run_id)
     return report.current.name if report is not None and report.current else None
 
 

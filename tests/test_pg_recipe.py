@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pgcheck
 import pytest
-from conftest import TEST_ENV, Workers, need
+from conftest import TEST_ENV, Workers, need, reports_at
 from faults import fingerprint, private_system, wait_quiet, wait_until
 from test_pr_commit import pr_commit
 
@@ -151,9 +151,7 @@ def _cold(recipe: str, ref: str | None = None) -> RunId:
 
 
 def _report(state: Path, run_id: RunId) -> Any:
-    from ccci_tasks.state.reports import load_report
-
-    return load_report(state, run_id)
+    return reports_at(state).load(run_id)
 
 
 def _at_step(state: Path, run_id: RunId, names: tuple[str, ...], timeout_s: float = RUN_S) -> Any:

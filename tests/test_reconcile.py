@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import REPO, TEST_BASE, TEST_ENV, Workers, _free_port
+from conftest import REPO, TEST_BASE, TEST_ENV, Workers, _free_port, reports_at
 from fake_keycloak import FakeKeycloak
 from faults import labels, ours, private_system, wait_until
 from push_receiver import PushReceiver
@@ -122,9 +122,7 @@ def ccci(*args: str, timeout_s: float = 300) -> tuple[int, Any]:
 
 
 def reconciles() -> list[Any]:
-    from ccci_tasks.state.reports import list_reports
-
-    return [r for r in list_reports(state_dir()) if r.lane == "reconcile"]
+    return [r for r in reports_at(state_dir()).all() if r.lane == "reconcile"]
 
 
 def infra_state(app: str) -> Any:
@@ -342,9 +340,7 @@ def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: DockerClient) ->
     run_id = warm_reconcile.delay("keycloak").id
 
     def at_health() -> Any:
-        from ccci_tasks.state.reports import load_report
-
-        report = load_report(state_dir(), run_id)
+        report = reports_at(state_dir()).load(run_id)
         return report if report and report.current and report.current.name == "health" \
             else None
 
@@ -362,10 +358,10 @@ def test_infra_worker_killed_mid_reconcile(infra: Infra, swarm: DockerClient) ->
                 KC_PATCH and not (state_dir() / "intents" / "infra-keycloak.json").exists())
 
     wait_until(recovered, 120, "keycloak back on its last good")
-    from ccci_tasks.state.reports import RunReport, load_report
+    from ccci_tasks.state.reports import RunReport
 
     def with_verdict() -> RunReport | None:
-        report = load_report(state_dir(), run_id)
+        report = reports_at(state_dir()).load(run_id)
         return report if report is not None and report.verdict else None
 
     dead = wait_until(with_verdict, 60, "the dead reconcile's verdict")
@@ -389,7 +385,6 @@ def test_dependent_run_and_reconcile_never_overlap_and_realms_come_and_go(
     from ccci_tasks.lanes.model import run_hex
     from ccci_tasks.naming import RunId
     from ccci_tasks.runs import wait
-    from ccci_tasks.state.reports import load_report
     from ccci_tasks.tasks import cold_run, quick_run, warm_reconcile
 
     seeded = wait(cold_run.delay(SSO).id, 300)
@@ -405,7 +400,7 @@ def test_dependent_run_and_reconcile_never_overlap_and_realms_come_and_go(
     def watch() -> None:
         while not stop.is_set():
             running = [name for name, rid in ids.items()
-                       if (r := load_report(state_dir(), rid)) and r.state == "running"]
+                       if (r := reports_at(state_dir()).load(rid)) and r.state == "running"]
             if len(running) > 1:
                 overlap.append(",".join(running))
             time.sleep(0.1)

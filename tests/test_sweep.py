@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import REPO, TEST_ENV, Workers
+from conftest import REPO, TEST_ENV, Workers, reports_at
 from faults import Watcher, fingerprint, ours, private_system, wait_until
 from recipe_commits import GIT, make_commit
 from recipe_tags import keep_tags_upto, session_copy
@@ -84,9 +84,7 @@ def clone(recipes: Path, name: str) -> Path:
 
 
 def sweep_reports() -> list[Any]:
-    from ccci_tasks.state.reports import list_reports
-
-    return [r for r in list_reports(state()) if r.lane == "sweep"]
+    return [r for r in reports_at(state()).all() if r.lane == "sweep"]
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +158,8 @@ def test_green_recipe_promoted_red_one_untouched(swept: Swept) -> None:
 
     _, report = swept.report
     green = next(r for r in report["recipes"] if r["recipe"] == GREEN)
-    from ccci_tasks.state.reports import load_report
 
-    run = load_report(state(), green["run_id"])
+    run = reports_at(state()).load(green["run_id"])
     assert run is not None and "promoted" in (run.reason or "")
     registry = canonical.read_registry(state(), GREEN)
     assert registry is not None and registry.version == "2.0.0+2.0"

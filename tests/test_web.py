@@ -35,8 +35,9 @@ ASSERTION = "E       AssertionError: expected 'Hello from PR 7' in the page"
 
 
 @pytest.fixture(scope="module")
-def state() -> Path:
-    """A state root with a pass, a fail, an error and a running run, and a canonical."""
+def state(redis_server: str) -> Path:
+    """A state root with a pass, a fail, an error and a running run, and a canonical (the
+    reports in the session Redis, with this host's copies)."""
     root = SESSION_DIR / "web-state"
     root.mkdir(exist_ok=True)
     now = utc_now()

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 from browser import chromium, text_of
-from conftest import SESSION_DIR
+from conftest import SESSION_DIR, reports_at
 from web_support import FakeStep, bridge_process, make_run
 
 from ccci_tasks.naming import RunId
 from ccci_tasks.redact import Redactor
-from ccci_tasks.state import outputs, reports
+from ccci_tasks.state import outputs
 from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.outputs import StepOutput
 
@@ -32,7 +32,7 @@ LOAD_BUDGET_S = 20.0  # the goal is 2 s; the test allows 10x for a loaded machin
 
 
 @pytest.fixture(scope="module")
-def state() -> Path:
+def state(redis_server: str) -> Path:
     root = SESSION_DIR / "web-browser-state"
     root.mkdir(exist_ok=True)
     return root
@@ -92,12 +92,12 @@ def test_running_page_takes_the_next_step_without_reload(site: str, state: Path,
     out = StepOutput()
     out.section("result", "GET / answered 200")
     outputs.keep(state, LIVE_ID, "health_check", "task-current", False, out, Redactor())
-    reports.record_step(state, LIVE_ID, "health_check", "task-current", at, 0.4, True,
-                        "GET / answered 200")
+    reports_at(state).record_step(LIVE_ID, "health_check", "task-current", at, 0.4, True,
+                                  "GET / answered 200")
     ended = time.monotonic()
     seen = _wait(browser, lambda: "GET / answered 200" in browser.page_source, 20)
     print(f"\nthe step showed {seen - ended:.2f} s after it was recorded")
-    reports.finish_report(state, LIVE_ID, "pass", "passed: all good")
+    reports_at(state).finish(LIVE_ID, "pass", "passed: all good")
     _wait(browser, lambda: "Passed" in text_of(browser, "run"), 20)
     assert browser.execute_script("return window.__notReloaded === true;")
     timeline = text_of(browser, "timeline")

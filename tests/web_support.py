@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
-from conftest import REPO, SESSION_DIR, TEST_ENV, _free_port
+from conftest import REPO, SESSION_DIR, TEST_ENV, _free_port, reports_at
 
 from ccci_tasks.naming import RunId
 from ccci_tasks.redact import Redactor
-from ccci_tasks.state import outputs, reports
+from ccci_tasks.state import outputs
 from ccci_tasks.state.clock import utc_now
 from ccci_tasks.state.outputs import StepOutput
 from ccci_tasks.state.reports import RunReport
@@ -76,33 +76,37 @@ class FakeStep:
 def make_run(state: Path, run_id: str, steps: list[FakeStep], *, lane: str = "quick",
              recipe: str = "custom-html", ref: str | None = "0" * 40,
              verdict: str | None = "pass", reason: str | None = "passed",
-             started: datetime | None = None, current: str | None = None) -> RunReport:
-    """A run report as a worker writes it: created, admitted, steps, verdict (or running)."""
+             started: datetime | None = None, current: str | None = None,
+             node: str | None = None) -> RunReport:
+    """A run report as a worker of ``node`` (the test environment's when None) with state
+    root ``state`` writes it: created, admitted, steps, verdict (or running)."""
     run_id = RunId(run_id)
+    store = reports_at(state, node)
     start = started or utc_now() - timedelta(minutes=5)
-    reports.create_report(state, run_id, lane, recipe, ref, f"warm-{recipe}.t.localhost",
-                          started_at=start)
+    store.create(run_id, lane, recipe, ref, f"warm-{recipe}.t.localhost", started_at=start)
+    store.mark_admitted(run_id)
     at = start + timedelta(seconds=2)
     for number, step in enumerate(steps):
         task_id = f"task-{number}-{step.name}"
-        reports.start_step(state, run_id, step.name, task_id, at, undo=step.undo)
+        store.start_step(run_id, step.name, task_id, at, undo=step.undo)
         out = StepOutput()
         if step.output:
             out.section("what the step printed", step.output)
         out.section("result", step.detail)
         outputs.keep(state, run_id, step.name, task_id, step.undo, out, Redactor())
-        reports.record_step(state, run_id, step.name, task_id, at, step.duration_s, step.ok,
-                            step.detail, undo=step.undo)
+        store.record_step(run_id, step.name, task_id, at, step.duration_s, step.ok,
+                          step.detail, undo=step.undo)
         at += timedelta(seconds=step.duration_s + 0.1)
     if current is not None:
-        reports.start_step(state, run_id, current, "task-current", at)
+        store.start_step(run_id, current, "task-current", at)
     if verdict is not None:
-        return reports.finish_report(state, run_id, verdict, reason)
+        return store.finish(run_id, verdict, reason)
     return saved_report(state, run_id)
 
 
 def saved_report(state: Path, run_id: str) -> RunReport:
-    """The run's report, which the test knows is on disk."""
-    report = reports.load_report(state, RunId(run_id))
-    assert report is not None, f"run {run_id} has no report under {state}"
+    """The run's report, which the test knows exists (a host with state root ``state``
+    reads it)."""
+    report = reports_at(state).load(RunId(run_id))
+    assert report is not None, f"run {run_id} has no report (state root {state})"
     return report

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from ccci_tasks import constants as c
 from ccci_tasks import naming
 from ccci_tasks.config import Settings, get_settings
-from ccci_tasks.errors import CcciError, ConfigError, InvalidInput, StateError
+from ccci_tasks.errors import BrokerError, CcciError, ConfigError, InvalidInput, StateError
 from ccci_tasks.state.reports import RunReport
 
 EXIT_BY_VERDICT = {"pass": c.EXIT_OK, "fail": c.EXIT_RED, "error": c.EXIT_INFRA}
@@ -130,14 +130,27 @@ def positive(timeout: float) -> float:
 
 
 def load_run(settings: Settings, run_id: str) -> RunReport:
-    """The report of ``run_id``; a clear error when there is none."""
-    from ccci_tasks.state.reports import load_report
+    """The report of ``run_id`` (from the broker, which holds every host's runs); with the
+    broker down, this host's copy and a warning saying so. A clear error when there is none."""
+    from ccci_tasks import broker
+    from ccci_tasks.state import reports
 
-    report = load_report(state_root(settings), naming.RunId(run_id))
-    if report is None:
-        raise InvalidInput(f"no run {run_id!r} under {settings.state_dir}/runs; see "
-                           "`ccci runs list`")
-    return report
+    state_root(settings)
+    found = reports.at(settings, broker.QUICK_TIMEOUT_S).lookup(naming.RunId(run_id))
+    if found.broker_error is not None:
+        if found.record is None:
+            raise BrokerError(f"run {run_id} has no copy on this host (node {settings.node}) "
+                              f"and the broker does not answer: {found.broker_error}")
+        local_only(settings, found.broker_error, "this host's copy of the run")
+    if found.record is None:
+        raise InvalidInput(f"no run {run_id!r} in the broker or under {settings.state_dir}/runs;"
+                           " see `ccci runs list`")
+    return found.record
+
+
+def local_only(settings: Settings, broker_error: str, what: str) -> None:
+    """Warn (stderr) that the broker did not answer, so ``what`` is shown from this host."""
+    click.echo(f"ccci: warning: {what} only (node {settings.node}): {broker_error}", err=True)
 
 
 def emit(as_json: bool, data: Any, text: str) -> None:

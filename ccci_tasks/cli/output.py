@@ -22,6 +22,7 @@ def report_text(report: RunReport) -> str:
     lines = [f"run {report.run_id}: {report.lane} {report.recipe or '-'} "
              f"ref={report.ref or 'latest'}",
              f"  domain:   {report.domain or '-'}",
+             f"  node:     {report.node or '-'}",
              f"  started:  {ts(report.started_at)}  duration: {duration(report)}",
              f"  verdict:  {verdict}" + (f" - {report.reason}" if report.reason else "")]
     extra = report.extra

@@ -11,7 +11,17 @@ from redis.exceptions import RedisError
 
 from ccci_tasks import constants as c
 from ccci_tasks import naming
-from ccci_tasks.cli.app import JSON, Exit, emit, exits, load_run, load_settings, main, state_root
+from ccci_tasks.cli.app import (
+    JSON,
+    Exit,
+    emit,
+    exits,
+    load_run,
+    load_settings,
+    local_only,
+    main,
+    state_root,
+)
 from ccci_tasks.cli.output import duration, report_text, ts
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import InvalidInput, SnapshotError
@@ -67,14 +77,23 @@ def runs() -> None:
 @runs.command("list")
 @JSON
 def runs_list(as_json: bool) -> None:
-    """Every run report, oldest first: queued, running or with its verdict."""
-    from ccci_tasks.state.reports import list_reports
+    """Every run report of every host, oldest first: queued, running or with its verdict."""
+    from ccci_tasks import broker
+    from ccci_tasks.state import reports
 
     with exits():
-        found = list_reports(state_root(load_settings()))
+        settings = load_settings()
+        state_root(settings)
+        listing = reports.at(settings, broker.QUICK_TIMEOUT_S).listing()
+        if listing.broker_error is not None:
+            local_only(settings, listing.broker_error, "the runs of this host")
+        for problem in listing.problems:
+            click.echo(f"ccci: warning: left out: {problem}", err=True)
+        found = listing.records
         text = "\n".join(
-            f"{r.run_id} {r.lane:<9} {r.recipe or '-':<20} {(r.verdict or r.state):<8} "
-            f"{ts(r.started_at)} {duration(r):>8} {(r.reason or '')[:80]}" for r in found)
+            f"{r.run_id} {r.lane:<9} {r.recipe or '-':<20} {r.node or '-':<12} "
+            f"{(r.verdict or r.state):<8} {ts(r.started_at)} {duration(r):>8} "
+            f"{(r.reason or '')[:80]}" for r in found)
         emit(as_json, [{**json.loads(report_json(r)), "state": r.state,
                         "duration_s": r.duration_s()} for r in found], text or "no runs")
 

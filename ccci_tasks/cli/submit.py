@@ -26,6 +26,7 @@ from ccci_tasks.cli.app import (
     exits,
     load_run,
     load_settings,
+    local_only,
     main,
     positive,
     state_root,
@@ -57,14 +58,19 @@ def follow(settings: Settings, run_id: naming.RunId, timeout_s: float,
            out: Callable[[str], None]) -> RunReport:
     """Print each step of the run as it starts and ends, until its verdict."""
     from ccci_tasks.runs import describe
-    from ccci_tasks.state.reports import load_report
+    from ccci_tasks.state import reports
 
     deadline = time.monotonic() + timeout_s
     shown_started: set[tuple[str, str | None]] = set()
     shown_done: set[tuple[str, str | None]] = set()
-    state_seen = None
+    state_seen, warned = None, False
+    store = reports.at(settings, broker.QUICK_TIMEOUT_S)
     while True:
-        report = load_report(settings.state_dir, run_id)
+        found = store.lookup(run_id)
+        if found.broker_error is not None and not warned:
+            warned = True
+            local_only(settings, found.broker_error, "this host's copy of the run")
+        report = found.record
         if report is not None:
             if report.state != state_seen and report.state != "finished":
                 state_seen = report.state

@@ -46,8 +46,8 @@ from ccci_tasks.lanes.registry import status_context
 from ccci_tasks.naming import Recipe, RunId
 from ccci_tasks.outbox import publish
 from ccci_tasks.platform.recipes import RecipeRepo
-from ccci_tasks.state import outputs, records
-from ccci_tasks.state.reports import RunReport, failing_step, load_report
+from ccci_tasks.state import outputs, records, reports
+from ccci_tasks.state.reports import RunReport, failing_step
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def sweep_watched(settings: Settings) -> list[str]:
     for name in watched(settings.state_dir):
         try:
             run_id = RunId(name)  # a file name
-            report = load_report(settings.state_dir, run_id)
+            report = reports.at(settings).load(run_id)
         except Exception as exc:
             log.warning("watched run %s: %s", name, exc)
             continue

@@ -61,8 +61,7 @@ def remember_converged(env: StepEnv, ctx: RunCtx, state: DeployedState) -> None:
     """Keep the converged state (its running tasks) for ``assert_still_running``."""
     from ccci_tasks.state import reports
 
-    reports.set_fields(env.settings.state_dir, ctx.run_id,
-                       **{CONVERGED_FIELD: state.to_json()})
+    reports.at(env.settings).set_fields(ctx.run_id, **{CONVERGED_FIELD: state.to_json()})
 
 
 def assert_still_running(env: StepEnv, ctx: RunCtx) -> str:
@@ -71,7 +70,7 @@ def assert_still_running(env: StepEnv, ctx: RunCtx) -> str:
     from ccci_tasks.state import reports
 
     assert ctx.domain is not None
-    report = reports.load_report(env.settings.state_dir, ctx.run_id)
+    report = reports.at(env.settings).load(ctx.run_id)
     saved = report.extra.get(CONVERGED_FIELD) if report is not None else None
     if not saved:
         return "no converged state to compare with"

@@ -21,7 +21,9 @@ that runs lane steps, so a stopped step cannot hold up the round that must kill 
    (``Lane.orphans``: a canonical put back to known-good, a live-warm app rolled back);
 3. unfinished run reports that nothing explains (no lease, no queue entry, no live app, and
    their lane knows no other reason) end ``error`` ("lost");
-4. the queue moves on (``dispatch``).
+4. the broker drops the reports that ended ``CCCI_REPORT_BROKER_DAYS`` ago (each host keeps
+   its copies);
+5. the queue moves on (``dispatch``).
 
 Plan, then act: ``plan`` is pure over what was observed; ``run`` acts, one action at a time,
 and a failing action is reported and retried next round without stopping the others. Only
@@ -72,6 +74,7 @@ class JanitorReport:
     problems: list[str] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)
     killed: list[dict[str, Any]] = field(default_factory=list)
+    reports_pruned: list[str] = field(default_factory=list)  # dropped from the broker
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,8 +147,8 @@ def _mark_crashed(settings: Settings, spec: RunSpec, report: JanitorReport,
            "(worker lost or stopped, or step stuck); the janitor cleans up what it left")
     if lost and spec.node in lost and spec.node != settings.node:
         why = f"crashed: {_lost_note(settings, spec.node, lost[spec.node])}"
-    ended = reports.end_report(settings.state_dir, spec.run_id, "error", why) \
-        if reports.load_report(settings.state_dir, spec.run_id) else None
+    store = reports.at(settings)
+    ended = store.end(spec.run_id, "error", why) if store.load(spec.run_id) else None
     if ended is not None:
         hooks.run_finished(settings, ended)
         try:
@@ -187,8 +190,8 @@ def _end_lost_nodes_runs(settings: Settings, slots: Slots, lost: dict[str, float
             continue
         why = (f"{_lost_note(settings, spec.pin, lost[spec.pin])}; the run had not started: "
                "ask again and it is placed on a live node")
-        ended = reports.end_report(settings.state_dir, spec.run_id, "error", why) \
-            if reports.load_report(settings.state_dir, spec.run_id) else None
+        store = reports.at(settings)
+        ended = store.end(spec.run_id, "error", why) if store.load(spec.run_id) else None
         slots.forget(spec.run_id)
         if ended is not None:
             hooks.run_finished(settings, ended)
@@ -299,12 +302,16 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
             report.problems.append(f"{action.kind} {action.domain}: {exc}")
 
     for run_id in slots.parked():  # a parked run whose wake-up was lost with a worker
-        parked = reports.load_report(state, run_id)
+        parked = reports.at(settings).load(run_id)
         if parked is not None and not parked.finished and parked.lane in LANES \
                 and LANES[parked.lane].ready(settings, run_id):
             report.actions.append({"kind": "resume", "run_id": run_id})
             runner.resume(settings, run_id)
     _end_lost(settings, slots, platform, report)
+    try:
+        report.reports_pruned = reports.at(settings).prune()
+    except CcciError as exc:
+        report.problems.append(f"dropping old run reports from the broker: {exc}")
     try:
         report.launched = runner.dispatch(settings)
         if slots.pending():  # a wake-up lost with a worker or a broker hiccup
@@ -318,8 +325,8 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
 
 def _end_lost(settings: Settings, slots: Slots, platform: Platform,
               report: JanitorReport) -> None:
-    state = settings.state_dir
-    unfinished = [r for r in reports.list_reports(state) if not r.finished]
+    store = reports.at(settings)
+    unfinished = store.all(unfinished=True)
     if not unfinished:
         return
     occupying = slots.occupying()
@@ -328,19 +335,13 @@ def _end_lost(settings: Settings, slots: Slots, platform: Platform,
                   if a.kind == "cold" and a.run}
     explained = {r.run_id for r in unfinished
                  if r.lane in LANES and LANES[r.lane].explains(settings, r)}
-    touched = {}
-    for r in unfinished:
-        try:
-            mtime = reports.report_path(state, r.run_id).stat().st_mtime
-        except OSError:
-            continue
-        touched[r.run_id] = datetime.fromtimestamp(mtime, tz=utc_now().tzinfo)
+    touched = {r.run_id: r.updated for r in unfinished if r.updated is not None}
     grace = max(float(settings.lease_ttl_s), 2.0 * settings.janitor_interval_s)
     for lost in lost_reports(unfinished, occupying, pending, live_hexes, explained, utc_now(),
                              grace, touched):
         why = ("lost: no lease, no queue entry and no live app explains this run (the broker "
                "lost its data, or its worker died before it was queued)")
-        ended = reports.end_report(state, lost.run_id, "error", why)
+        ended = store.end(lost.run_id, "error", why)
         if ended is not None:
             hooks.run_finished(settings, ended)
             report.lost.append(lost.run_id)

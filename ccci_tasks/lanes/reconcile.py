@@ -227,8 +227,8 @@ def finish_rollback(settings: Settings, app: Recipe, recovered: bool, why: str,
 
 def _fields(env: StepEnv, ctx: RunCtx, outcome: str) -> None:
     p = _plan(ctx)
-    reports.set_fields(env.settings.state_dir, ctx.run_id, outcome=outcome,
-                       **{"from": p.get("current"), "to": p.get("target")})
+    reports.at(env.settings).set_fields(ctx.run_id, outcome=outcome,
+                                        **{"from": p.get("current"), "to": p.get("target")})
 
 
 def hold(env: StepEnv, ctx: RunCtx) -> str:
@@ -327,7 +327,7 @@ def rollback(env: StepEnv, ctx: RunCtx) -> str:
 
 
 def rollback_record(env: StepEnv, ctx: RunCtx) -> Outcome:
-    report = reports.load_report(env.settings.state_dir, ctx.run_id)
+    report = reports.at(env.settings).load(ctx.run_id)
     undone = [s for s in (report.steps if report else ()) if s.undo and s.name == "rollback"]
     recovered = bool(undone) and undone[-1].ok
     why = undone[-1].detail if undone else "the rollback did not run"

@@ -67,16 +67,15 @@ def submit(
     parent: RunId | None = None,
 ) -> Submitted:
     """Check and queue a run. Any refusal ends the run at once with verdict ``error``."""
-    state = settings.state_dir
-    reports.create_report(state, run_id, lane_name if isinstance(lane_name, str) else "x",
-                          _or_none(Recipe, request.get("recipe")),
-                          _or_none(Ref, request.get("ref")))
+    store = reports.at(settings)
+    store.create(run_id, lane_name if isinstance(lane_name, str) else "x",
+                 _or_none(Recipe, request.get("recipe")), _or_none(Ref, request.get("ref")))
     try:
         lane = get_lane(lane_name)
         prepared = lane.prepare(settings, run_id, request)
     except RunSkipped as exc:
-        reports.set_fields(state, run_id, skipped=str(exc))
-        ended = reports.end_report(state, run_id, "pass", f"skipped: {exc}")
+        store.set_fields(run_id, skipped=str(exc))
+        ended = store.end(run_id, "pass", f"skipped: {exc}")
         if ended is not None:
             hooks.run_finished(settings, ended)
         log.info("run %s skipped: %s", run_id, exc)
@@ -89,11 +88,10 @@ def submit(
                        f"refused: unexpected {type(exc).__name__}: {exc}")
     spec = RunSpec(run_id=run_id, lane=prepared.lane, recipe=prepared.recipe, ref=prepared.ref,
                    resources=prepared.resources, parent=parent, pin=prepared.pin)
-    report = reports.update_report(state, run_id, lane=prepared.lane, domain=prepared.domain,
-                                   recipe=prepared.recipe, ref=prepared.ref,
-                                   reason=prepared.note)
+    report = store.update(run_id, lane=prepared.lane, domain=prepared.domain,
+                          recipe=prepared.recipe, ref=prepared.ref, reason=prepared.note)
     if parent is not None:
-        report = reports.set_fields(state, run_id, parent=parent)
+        report = store.set_fields(run_id, parent=parent)
     try:
         Slots.from_settings(settings).enqueue(spec)
     except CcciError as exc:
@@ -115,7 +113,7 @@ def _or_none(kind: type[P], value: object) -> P | None:
 
 def _refuse(settings: Settings, run_id: RunId, lane: str, reason: str) -> Submitted:
     reason = redact.for_settings(settings).text(reason)
-    ended = reports.end_report(settings.state_dir, run_id, "error", reason)
+    ended = reports.at(settings).end(run_id, "error", reason)
     if ended is not None:
         hooks.run_finished(settings, ended)
     return Submitted(run_id, lane, "error", reason)
@@ -156,7 +154,7 @@ def dispatch(settings: Settings) -> list[str]:
             end_run(settings, spec.run_id, spec.token, "error", f"planning: {exc}",
                     dispatch_next=False)
             continue
-        reports.mark_admitted(settings.state_dir, spec.run_id)
+        reports.at(settings).mark_admitted(spec.run_id)
         try:
             launch(lane, ctx, lane.steps(ctx), node=spec.node or settings.node)
         except Exception as exc:  # broker trouble: the run waits for the next dispatch
@@ -227,7 +225,7 @@ def execute_step(task: Task, name: str, ctx_data: Mapping[str, Any], *, undo: bo
     ctx = RunCtx.from_dict(ctx_data)
     lane = get_lane(ctx.lane)
     state = settings.state_dir
-    report = reports.load_report(state, ctx.run_id)
+    report = reports.at(settings).load(ctx.run_id)
     slots = Slots.from_settings(settings)
     if report is None or report.finished:
         _stop_chain(task)
@@ -251,9 +249,9 @@ def _run_step(
     task: Task, settings: Settings, lane: Lane, ctx: RunCtx, name: str, fence: Fence,
     deliveries: int, *, undo: bool,
 ) -> Any:
-    state, slots = settings.state_dir, fence.slots
+    store, slots = reports.at(settings), fence.slots
     started_at, t0 = utc_now(), time.monotonic()
-    reports.start_step(state, ctx.run_id, name, task.request.id, started_at, undo=undo)
+    store.start_step(ctx.run_id, name, task.request.id, started_at, undo=undo)
     if not task.request.called_directly:
         # Not a "task-*" event: those change the task's state in Flower, and a running step
         # must stay STARTED there.
@@ -287,8 +285,8 @@ def _run_step(
         redactor = run_redactor(settings, ctx.domain, ctx.recipe)
         problem = redactor.text(str(exc))
         _keep_output(settings, ctx, name, task.request.id, undo, output, problem, redactor)
-        reports.record_step(state, ctx.run_id, name, task.request.id, started_at,
-                            time.monotonic() - t0, False, problem, undo=undo)
+        store.record_step(ctx.run_id, name, task.request.id, started_at,
+                          time.monotonic() - t0, False, problem, undo=undo)
         if undo:  # every undo step is attempted: note the problem, go on
             log.error("run %s: undo step %s failed: %s", ctx.run_id, name, problem)
             _after_undo_step(settings, lane, ctx, name)
@@ -304,8 +302,8 @@ def _run_step(
     redactor = run_redactor(settings, ctx.domain, ctx.recipe)
     detail = redactor.text(result if isinstance(result, str) else result.detail)
     _keep_output(settings, ctx, name, task.request.id, undo, output, detail, redactor)
-    reports.record_step(state, ctx.run_id, name, task.request.id, started_at,
-                        time.monotonic() - t0, True, detail, undo=undo)
+    store.record_step(ctx.run_id, name, task.request.id, started_at,
+                      time.monotonic() - t0, True, detail, undo=undo)
     if isinstance(result, Park):
         _stop_chain(task)
         stonith.release(ctx.run_id)
@@ -401,7 +399,7 @@ def _after_undo_step(
     assert ctx.failure is not None
     if name != lane.undo(ctx, ctx.failure)[-1]:
         return
-    report = reports.load_report(settings.state_dir, ctx.run_id)
+    report = reports.at(settings).load(ctx.run_id)
     problems = [f"{s.name}: {s.detail}" for s in (report.steps if report else ())
                 if s.undo and not s.ok]
     verdict = outcome.verdict if outcome is not None else ctx.failure.verdict
@@ -436,7 +434,7 @@ def child_finished(settings: Settings, child: reports.RunReport) -> None:
     if not isinstance(parent_text, str):
         return
     parent_id = RunId(parent_text)  # read back from the child's report
-    parent = reports.load_report(settings.state_dir, parent_id)
+    parent = reports.at(settings).load(parent_id)
     if parent is None or parent.finished:
         return
     lane = get_lane(parent.lane)
@@ -455,8 +453,8 @@ def end_run(
     """While the run still holds its lease: write the verdict (the first one wins), release
     its resources and forget it (one broker step that checks the token), tell the hooks,
     admit the next runs. Idempotent; a run that lost its lease is left to the janitor."""
-    state = settings.state_dir
-    report = reports.load_report(state, run_id)
+    store = reports.at(settings)
+    report = store.load(run_id)
     if report is not None and report.reason and not report.finished:
         # A note set at submission (e.g. "fell back to a full cold run") stays in front.
         reason = f"{report.reason}; {reason}" if reason else report.reason
@@ -468,7 +466,7 @@ def end_run(
         log.warning("run %s lost its lease before its verdict %s; the janitor ends it",
                     run_id, verdict)
         return
-    ended = reports.end_report(state, run_id, verdict, reason) if report is not None else None
+    ended = store.end(run_id, verdict, reason) if report is not None else None
     stonith.release(run_id)
     slots.end(run_id, token)
     if ended is not None:

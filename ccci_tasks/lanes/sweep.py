@@ -65,7 +65,7 @@ class SweepEmpty(CcciError):
 
 
 def _report(settings: Settings, run_id: RunId) -> reports.RunReport:
-    report = reports.load_report(settings.state_dir, run_id)
+    report = reports.at(settings).load(run_id)
     if report is None:
         raise StateError(f"sweep {run_id} has no report")
     return report
@@ -75,8 +75,8 @@ def _report(settings: Settings, run_id: RunId) -> reports.RunReport:
 
 
 def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Submission:
-    for other in reports.list_reports(settings.state_dir):
-        if other.lane == NAME and not other.finished and other.run_id != run_id:
+    for other in reports.at(settings).all(unfinished=True):
+        if other.lane == NAME and other.run_id != run_id:
             raise RunSkipped(f"sweep {other.run_id} is in flight (started "
                              f"{other.started_at:%Y-%m-%d %H:%M:%S} UTC)")
     if request.get("scheduled"):
@@ -123,12 +123,13 @@ def recover(settings: Settings, platform: Platform, spec: RunSpec) -> list[str]:
 
 def ready(settings: Settings, run_id: RunId) -> bool:
     """Parked until every child run it started has a verdict."""
-    report = reports.load_report(settings.state_dir, run_id)
+    store = reports.at(settings)
+    report = store.load(run_id)
     if report is None:
         return False
     children = [*report.extra.get("infra", []), *report.extra.get("recipes", [])]
     return all(
-        (child := reports.load_report(settings.state_dir, entry["run_id"])) is not None
+        (child := store.load(entry["run_id"])) is not None
         and child.finished
         for entry in children
     )
@@ -147,7 +148,7 @@ def on_child(settings: Settings, parent_id: RunId, child: reports.RunReport) -> 
                     entry["outcome"] = child.extra.get("outcome") or child.verdict
                 changes[field] = entries
     if changes:
-        reports.set_fields(settings.state_dir, parent_id, **changes)
+        reports.at(settings).set_fields(parent_id, **changes)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -170,7 +171,7 @@ def _start(
         started.append(entry)
     # Recorded before the children are queued, so every child's end finds its entry.
     env.fence.check(f"start {len(names)} {lane.name} run(s)")
-    reports.set_fields(env.settings.state_dir, ctx.run_id, **{field: started})
+    reports.at(env.settings).set_fields(ctx.run_id, **{field: started})
     for entry in started:
         submitted = env.submit(entry["run_id"], lane.name, {"recipe": entry[key]}, ctx.run_id)
         if submitted.verdict is not None:  # refused at the door: already ended
@@ -183,7 +184,7 @@ def reconcile_infra(env: StepEnv, ctx: RunCtx) -> str | Park:
     """R8.1 first: roll the live-warm infra to latest (a reconcile run per app)."""
     apps = env.settings.infra_app_list()
     if not apps:
-        reports.set_fields(env.settings.state_dir, ctx.run_id, infra=[])
+        reports.at(env.settings).set_fields(ctx.run_id, infra=[])
         return "no live-warm apps (CCCI_INFRA_APPS is empty)"
     started = _start(env, ctx, reconcile.LANE, apps, "infra", "app", outcome=True)
     return Park(f"reconciling {', '.join(apps)} ({len(started)} run(s)); parked until done")
@@ -217,7 +218,7 @@ def prune_stale(env: StepEnv, ctx: RunCtx) -> str:
     removed = stale.prune_stale(env.settings, env.platform, held)
     recipes = sorted({item.split(":", 1)[1].rstrip("/").rsplit("/", 1)[-1]
                       for item in removed if item.startswith("state:")})
-    reports.set_fields(env.settings.state_dir, ctx.run_id, pruned_stale=recipes)
+    reports.at(env.settings).set_fields(ctx.run_id, pruned_stale=recipes)
     return f"pruned the warm data of {', '.join(recipes) or 'no recipe'}"
 
 
@@ -229,8 +230,8 @@ def disk_prune(env: StepEnv, ctx: RunCtx) -> str:
                  if lease.run_id != ctx.run_id]
     env.fence.check("prune the disk")
     result = diskprune.run(env.settings, in_flight, dry_run=False)
-    reports.set_fields(env.settings.state_dir, ctx.run_id, prune=result,
-                       disk_used_pct=result.get("disk_used_pct"))
+    reports.at(env.settings).set_fields(ctx.run_id, prune=result,
+                                        disk_used_pct=result.get("disk_used_pct"))
     log.info("sweep %s: disk %s%% used of %s", ctx.run_id, result.get("disk_used_pct"),
              env.settings.prune_path)
     return f"disk {result.get('disk_used_pct')}% used; prune: {result.get('why')}"
@@ -238,19 +239,20 @@ def disk_prune(env: StepEnv, ctx: RunCtx) -> str:
 
 def _refreshed(settings: Settings, run_id: RunId) -> reports.RunReport:
     """The sweep's report with every child's verdict read from the child's own report."""
+    store = reports.at(settings)
     report = _report(settings, run_id)
     changes = {}
     for field in ("infra", "recipes"):
         entries = []
         for entry in report.extra.get(field, []):
-            child = reports.load_report(settings.state_dir, entry["run_id"])
+            child = store.load(entry["run_id"])
             entry = {**entry, "verdict": child.verdict if child else "error"}
             if field == "infra":
                 entry["outcome"] = (child.extra.get("outcome") if child else None) \
                     or entry["verdict"]
             entries.append(entry)
         changes[field] = entries
-    return reports.set_fields(settings.state_dir, run_id, **changes)
+    return store.set_fields(run_id, **changes)
 
 
 def finish(env: StepEnv, ctx: RunCtx) -> Outcome:

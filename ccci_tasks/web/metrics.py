@@ -4,9 +4,11 @@ The bridge process runs no step, so in-process counters would count nothing: a c
 collector reads the run reports (``ccci_runs_total``, ``ccci_run_duration_seconds``), the
 run slots and the FIFO in Redis (``ccci_runs_queued``, ``ccci_slots_in_use``), the canonical
 registries (``ccci_canonical_age_seconds``) and the disk (``ccci_disk_used_ratio``) each time
-it is scraped. ``ccci_runs_total`` counts the reports on disk: it drops when old reports are
-deleted, which Prometheus' ``rate()``/``increase()`` read as a counter reset. A broker that
-does not answer leaves its series out and sets ``ccci_broker_up`` to 0.
+it is scraped. ``ccci_runs_total`` counts the reports of every host that the broker holds,
+with this host's own copies: it drops when the broker drops old reports
+(``CCCI_REPORT_BROKER_DAYS``), which Prometheus' ``rate()``/``increase()`` read as a counter
+reset. A broker that does not answer leaves its series out (the run counts then are this
+host's copies only) and sets ``ccci_broker_up`` to 0.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ccci_tasks import broker
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import CcciError
+from ccci_tasks.state import reports
 from ccci_tasks.state.canonical import list_registries
 from ccci_tasks.state.clock import utc_now
-from ccci_tasks.state.reports import list_reports
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class StateCollector(Collector):
     def _runs(self) -> Iterator[Metric]:
         counts: Counter[tuple[str, str]] = Counter()
         durations: dict[str, list[float]] = defaultdict(list)
-        for report in list_reports(self.settings.state_dir):
+        for report in reports.at(self.settings, broker.QUICK_TIMEOUT_S).all():
             if report.verdict is None:
                 continue
             counts[(report.lane, report.verdict)] += 1
@@ -69,7 +72,7 @@ class StateCollector(Collector):
             if seconds is not None:
                 durations[report.lane].append(seconds)
         total = CounterMetricFamily("ccci_runs", "Finished runs by lane and verdict (run "
-                                    "reports under the state root).", labels=["lane", "verdict"])
+                                    "reports of every host).", labels=["lane", "verdict"])
         for (lane, verdict), count in sorted(counts.items()):
             total.add_metric([lane, verdict], count)
         yield total

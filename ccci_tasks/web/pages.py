@@ -25,10 +25,12 @@ import jinja2
 import tornado.web
 
 import ccci_tasks.web.views as views
+from ccci_tasks import broker
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import InvalidInput
 from ccci_tasks.redact import Redactor, for_settings
-from ccci_tasks.state import outputs
+from ccci_tasks.state import outputs, reports
+from ccci_tasks.state.reports import Reports
 from ccci_tasks.web.metrics import render_metrics
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,9 @@ class Site:
         return f"Site(auth={'on' if self._credentials else 'off'})"
 
     @property
-    def state_dir(self) -> Path:
-        return self.settings.state_dir
+    def reports(self) -> Reports:
+        """Every host's run reports (the broker), this host's copies when it is down."""
+        return reports.at(self.settings, broker.QUICK_TIMEOUT_S)
 
     def authorized(self, header: str | None) -> bool:
         """True without auth configured, or for the right basic-auth credentials."""
@@ -139,7 +142,7 @@ class RunsHandler(PageHandler):
             return
         site = self.site
         html = await self.in_pool(lambda: site.render(
-            "runs.html", runs=views.list_view(site.state_dir, recipe, site.redactor),
+            "runs.html", listing=views.list_view(site.reports, recipe, site.redactor),
             recipe=recipe, limit=views.LIST_LIMIT))
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(html)
@@ -158,10 +161,10 @@ class RunHandler(PageHandler):
         site = self.site
 
         def build() -> str:
-            report = views.find_report(site.state_dir, run_id)
-            doc = views.run_document(site.state_dir, report, site.redactor, with_output=False)
-            return site.render("run.html", view=views.run_view(site.state_dir, report,
-                                                               site.redactor),
+            store = site.reports
+            report = views.find_report(store, run_id)
+            doc = views.run_document(store, report, site.redactor, with_output=False)
+            return site.render("run.html", view=views.run_view(store, report, site.redactor),
                                signature=signature(doc))
 
         try:
@@ -179,8 +182,9 @@ class RunJsonHandler(PageHandler):
         with_output = self.get_query_argument("output", "1") != "0"
 
         def build() -> str:
-            report = views.find_report(site.state_dir, run_id)
-            return json.dumps(views.run_document(site.state_dir, report, site.redactor,
+            store = site.reports
+            report = views.find_report(store, run_id)
+            return json.dumps(views.run_document(store, report, site.redactor,
                                                  with_output=with_output), indent=2)
 
         try:
@@ -199,11 +203,12 @@ class StepTextHandler(PageHandler):
         site = self.site
 
         def build() -> str:
-            report = views.find_report(site.state_dir, run_id)
+            store = site.reports
+            report = views.find_report(store, run_id)
             number = int(index)
             if number >= len(report.steps):
                 raise views.NotFound(f"run {report.run_id} has no step {number}")
-            text = outputs.read(site.state_dir, report.run_id, report.steps[number])
+            text = outputs.read(store.state_dir, report.run_id, report.steps[number])
             return site.redactor.text(text or "")
 
         try:

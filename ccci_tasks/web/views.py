@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
 from ccci_tasks.errors import CcciError, InvalidInput
@@ -18,13 +17,7 @@ from ccci_tasks.naming import Recipe, RunId
 from ccci_tasks.redact import Redactor
 from ccci_tasks.state import outputs
 from ccci_tasks.state.clock import utc_now
-from ccci_tasks.state.reports import (
-    RunReport,
-    failing_step,
-    list_reports,
-    load_report,
-    report_json,
-)
+from ccci_tasks.state.reports import Reports, RunReport, failing_step, report_json
 
 LIST_LIMIT: Final = 500
 FAILURE_TAIL_LINES: Final = 40
@@ -43,9 +36,9 @@ def parse_run_id(text: str) -> RunId:
         raise NotFound(f"no run {text[:80]!r}") from None
 
 
-def find_report(state_dir: Path, run_id: str) -> RunReport:
+def find_report(store: Reports, run_id: str) -> RunReport:
     try:
-        report = load_report(state_dir, parse_run_id(run_id))
+        report = store.load(parse_run_id(run_id))
     except CcciError as exc:
         raise NotFound(str(exc)) from exc
     if report is None:
@@ -63,7 +56,7 @@ def parse_recipe_filter(value: str | None) -> Recipe | None:
 # --------------------------------------------------------------------------- JSON
 
 
-def run_document(state_dir: Path, report: RunReport, redactor: Redactor, *,
+def run_document(store: Reports, report: RunReport, redactor: Redactor, *,
                  with_output: bool = True) -> dict[str, Any]:
     """The report as ``ccci runs show --json`` prints it, with ``state``, ``duration_s`` and
     each step's ``output`` (the whole kept text; "" when it has none)."""
@@ -72,7 +65,7 @@ def run_document(state_dir: Path, report: RunReport, redactor: Redactor, *,
     doc["duration_s"] = report.duration_s()
     if with_output:
         for entry, step in zip(doc["steps"], report.steps, strict=True):
-            entry["output"] = outputs.read(state_dir, report.run_id, step) or ""
+            entry["output"] = outputs.read(store.state_dir, report.run_id, step) or ""
     redacted: dict[str, Any] = redactor.data(doc)
     return redacted
 
@@ -107,6 +100,7 @@ class RunView:
     reason: str
     duration_s: float | None
     current: str | None
+    output_node: str | None  # the node that keeps the steps' output, when not this one
 
     @property
     def badge(self) -> str:
@@ -124,13 +118,13 @@ def _view_text(text: str) -> str:
     return cut[cut.find("\n") + 1:]
 
 
-def run_view(state_dir: Path, report: RunReport, redactor: Redactor,
+def run_view(store: Reports, report: RunReport, redactor: Redactor,
              now: datetime | None = None) -> RunView:
     start = report.steps[0].started_at if report.steps else report.admitted_at
     failing_index = failing_step(report)
     views = []
     for index, step in enumerate(report.steps):
-        text = redactor.text(outputs.read(state_dir, report.run_id, step) or "")
+        text = redactor.text(outputs.read(store.state_dir, report.run_id, step) or "")
         offset = (step.started_at - start).total_seconds() if start else 0.0
         views.append(StepView(
             index=index, name=step.name, undo=step.undo, ok=step.ok, offset_s=max(0.0, offset),
@@ -143,18 +137,28 @@ def run_view(state_dir: Path, report: RunReport, redactor: Redactor,
         if report.current else None
     return RunView(report=report, steps=tuple(views), failing=failing, failing_tail=tail,
                    reason=redactor.text(report.reason or ""),
-                   duration_s=report.duration_s(now or utc_now()), current=current)
+                   duration_s=report.duration_s(now or utc_now()), current=current,
+                   output_node=report.node if report.node not in (None, store.node) else None)
 
 
-def list_view(state_dir: Path, recipe: str | None, redactor: Redactor) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ListView:
+    runs: list[dict[str, Any]]
+    broker_error: str | None  # the broker did not answer: this host's runs only (the page
+    # says so, without the broker's address)
+
+
+def list_view(store: Reports, recipe: str | None, redactor: Redactor) -> ListView:
     """Runs newest first (at most ``LIST_LIMIT``), of one recipe when ``recipe`` is set."""
-    found = [r for r in list_reports(state_dir) if recipe is None or r.recipe == recipe]
+    listing = store.listing()
+    found = [r for r in listing.records if recipe is None or r.recipe == recipe]
     found.reverse()
-    return [{
-        "run_id": r.run_id, "lane": r.lane, "recipe": r.recipe, "ref": r.ref,
+    return ListView([{
+        "run_id": r.run_id, "lane": r.lane, "recipe": r.recipe, "ref": r.ref, "node": r.node,
         "verdict": r.verdict, "state": r.state, "started_at": r.started_at,
         "duration_s": r.duration_s(), "reason": redactor.text(r.reason or ""),
-    } for r in found[:LIST_LIMIT]]
+    } for r in found[:LIST_LIMIT]], redactor.text(listing.broker_error)
+        if listing.broker_error else None)
 
 
 def human_s(seconds: float | None) -> str:
