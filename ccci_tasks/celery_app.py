@@ -3,6 +3,8 @@
 Queues ``runs``, ``infra`` and ``alerts``, routed by task name (``ccci.<queue>.<name>``)
 in ``task_routes`` rather than by per-call options: options given to ``chain.apply_async``
 reach only the first step, while ``task_routes`` applies to every step a worker publishes.
+This node's own queue ``runs.<node>`` (``CCCI_NODE``, R15) is declared too: its runs worker
+consumes it beside ``runs``.
 
 Time limits: each step has a soft limit (``CCCI_STEP_SOFT_TIME_LIMIT_S``, default 3300 s)
 and a hard limit (``CCCI_STEP_HARD_TIME_LIMIT_S``, default 3600 s). The Redis
@@ -21,6 +23,7 @@ from kombu.entity import Queue
 
 from ccci_tasks import constants as c
 from ccci_tasks.config import Settings, get_settings
+from ccci_tasks.nodes import runs_queue
 
 TASK_ROUTES: dict[str, dict[str, str]] = {
     f"{c.TASK_PREFIX}.{queue}.*": {"queue": queue} for queue in c.QUEUES
@@ -38,7 +41,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "visibility_timeout": settings.visibility_timeout_s,
         "broker_connection_retry_on_startup": True,
-        "task_queues": [Queue(name, routing_key=name) for name in c.QUEUES],  # type: ignore[no-untyped-call]
+        "task_queues": [Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
+                        for name in (*c.QUEUES, runs_queue(settings.node))],
         "task_default_queue": c.QUEUE_RUNS,
         "task_routes": TASK_ROUTES,
         "task_create_missing_queues": False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ccci_tasks import constants as c
@@ -43,6 +44,22 @@ def test_worker_roles() -> None:
     assert "--disable-prefetch" in runs.role().argv()
     assert infra.role().concurrency == alerts.role().concurrency == 1
     assert "--queues=infra" in infra.role().argv()
+
+
+def test_runs_worker_consumes_its_nodes_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs worker consumes runs and runs.<CCCI_NODE> and is named by its node, so two
+    nodes on one machine have distinct worker names; infra and alerts keep their names."""
+    from ccci_tasks.config import get_settings
+    from workers import alerts, runs
+
+    monkeypatch.setenv("CCCI_NODE", "n2")
+    get_settings.cache_clear()
+    try:
+        argv = runs.role().argv()
+    finally:
+        get_settings.cache_clear()
+    assert "--queues=runs,runs.n2" in argv and "--hostname=runs.n2@%h" in argv
+    assert "--hostname=alerts@%h" in alerts.role().argv()
 
 
 def test_beat_schedule_loads_with_the_app() -> None:

@@ -1,15 +1,18 @@
 """The runs worker: app lanes (quick, cold, promote). Concurrency = CCCI_MAX_TESTS.
 
-Prefetch is disabled so no lane step ages in Redis's unacked set while another step runs.
+It consumes ``runs`` and this node's ``runs.<node>`` (``CCCI_NODE``, R15) and is named
+``runs.<node>@<host>``; its main process keeps the node in the node registry
+(``ccci_tasks.nodebeat``). Prefetch is disabled so no lane step ages in Redis's unacked set
+while another step runs.
 """
 
 from ccci_tasks.constants import QUEUE_RUNS
-from workers._common import Role, main, max_tests
+from workers._common import Role, main, max_tests, node
 
 
 def role() -> Role:
-    return Role(queue=QUEUE_RUNS, concurrency=max_tests(), disable_prefetch=True)
+    return Role(queue=QUEUE_RUNS, concurrency=max_tests(), disable_prefetch=True, node=node())
 
 
 if __name__ == "__main__":
-    main(role())
+    main(role)
