@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -383,11 +383,14 @@ def settings(state_dir: Path) -> Settings:
 
 
 class Workers:
-    """Real worker processes, one per queue, started with ``python -m workers.<role>``."""
+    """Real worker processes, one per queue, started with ``python -m workers.<role>``;
+    ``inside`` wraps each command (``ccci_rig.Node.argv``: the workers of a rig node)."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str],
+                 inside: Callable[[list[str]], list[str]] | None = None) -> None:
         self.name = name
         self.env = env
+        self.inside = inside
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logdir = SESSION_DIR / f"workers-{name}"
         self.logdir.mkdir(exist_ok=True)
@@ -400,6 +403,8 @@ class Workers:
         else:
             argv = [sys.executable, "-m", f"workers.{role.rstrip('0123456789')}",
                     f"--hostname={role}-{self.name}@%h"]
+        if self.inside is not None:
+            argv = self.inside(argv)
         with open(self.logdir / f"{role}.log", "ab") as log:
             self.procs[role] = subprocess.Popen(
                 argv, cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True,
@@ -455,6 +460,17 @@ class Workers:
                 proc.wait(timeout=10)
 
 
+    def start_roles(self, roles: tuple[str, ...]) -> Workers:
+        """Start ``roles`` and wait until they answer (all stopped if one does not)."""
+        for role in roles:
+            self.start(role)
+        try:
+            self.wait_ready(roles)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def restart_all(self) -> None:
         """Start every role again (after ``stop``) and wait until they answer."""
         roles = tuple(self.procs)
@@ -463,19 +479,15 @@ class Workers:
         self.wait_ready(roles)
 
 
+def worker_env(**overrides: str) -> dict[str, str]:
+    """The environment of a worker process: ``TEST_ENV`` plus ``overrides``."""
+    return {**os.environ, **TEST_ENV, **overrides, "PYTHONPATH": str(REPO)}
+
+
 def start_workers(name: str, roles: tuple[str, ...] = ("runs", "infra", "alerts"),
                   **overrides: str) -> Workers:
     """Start worker processes with ``TEST_ENV`` plus ``overrides`` (e.g. CCCI_MAX_TESTS)."""
-    env = {**os.environ, **TEST_ENV, **overrides, "PYTHONPATH": str(REPO)}
-    workers = Workers(name, env)
-    for role in roles:
-        workers.start(role)
-    try:
-        workers.wait_ready(roles)
-    except BaseException:
-        workers.stop()
-        raise
-    return workers
+    return Workers(name, worker_env(**overrides)).start_roles(roles)
 
 
 @pytest.fixture(scope="session")
