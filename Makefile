@@ -4,8 +4,10 @@
 bootstrap:
 	scripts/bootstrap.sh
 
+# NODES=2 (up to 9): more hosts on this machine, each a rig node with its own workers.
+NODES ?= 1
 up:
-	scripts/up.sh
+	NODES=$(NODES) scripts/up.sh
 
 down:
 	scripts/down.sh

@@ -24,6 +24,8 @@ def test_dev_compose_worker_commands_match_workers() -> None:
         assert module.role().queue == queue
     assert services["beat"]["command"][:4] == ["celery", "-A", "ccci_tasks.celery_app", "beat"]
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    # one node name for every container of the host (a container's hostname is random)
+    assert compose["x-ccci"]["environment"]["CCCI_NODE"] == "${CCCI_NODE:-n1}"
 
 
 def test_systemd_units_match_workers() -> None:
