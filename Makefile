@@ -31,6 +31,7 @@ bench: bootstrap
 	.venv/bin/python -m bench
 
 # What the broker costs per run and per host (Redis commands, bytes, memory); about 6 minutes.
+# Only the per-host part (each process idle, the node beat): .venv/bin/python -m bench.broker --hosts-only
 bench-broker: bootstrap
 	scripts/services.sh
 	.venv/bin/python -m bench.broker
