@@ -23,7 +23,6 @@ from kombu.entity import Queue
 
 from ccci_tasks import constants as c
 from ccci_tasks.config import Settings, get_settings
-from ccci_tasks.nodes import runs_queue
 
 TASK_ROUTES: dict[str, dict[str, str]] = {
     f"{c.TASK_PREFIX}.{queue}.*": {"queue": queue} for queue in c.QUEUES
@@ -41,8 +40,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "visibility_timeout": settings.visibility_timeout_s,
         "broker_connection_retry_on_startup": True,
+        # and this node's own runs queue (R15: a run's steps go to the node that admitted it;
+        # other nodes' queues are added when a task is sent there, ``enqueue``)
         "task_queues": [Queue(name, routing_key=name)  # type: ignore[no-untyped-call]
-                        for name in (*c.QUEUES, runs_queue(settings.node))],
+                        for name in (*c.QUEUES, c.runs_queue(settings.node))],
         "task_default_queue": c.QUEUE_RUNS,
         "task_routes": TASK_ROUTES,
         "task_create_missing_queues": False,

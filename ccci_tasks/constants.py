@@ -17,6 +17,11 @@ QUEUES: Final = (QUEUE_RUNS, QUEUE_INFRA, QUEUE_ALERTS)
 TASK_PREFIX: Final = "ccci"
 
 
+def runs_queue(node: str) -> str:
+    """The runs queue of one node (R15): the steps of every run admitted on it."""
+    return f"{QUEUE_RUNS}.{node}"
+
+
 def task_name(queue: str, name: str) -> str:
     """The registered name of a task that runs on ``queue``."""
     return f"{TASK_PREFIX}.{queue}.{name}"

@@ -24,6 +24,16 @@ class Call:
     kwargsrepr: str | None = None
 
 
+def _known(app: Any, queue: str) -> str:
+    """``queue``, defined in this process's queues (another node's ``runs.<node>``), since
+    queues are not created on first use (``task_create_missing_queues`` is off)."""
+    from kombu.entity import Queue
+
+    if queue not in app.amqp.queues:
+        app.amqp.queues.add(Queue(queue, routing_key=queue))  # type: ignore[no-untyped-call]
+    return queue
+
+
 def load() -> None:
     """Load the Celery app now: a process that must answer quickly (the webhook) publishes
     later without paying for it then."""
@@ -31,11 +41,14 @@ def load() -> None:
 
 
 def send(call: Call, *, task_id: str | None = None, retry: bool = False,
-         ignore_result: bool = False) -> str:
-    """Publish ``call`` once (no publish retries unless ``retry``); returns its task id."""
+         ignore_result: bool = False, queue: str | None = None) -> str:
+    """Publish ``call`` once (no publish retries unless ``retry``); returns its task id.
+    ``queue`` overrides the queue its name routes to (a node's own ``runs.<node>``)."""
     from ccci_tasks.celery_app import app
 
     options: dict[str, Any] = {"task_id": task_id, "retry": retry}
+    if queue is not None:
+        options["queue"] = _known(app, queue)
     if ignore_result:
         options["ignore_result"] = True
     if call.argsrepr is not None:
@@ -46,9 +59,9 @@ def send(call: Call, *, task_id: str | None = None, retry: bool = False,
     return str(result.id)
 
 
-def chain(calls: Sequence[Call]) -> None:
+def chain(calls: Sequence[Call], *, queue: str | None = None) -> None:
     """Publish ``calls`` as one Celery chain, each step immutable (it ignores the result of
-    the step before it)."""
+    the step before it); ``queue`` overrides the queue of every step."""
     from celery import chain as celery_chain
 
     from ccci_tasks.celery_app import app
@@ -57,5 +70,8 @@ def chain(calls: Sequence[Call]) -> None:
     for call in calls:
         sig = app.signature(call.name, args=tuple(call.args), kwargs=dict(call.kwargs),
                             immutable=True)
-        sigs.append(sig.set(argsrepr=call.argsrepr, kwargsrepr=call.kwargsrepr))
+        sig = sig.set(argsrepr=call.argsrepr, kwargsrepr=call.kwargsrepr)
+        if queue is not None:
+            sig = sig.set(queue=_known(app, queue))
+        sigs.append(sig)
     celery_chain(*sigs).apply_async()

@@ -56,7 +56,7 @@ def runs_queue(node: str) -> str:
     """The queue of ``node``'s runs worker: every step of a run admitted there goes to it."""
     if not NODE_RE.fullmatch(node):
         raise InvalidInput(f"node {node!r} is invalid: expected 1-63 of [a-z0-9-] (CCCI_NODE)")
-    return f"{c.QUEUE_RUNS}.{node}"
+    return c.runs_queue(node)
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,8 @@ def flush_redis(url: str) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
-    for pattern in ("ccci:*", "celery-task-meta-*", "runs", "infra", "alerts", "unacked*"):
+    for pattern in ("ccci:*", "celery-task-meta-*", "runs", "runs.*", "infra", "alerts",
+                    "unacked*"):
         keys = list(client.scan_iter(match=pattern, count=1000))
         if keys:
             client.delete(*keys)
@@ -151,6 +152,20 @@ def redis_url(redis_server: str) -> str:
     """The session Redis, flushed of ccci state for this test."""
     flush_redis(redis_server)
     return redis_server
+
+
+@pytest.fixture
+def quiet_redis_url(redis_server: str) -> str:
+    """A database of the session Redis that no worker uses, flushed: admission tested there
+    is not joined by the session's runs workers, which beat into the broker's database as a
+    node (and a node that does not beat while others do admits nothing)."""
+    url = redis_server.rsplit("/", 1)[0] + "/1"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
 
 
 # --------------------------------------------------------------------------- Docker

@@ -63,13 +63,10 @@ def test_status_shows_slots(redis_url: str) -> None:
     assert data["max_tests"] == 1 and data["slots_in_use"] == 0 and data["queued"] == []
 
 
-def test_status_says_when_no_node_beats(redis_server: str) -> None:
+def test_status_says_when_no_node_beats(quiet_redis_url: str) -> None:
     """With no node ever beating into the broker (runs workers of an older version, or none),
     `ccci status` says so; `--json` gives no nodes."""
-    import redis
-
-    url = redis_server.rsplit("/", 1)[0] + "/2"  # no worker of the session beats here
-    redis.Redis.from_url(url).flushdb()
+    url = quiet_redis_url  # no worker of the session beats here
     done = ccci("status", CCCI_BROKER_URL=url)
     assert done.returncode == 0, done.stderr
     assert "nodes: no node has beaten (no runs worker runs, or it is of a version before " \

@@ -204,11 +204,17 @@ def _set_last_run(entry: str, when: datetime) -> None:
 
 
 def _last_sweep_at(when: datetime) -> None:
-    from ccci_tasks import atomic
+    """The last sweep completed at ``when``, as this host's file and the broker keep it."""
+    import json
+
+    from ccci_tasks import atomic, broker
+    from ccci_tasks.config import get_settings
+    from ccci_tasks.constants import KEY_SWEEP_LAST
     from ccci_tasks.state.clock import iso
 
-    atomic.write_json(state() / "sweep" / "last.json",
-                      {"run_id": "x", "verdict": "pass", "finished_at": iso(when)})
+    record = {"run_id": "x", "verdict": "pass", "finished_at": iso(when)}
+    atomic.write_json(state() / "sweep" / "last.json", record)
+    broker.client(get_settings()).set(KEY_SWEEP_LAST, json.dumps(record))
 
 
 def _nightly_at(now: datetime) -> datetime:

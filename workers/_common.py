@@ -13,18 +13,18 @@ from ccci_tasks.errors import ConfigError
 
 @dataclass(frozen=True)
 class Role:
-    """A worker role: the queue it consumes and how many processes it runs. A role with a
-    ``node`` also consumes that node's own queue ``<queue>.<node>`` and is named by it
+    """A worker role: the queue it consumes and how many processes it runs. A role that also
+    consumes more queues (a node's own ``runs.<node>``) is named by the last of them
     (``runs.n2@<host>``), so two nodes on one machine have distinct worker names."""
 
     queue: str
     concurrency: int
     disable_prefetch: bool = False
-    node: str | None = None
+    also: tuple[str, ...] = ()  # more queues it consumes (a node's own runs.<node>)
 
     @property
     def queues(self) -> list[str]:
-        return [self.queue] if self.node is None else [self.queue, f"{self.queue}.{self.node}"]
+        return [self.queue, *self.also]
 
     def argv(self) -> list[str]:
         """The ``celery worker`` arguments for this role (also used by the dev compose file)."""
@@ -63,7 +63,3 @@ def main(role: Callable[[], Role]) -> None:
 
 def max_tests() -> int:
     return get_settings().max_tests
-
-
-def node() -> str:
-    return get_settings().node

@@ -6,12 +6,15 @@ It consumes ``runs`` and this node's ``runs.<node>`` (``CCCI_NODE``, R15) and is
 while another step runs.
 """
 
-from ccci_tasks.constants import QUEUE_RUNS
-from workers._common import Role, main, max_tests, node
+from ccci_tasks.config import get_settings
+from ccci_tasks.constants import QUEUE_RUNS, runs_queue
+from workers._common import Role, main, max_tests
 
 
 def role() -> Role:
-    return Role(queue=QUEUE_RUNS, concurrency=max_tests(), disable_prefetch=True, node=node())
+    """The shared ``runs`` queue and this node's own ``runs.<node>`` (R15)."""
+    return Role(queue=QUEUE_RUNS, concurrency=max_tests(), disable_prefetch=True,
+                also=(runs_queue(get_settings().node),))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 
 import ccci_tasks.lanes.canon as canon
 import ccci_tasks.lanes.common as common
+import ccci_tasks.lanes.placement as placement
 import ccci_tasks.lanes.plan as pure
 from ccci_tasks import constants as c
 from ccci_tasks import naming, snapshots
@@ -81,7 +82,10 @@ def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Su
         resources += (Resource.canon(checked.recipe),)
     resources += dep_resources(settings, checked.meta.deps)
     domain = naming.cold_domain(checked.recipe, run_hex(run_id), settings.base_domain)
-    return Submission(NAME, checked.recipe, checked.ref, resources, domain)
+    # where the recipe's canonical lives, when that node is up: its promotion replaces it
+    # there and its upgrade tier starts from its version; else the most free slots
+    return Submission(NAME, checked.recipe, checked.ref, resources, domain,
+                      pin=placement.canonical_home(settings, checked.recipe))
 
 
 def plan(settings: Settings, spec: RunSpec) -> RunCtx:

@@ -6,7 +6,9 @@ that runs lane steps, so a stopped step cannot hold up the round that must kill 
 0. STONITH (R13.1): every process of this node that acts for a run without a live lease (a
    step stopped or stuck past its lease, the commands it started) is SIGKILLed and found
    gone (``fence.reap_stale``); a run whose process will not die keeps its resources, and
-   a run last held on another node waits for that node's janitor (or for ``node_lost``);
+   a run last held on another node waits for that node's janitor, unless that node is lost
+   (R15: no beat for the lease TTL), when its runs end ``error`` from here and nothing of
+   that node is touched (runs queued for it end too: asked again, they go to a live node);
 1. runs whose lease expired are reaped: their report ends ``error`` ("crashed"), an alert is
    written, and their lane's ``recover`` cleans up what they left (their cold app, their
    canonical put back to known-good through its intent record, their realm); only when that
@@ -36,6 +38,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import ccci_tasks.lanes.fence as fence
+import ccci_tasks.lanes.placement as placement
 import ccci_tasks.lanes.runner as runner
 from ccci_tasks import hooks, naming
 from ccci_tasks.admission import Lease, Resource, RunSpec, Slots
@@ -134,10 +137,13 @@ def lost_reports(
             and (now - touched.get(r.run_id, r.started_at)).total_seconds() >= grace_s]
 
 
-def _mark_crashed(settings: Settings, spec: RunSpec, report: JanitorReport) -> None:
+def _mark_crashed(settings: Settings, spec: RunSpec, report: JanitorReport,
+                  lost: dict[str, float] | None = None) -> None:
     """End a dead run's report (once) with an alert; harmless for one already ended."""
     why = (f"crashed: its lease expired after {settings.lease_ttl_s} s without renewal "
            "(worker lost or stopped, or step stuck); the janitor cleans up what it left")
+    if lost and spec.node in lost and spec.node != settings.node:
+        why = f"crashed: {_lost_note(settings, spec.node, lost[spec.node])}"
     ended = reports.end_report(settings.state_dir, spec.run_id, "error", why) \
         if reports.load_report(settings.state_dir, spec.run_id) else None
     if ended is not None:
@@ -150,25 +156,65 @@ def _mark_crashed(settings: Settings, spec: RunSpec, report: JanitorReport) -> N
         report.crashed.append(spec.run_id)
 
 
+def lost_nodes(settings: Settings) -> dict[str, float]:
+    """The nodes of the registry that are ``lost`` (no beat for the lease TTL), each with the
+    seconds since its last beat. A node the registry does not know is not lost: another
+    node's dead run then waits for that node's own janitor, which kills its processes first."""
+    found = placement.registry(settings) or []
+    newest = max((n.seen for n in found), default=0.0)
+    return {n.node: max(0.0, newest - n.seen) for n in found if n.state == "lost"}
+
+
 def node_lost(settings: Settings, node: str) -> bool:
-    """Whether ``node`` is declared lost, so that its dead runs may be cleaned up from here.
-    Several hosts are not run yet (R15): no node is ever lost, and another node's dead run
-    waits for that node's own janitor, which kills its processes first."""
-    return False
+    """Whether ``node`` is declared lost, so that its dead runs are ended from here."""
+    return node in lost_nodes(settings)
+
+
+def _lost_note(settings: Settings, node: str, silent_s: float) -> str:
+    return (f"node {node} lost: no beat for over {settings.lease_ttl_s} s (last one {silent_s:.0f}"
+            f" s before the newest node's); ended from node {settings.node}, which touches "
+            f"nothing of node {node}")
+
+
+def _end_lost_nodes_runs(settings: Settings, slots: Slots, lost: dict[str, float],
+                         report: JanitorReport) -> None:
+    """Runs queued for a lost node end ``error`` (asked again, they are placed on a live
+    node); nothing of the lost node is touched (R15)."""
+    for spec in slots.pending():
+        if spec.pin is None or spec.pin not in lost or spec.hold:
+            continue
+        if not slots.cancel(spec.run_id):
+            continue
+        why = (f"{_lost_note(settings, spec.pin, lost[spec.pin])}; the run had not started: "
+               "ask again and it is placed on a live node")
+        ended = reports.end_report(settings.state_dir, spec.run_id, "error", why) \
+            if reports.load_report(settings.state_dir, spec.run_id) else None
+        slots.forget(spec.run_id)
+        if ended is not None:
+            hooks.run_finished(settings, ended)
+        report.crashed.append(spec.run_id)
 
 
 def _recover_reaped(settings: Settings, platform: Platform, slots: Slots,
-                    report: JanitorReport, stuck: set[str]) -> None:
+                    report: JanitorReport, stuck: set[str], lost: dict[str, float]) -> None:
     for lease in slots.occupying():
         if lease.state != "reaping":
             continue
         run_id, spec = lease.run_id, lease.spec
         if run_id in stuck:
             continue  # its process is not gone yet: its resources stay held
-        node = lease.node
-        if node is not None and node != settings.node and not node_lost(settings, node):
-            report.problems.append(f"run {run_id} was last held on node {node}: waiting for "
-                                   "that node's janitor to kill what is left of it")
+        # the node of the process that last acted for it, else the one that admitted it
+        node = lease.node or (spec.node if spec is not None else None)
+        if node is not None and node != settings.node:
+            if node not in lost:
+                report.problems.append(f"run {run_id} was last held on node {node}: waiting "
+                                       "for that node's janitor to kill what is left of it")
+                continue
+            # its node is lost: what it left there is that node's to clean up when it
+            # returns (its runs are ended, so all of it is stale there); its holds go now
+            report.recovered.append({"run_id": run_id, "lane": spec.lane if spec else None,
+                                     "done": [f"node {node} lost: nothing touched"]})
+            slots.finish_reap(run_id)
             continue
         if spec is None:
             slots.finish_reap(run_id)
@@ -226,10 +272,13 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
     slots.reap_expired()
     killed = fence.reap_stale(settings, slots)
     report.killed, report.problems = killed.killed, list(killed.problems)
+    lost = lost_nodes(settings)
     for _, spec in slots.reaping():  # newly reaped, and those an earlier round left
         if spec is not None and not spec.hold:
-            _mark_crashed(settings, spec, report)
-    _recover_reaped(settings, platform, slots, report, killed.stuck_runs)
+            _mark_crashed(settings, spec, report, lost)
+    _recover_reaped(settings, platform, slots, report, killed.stuck_runs, lost)
+    if lost:
+        _end_lost_nodes_runs(settings, slots, lost, report)
 
     apps = platform.live_apps()
     occupying = slots.occupying()
@@ -258,6 +307,8 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
     _end_lost(settings, slots, platform, report)
     try:
         report.launched = runner.dispatch(settings)
+        if slots.pending():  # a wake-up lost with a worker or a broker hiccup
+            placement.wake(settings)
     except CcciError as exc:
         report.problems.append(f"dispatch: {exc}")
     if report.problems:

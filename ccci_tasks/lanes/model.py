@@ -193,6 +193,7 @@ class Submission:
     resources: tuple[Resource, ...]
     domain: Domain | None
     note: str | None = None
+    pin: str | None = None  # the node it must run on (lanes/placement.py); None: any
 
 
 def _checks_nothing(settings: Settings, request: Mapping[str, Any]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import ccci_tasks.lanes.canon as canon_mod
 import ccci_tasks.lanes.cold as cold
 import ccci_tasks.lanes.common as common
+import ccci_tasks.lanes.placement as placement
 from ccci_tasks import constants as c
 from ccci_tasks import naming
 from ccci_tasks.admission import Resource, RunSpec
@@ -67,19 +68,29 @@ def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Su
     if ref is None:
         raise InvalidInput("a quick run needs a ref (the PR head) to upgrade to")
     checked = check_request(settings, recipe, ref)
+    resources = (Resource.slot(), Resource.canon(checked.recipe),
+                 *dep_resources(settings, checked.meta.deps))
+    warm = naming.warm_domain(checked.recipe, settings.base_domain)
+    home = placement.canonical_home(settings, checked.recipe)
+    if home is not None and home != settings.node:
+        # another live node holds it usable (its beat checked it as ``usable`` does here);
+        # that node checks it again when it plans the run
+        return Submission(NAME, checked.recipe, checked.ref, resources, warm, pin=home)
     found = canon_mod.usable(settings, checked.recipe)
     if found.corrupt:
         canon_mod.quarantine(settings, checked.recipe, found.why)
         raise StateError(found.why)
-    if found.registry is None:
+    where = placement.here(settings) if found.registry is not None else None
+    if found.registry is None or where is False:
+        why = found.why if found.registry is None else (
+            f"the canonical of {checked.recipe} is on node {settings.node}, whose runs worker "
+            "does not beat (lost or not started)")
         fallback = cold.prepare(settings, run_id, request)
-        note = f"{found.why}: fell back to a full cold run"
         return Submission(fallback.lane, fallback.recipe, fallback.ref, fallback.resources,
-                          fallback.domain, note)
-    resources = (Resource.slot(), Resource.canon(checked.recipe),
-                 *dep_resources(settings, checked.meta.deps))
-    return Submission(NAME, checked.recipe, checked.ref, resources,
-                      naming.warm_domain(checked.recipe, settings.base_domain))
+                          fallback.domain, f"{why}: fell back to a full cold run",
+                          fallback.pin)
+    return Submission(NAME, checked.recipe, checked.ref, resources, warm,
+                      pin=where if isinstance(where, str) else None)
 
 
 def plan(settings: Settings, spec: RunSpec) -> RunCtx:

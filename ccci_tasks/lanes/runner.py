@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from celery import Task
 
+import ccci_tasks.lanes.placement as placement
 from ccci_tasks import constants as c
 from ccci_tasks import enqueue, failpoints, hooks, naming, redact, stonith
 from ccci_tasks.admission import RunSpec, Slots, keep_alive
@@ -87,7 +88,7 @@ def submit(
         return _refuse(settings, run_id, lane_name,
                        f"refused: unexpected {type(exc).__name__}: {exc}")
     spec = RunSpec(run_id=run_id, lane=prepared.lane, recipe=prepared.recipe, ref=prepared.ref,
-                   resources=prepared.resources, parent=parent)
+                   resources=prepared.resources, parent=parent, pin=prepared.pin)
     report = reports.update_report(state, run_id, lane=prepared.lane, domain=prepared.domain,
                                    recipe=prepared.recipe, ref=prepared.ref,
                                    reason=prepared.note)
@@ -99,6 +100,7 @@ def submit(
         return _refuse(settings, run_id, prepared.lane, f"refused: {exc}")
     hooks.run_queued(settings, report)
     dispatch(settings)
+    placement.wake(settings, prepared.pin)
     return Submitted(run_id, prepared.lane, None, prepared.note)
 
 
@@ -156,7 +158,7 @@ def dispatch(settings: Settings) -> list[str]:
             continue
         reports.mark_admitted(settings.state_dir, spec.run_id)
         try:
-            launch(lane, ctx, lane.steps(ctx))
+            launch(lane, ctx, lane.steps(ctx), node=spec.node or settings.node)
         except Exception as exc:  # broker trouble: the run waits for the next dispatch
             log.warning("run %s could not be launched (%s); back in the queue", spec.run_id, exc)
             slots.requeue(spec.run_id, spec.token)
@@ -169,14 +171,18 @@ def _argsrepr(ctx: RunCtx) -> str:
     return repr((ctx.recipe, ctx.lane, ctx.run_id[:8]))
 
 
-def launch(lane: Lane, ctx: RunCtx, names: tuple[str, ...], *, undo: bool = False) -> None:
+def launch(lane: Lane, ctx: RunCtx, names: tuple[str, ...], *, node: str,
+           undo: bool = False) -> None:
     """Start ``names`` as one Celery chain on the lane's queue (by task name: the runner
-    never imports the task modules)."""
+    never imports the task modules); a lane of the runs queue runs on ``node``'s own
+    ``runs.<node>``, where the run was admitted (R15)."""
     data = ctx.to_dict()
+    queue = c.runs_queue(node) if lane.queue == c.QUEUE_RUNS else None
     enqueue.chain([enqueue.Call(c.task_name(lane.queue, name), (data,), {"undo": undo},
                                 argsrepr=_argsrepr(ctx),
                                 kwargsrepr=repr({"undo": undo} if undo else {}))
-                   for name in names])
+                   for name in names], queue=queue)
+
 
 
 # ----------------------------------------------------------------------------- steps
@@ -384,7 +390,7 @@ def _start_undo(settings: Settings, lane: Lane, ctx: RunCtx, failure: Failure) -
     if not names:
         end_run(settings, ctx.run_id, ctx.token, failure.verdict, failure.reason)
         return
-    launch(lane, ctx.with_failure(failure), names, undo=True)
+    launch(lane, ctx.with_failure(failure), names, node=settings.node, undo=True)
 
 
 def _after_undo_step(
@@ -419,6 +425,7 @@ def resume(settings: Settings, run_id: RunId) -> bool:
         return False
     log.info("run %s resumes", run_id)
     dispatch(settings)
+    placement.wake(settings)
     return True
 
 
@@ -468,3 +475,5 @@ def end_run(
         hooks.run_finished(settings, ended)
     if dispatch_next:
         dispatch(settings)
+        if slots.pending():  # what waited for this run's resources may go elsewhere
+            placement.wake(settings)

@@ -26,6 +26,7 @@ from typing import Any
 import ccci_tasks.lanes.cold as cold
 import ccci_tasks.lanes.common as common
 import ccci_tasks.lanes.reconcile as reconcile
+from ccci_tasks import broker
 from ccci_tasks import constants as c
 from ccci_tasks.admission import Resource, RunSpec, Slots
 from ccci_tasks.config import Settings
@@ -79,7 +80,7 @@ def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Su
             raise RunSkipped(f"sweep {other.run_id} is in flight (started "
                              f"{other.started_at:%Y-%m-%d %H:%M:%S} UTC)")
     if request.get("scheduled"):
-        last = sweeps.last_completed(settings.state_dir)
+        last = sweeps.last_completed(settings.state_dir, broker.client(settings))
         min_gap = timedelta(hours=settings.sweep_min_interval_h)
         if last is not None and utc_now() - last < min_gap:
             raise RunSkipped(f"a sweep completed at {last:%Y-%m-%d %H:%M:%S} UTC, less than "
@@ -257,7 +258,8 @@ def finish(env: StepEnv, ctx: RunCtx) -> Outcome:
     recipes = report.extra.get("recipes", [])
     red = [r["recipe"] for r in recipes if r.get("verdict") != "pass"]
     verdict: Verdict = "fail" if red else "pass"
-    sweeps.record_completed(env.settings.state_dir, ctx.run_id, verdict)
+    sweeps.record_completed(env.settings.state_dir, ctx.run_id, verdict,
+                            broker.client(env.settings))
     green = len(recipes) - len(red)
     detail = (f"{green} of {len(recipes)} recipe(s) green"
               + (f"; red: {', '.join(red)}" if red else "")

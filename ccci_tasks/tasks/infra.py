@@ -12,6 +12,7 @@ from typing import Any
 
 from celery.signals import worker_ready
 
+from ccci_tasks import broker
 from ccci_tasks import constants as c
 from ccci_tasks.celery_app import app
 from ccci_tasks.config import Settings, get_settings
@@ -32,7 +33,7 @@ def sweep_watchdog() -> dict[str, Any]:
     from ccci_tasks.state.clock import utc_now
 
     settings = get_settings()
-    since = sweeps.reference_time(settings.state_dir)
+    since = sweeps.reference_time(settings.state_dir, broker.client(settings))
     age_h = (utc_now() - since).total_seconds() / 3600
     if age_h <= settings.sweep_max_age_h:
         return {"fired": False, "age_h": round(age_h, 2)}

@@ -94,6 +94,13 @@ STEP_TASKS: dict[str, Task] = {
 }
 
 
+@app.task(name=c.task_name(c.QUEUE_RUNS, "dispatch"))  # type: ignore[untyped-decorator]
+def dispatch() -> list[str]:
+    """Admit and launch what fits on this node now (R15: sent to a node's ``runs.<node>``
+    to wake it when a run it may take was queued or something it waits for was freed)."""
+    return runner.dispatch(get_settings())
+
+
 # On the side queue: the infra pool runs reconcile steps, and a stopped step there must not
 # hold up the round that kills it.
 @app.task(name=c.task_name(c.QUEUE_ALERTS, "janitor"))  # type: ignore[untyped-decorator]
