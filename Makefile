@@ -4,8 +4,10 @@
 bootstrap:
 	scripts/bootstrap.sh
 
+# NODES=2 (up to 9): more hosts on this machine, each a rig node with its own workers.
+NODES ?= 1
 up:
-	scripts/up.sh
+	NODES=$(NODES) scripts/up.sh
 
 down:
 	scripts/down.sh
@@ -29,6 +31,7 @@ bench: bootstrap
 	.venv/bin/python -m bench
 
 # What the broker costs per run and per host (Redis commands, bytes, memory); about 6 minutes.
+# Only the per-host part (each process idle, the node beat): .venv/bin/python -m bench.broker --hosts-only
 bench-broker: bootstrap
 	scripts/services.sh
 	.venv/bin/python -m bench.broker

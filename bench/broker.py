@@ -5,7 +5,9 @@ Redis's own counters (``INFO commandstats``, ``INFO stats`` network bytes, ``use
 ``MEMORY USAGE`` of the keys by prefix) around:
 
 1. each process a host runs, alone and idle for a window: the runs, infra and alerts workers;
-   beat holding its lock; a second beat standing by (default intervals);
+   the node beat (the runs worker at the default CCCI_NODE_BEAT_S less the same worker beating
+   once a minute, so not in the window); beat holding its lock; a second beat standing by
+   (default intervals);
 2. janitor rounds (``ccci.alerts.janitor`` through the alerts worker), idle cost subtracted;
 3. a batch of quick runs and a batch of cold runs of custom-html on a PR commit (runs and alerts
    workers), the idle cost of those workers over the batch subtracted: commands, network bytes
@@ -41,6 +43,7 @@ PREFIXES = ("ccci:run:", "ccci:beat:", "ccci:slots:", "ccci:deliveries:", "ccci:
             "celery-task-meta-", "_kombu.", "unacked", "")
 RECIPE = "custom-html"
 BEAT_SETTLE_S = 15
+NODE_BEAT_RARE_S = 60  # the largest CCCI_NODE_BEAT_S: no beat in a window after the first
 
 
 class Probe:
@@ -117,6 +120,9 @@ def measure_hosts(system: BenchSystem, client: redis.Redis, seconds: float) -> d
         system.stop_workers()
         print(f"  {role} worker idle: {out[f'{role}_worker_idle']['commands_per_s']} cmd/s",
               flush=True)
+    out["node_beat"] = node_beat(system, client, seconds, out["runs_worker_idle"])
+    print(f"  node beat: {out['node_beat']['commands_per_s']} cmd/s, "
+          f"{out['node_beat']['net_bytes_per_s']} bytes/s", flush=True)
     # Beat ticks every CCCI_BEAT_MAX_INTERVAL_S (10 s): longer windows, past its start-up
     # (loading the app, installing the schedule). The 60 s entries (janitor, alert relay, forge
     # sweep) fire about once in each window, so both rates include sending them.
@@ -135,6 +141,28 @@ def measure_hosts(system: BenchSystem, client: redis.Redis, seconds: float) -> d
     for key in ("beat_holding_lock", "beat_standby"):
         print(f"  {key}: {out[key]['commands_per_s']} cmd/s", flush=True)
     return out
+
+
+def node_beat(system: BenchSystem, client: redis.Redis, seconds: float,
+              runs_idle: dict[str, Any]) -> dict[str, Any]:
+    """What the node beat costs: the idle runs worker (beating every CCCI_NODE_BEAT_S) less
+    the same worker beating every NODE_BEAT_RARE_S (its first beat before the window)."""
+    from ccci_tasks.config import get_settings
+
+    interval = get_settings().node_beat_s
+    system.start_workers(("runs",), CCCI_NODE_BEAT_S=str(NODE_BEAT_RARE_S))
+    time.sleep(3)
+    rare = window(client, seconds)
+    system.stop_workers()
+    calls = Counter(runs_idle["by_command"])
+    calls.subtract(rare["by_command"])
+    per_s = runs_idle["commands_per_s"] - rare["commands_per_s"]
+    net = ((runs_idle["net_in_bytes"] + runs_idle["net_out_bytes"]) / runs_idle["elapsed_s"]
+           - (rare["net_in_bytes"] + rare["net_out_bytes"]) / rare["elapsed_s"])
+    return {"interval_s": interval, "commands_per_s": round(per_s, 3),
+            "commands_per_beat": round(per_s * interval, 2),
+            "net_bytes_per_s": round(net), "by_command": {k: v for k, v in calls.items() if v},
+            "runs_worker_beating_rarely": rare}
 
 
 def measure_janitor(system: BenchSystem, client: redis.Redis, rounds: int,
@@ -202,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-s", type=float, default=30.0, help="idle window per process")
     parser.add_argument("--batch", type=int, default=3, help="runs per lane")
     parser.add_argument("--janitor-rounds", type=int, default=5)
+    parser.add_argument("--hosts-only", action="store_true",
+                        help="only the per-host figures (each process idle, the node beat)")
     args = parser.parse_args(argv)
     import redis
 
@@ -219,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         client = redis.Redis(port=system.redis_port)
         print("per host: each process idle ...", flush=True)
         hosts = figures["per_host"] = measure_hosts(system, client, args.window_s)
+        if args.hosts_only:
+            figures["redis_version"] = client.info()["redis_version"]
+            client.close()
+            return write(figures, started)
         alerts_idle = hosts["alerts_worker_idle"]["commands_per_s"]
         runs_idle = (hosts["runs_worker_idle"]["commands_per_s"]
                      + hosts["alerts_worker_idle"]["commands_per_s"])
@@ -228,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         figures["per_run"] = measure_runs(system, client, args.batch, runs_idle)
         figures["redis_version"] = client.info()["redis_version"]
         client.close()
+    return write(figures, started)
+
+
+def write(figures: dict[str, Any], started: datetime) -> int:
     figures["load_after"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"broker-{started.strftime('%Y%m%dT%H%M%SZ')}.json"

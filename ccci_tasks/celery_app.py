@@ -3,6 +3,8 @@
 Queues ``runs``, ``infra`` and ``alerts``, routed by task name (``ccci.<queue>.<name>``)
 in ``task_routes`` rather than by per-call options: options given to ``chain.apply_async``
 reach only the first step, while ``task_routes`` applies to every step a worker publishes.
+This node's own queue ``runs.<node>`` (``CCCI_NODE``, R15) is declared too: its runs worker
+consumes it beside ``runs``.
 
 Time limits: each step has a soft limit (``CCCI_STEP_SOFT_TIME_LIMIT_S``, default 3300 s)
 and a hard limit (``CCCI_STEP_HARD_TIME_LIMIT_S``, default 3600 s). The Redis

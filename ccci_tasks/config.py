@@ -7,6 +7,7 @@ from here in one place.
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -21,6 +22,7 @@ from ccci_tasks.versions import DEFAULT_MIGRATION_PATTERNS
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _NODE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+NODE_BEAT_MAX_S = 60.0
 
 
 def default_node() -> str:
@@ -113,6 +115,9 @@ class Settings(BaseSettings):
     # Every host reads run reports from the broker, which keeps a finished one this many days
     # after its end; each host keeps its own copies of the reports it wrote on its disk.
     report_broker_days: float = Field(default=30, gt=0)
+    # The runs worker of this node publishes it in the node registry this often (seconds); a
+    # node with no beat for CCCI_LEASE_TTL_S is lost.
+    node_beat_s: float = 2.0
 
     docker_host: str = "unix:///var/run/docker.sock"
     abra_bin: str = "abra"
@@ -129,6 +134,18 @@ class Settings(BaseSettings):
             raise ValueError(f"node {value!r} is invalid: expected 1-63 of [a-z0-9-], not "
                              "starting with '-' (set CCCI_NODE)")
         return value
+
+    @field_validator("node_beat_s", mode="before")
+    @classmethod
+    def _node_beat_ok(cls, value: object) -> float:
+        try:
+            seconds = float(str(value))  # "2", 2, 2.5; never a bool ("True")
+        except ValueError:
+            seconds = math.nan
+        if not 0.1 <= seconds <= NODE_BEAT_MAX_S:  # NaN too
+            raise ValueError(f"CCCI_NODE_BEAT_S {value!r} is invalid: give the seconds between "
+                             f"two beats of a node, from 0.1 to {NODE_BEAT_MAX_S:g} (default 2)")
+        return seconds
 
     @field_validator("infra_apps")
     @classmethod
@@ -192,6 +209,12 @@ class Settings(BaseSettings):
                 f"beat_lock_timeout_s ({self.beat_lock_timeout_s}) must be at least 3 x "
                 f"beat_max_interval_s ({self.beat_max_interval_s}), or the beat that fires "
                 "loses its lock between two ticks"
+            )
+        if self.lease_ttl_s < 2 * self.node_beat_s:
+            raise ValueError(
+                f"CCCI_NODE_BEAT_S ({self.node_beat_s:g}) must be at most half of "
+                f"CCCI_LEASE_TTL_S ({self.lease_ttl_s}), or one late beat makes a live node "
+                "look lost; beat more often or raise the lease TTL"
             )
         if self.visibility_timeout_s <= self.step_hard_time_limit_s:
             raise ValueError(

@@ -103,8 +103,10 @@ def beat(client: redis.Redis, node: str, max_tests: int, live: Iterable[str],
             items.append(value)
         lists.append(",".join(sorted(set(items))))
     try:
-        reply = client.eval(_BEAT, 2, c.KEY_NODES, c.KEY_NODE + node, node, int(max_tests),
-                            *lists)
+        # EVALSHA (the script's text crosses the wire once per connection's server, not
+        # every beat)
+        reply = client.register_script(_BEAT)(keys=[c.KEY_NODES, c.KEY_NODE + node],
+                                              args=[node, int(max_tests), *lists])
     except RedisError as exc:
         raise BrokerError(f"node {node} could not beat into the broker: "
                           f"{type(exc).__name__}: {exc}") from exc

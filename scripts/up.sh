@@ -10,11 +10,21 @@
 # stand-in recipes as live-warm apps when it starts.
 # On the first start it runs the demo: a cold run that seeds the custom-html canonical, then
 # a quick run on a PR commit (CCCI_DEMO=0 skips it; rm run/demo.done runs it again).
+# NODES=2 (`make up NODES=2`, up to 9) adds hosts on this machine: node n2 (n3, ...) is a rig
+# node (scripts/node.sh: a Docker engine in swarm mode in a network namespace of its own) with
+# the recipe images, its own state root (RUN_DIR/n2/state), a runs worker and a side-queue
+# worker reaching the shared Redis through the node's relay. This machine's workers are
+# node n1 (CCCI_NODE). `make down` stops them and the nodes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUN_DIR=${RUN_DIR:-$ROOT/run}
 export RUN_DIR
+NODES=${NODES:-1}
+if ! [[ $NODES =~ ^[1-9]$ ]]; then
+  echo "up: NODES=$NODES is invalid: give how many hosts to run on this machine, 1 to 9 (NODES=2: this machine and one rig node)" >&2
+  exit 2
+fi
 mkdir -p "$RUN_DIR/logs"
 chmod 700 "$RUN_DIR"
 
@@ -49,6 +59,9 @@ if ! grep -q '^CCCI_WEBHOOK_SECRET=' "$env_file"; then  # env files of older ver
     echo "FAKE_FORGE_USERS=maintainer:$maintainer_token:write"
     echo "FAKE_FORGE_MAINTAINER_TOKEN=$maintainer_token"
   } >>"$env_file"
+fi
+if ! grep -q '^CCCI_NODE=' "$env_file"; then  # env files of older versions too
+  echo "CCCI_NODE=${CCCI_NODE:-n1}" >>"$env_file"  # this machine's node, by a name that reads well
 fi
 KEYCLOAK_PORT=${KEYCLOAK_PORT:-8180}
 if ! grep -q '^CCCI_KEYCLOAK_URL=' "$env_file"; then
@@ -115,7 +128,7 @@ until .venv/bin/python - "$CCCI_FLOWER_USER" "$CCCI_FLOWER_PASSWORD" <<'PY' 2>/d
 import sys, httpx
 r = httpx.get("http://127.0.0.1:5555/api/workers?refresh=1", auth=(sys.argv[1], sys.argv[2]), timeout=5)
 names = r.json() if r.status_code == 200 else {}
-sys.exit(0 if sum(1 for n in names if n.split("@")[0] in ("runs", "infra", "alerts")) >= 3 else 1)
+sys.exit(0 if sum(1 for n in names if n.split("@")[0].split(".")[0] in ("runs", "infra", "alerts")) >= 3 else 1)
 PY
 do
   if [ $SECONDS -ge $deadline ]; then
@@ -145,6 +158,58 @@ for name in "${processes[@]}"; do
   fi
 done
 CCCI=$ROOT/.venv/bin/ccci
+
+# More hosts on this machine (NODES=2..9): rig nodes n2.., each with its engine, the recipe
+# images, its state root and its runs and side-queue workers.
+wait_nodes_up() {  # wait_nodes_up NAME...: every node beats (`ccci status --json`)
+  local deadline=$((SECONDS + 120)) seen
+  until seen=$("$CCCI" status --json 2>/dev/null | "$PY" -c '
+import json, sys
+up = {n["node"] for n in json.load(sys.stdin)["nodes"] if n["state"] == "up"}
+missing = [n for n in sys.argv[1:] if n not in up]
+print(" ".join(missing))
+sys.exit(1 if missing else 0)
+' "$@"); do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "up: timed out after 120 s waiting for node(s) ${seen:-$*} to beat (\`ccci status\` lists the nodes); see $RUN_DIR/logs/" >&2
+      exit 3
+    fi
+    sleep 1
+  done
+}
+relay=(--relay "${REDIS_PORT:-6379}")
+[ -n "$local_keycloak" ] && relay+=(--relay "$KEYCLOAK_PORT")
+[ -n "$local_forge" ] && relay+=(--relay "$FORGE_PORT")
+nodes=("$CCCI_NODE")
+for i in $(seq 2 "$NODES"); do
+  node=n$i
+  [ "$node" = "$CCCI_NODE" ] && { echo "up: this machine's node is named $node too (CCCI_NODE); rename it" >&2; exit 2; }
+  scripts/node.sh start "$node" "${relay[@]}"
+  docker_host=$(scripts/node.sh status "$node" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["docker_host"])')
+  recipes=()
+  for repo in "$CCCI_RECIPES_DIR"/*/; do
+    [ -d "$repo/.git" ] && recipes+=(--recipe "$repo")
+  done
+  if [ ${#recipes[@]} -gt 0 ] && ! scripts/node.sh images "$node" "${recipes[@]}"; then
+    echo "up: could not copy the recipe images into node $node (see above); its runs would not deploy" >&2
+    exit 3
+  fi
+  mkdir -p "$RUN_DIR/$node/state"
+  node_env=(env "CCCI_NODE=$node" "CCCI_DOCKER_HOST=$docker_host" "CCCI_STATE_DIR=$RUN_DIR/$node/state")
+  start "worker-runs-$node" scripts/node.sh exec "$node" -- "${node_env[@]}" "$PY" -m workers.runs
+  start "worker-alerts-$node" scripts/node.sh exec "$node" -- "${node_env[@]}" "$PY" -m workers.alerts \
+    "--hostname=alerts.$node@%h"
+  processes+=("worker-runs-$node" "worker-alerts-$node")
+  nodes+=("$node")
+done
+wait_nodes_up "${nodes[@]}"
+for name in "${processes[@]}"; do
+  if ! kill -0 "$(cat "$RUN_DIR/$name.pid")" 2>/dev/null; then
+    echo "up: $name exited after start; see $RUN_DIR/logs/$name.log" >&2
+    exit 3
+  fi
+done
+
 PAGES=${CCCI_PUBLIC_URL:-http://$CCCI_BRIDGE_LISTEN}
 # demo_run WHAT ARGS...: run `ccci ARGS --wait --json` (steps live on stderr), then print the
 # verdict and the run's page.
@@ -180,6 +245,7 @@ up: ccci-tasks is running.
   runs:     $PAGES/runs  (each run's page; commit statuses link there)   metrics: $PAGES/metrics
   forge:    $CCCI_FORGE_URL  (owner $CCCI_FORGE_OWNER${local_forge:+; a local Gitea stand-in: $CCCI_FORGE_OWNER/custom-html has an open PR #1})
   keycloak: $CCCI_KEYCLOAK_URL  (admin API for per-run realms${local_keycloak:+; a local stand-in})
+  nodes:    ${nodes[*]}  (this machine is $CCCI_NODE; \`.venv/bin/ccci status\` shows each node's slots)
   logs:     $RUN_DIR/logs/
   settings: $env_file  (the ccci command finds it; no need to source it)
   try:      .venv/bin/ccci status; .venv/bin/ccci runs list; .venv/bin/ccci runs show <run id>

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +166,20 @@ def reports_at(state_dir: Path, node: str | None = None) -> Reports:
     if node is not None:
         changes["node"] = node
     return reports.at(settings.model_copy(update=changes))
+
+
+@pytest.fixture
+def quiet_redis_url(redis_server: str) -> str:
+    """A database of the session Redis that no worker uses, flushed: admission tested there
+    is not joined by the session's runs workers, which beat into the broker's database as a
+    node (and a node that does not beat while others do admits nothing)."""
+    url = redis_server.rsplit("/", 1)[0] + "/1"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+    return url
 
 
 # --------------------------------------------------------------------------- Docker
@@ -398,11 +412,14 @@ def settings(state_dir: Path) -> Settings:
 
 
 class Workers:
-    """Real worker processes, one per queue, started with ``python -m workers.<role>``."""
+    """Real worker processes, one per queue, started with ``python -m workers.<role>``;
+    ``inside`` wraps each command (``ccci_rig.Node.argv``: the workers of a rig node)."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str],
+                 inside: Callable[[list[str]], list[str]] | None = None) -> None:
         self.name = name
         self.env = env
+        self.inside = inside
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logdir = SESSION_DIR / f"workers-{name}"
         self.logdir.mkdir(exist_ok=True)
@@ -415,6 +432,8 @@ class Workers:
         else:
             argv = [sys.executable, "-m", f"workers.{role.rstrip('0123456789')}",
                     f"--hostname={role}-{self.name}@%h"]
+        if self.inside is not None:
+            argv = self.inside(argv)
         with open(self.logdir / f"{role}.log", "ab") as log:
             self.procs[role] = subprocess.Popen(
                 argv, cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True,
@@ -470,6 +489,17 @@ class Workers:
                 proc.wait(timeout=10)
 
 
+    def start_roles(self, roles: tuple[str, ...]) -> Workers:
+        """Start ``roles`` and wait until they answer (all stopped if one does not)."""
+        for role in roles:
+            self.start(role)
+        try:
+            self.wait_ready(roles)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     def restart_all(self) -> None:
         """Start every role again (after ``stop``) and wait until they answer."""
         roles = tuple(self.procs)
@@ -478,19 +508,15 @@ class Workers:
         self.wait_ready(roles)
 
 
+def worker_env(**overrides: str) -> dict[str, str]:
+    """The environment of a worker process: ``TEST_ENV`` plus ``overrides``."""
+    return {**os.environ, **TEST_ENV, **overrides, "PYTHONPATH": str(REPO)}
+
+
 def start_workers(name: str, roles: tuple[str, ...] = ("runs", "infra", "alerts"),
                   **overrides: str) -> Workers:
     """Start worker processes with ``TEST_ENV`` plus ``overrides`` (e.g. CCCI_MAX_TESTS)."""
-    env = {**os.environ, **TEST_ENV, **overrides, "PYTHONPATH": str(REPO)}
-    workers = Workers(name, env)
-    for role in roles:
-        workers.start(role)
-    try:
-        workers.wait_ready(roles)
-    except BaseException:
-        workers.stop()
-        raise
-    return workers
+    return Workers(name, worker_env(**overrides)).start_roles(roles)
 
 
 @pytest.fixture(scope="session")

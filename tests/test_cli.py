@@ -63,6 +63,18 @@ def test_status_shows_slots(redis_url: str) -> None:
     assert data["max_tests"] == 1 and data["slots_in_use"] == 0 and data["queued"] == []
 
 
+def test_status_says_when_no_node_beats(quiet_redis_url: str) -> None:
+    """With no node ever beating into the broker (runs workers of an older version, or none),
+    `ccci status` says so; `--json` gives no nodes."""
+    url = quiet_redis_url  # no worker of the session beats here
+    done = ccci("status", CCCI_BROKER_URL=url)
+    assert done.returncode == 0, done.stderr
+    assert "nodes: no node has beaten (no runs worker runs, or it is of a version before " \
+           "the node registry)" in done.stdout
+    data = json.loads(ccci("status", "--json", CCCI_BROKER_URL=url).stdout)
+    assert data["nodes"] == [] and data["node"] == Settings().node
+
+
 def test_runs_show_unknown_exits_2(state_dir: Path, redis_url: str) -> None:
     """`ccci runs show` of an unknown run id exits 2 and says how to find runs."""
     done = ccci("runs", "show", str(uuid.uuid4()))

@@ -23,6 +23,7 @@ def test_defaults_follow_interfaces(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.prune_threshold_pct, str(s.prune_path)) == (80, "/")
     assert (s.timezone, s.nightly_at) == ("UTC", "03:00")
     assert s.alert_url_list() == []
+    assert s.node_beat_s == 2.0
 
 
 def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,6 +48,14 @@ def test_secrets_stay_out_of_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CCCI_VISIBILITY_TIMEOUT_S", "600", "visibility_timeout_s"),
         ("CCCI_BEAT_LOCK_TIMEOUT_S", "5", r"beat_lock_timeout_s \(5\) must be at least 3 x "
                                           r"beat_max_interval_s \(2\)"),
+        ("CCCI_NODE_BEAT_S", "0", "CCCI_NODE_BEAT_S '0' is invalid: give the seconds between "
+                                  "two beats of a node, from 0.1 to 60"),
+        ("CCCI_NODE_BEAT_S", "-2", "CCCI_NODE_BEAT_S '-2' is invalid"),
+        ("CCCI_NODE_BEAT_S", "2s", "CCCI_NODE_BEAT_S '2s' is invalid"),
+        ("CCCI_NODE_BEAT_S", "inf", "CCCI_NODE_BEAT_S 'inf' is invalid"),
+        ("CCCI_NODE_BEAT_S", "120", "CCCI_NODE_BEAT_S '120' is invalid"),
+        ("CCCI_NODE_BEAT_S", "30", r"CCCI_NODE_BEAT_S \(30\) must be at most half of "
+                                   r"CCCI_LEASE_TTL_S \(20\)"),
     ],
 )
 def test_bad_settings_name_the_value(

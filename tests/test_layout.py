@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ccci_tasks import constants as c
@@ -23,6 +24,8 @@ def test_dev_compose_worker_commands_match_workers() -> None:
         assert module.role().queue == queue
     assert services["beat"]["command"][:4] == ["celery", "-A", "ccci_tasks.celery_app", "beat"]
     assert "FLOWER_BASIC_AUTH" in services["flower"]["environment"]
+    # one node name for every container of the host (a container's hostname is random)
+    assert compose["x-ccci"]["environment"]["CCCI_NODE"] == "${CCCI_NODE:-n1}"
 
 
 def test_systemd_units_match_workers() -> None:
@@ -43,6 +46,22 @@ def test_worker_roles() -> None:
     assert "--disable-prefetch" in runs.role().argv()
     assert infra.role().concurrency == alerts.role().concurrency == 1
     assert "--queues=infra" in infra.role().argv()
+
+
+def test_runs_worker_consumes_its_nodes_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs worker consumes runs and runs.<CCCI_NODE> and is named by its node, so two
+    nodes on one machine have distinct worker names; infra and alerts keep their names."""
+    from ccci_tasks.config import get_settings
+    from workers import alerts, runs
+
+    monkeypatch.setenv("CCCI_NODE", "n2")
+    get_settings.cache_clear()
+    try:
+        argv = runs.role().argv()
+    finally:
+        get_settings.cache_clear()
+    assert "--queues=runs,runs.n2" in argv and "--hostname=runs.n2@%h" in argv
+    assert "--hostname=alerts@%h" in alerts.role().argv()
 
 
 def test_beat_schedule_loads_with_the_app() -> None:

@@ -21,8 +21,8 @@ TTL_S = 30.0
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    cli = redis.Redis.from_url(redis_url)
+def client(quiet_redis_url: str) -> Iterator[redis.Redis]:
+    cli = redis.Redis.from_url(quiet_redis_url)
     yield cli
     cli.close()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -18,20 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import (
-    REDIS_PORT,
-    REPO,
-    SESSION_DIR,
-    TEST_BASE,
-    TEST_ENV,
-    _free_port,
-    _session_live,
-    need,
-)
+from conftest import REDIS_PORT, REPO, SESSION_DIR, TEST_ENV, _free_port
+from hosts import need_rig, node_name, reap_ended_sessions_nodes
 
-from ccci_rig import Node, RigError, RigUnavailable, check_capabilities, recipe_images, running
+from ccci_rig import Node, RigError, recipe_images, running
 from ccci_rig import netns as nsmod
-from ccci_rig.node import reap
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -39,25 +29,8 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.docker]
 
 IMAGE = "ccci/custom-html:2.0"  # built by examples/make_recipes.py
-SESSION_NODE = re.compile(r"^ccci-(t[0-9a-f]{6})-[a-z0-9-]+$")
 PROBE = ("import sys, urllib.request\n"
          "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n")
-
-
-def node_name(suffix: str) -> str:
-    """A node name of this test session (its namespace tells which session made it)."""
-    return f"{TEST_BASE.split('.')[0]}-{suffix}"
-
-
-def reap_ended_sessions_nodes() -> list[str]:
-    """Stop the nodes that ended (killed) test sessions left running."""
-    reaped = []
-    for name in nsmod.names():
-        match = SESSION_NODE.match(name)
-        if match and not _session_live(f"{match.group(1)}.localhost"):
-            reap(name)
-            reaped.append(name)
-    return reaped
 
 
 def docker0() -> str:
@@ -77,18 +50,14 @@ def main_bridge_container_runs() -> str:
 
 @pytest.fixture(scope="module")
 def capable(swarm: DockerClient, example_recipes: Path) -> None:
-    """This machine can run a node (root, ip, nsenter, dockerd); else skip, or fail in CI."""
-    try:
-        check_capabilities()
-    except RigUnavailable as exc:
-        need(str(exc))
+    """This machine can run a node (root, ip, nsenter, dockerd); else skip, or fail in CI.
+    Nodes that ended test sessions left are stopped first."""
+    need_rig()
 
 
 @pytest.fixture(scope="module")
 def node(capable: None, redis_server: str) -> Iterator[Node]:
     """One node of this session, relaying the session Redis, with the example image."""
-    for name in reap_ended_sessions_nodes():
-        print(f"stopped the node an ended test session left: {name}", file=sys.stderr)
     with running(node_name("b"), SESSION_DIR / "nodes" / "b", [REDIS_PORT]) as started:
         started.copy_images([IMAGE])
         yield started

@@ -23,11 +23,16 @@ def test_task_runs_on_its_queue_worker(celery_app: Any, workers: Workers, queue:
 
 
 def test_each_worker_consumes_only_its_queue(celery_app: Any, workers: Workers) -> None:
-    """inspect active_queues: each role's worker consumes exactly its own queue."""
+    """inspect active_queues: each role's worker consumes exactly its own queue; the runs
+    worker also its node's own queue runs.<node> (R15)."""
+    from ccci_tasks.config import get_settings
+    from ccci_tasks.nodes import runs_queue
+
+    node_queue = runs_queue(get_settings().node)
     active = celery_app.control.inspect(timeout=5).active_queues() or {}
     for queue in c.QUEUES:
-        names = [q["name"] for q in active[workers.hostname(queue)]]
-        assert names == [queue]
+        names = sorted(q["name"] for q in active[workers.hostname(queue)])
+        assert names == ([queue, node_queue] if queue == c.QUEUE_RUNS else [queue])
 
 
 def test_runs_worker_concurrency_is_max_tests(celery_app: Any, workers: Workers) -> None:

@@ -61,9 +61,9 @@ def tok(slots: Slots, run_id: RunId) -> int:
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client on the flushed test Redis."""
-    cli = redis.Redis.from_url(redis_url)
+def client(quiet_redis_url: str) -> Iterator[redis.Redis]:
+    """A client on a flushed test database no worker uses."""
+    cli = redis.Redis.from_url(quiet_redis_url)
     yield cli
     cli.close()
 
@@ -113,7 +113,7 @@ def test_two_slots_admit_two(client: redis.Redis, clock: FakeClock) -> None:
         [runs[0].run_id, runs[2].run_id])
 
 
-def test_concurrent_admit_never_exceeds_max(redis_url: str, client: redis.Redis) -> None:
+def test_concurrent_admit_never_exceeds_max(quiet_redis_url: str, client: redis.Redis) -> None:
     """8 threads admitting and releasing never hold more than max leases, each run once."""
     max_tests, total = 3, 60
     seed = Slots(client, max_tests=max_tests, ttl_s=60)
@@ -125,7 +125,7 @@ def test_concurrent_admit_never_exceeds_max(redis_url: str, client: redis.Redis)
     errors: list[BaseException] = []
 
     def sampler() -> None:
-        cli = redis.Redis.from_url(redis_url)
+        cli = redis.Redis.from_url(quiet_redis_url)
         watcher = Slots(cli, max_tests=max_tests, ttl_s=60)
         try:
             while not done.is_set():
@@ -138,7 +138,7 @@ def test_concurrent_admit_never_exceeds_max(redis_url: str, client: redis.Redis)
             cli.close()
 
     def worker(barrier: threading.Barrier) -> None:
-        cli = redis.Redis.from_url(redis_url)
+        cli = redis.Redis.from_url(quiet_redis_url)
         mine = Slots(cli, max_tests=max_tests, ttl_s=60)
         try:
             barrier.wait(timeout=10)
@@ -408,10 +408,10 @@ def test_janitor_hold(client: redis.Redis, clock: FakeClock) -> None:
     assert ids(slots.admit()) == [a.run_id]
 
 
-def test_reap_expired_exactly_once_concurrently(redis_url: str, clock: FakeClock) -> None:
+def test_reap_expired_exactly_once_concurrently(quiet_redis_url: str, clock: FakeClock) -> None:
     """Two janitors reaping (and admitting) at once get every expired run exactly once."""
     for _round in range(5):
-        cli = redis.Redis.from_url(redis_url)
+        cli = redis.Redis.from_url(quiet_redis_url)
         cli.delete(c.KEY_SLOTS, KEY_EXPIRED, KEY_REAPING, c.KEY_PENDING)
         slots = Slots(cli, max_tests=20, ttl_s=10, clock=clock, start_grace_s=10)
         runs = [slots.enqueue(run()) for _ in range(20)]
@@ -423,7 +423,7 @@ def test_reap_expired_exactly_once_concurrently(redis_url: str, clock: FakeClock
 
         def janitor(slot: int, barrier: threading.Barrier = barrier,
                     results: list[list[str]] = results) -> None:
-            cli = redis.Redis.from_url(redis_url)
+            cli = redis.Redis.from_url(quiet_redis_url)
             own = Slots(cli, max_tests=20, ttl_s=10, clock=clock)
             barrier.wait(timeout=10)
             for _ in range(20):
@@ -431,7 +431,7 @@ def test_reap_expired_exactly_once_concurrently(redis_url: str, clock: FakeClock
             cli.close()
 
         def admitter(barrier: threading.Barrier = barrier) -> None:
-            cli = redis.Redis.from_url(redis_url)
+            cli = redis.Redis.from_url(quiet_redis_url)
             own = Slots(cli, max_tests=20, ttl_s=10, clock=clock)
             barrier.wait(timeout=10)
             for _ in range(20):

@@ -13,4 +13,4 @@ def role() -> Role:
 
 
 if __name__ == "__main__":
-    main(role())
+    main(role)

@@ -1,6 +1,9 @@
 """The runs worker: app lanes (quick, cold, promote). Concurrency = CCCI_MAX_TESTS.
 
-Prefetch is disabled so no lane step ages in Redis's unacked set while another step runs.
+It consumes ``runs`` and this node's ``runs.<node>`` (``CCCI_NODE``, R15) and is named
+``runs.<node>@<host>``; its main process keeps the node in the node registry
+(``ccci_tasks.nodebeat``). Prefetch is disabled so no lane step ages in Redis's unacked set
+while another step runs.
 """
 
 from ccci_tasks.config import get_settings
@@ -15,4 +18,4 @@ def role() -> Role:
 
 
 if __name__ == "__main__":
-    main(role())
+    main(role)

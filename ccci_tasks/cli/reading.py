@@ -25,21 +25,25 @@ from ccci_tasks.cli.app import (
 from ccci_tasks.cli.output import duration, report_text, ts
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import InvalidInput, SnapshotError
+from ccci_tasks.nodes import NodeState, read_nodes
 from ccci_tasks.state.reports import report_json
 
 
 @main.command()
 @JSON
 def status(as_json: bool) -> None:
-    """Slots in use / MAX_TESTS, runs in flight, queued runs in order, workers seen."""
+    """Slots in use / MAX_TESTS, runs in flight, queued runs in order, nodes, workers seen."""
     from ccci_tasks.admission import Slots
-    from ccci_tasks.celery_app import app
 
     with exits():
-        settings = load_settings()
+        settings = load_settings()  # before the app is made from the settings
+        from ccci_tasks.celery_app import app
+
         state_root(settings)
         slots = Slots.from_settings(settings)
         occupying, pending, parked = slots.occupying(), slots.pending(), slots.parked()
+        registry = read_nodes(slots.client, settings.lease_ttl_s, occupying)
+        now = slots.now()
         try:
             workers = sorted(name for reply in (app.control.ping(timeout=1.0) or [])
                              for name in reply)
@@ -49,24 +53,46 @@ def status(as_json: bool) -> None:
         def row(run_id: str, spec: Any, state: str) -> dict[str, Any]:
             return {"run_id": run_id, "state": state,
                     **({"lane": spec.lane, "recipe": spec.recipe, "ref": spec.ref,
-                        "resources": [str(r) for r in spec.resources]} if spec else {})}
+                        "resources": [str(r) for r in spec.resources],
+                        "node": spec.node, "pin": spec.pin} if spec else {})}
 
         in_flight = [row(x.run_id, x.spec, x.state) for x in occupying]
+        # this host's node; a run admitted before runs named their node counts here
+        here = sum(1 for x in occupying if x.spec and x.spec.holds_slot
+                   and (x.spec.node or settings.node) == settings.node)
         data = {
+            "node": settings.node,
             "max_tests": settings.max_tests,
-            "slots_in_use": sum(1 for x in occupying if x.spec and x.spec.holds_slot),
+            "slots_in_use": here,
             "in_flight": in_flight,
             "queued": [row(s.run_id, s, "queued") for s in pending],
             "parked": parked,
+            "nodes": [{"node": n.node, "state": n.state, "slots_in_use": n.slots_in_use,
+                       "max_tests": n.max_tests, "workers": list(n.workers)} for n in registry],
             "workers": workers,
         }
-        lines = [f"slots: {data['slots_in_use']}/{settings.max_tests} in use"]
+        lines = [f"slots: {here}/{settings.max_tests} in use on this node ({settings.node})"]
         lines += [f"  {r['state']:<8} {r['run_id']} {r.get('lane', '?')} {r.get('recipe', '?')}"
-                  for r in in_flight]
-        lines += [f"  queued   {s.run_id} {s.lane} {s.recipe}" for s in pending]
+                  f" on {r.get('node') or '?'}" for r in in_flight]
+        lines += [f"  queued   {s.run_id} {s.lane} {s.recipe}"
+                  + (f" (for {s.pin})" if s.pin else "") for s in pending]
         lines += [f"  parked   {run_id} (waits for its runs)" for run_id in parked]
+        lines += node_lines(registry, now)
         lines.append("workers: " + (", ".join(workers) or "none answered"))
         emit(as_json, data, "\n".join(lines))
+
+
+def node_lines(registry: list[NodeState], now: float) -> list[str]:
+    """One line per node of the registry, or why there is none."""
+    if not registry:
+        return ["nodes: no node has beaten (no runs worker runs, or it is of a version before "
+                "the node registry)"]
+    out = ["nodes:"]
+    for n in registry:
+        state = "up" if n.state == "up" else f"lost (no beat for {max(0.0, now - n.seen):.0f} s)"
+        out.append(f"  node {n.node}: {state}, slots {n.slots_in_use}/{n.max_tests}, "
+                   f"workers {', '.join(n.workers) or 'none'}")
+    return out
 
 
 @main.group()

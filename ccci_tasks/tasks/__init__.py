@@ -8,6 +8,7 @@ Loading this package registers the run hooks of the process (``tasks.wiring``).
 
 from celery import Task
 
+from ccci_tasks import nodebeat  # noqa: F401  (a runs worker of this node beats)
 from ccci_tasks.tasks import alerts, diag, forge, infra, lanes, wiring
 from ccci_tasks.tasks.lanes import ENTRY_TASKS, janitor
 
