@@ -335,7 +335,7 @@ class Slots:
     def hold(self, hold_id: RunId, recipe: Recipe, resources: Sequence[Resource]) -> None:
         """The janitor holds ``resources`` (as a reaping entry ``hold_id``) while it cleans
         up after a run Redis no longer knows; ``finish_reap(hold_id)`` frees them."""
-        spec = RunSpec.for_hold(RunId(hold_id), recipe, tuple(resources))
+        spec = RunSpec.for_hold(RunId(hold_id), recipe, tuple(resources), self._node)
         args: list[str] = [spec.run_id]
         for key, value in spec._hash_fields().items():
             args += [key, value]

@@ -40,9 +40,11 @@ class RunSpec:
     node: str | None = None  # the node that admitted it (set by admission), where it runs
 
     @classmethod
-    def for_hold(cls, hold_id: RunId, recipe: Recipe, resources: tuple[Resource, ...]) -> RunSpec:
-        """The janitor's hold of ``resources`` (no lane) while it cleans up ``recipe``."""
-        return cls(hold_id, "", recipe, resources=resources, hold=True)
+    def for_hold(cls, hold_id: RunId, recipe: Recipe, resources: tuple[Resource, ...],
+                 node: str | None = None) -> RunSpec:
+        """The janitor's hold of ``resources`` (no lane) while it cleans up ``recipe`` on
+        ``node``'s engine (its slot counts there)."""
+        return cls(hold_id, "", recipe, resources=resources, hold=True, node=node)
 
     def __post_init__(self) -> None:
         # A spec read back from Redis or JSON is parsed here; typed values pass as they are.

@@ -263,7 +263,8 @@ def _act(settings: Settings, platform: Platform, slots: Slots, action: Action) -
         platform.remove(action.domain)
     else:
         _recover_hold(settings, platform,
-                      RunSpec.for_hold(hold, Recipe(action.recipe), tuple(resources)))
+                      RunSpec.for_hold(hold, Recipe(action.recipe), tuple(resources),
+                                       settings.node))
     slots.finish_reap(hold)
 
 
