@@ -13,6 +13,7 @@ again within one beat.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,9 +33,12 @@ __all__ = [
     "canonical_node",
     "free_slots",
     "live_nodes",
+    "publish_canonical",
     "read_nodes",
     "runs_queue",
 ]
+
+log = logging.getLogger(__name__)
 
 State = Literal["up", "lost"]
 _LIVE_RE: Final = re.compile(r"cold:[0-9a-f]{6}|warm:[a-z0-9][a-z0-9_-]{0,62}")
@@ -111,6 +115,29 @@ def beat(client: redis.Redis, node: str, max_tests: int, live: Iterable[str],
         raise BrokerError(f"node {node} could not beat into the broker: "
                           f"{type(exc).__name__}: {exc}") from exc
     return float(_s(reply))
+
+
+_PUBLISH: Final = """
+local raw = redis.call('HGET', KEYS[1], 'canonicals')
+if not raw then return 0 end
+for r in string.gmatch(raw, '[^,]+') do
+  if r == ARGV[1] then return 0 end
+end
+redis.call('HSET', KEYS[1], 'canonicals', raw == '' and ARGV[1] or raw .. ',' .. ARGV[1])
+return 1
+"""
+
+
+def publish_canonical(client: redis.Redis, node: str, recipe: Recipe) -> None:
+    """Add ``recipe`` to the canonicals ``node`` publishes, now (a promotion), rather than at
+    its next beat (which rewrites the whole list). A node not in the registry is left alone;
+    a broker error is logged: the next beat publishes it anyway."""
+    runs_queue(node)
+    try:
+        client.eval(_PUBLISH, 1, c.KEY_NODE + node, str(Recipe(recipe)))
+    except RedisError as exc:
+        log.warning("node %s: could not publish the canonical of %s now (%s); its next beat "
+                    "does", node, recipe, exc)
 
 
 def read_nodes(client: redis.Redis, lost_after_s: float,

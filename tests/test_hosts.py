@@ -29,6 +29,7 @@ from hosts import Host, Hosts, need_rig, two_hosts
 from test_pr_commit import pr_commit
 
 from ccci_rig import recipe_images
+from ccci_tasks import nodes
 from ccci_tasks.admission import Resource, RunSpec, Slots, keep_alive
 from ccci_tasks.naming import Recipe, RunId
 from ccci_tasks.state import canonical
@@ -168,6 +169,9 @@ def test_a_quick_run_goes_to_the_node_of_its_canonical(
     assert (seed.verdict, seed.node) == ("pass", "n2"), seed.reason
     assert canonical.read_registry(hosts.far.state_dir, RECIPE) is not None
     assert canonical.read_registry(hosts.host.state_dir, RECIPE) is None
+    wait_until(lambda: [n for n in nodes.read_nodes(client(), TTL_S) if RECIPE in n.canonicals]
+               or nodes.read_nodes(client(), TTL_S) == [] and None, 10,
+               "n2 to publish its canonical")
     sha = pr_commit(example_recipes / RECIPE)
     with occupied("n2"):
         run_id = quick(sha)
@@ -175,8 +179,8 @@ def test_a_quick_run_goes_to_the_node_of_its_canonical(
                             "the quick run's report")
         time.sleep(3 * JANITOR_S)  # n1 is free all along
         waiting = report(run_id)
-        assert waiting is not None and waiting.admitted_at is None and not waiting.finished, \
-            waiting
+        assert waiting is not None and waiting.lane == "quick", waiting and waiting.reason
+        assert waiting.admitted_at is None and not waiting.finished, waiting
         spec = Slots(client(), 1, TTL_S, node="n1").spec(RunId(run_id))
         assert spec is not None and spec.pin == "n2" and queued.lane == "quick"
     done = finished(run_id)

@@ -200,3 +200,16 @@ def test_a_sweep_completed_on_one_host_counts_on_every_host(
     client.delete(c.KEY_SWEEP_LAST)
     assert sweeps.last_completed(host_b, client) is None
     assert sweeps.last_completed(host_a, client) == seen_on_b
+
+
+def test_a_promotion_publishes_its_canonical_before_the_next_beat(client: redis.Redis) -> None:
+    """``publish_canonical`` adds the recipe to what the node publishes at once (once); a node
+    the registry does not know is left alone; the next beat rewrites the whole list."""
+    beat(client, "n1", canonicals=("alpha",))
+    nodes.publish_canonical(client, "n1", Recipe("beta"))
+    nodes.publish_canonical(client, "n1", Recipe("beta"))
+    nodes.publish_canonical(client, "n9", Recipe("beta"))
+    found = {n.node: n for n in nodes.read_nodes(client, TTL_S)}
+    assert set(found) == {"n1"} and found["n1"].canonicals == ("alpha", "beta")
+    beat(client, "n1", canonicals=("alpha",))
+    assert nodes.canonical_node(nodes.read_nodes(client, TTL_S), Recipe("beta")) is None

@@ -25,8 +25,8 @@ import ccci_tasks.lanes.canon as canon
 import ccci_tasks.lanes.common as common
 import ccci_tasks.lanes.placement as placement
 import ccci_tasks.lanes.plan as pure
+from ccci_tasks import broker, naming, nodes, snapshots
 from ccci_tasks import constants as c
-from ccci_tasks import naming, snapshots
 from ccci_tasks.admission import Resource, RunSpec
 from ccci_tasks.config import Settings
 from ccci_tasks.errors import KeycloakError, RegistryError, RunFailed, UncleanStop
@@ -278,6 +278,8 @@ def promote_snapshot(env: StepEnv, ctx: RunCtx) -> str:
     canonical.clear_quarantine(settings.state_dir, ctx.recipe)
     intents.clear_intent(settings.state_dir, Resource.canon(ctx.recipe).key,
                          owner=env.fence.owner)
+    # the other hosts place its quick runs here from now, not from this node's next beat
+    nodes.publish_canonical(broker.client(settings), settings.node, ctx.recipe)
     return f"canonical {ctx.recipe} is now {target} ({len(manifest.volumes)} volumes); promoted"
 
 
