@@ -82,10 +82,10 @@ def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Su
         resources += (Resource.canon(checked.recipe),)
     resources += dep_resources(settings, checked.meta.deps)
     domain = naming.cold_domain(checked.recipe, run_hex(run_id), settings.base_domain)
-    # where the recipe's canonical lives, when that node is up: its promotion replaces it
-    # there and its upgrade tier starts from its version; else the most free slots
-    return Submission(NAME, checked.recipe, checked.ref, resources, domain,
-                      pin=placement.canonical_home(settings, checked.recipe))
+    # a run that promotes goes where the recipe's canonical lives, when that node is up:
+    # the promotion replaces it there; any other to the node with the most free slots
+    pin = placement.canonical_home(settings, checked.recipe) if promote else None
+    return Submission(NAME, checked.recipe, checked.ref, resources, domain, pin=pin)
 
 
 def plan(settings: Settings, spec: RunSpec) -> RunCtx:

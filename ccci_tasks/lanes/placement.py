@@ -1,10 +1,12 @@
 """Where a run goes when several hosts share the broker (R15), and waking the nodes.
 
 Read from the node registry (``ccci_tasks.nodes``): a quick run goes to the live node that
-holds a usable canonical of its recipe; a cold run too when such a node is up (its promotion
-then replaces the canonical where it lives, and its upgrade tier starts from that canonical's
-version), else to whichever live node has the most free slots (admission decides, at the
-moment a slot frees). With no node beating (one host whose runs worker predates the
+holds a usable canonical of its recipe; a cold run that will promote too, when such a node is
+up (the promotion then replaces the canonical where it lives); every other run goes to
+whichever live node has the most free slots (admission decides, at the moment a slot frees).
+A cold run placed on a node without the recipe's canonical has no known-good to upgrade from
+there, so its upgrade tier is skipped, as on a host that never seeded it. With no node
+beating (one host whose runs worker predates the
 registry, or a broker flushed a moment ago) nothing is pinned: the run goes to whoever
 admits it, as on one host.
 """
