@@ -327,7 +327,11 @@ def run(settings: Settings, platform: Platform) -> JanitorReport:
 def _end_lost(settings: Settings, slots: Slots, platform: Platform,
               report: JanitorReport) -> None:
     store = reports.at(settings)
-    unfinished = store.all(unfinished=True)
+    # a run admitted on another live node is explained by that node's engine, which this
+    # janitor cannot see: that node's janitor judges it (R15)
+    lost_ones = lost_nodes(settings)
+    unfinished = [r for r in store.all(unfinished=True)
+                  if r.node is None or r.node == settings.node or r.node in lost_ones]
     if not unfinished:
         return
     occupying = slots.occupying()
