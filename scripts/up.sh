@@ -159,8 +159,38 @@ for name in "${processes[@]}"; do
 done
 CCCI=$ROOT/.venv/bin/ccci
 
-# More hosts on this machine (NODES=2..9): rig nodes n2.., each with its engine, the recipe
-# images, its state root and its runs and side-queue workers.
+PAGES=${CCCI_PUBLIC_URL:-http://$CCCI_BRIDGE_LISTEN}
+# demo_run WHAT ARGS...: run `ccci ARGS --wait --json` (steps live on stderr), then print the
+# verdict and the run's page.
+demo_run() {
+  local what=$1 report
+  shift
+  report=$("$CCCI" "$@" --wait --json) || echo "up: the demo's $what did not pass (see above)"
+  printf '%s' "$report" | "$PY" -c '
+import json, sys
+try:
+    report = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)
+what, pages = sys.argv[1], sys.argv[2]
+print("up: %s: verdict %s; its page: %s/runs/%s" % (what, report.get("verdict"), pages, report["run_id"]))
+' "$what" "$PAGES"
+}
+if [ "${CCCI_DEMO:-1}" != "0" ] && [ ! -f "$RUN_DIR/demo.done" ]; then
+  echo
+  echo "up: the demo, 1/2: a cold run of custom-html on latest; green, it seeds the canonical"
+  demo_run "cold run" cold custom-html
+  echo
+  echo "up: the demo, 2/2: a PR commit (make pr-commit), then a quick run on it"
+  sha=$("$PY" scripts/pr_commit.py custom-html)
+  demo_run "quick run" quick custom-html "$sha"
+  touch "$RUN_DIR/demo.done"
+  echo
+fi
+
+# More hosts on this machine (NODES=2..9), once the local system runs (and its demo ran there):
+# rig nodes n2.., each with its engine, the recipe images, its state root and its runs and
+# side-queue workers.
 wait_nodes_up() {  # wait_nodes_up NAME...: every node beats (`ccci status --json`)
   local deadline=$((SECONDS + 120)) seen
   until seen=$("$CCCI" status --json 2>/dev/null | "$PY" -c '
@@ -210,34 +240,6 @@ for name in "${processes[@]}"; do
   fi
 done
 
-PAGES=${CCCI_PUBLIC_URL:-http://$CCCI_BRIDGE_LISTEN}
-# demo_run WHAT ARGS...: run `ccci ARGS --wait --json` (steps live on stderr), then print the
-# verdict and the run's page.
-demo_run() {
-  local what=$1 report
-  shift
-  report=$("$CCCI" "$@" --wait --json) || echo "up: the demo's $what did not pass (see above)"
-  printf '%s' "$report" | "$PY" -c '
-import json, sys
-try:
-    report = json.load(sys.stdin)
-except ValueError:
-    sys.exit(0)
-what, pages = sys.argv[1], sys.argv[2]
-print("up: %s: verdict %s; its page: %s/runs/%s" % (what, report.get("verdict"), pages, report["run_id"]))
-' "$what" "$PAGES"
-}
-if [ "${CCCI_DEMO:-1}" != "0" ] && [ ! -f "$RUN_DIR/demo.done" ]; then
-  echo
-  echo "up: the demo, 1/2: a cold run of custom-html on latest; green, it seeds the canonical"
-  demo_run "cold run" cold custom-html
-  echo
-  echo "up: the demo, 2/2: a PR commit (make pr-commit), then a quick run on it"
-  sha=$("$PY" scripts/pr_commit.py custom-html)
-  demo_run "quick run" quick custom-html "$sha"
-  touch "$RUN_DIR/demo.done"
-  echo
-fi
 cat <<MSG
 up: ccci-tasks is running.
   Flower:   http://127.0.0.1:5555  (user $CCCI_FLOWER_USER, password in $env_file)
