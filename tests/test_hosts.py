@@ -169,9 +169,8 @@ def test_a_quick_run_goes_to_the_node_of_its_canonical(
     assert (seed.verdict, seed.node) == ("pass", "n2"), seed.reason
     assert canonical.read_registry(hosts.far.state_dir, RECIPE) is not None
     assert canonical.read_registry(hosts.host.state_dir, RECIPE) is None
-    wait_until(lambda: [n for n in nodes.read_nodes(client(), TTL_S) if RECIPE in n.canonicals]
-               or nodes.read_nodes(client(), TTL_S) == [] and None, 10,
-               "n2 to publish its canonical")
+    wait_until(lambda: nodes.canonical_node(nodes.read_nodes(client(), TTL_S), RECIPE) == "n2",
+               5, "n2 to publish its canonical")
     sha = pr_commit(example_recipes / RECIPE)
     with occupied("n2"):
         run_id = quick(sha)
