@@ -3,10 +3,11 @@ network namespace of its own), one Redis, each with its runs worker and state ro
 runs the side-queue worker (entry tasks, the janitor) and beat. MAX_TESTS 1 on each.
 
 Placement (a quick run goes to the node of its canonical and waits for it while the other
-node is free), MAX_TESTS per node under a 100 ms watcher on each engine while cold runs
-spread over both, every run visible from either host, and a node whose runs worker is
-SIGKILLed mid-run: lost, its run ended ``error`` within the lease TTL and a janitor round,
-and the next quick run of its recipe a cold run on the other node.
+node is free; a green run elsewhere leaves the canonical where it lives), MAX_TESTS per
+node under a 100 ms watcher on each engine while cold runs spread over both, every run
+visible from either host, and a node whose runs worker is SIGKILLed mid-run: lost, its run
+ended ``error`` within the lease TTL and a janitor round, and the next quick run of its
+recipe a cold run on the other node.
 """
 
 from __future__ import annotations
@@ -184,6 +185,21 @@ def test_a_quick_run_goes_to_the_node_of_its_canonical(
         assert spec is not None and spec.pin == "n2" and queued.lane == "quick"
     done = finished(run_id)
     assert (done.verdict, done.lane, done.node) == ("pass", "quick", "n2"), done.reason
+
+
+def test_a_green_run_on_another_node_leaves_the_canonical_where_it_lives(
+    hosts: Hosts,
+) -> None:
+    """A cold run on latest (it would promote) goes to the free node n1 while n2, which holds
+    the canonical, is full: it is green and promotes nothing; the canonical stays on n2 alone."""
+    before = canonical.read_registry(hosts.far.state_dir, RECIPE)
+    assert before is not None
+    with occupied("n2"):
+        done = finished(cold())
+    assert (done.verdict, done.node) == ("pass", "n1"), done.reason
+    assert f"not promoted: the canonical of {RECIPE} lives on node n2" in (done.reason or "")
+    assert canonical.read_registry(hosts.host.state_dir, RECIPE) is None
+    assert canonical.read_registry(hosts.far.state_dir, RECIPE) == before
 
 
 def test_cold_runs_spread_over_both_nodes_within_max_tests_each(

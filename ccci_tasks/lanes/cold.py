@@ -82,10 +82,9 @@ def prepare(settings: Settings, run_id: RunId, request: Mapping[str, Any]) -> Su
         resources += (Resource.canon(checked.recipe),)
     resources += dep_resources(settings, checked.meta.deps)
     domain = naming.cold_domain(checked.recipe, run_hex(run_id), settings.base_domain)
-    # a run that promotes goes where the recipe's canonical lives, when that node is up:
-    # the promotion replaces it there; any other to the node with the most free slots
-    pin = placement.canonical_home(settings, checked.recipe) if promote else None
-    return Submission(NAME, checked.recipe, checked.ref, resources, domain, pin=pin)
+    # any node, the one with the most free slots (R15); where it promotes is decided when
+    # it is planned on the node that admitted it
+    return Submission(NAME, checked.recipe, checked.ref, resources, domain)
 
 
 def plan(settings: Settings, spec: RunSpec) -> RunCtx:
@@ -105,16 +104,29 @@ def plan(settings: Settings, spec: RunSpec) -> RunCtx:
     else:
         base, skip = pure.upgrade_base(registry.version if registry else None, repo.versions(),
                                        target, spec.ref)
+    elsewhere = _canonical_elsewhere(settings, spec) if spec.canonical is not None else None
     return RunCtx(
         run_id=spec.run_id, lane=NAME, recipe=spec.recipe, ref=spec.ref,
         domain=naming.cold_domain(spec.recipe, run_hex(spec.run_id), settings.base_domain),
         token=spec.token, deps=meta.deps, parent=spec.parent,
         plan={
             "target_version": target, "base_version": base, "upgrade_skip": skip,
-            "promote": spec.canonical is not None,
+            "promote": spec.canonical is not None and elsewhere is None,
+            "promote_skip": elsewhere,
             "warm_domain": naming.warm_domain(spec.recipe, settings.base_domain),
         },
     )
+
+
+def _canonical_elsewhere(settings: Settings, spec: RunSpec) -> str | None:
+    """Why a green run admitted here does not promote: the recipe's canonical lives on
+    another live node (R15: a promotion re-seeds where the green run ran unless the canonical
+    already lives elsewhere; it is replaced by a green run there). None: promote here."""
+    homes = placement.canonical_homes(settings, spec.recipe)
+    if not homes or settings.node in homes:
+        return None
+    return (f"the canonical of {spec.recipe} lives on node {homes[0]}; a green run there "
+            "replaces it")
 
 
 def steps(ctx: RunCtx) -> tuple[str, ...]:
@@ -304,6 +316,8 @@ def summary(ctx: RunCtx, detail: str) -> str:
     target = ctx.ref or ctx.plan.get("target_version")
     if _promote(ctx):
         return f"green at {target}; promoted: {detail}"
+    if ctx.plan.get("promote_skip"):
+        return f"green at {target}; not promoted: {ctx.plan['promote_skip']}"
     return f"green at {target}"
 
 

@@ -1,14 +1,13 @@
 """Where a run goes when several hosts share the broker (R15), and waking the nodes.
 
 Read from the node registry (``ccci_tasks.nodes``): a quick run goes to the live node that
-holds a usable canonical of its recipe; a cold run that will promote too, when such a node is
-up (the promotion then replaces the canonical where it lives); every other run goes to
-whichever live node has the most free slots (admission decides, at the moment a slot frees).
-A cold run placed on a node without the recipe's canonical has no known-good to upgrade from
-there, so its upgrade tier is skipped, as on a host that never seeded it. With no node
-beating (one host whose runs worker predates the
-registry, or a broker flushed a moment ago) nothing is pinned: the run goes to whoever
-admits it, as on one host.
+holds a usable canonical of its recipe; every other run goes to whichever live node has the
+most free slots (admission decides, at the moment a slot frees). A green cold run promotes
+where it ran unless the canonical already lives on another live node (``lanes/cold.py``); a
+cold run on a node without the recipe's canonical has no known-good to upgrade from there, so
+its upgrade tier is skipped, as on a host that never seeded it. With no node beating (one
+host whose runs worker predates the registry, or a broker flushed a moment ago) nothing is
+pinned: the run goes to whoever admits it, as on one host.
 """
 
 from __future__ import annotations
@@ -37,6 +36,12 @@ def canonical_home(settings: Settings, recipe: Recipe) -> str | None:
     """The live node that publishes a usable canonical of ``recipe``, if any."""
     found = registry(settings)
     return nodes.canonical_node(found, recipe) if found else None
+
+
+def canonical_homes(settings: Settings, recipe: Recipe) -> list[str]:
+    """Every live node that publishes a usable canonical of ``recipe``, by name."""
+    return [n.node for n in nodes.live_nodes(registry(settings) or [])
+            if recipe in n.canonicals]
 
 
 def here(settings: Settings) -> str | bool | None:
