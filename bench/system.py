@@ -43,6 +43,16 @@ def wait_port(port: int, timeout_s: float) -> bool:
     return False
 
 
+def make_recipes(recipes_dir: Path, *names: str) -> None:
+    """``examples/make_recipes.py``: the example recipes ``names`` (default: all) built into
+    ``recipes_dir``, their images imported into the host's engine."""
+    subprocess.run(
+        [sys.executable, str(REPO / "examples" / "make_recipes.py"),
+         "--recipes-dir", str(recipes_dir), *(a for n in names for a in ("--recipe", n))],
+        check=True, timeout=600, cwd=REPO, stdout=subprocess.DEVNULL,
+    )
+
+
 class BenchSystem:
     """``with BenchSystem() as system:`` sets ``CCCI_*`` in this process and starts the rest."""
 
@@ -70,12 +80,7 @@ class BenchSystem:
             os.environ.pop(key, None)
         (self.root / "state").mkdir()
         (self.root / "logs").mkdir()
-        shutil.copytree(REPO / "examples" / "tests-recipes", self.root / "tests-recipes")
-        subprocess.run(
-            [sys.executable, str(REPO / "examples" / "make_recipes.py"),
-             "--recipes-dir", str(self.root / "recipes")],
-            check=True, timeout=600, cwd=REPO, stdout=subprocess.DEVNULL,
-        )
+        self.build_catalogue()
         self._start_redis()
         from ccci_tasks.config import get_settings
 
@@ -93,6 +98,11 @@ class BenchSystem:
             shutil.rmtree(self.root, ignore_errors=True)
         else:
             print(f"bench: logs and state kept in {self.root}", file=sys.stderr)
+
+    def build_catalogue(self) -> None:
+        """The example recipes (git repositories and images) and their tests catalogue."""
+        shutil.copytree(REPO / "examples" / "tests-recipes", self.root / "tests-recipes")
+        make_recipes(self.root / "recipes")
 
     def _start_redis(self) -> None:
         binary = shutil.which("redis-server")
