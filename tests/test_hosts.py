@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 import redis
-from conftest import TEST_BASE, TEST_ENV, Workers, flush_redis, remove_ccci_objects, worker_env
-from faults import wait_until
+from conftest import TEST_ENV, Workers, flush_redis, remove_ccci_objects, worker_env
+from faults import Watcher, wait_until
 from hosts import Host, Hosts, need_rig, two_hosts
 from test_pr_commit import pr_commit
 
@@ -106,37 +105,6 @@ def occupied(node: str) -> Iterator[RunId]:
     slots.forget(run_id)
 
 
-def services_on(engine: DockerClient) -> int:
-    """The apps of this test system live on ``engine`` (one service per app here)."""
-    return sum(1 for s in engine.services.list()
-               if s.attrs["Spec"].get("Labels", {}).get("ccci.domain", "").endswith(TEST_BASE))
-
-
-class Watcher:
-    """Counts this system's live apps on each engine every 100 ms; keeps the maximum."""
-
-    def __init__(self, engines: dict[str, DockerClient]) -> None:
-        self.engines = engines
-        self.most = dict.fromkeys(engines, 0)
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.1):
-            for name, engine in self.engines.items():
-                self.most[name] = max(self.most[name], services_on(engine))
-            self.samples += 1
-
-    def __enter__(self) -> Watcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def engines(hosts: Hosts, swarm: DockerClient) -> Iterator[dict[str, DockerClient]]:
     import docker
@@ -212,13 +180,13 @@ def test_cold_runs_spread_over_both_nodes_within_max_tests_each(
 
     versions = RecipeRepo(example_recipes / RECIPE, R(RECIPE)).versions()
     older = versions[-2]
-    with Watcher(engines) as watcher:
+    with Watcher(engines["n1"]) as on_n1, Watcher(engines["n2"]) as on_n2:
         ids = [cold(older) for _ in range(4)]
         done = [finished(run_id) for run_id in ids]
     assert [d.verdict for d in done] == ["pass"] * 4, [d.reason for d in done]
     assert {d.node for d in done} == {"n1", "n2"}
-    assert watcher.samples > 50
-    assert watcher.most == {"n1": 1, "n2": 1}, watcher.most
+    assert on_n1.samples > 50 and on_n2.samples > 50
+    assert (on_n1.most, on_n2.most) == (1, 1)
 
 
 def test_every_host_sees_both_nodes_and_every_run(hosts: Hosts) -> None:
