@@ -22,9 +22,10 @@ from typing import Final, Literal, cast
 import redis
 from redis.exceptions import RedisError
 
+from ccci_tasks import broker
 from ccci_tasks import constants as c
 from ccci_tasks.admission.spec import NODE_RE, Lease
-from ccci_tasks.errors import BrokerError, InvalidInput
+from ccci_tasks.errors import InvalidInput
 from ccci_tasks.naming import Recipe
 
 __all__ = [
@@ -106,14 +107,11 @@ def beat(client: redis.Redis, node: str, max_tests: int, live: Iterable[str],
                 raise InvalidInput(f"{what} {value!r} of node {node} is invalid")
             items.append(value)
         lists.append(",".join(sorted(set(items))))
-    try:
+    with broker.failures(client, f"node {node} beat into the broker"):
         # EVALSHA (the script's text crosses the wire once per connection's server, not
         # every beat)
         reply = client.register_script(_BEAT)(keys=[c.KEY_NODES, c.KEY_NODE + node],
                                               args=[node, int(max_tests), *lists])
-    except RedisError as exc:
-        raise BrokerError(f"node {node} could not beat into the broker: "
-                          f"{type(exc).__name__}: {exc}") from exc
     return float(_s(reply))
 
 
@@ -144,7 +142,7 @@ def read_nodes(client: redis.Redis, lost_after_s: float,
                occupying: Sequence[Lease] = ()) -> list[NodeState]:
     """Every node that ever beat (until the registry is flushed), ``up`` or ``lost``, by name.
     ``occupying`` (``Slots.occupying()``) gives the runs that hold slots on each node."""
-    try:
+    with broker.failures(client, "reading the nodes"):
         seconds, micros = client.time()
         pairs = cast(list[tuple[bytes, float]],
                      client.zrange(c.KEY_NODES, 0, -1, withscores=True))
@@ -153,9 +151,6 @@ def read_nodes(client: redis.Redis, lost_after_s: float,
         for name in names:
             pipe.hgetall(c.KEY_NODE + name)
         hashes = pipe.execute()
-    except RedisError as exc:
-        raise BrokerError(f"reading the nodes from the broker failed: "
-                          f"{type(exc).__name__}: {exc}") from exc
     now = seconds + micros / 1e6
     hexes = {lease.run_id[:6] for lease in occupying}
     held = {r.name for lease in occupying if lease.spec for r in lease.spec.resources
@@ -178,18 +173,9 @@ def read_nodes(client: redis.Redis, lost_after_s: float,
         out.append(NodeState(
             node=name, state="up" if now - float(seen) <= lost_after_s else "lost",
             seen=float(seen), max_tests=max_tests, slots_in_use=in_use, live=live,
-            canonicals=tuple(Recipe(r) for r in _items(fields.get("canonicals", ""), _RECIPE_RE)
-                             if _recipe_ok(r)),
+            canonicals=tuple(Recipe(r) for r in _items(fields.get("canonicals", ""), _RECIPE_RE)),
             workers=_items(fields.get("workers", ""), _WORKER_RE)))
     return sorted(out, key=lambda n: n.node)
-
-
-def _recipe_ok(value: str) -> bool:
-    try:
-        Recipe(value)
-    except InvalidInput:
-        return False
-    return True
 
 
 def live_nodes(nodes: Sequence[NodeState]) -> list[NodeState]:

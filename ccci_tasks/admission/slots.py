@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import redis
-from redis.exceptions import RedisError
 
 from ccci_tasks import broker
 from ccci_tasks import constants as c
@@ -24,7 +23,7 @@ from ccci_tasks.admission.resources import Resource
 from ccci_tasks.admission.scripts import KEY_PARKED, Scripts
 from ccci_tasks.admission.spec import NODE_RE, Lease, RunSpec
 from ccci_tasks.constants import KEY_NODE, KEY_NODES
-from ccci_tasks.errors import BrokerError, InvalidInput
+from ccci_tasks.errors import InvalidInput
 from ccci_tasks.naming import Recipe, RunId
 
 if TYPE_CHECKING:
@@ -101,32 +100,9 @@ class Slots:
 
     # --- plumbing -------------------------------------------------------------------------
 
-    def _where(self) -> str:
-        kwargs = self._client.connection_pool.connection_kwargs
-        if kwargs.get("path"):
-            place = f"unix:{kwargs['path']}"
-        else:
-            place = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-        return f"{place}/{kwargs.get('db', 0)}"
-
-    @contextmanager
-    def broker(self, what: str) -> Iterator[None]:
+    def broker(self, what: str) -> AbstractContextManager[None]:
         """Translate Redis errors into ``BrokerError`` naming the host, never the password."""
-        try:
-            yield
-        except RedisError as exc:
-            detail = f"{type(exc).__name__}: {exc}"
-            password = self._client.connection_pool.connection_kwargs.get("password")
-            leaks = bool(password) and str(password) in detail
-            if leaks:
-                detail = detail.replace(str(password), "***")
-            error = BrokerError(
-                f"Redis at {self._where()} failed while {what}: {detail}; check that "
-                "redis-server is running and CCCI_BROKER_URL points at it"
-            )
-            if leaks:  # do not chain an exception whose text holds the password
-                raise error from None
-            raise error from exc
+        return broker.failures(self._client, what)
 
     def _call(self, name: str, what: str, *args: object) -> Any:
         now = None if self._clock is None else self._clock()
