@@ -30,6 +30,7 @@ from ccci_tasks.config import Settings
 from ccci_tasks.diskprune import (
     IDLE_GRACE,
     STUCK_AFTER,
+    Facts,
     PrunePlan,
     act,
     disk_used_pct,
@@ -38,6 +39,7 @@ from ccci_tasks.diskprune import (
     run,
 )
 from ccci_tasks.errors import PlatformError
+from ccci_tasks.platform.base import ServiceState
 from ccci_tasks.platform.swarm import SwarmPlatform
 
 if TYPE_CHECKING:
@@ -415,6 +417,21 @@ def test_refused_while_a_service_converges(swarm: DockerClient, prune_env: Prune
         service.remove()
 
 
+def observed_until(settings: Settings, swarm: DockerClient, name: str, what: str,
+                   done: Callable[[ServiceState], bool]) -> tuple[Facts, ServiceState]:
+    """The prune's facts once service ``name`` is ``done`` (polled every 0.5 s); the timeout
+    says what it waited for and the service's last state."""
+    deadline = time.monotonic() + CONVERGE_S
+    state = None
+    while time.monotonic() < deadline:
+        facts = observe(settings, engine(swarm), [])
+        state = next((s for s in facts.services if s.name == name), None)
+        if state is not None and done(state):
+            return facts, state
+        time.sleep(0.5)
+    raise AssertionError(f"{name}: not {what} after {CONVERGE_S} s; last seen: {state}")
+
+
 @pytest.mark.docker
 def test_a_crash_looping_service_does_not_hold_the_prune(
     swarm: DockerClient, live_service: tuple[str, str, str], prune_env: PruneEnv
@@ -435,17 +452,9 @@ def test_a_crash_looping_service_does_not_hold_the_prune(
         restart_policy=RestartPolicy(condition="any", delay=100_000_000),
     )
     try:
-        deadline = time.monotonic() + CONVERGE_S
-        failures = 0
-        while time.monotonic() < deadline:
-            facts = observe(settings, engine(swarm), [])
-            state = next((s for s in facts.services if s.name == name), None)
-            failures = state.failed_tasks if state else 0
-            if failures >= CRASH_LOOP_FAILURES and state is not None and state.running == 0:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"{name}: {failures} failed tasks after {CONVERGE_S} s")
+        facts, _ = observed_until(
+            settings, swarm, name, "crash-looping",
+            lambda s: s.failed_tasks >= CRASH_LOOP_FAILURES and s.running == 0)
         # Its restarts are recent changes: without the failure count it would be converging.
         assert datetime.now(UTC) - facts.service_changed[name] < STUCK_AFTER
         result = plan(facts, 0, datetime.now(UTC))
@@ -474,16 +483,8 @@ def test_a_service_whose_task_ended_under_on_failure_does_not_hold_the_prune(
         restart_policy=RestartPolicy(condition="on-failure", delay=100_000_000),
     )
     try:
-        deadline = time.monotonic() + CONVERGE_S
-        state = None
-        while time.monotonic() < deadline:
-            facts = observe(settings, engine(swarm), [])
-            state = next((s for s in facts.services if s.name == name), None)
-            if state is not None and state.wanted == 0:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"{name}: still a task wanted up after {CONVERGE_S} s: {state}")
+        facts, state = observed_until(settings, swarm, name, "no task wanted up",
+                                      lambda s: s.wanted == 0)
         assert (state.running, state.desired, state.failed_tasks) == (0, 1, 0), state
         changed = facts.service_changed[name]
         assert plan(facts, 0, changed + timedelta(seconds=5)).why.count(f"{name} (0/1 running)")
